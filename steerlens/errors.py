@@ -1,0 +1,39 @@
+"""Errors raised by steerlens.
+
+Every error subclasses :class:`SteerlensError` (itself a ``ValueError``) and its message says
+what failed, shows the value seen, and gives the fix.
+"""
+
+from __future__ import annotations
+
+
+class SteerlensError(ValueError):
+    """Base class of all steerlens errors."""
+
+
+class LayerError(SteerlensError):
+    """A layer index outside the model's range."""
+
+
+class VectorShapeError(SteerlensError):
+    """A vector whose size does not match the model's ``d_model``."""
+
+
+class NonFiniteError(SteerlensError):
+    """NaN or inf where a finite number is required (a vector, a loss)."""
+
+
+class ModelMismatchError(SteerlensError):
+    """A vector made on one model applied to another."""
+
+
+class VectorFileError(SteerlensError):
+    """A file that is not a (complete) steerlens vector file."""
+
+
+class SpecError(SteerlensError):
+    """An unknown mode, position specification or option."""
+
+
+class MissingModelError(SteerlensError):
+    """The embedded model's package is not installed."""

