@@ -1,0 +1,59 @@
+"""Cold and warm load time of the embedded model, each in a fresh process.
+
+Run: .venv/bin/python benchmarks/load_model.py   (writes benchmarks/results/load_model.json)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+CHILD = """
+import time, json
+t0 = time.perf_counter()
+import steerlens
+t1 = time.perf_counter()
+steerlens.load_model(device="cpu")
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_model_s": t2 - t1, "total_s": t2 - t0}))
+"""
+
+
+def run_child(env: dict[str, str]) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    threads = os.environ.get("BENCH_THREADS", "2")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "STEERLENS_CACHE": cache, "OMP_NUM_THREADS": threads}
+        cold = run_child(env)
+        warm = [run_child(env) for _ in range(3)]
+    result = {
+        "benchmark": "load_model",
+        "threads": int(threads),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cold": cold,
+        "warm": warm,
+        "warm_load_model_s_best": min(w["load_model_s"] for w in warm),
+        "warm_total_s_best": min(w["total_s"] for w in warm),
+    }
+    out = Path(__file__).parent / "results" / "load_model.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

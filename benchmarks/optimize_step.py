@@ -1,0 +1,137 @@
+"""Seconds per optimization step: steerlens's engine vs a straightforward implementation.
+
+The straightforward one is what the authors' code does: for each completion, one full forward
+(steering hook at ``blocks.{layer}.hook_resid_pre``) and one backward. Both compute the same
+losses at the same vector (checked to 1e-5 relative before timing).
+
+Run: .venv/bin/python benchmarks/optimize_step.py [--steps 10] [--threads 2] [--device cpu]
+Writes benchmarks/results/optimize_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import steerlens
+from steerlens import _tl
+from steerlens._engine import make_engine
+from steerlens.data import tokenize
+from steerlens.objectives import Objective, completion_losses, token_logprobs
+from steerlens.optimize import AddSteering, _losses, _steer_fn
+
+PROMPT = "Write a short sentence about the weather today."
+PROMOTE = ["Arr, the skies be grey, matey!", "Ahoy! The sun be shinin' bright."]
+SUPPRESS = ["The weather today is sunny and warm.", "Today it is cloudy with light rain."]
+
+
+def naive_losses_and_grad(model, data, layer, v, objective):
+    """One full forward + backward per completion, hooks only (no sharing, no caching)."""
+    total, losses = 0.0, []
+    for tdp in data:
+        p = len(tdp.prompt_tokens)
+        for comp in tdp.completions:
+            tokens = torch.tensor([tdp.prompt_tokens + comp.tokens], device=v.device)
+            with steerlens.steer(model, steerlens.Add(v), layer=layer):
+                logits = model(tokens)[0, p - 1 : p - 1 + len(comp.tokens)]
+            lp = token_logprobs(logits, tokens[0, p:], objective.coldness)
+            idx = torch.zeros(len(comp.tokens), dtype=torch.long, device=v.device)
+            sup = torch.tensor([comp.kind == "suppress"], device=v.device)
+            loss = completion_losses(
+                lp, idx, sup, torch.tensor([float(len(comp.tokens))]), objective
+            )
+            loss.sum().backward()
+            losses.append(float(loss.detach()))
+            total += float(loss.detach())
+    return losses
+
+
+def ours_losses_and_grad(engine, v, objective):
+    losses = _losses(engine, _steer_fn({"v": v}, AddSteering(), False), objective)
+    losses.sum().backward()
+    return losses.detach().cpu().tolist()
+
+
+def time_steps(fn, steps):
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layer", type=int, default=15)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = steerlens.load_model(device=args.device)
+    dp = steerlens.Datapoint.chat(model, PROMPT, promote=PROMOTE, suppress=SUPPRESS)
+    objective = Objective()
+    data = tokenize(model, [dp])
+    t_setup = time.perf_counter()
+    engine = make_engine(model, data, [args.layer])
+    setup_s = time.perf_counter() - t_setup
+    v = (torch.randn(_tl.d_model(model), generator=torch.Generator().manual_seed(0)) * 2).to(
+        args.device
+    )
+    v.requires_grad_(True)
+
+    naive = naive_losses_and_grad(model, data, args.layer, v, objective)
+    g_naive = v.grad.clone()
+    v.grad = None
+    ours = ours_losses_and_grad(engine, v, objective)
+    g_ours = v.grad.clone()
+    v.grad = None
+    rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(naive, ours, strict=True))
+    grad_rel = float((g_naive - g_ours).norm() / g_naive.norm())
+
+    def step_naive():
+        naive_losses_and_grad(model, data, args.layer, v, objective)
+        v.grad = None
+
+    def step_ours():
+        ours_losses_and_grad(engine, v, objective)
+        v.grad = None
+
+    s_naive = time_steps(step_naive, args.steps)
+    s_ours = time_steps(step_ours, args.steps)
+    result = {
+        "benchmark": "optimize_step",
+        "model": _tl.model_id(model),
+        "layer": args.layer,
+        "threads": args.threads,
+        "device": args.device,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "completions": {"promote": len(PROMOTE), "suppress": len(SUPPRESS)},
+        "tokens": {
+            "prompt": len(data[0].prompt_tokens),
+            "completions": [len(c.tokens) for c in data[0].completions],
+        },
+        "engine": type(engine).__name__,
+        "engine_setup_s": setup_s,
+        "losses_naive_nats": naive,
+        "losses_steerlens_nats": ours,
+        "max_relative_loss_difference": rel,
+        "relative_gradient_difference": grad_rel,
+        "seconds_per_step_naive": s_naive,
+        "seconds_per_step_steerlens": s_ours,
+        "speedup": s_naive / s_ours,
+    }
+    out = Path(__file__).parent / "results" / f"optimize_step_{args.device}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
