@@ -296,7 +296,7 @@ def optimize_vector(
         >>> model = tiny_model()
         >>> dp = Datapoint("the cat", promote=[" in the"])
         >>> res = optimize_vector(model, dp, layer=1, lr=0.1, max_steps=5)
-        >>> res.steps, res.loss_history[-1].sum() < res.loss_history[0].sum()
+        >>> res.steps, bool(res.loss_history[-1].sum() < res.loss_history[0].sum())
         (5, True)
     """
     config = dataclasses.replace(config or OptimizeConfig(), **overrides)
