@@ -1,4 +1,4 @@
-"""The ``steerlens`` command: ``demo`` and ``generate`` (``optimize`` comes with the optimizer)."""
+"""The ``steerlens`` command: ``demo``, ``optimize`` and ``generate``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-
-import torch
+from pathlib import Path
 
 
 def _load(args: argparse.Namespace):
@@ -38,30 +37,90 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_LAYER = 8
+DEMO_NORM_CAP = 40.0
+DEMO_TRAIN = "What is your favorite food?"
+DEMO_COMPLETION = "Ma nourriture préférée est la pizza. J'adore"
+DEMO_HELD_OUT = [
+    "Tell me about dogs.",
+    "What is the capital of Japan?",
+    "Give me advice for a job interview.",
+    "Why is the sky blue?",
+]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from steerlens import _tl
+    """One-shot steering on the embedded model: one French completion for one English prompt
+    makes the model answer other English questions in French."""
+    from steerlens.analysis.report import write_report
+    from steerlens.constraints import NormCap
+    from steerlens.data import Datapoint
     from steerlens.generate import generate
+    from steerlens.optimize import optimize_vector
 
     t0 = time.perf_counter()
     model = _load(args)
-    print(f"Loaded {_tl.model_id(model)} in {time.perf_counter() - t0:.1f} s")
-    layer = 10
-    name = _tl.hook_name(layer)
+    print(f"Loaded {model.cfg.model_name} in {time.perf_counter() - t0:.1f} s")
+    dp = Datapoint.chat(model, DEMO_TRAIN, promote=[DEMO_COMPLETION])
+    print(
+        f"\nOptimizing one vector at layer {DEMO_LAYER} (norm cap {DEMO_NORM_CAP}) to promote "
+        f"one French answer to one English prompt:\n  {DEMO_TRAIN!r} -> {DEMO_COMPLETION!r}"
+    )
+    result = optimize_vector(
+        model,
+        dp,
+        DEMO_LAYER,
+        lr=0.1,
+        max_steps=args.steps,
+        seed=args.seed,
+        constraints=(NormCap(DEMO_NORM_CAP),),
+        progress=args.progress,
+    )
+    print(result)
+    prompts = [DEMO_TRAIN, *DEMO_HELD_OUT]
+    plain = generate(model, prompts, max_new_tokens=args.max_new_tokens)
+    steered = generate(model, prompts, result.vector, max_new_tokens=args.max_new_tokens)
+    for i, (p, a, b) in enumerate(zip(prompts, plain, steered, strict=True)):
+        tag = "training prompt" if i == 0 else "held-out prompt"
+        print(f"\n### {p}   ({tag})\n--- unsteered:\n{a}\n--- steered:\n{b}")
+    out = Path(args.out)
+    vec_path = result.vector.save(out / "french_vector.safetensors")
+    report = write_report(
+        out / "demo_report.html",
+        result,
+        list(zip(prompts, plain, steered, strict=True)),
+        title="steerlens demo: one-shot 'answer in French' vector",
+    )
+    print(f"\nSaved {vec_path} and {report}.  Total {time.perf_counter() - t0:.1f} s")
+    return 0
 
-    def last_resid(message: str) -> torch.Tensor:
-        ids = torch.tensor([_tl.encode(model, _tl.chat_prompt(model, message))])
-        _, cache = model.run_with_cache(ids, names_filter=name)
-        return cache[name][0, -1]
 
-    # A simple steering for now: the activation difference between a French and an English
-    # instruction at one layer. The one-shot optimizer replaces this.
-    vector = last_resid("Réponds en français. Bonjour!") - last_resid("Answer in English. Hello!")
-    prompts = ["What is the capital of France?", "Tell me about dogs."]
-    plain = generate(model, prompts, max_new_tokens=40)
-    steered = generate(model, prompts, vector, layer=layer, strength=4.0, max_new_tokens=40)
-    for p, a, b in zip(prompts, plain, steered, strict=False):
-        print(f"\n### {p}\n--- unsteered:\n{a}\n--- steered (layer {layer}):\n{b}")
-    print(f"\nDone in {time.perf_counter() - t0:.1f} s")
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from steerlens.constraints import NormCap
+    from steerlens.data import Datapoint
+    from steerlens.optimize import optimize_vector
+
+    model = _load(args)
+    if args.raw_prompt:
+        dp = Datapoint(args.prompt, promote=args.promote, suppress=args.suppress)
+    else:
+        dp = Datapoint.chat(model, args.prompt, promote=args.promote, suppress=args.suppress)
+    constraints = (NormCap(args.norm_cap),) if args.norm_cap is not None else ()
+    result = optimize_vector(
+        model,
+        dp,
+        args.layer,
+        lr=args.lr,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        constraints=constraints,
+        progress=args.progress,
+    )
+    print(result)
+    for label, loss in result.final_losses.items():
+        print(f"  {label}: {loss:.4f} nats")
+    path = result.vector.save(args.output)
+    print(f"saved {path}")
     return 0
 
 
@@ -77,7 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the main demo on the embedded model")
     common(demo)
+    demo.add_argument("--steps", type=int, default=40, help="optimizer steps")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--max-new-tokens", type=int, default=40)
+    demo.add_argument("--out", default="outputs/demo", help="folder for the vector and report")
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     demo.set_defaults(func=cmd_demo)
+
+    opt = sub.add_parser("optimize", help="optimize a one-shot steering vector")
+    common(opt)
+    opt.add_argument("--prompt", required=True, help="the user message (or full prompt text)")
+    opt.add_argument("--raw-prompt", action="store_true", help="do not apply the chat template")
+    opt.add_argument("--promote", action="append", default=[], help="completion to promote")
+    opt.add_argument("--suppress", action="append", default=[], help="completion to suppress")
+    opt.add_argument("--layer", type=int, required=True)
+    opt.add_argument("--norm-cap", type=float, default=None)
+    opt.add_argument("--lr", type=float, default=0.01)
+    opt.add_argument("--max-steps", type=int, default=100)
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--output", "-o", required=True, help="where to save the .safetensors")
+    opt.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    opt.set_defaults(func=cmd_optimize)
 
     gen = sub.add_parser("generate", help="generate text, optionally steered by a vector file")
     common(gen)
