@@ -24,6 +24,7 @@ from steerlens.optimize import (
     optimize_vector,
 )
 from steerlens.positions import Positions
+from steerlens.reentrant import ReentrantResult, reentrant_steering
 from steerlens.steer import Steering, steer
 from steerlens.stopping import Plateau, TargetLoss
 from steerlens.vector import SteeringVector
@@ -45,6 +46,7 @@ __all__ = [
     "OutputConstraint",
     "Plateau",
     "Positions",
+    "ReentrantResult",
     "Steering",
     "SteeringVector",
     "SteerlensError",
@@ -54,5 +56,6 @@ __all__ = [
     "generate",
     "load_model",
     "optimize_vector",
+    "reentrant_steering",
     "steer",
 ]

@@ -88,7 +88,7 @@ class Clamp:
 
     def __post_init__(self) -> None:
         check_vector(self.vector)
-        if float(self.vector.norm()) == 0.0:
+        if float(self.vector.detach().norm()) == 0.0:
             raise NonFiniteError("clamp/ablate needs a non-zero vector (its direction is used).")
 
     @property

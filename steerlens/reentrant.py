@@ -1,0 +1,608 @@
+"""Reentrant steering (Dunefsky & Cohan, 2025, Algorithm 1): distil an "invasive" early-layer
+intervention into a plain steering vector at a later layer.
+
+1. Optimize an invasive intervention at ``early_layer`` on one datapoint: a steering vector
+   (:func:`~steerlens.optimize.optimize_vector`), or a rank-one matrix ``V = v u^T`` with
+   ``||v|| = ||u|| = 1`` applied as ``x + V x = x + (u . x) v``.
+2. Greedily decode the invasive run's continuation ``y'`` (``m`` tokens) of the prompt ``x``,
+   run the steered model on ``concat(x, y')`` and record the next-token distributions ``p_k``
+   at the ``m`` positions that predict the tokens of ``y'``.
+3. Optimize a vector ``v'`` at ``late_layer`` (added, ``x + v'``) to minimise
+   ``sum_k KL(p_k || P(. | x, y'_<k; v'))``, under the constraints of ``late_config`` (the paper
+   capped ``||v'||`` at 40 at layer 10 of Gemma-2-2B).
+
+All KLs are in nats and use coldness 1 (the model's own softmax); ``p_k`` are float32.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from steerlens import _tl
+from steerlens._engine import PackedEngine, make_engine
+from steerlens.data import Datapoint, TokenizedCompletion, TokenizedDatapoint, tokenize
+from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
+from steerlens.interventions import Intervention
+from steerlens.optimize import (
+    AddSteering,
+    AffineSteering,
+    OptimizeConfig,
+    OptimizeResult,
+    SteeringSpec,
+    _apply_constraints,
+    _init_params,
+    _interventions,
+    _losses,
+    _progress,
+    _steer_fn,
+    optimize_vector,
+)
+from steerlens.positions import TokenContext, as_positions
+from steerlens.steer import Steering, steer
+from steerlens.vector import SteeringVector
+
+InvasiveKind = Literal["vector", "rank_one"]
+_KINDS = ("vector", "rank_one")
+
+
+@dataclass(frozen=True, eq=False)
+class RankOneResult:
+    """The rank-one invasive intervention ``x + (u . x) v`` of reentrant steering.
+
+    No scale is learned: ``u`` and ``v`` are renormalised to unit length after every Adam step,
+    so the size of the edit at a token is ``|u . x|`` (its residual's component along ``u``).
+
+    Attributes:
+        vector: a ``SteeringVector`` holding it as an affine part (``left = v``, ``right = u``,
+            zero bias), ready for :func:`steerlens.steer` / :func:`steerlens.generate`.
+        loss_history: ``[evals, completions]`` losses in nats (row ``t``: before update ``t``).
+        labels: one label per completion column.
+        steps: the number of updates made.
+        stop_reason: why it stopped.
+        wall_time_s: seconds spent.
+        engine: ``"packed"`` (fast path) or ``"hooked"``.
+    """
+
+    vector: SteeringVector
+    loss_history: Float[np.ndarray, "evals completions"]
+    labels: list[str]
+    steps: int
+    stop_reason: str
+    wall_time_s: float
+    engine: str
+
+    @property
+    def layer(self) -> int:
+        return self.vector.layers[0]
+
+    @property
+    def v(self) -> Float[Tensor, " d_model"]:
+        """The output direction (unit norm)."""
+        return self.vector.affine[self.layer][0][0]
+
+    @property
+    def u(self) -> Float[Tensor, " d_model"]:
+        """The input direction (unit norm)."""
+        return self.vector.affine[self.layer][1][0]
+
+    @property
+    def final_losses(self) -> dict[str, float]:
+        """Each completion's final loss, in nats."""
+        return dict(zip(self.labels, self.loss_history[-1].tolist(), strict=True))
+
+    def __repr__(self) -> str:
+        first, last = float(self.loss_history[0].sum()), float(self.loss_history[-1].sum())
+        return (
+            f"RankOneResult(layer={self.layer}, steps={self.steps}, loss {first:.4g} -> "
+            f"{last:.4g} nats, stop={self.stop_reason!r}, {self.wall_time_s:.1f} s, "
+            f"engine={self.engine!r})"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ReentrantResult:
+    """What :func:`reentrant_steering` returns.
+
+    Attributes:
+        early: the invasive intervention's result (``OptimizeResult`` or ``RankOneResult``).
+        continuation: the invasive run's greedy continuation ``y'`` as text (special tokens
+            skipped, as :func:`steerlens.generate` returns it).
+        continuation_tokens: the token ids of ``y'`` (what stage 3 is scored on).
+        late_vector: ``v'`` at ``late_layer``, with provenance (method ``"reentrant"``).
+        kl_history: ``[evals]`` total KL ``sum_k KL(p_k || q_k)`` in nats; entry ``t`` is
+            before update ``t`` (the last one is ``late_vector``'s).
+        steps: the number of updates of ``v'``.
+        stop_reason: why stage 3 stopped.
+        wall_time_s: seconds for all three stages.
+        target_logprobs: ``[m, vocab]`` float32 log ``p_k`` recorded in stage 2 (CPU).
+        kl_per_token: ``[m]`` final ``KL(p_k || q_k)`` in nats.
+        early_layer, late_layer, invasive: the settings used.
+        engine: the engine of stage 3 (``"packed"`` or ``"hooked"``).
+    """
+
+    early: OptimizeResult | RankOneResult
+    continuation: str
+    continuation_tokens: list[int]
+    late_vector: SteeringVector
+    kl_history: Float[np.ndarray, " evals"]
+    steps: int
+    stop_reason: str
+    wall_time_s: float
+    target_logprobs: Float[Tensor, "m vocab"]
+    kl_per_token: Float[np.ndarray, " m"]
+    early_layer: int
+    late_layer: int
+    invasive: str
+    engine: str
+
+    @property
+    def initial_kl(self) -> float:
+        """The total KL (nats) at ``v'``'s start point."""
+        return float(self.kl_history[0])
+
+    @property
+    def final_kl(self) -> float:
+        """The total KL (nats) of the returned ``late_vector``."""
+        return float(self.kl_history[-1])
+
+    def __repr__(self) -> str:
+        text = self.continuation if len(self.continuation) <= 40 else self.continuation[:37] + "..."
+        return (
+            f"ReentrantResult({self.invasive} at layer {self.early_layer} -> vector at layer "
+            f"{self.late_layer}, continuation={text!r} ({len(self.continuation_tokens)} tokens), "
+            f"KL {self.initial_kl:.4g} -> {self.final_kl:.4g} nats in {self.steps} steps, "
+            f"stop={self.stop_reason!r}, norm={self.late_vector.norm():.4g}, "
+            f"{self.wall_time_s:.1f} s)"
+        )
+
+
+def reentrant_steering(
+    model: Any,
+    datapoint: Datapoint,
+    early_layer: int,
+    late_layer: int,
+    *,
+    invasive: InvasiveKind = "vector",
+    n_tokens: int = 20,
+    early_config: OptimizeConfig | None = None,
+    late_config: OptimizeConfig | None = None,
+) -> ReentrantResult:
+    """Reentrant steering (Algorithm 1): reproduce an invasive early-layer intervention's
+    next-token distributions with a plain vector at a later layer.
+
+    Args:
+        model: a TransformerLens model.
+        datapoint: the one-shot example; its prompt must be fully formatted (no chat template
+            is applied) and its completions are what stage 1 promotes/suppresses.
+        early_layer: layer of the invasive intervention (``blocks.{l}.hook_resid_pre``).
+        late_layer: layer of ``v'``; must be greater than ``early_layer``.
+        invasive: ``"vector"``: stage 1 is ``optimize_vector(model, datapoint, early_layer,
+            early_config)`` (any of its steering kinds). ``"rank_one"``: stage 1 learns
+            ``x + (u . x) v`` with ``||u|| = ||v|| = 1`` kept exact by renormalising after each
+            Adam step; no scale is learned. It uses ``lr``, ``betas``, ``max_steps``, ``seed``,
+            ``stop``, ``objective``, ``positions``, ``progress`` and ``fast`` of
+            ``early_config`` and refuses ``init``, ``constraints``, ``output_constraint`` and a
+            non-default ``steering``.
+        n_tokens: ``m``, the length of the greedy continuation ``y'``. Decoding stops early
+            after an end-of-turn token (kept in ``y'``) or at the model's context limit.
+        early_config: settings of stage 1 (default ``OptimizeConfig()``).
+        late_config: settings of stage 3 (default ``OptimizeConfig()``): ``lr``, ``betas``,
+            ``max_steps``, ``seed``/``starting_norm``/``init`` (start vector), ``constraints``
+            (e.g. ``NormCap(40.0)``; the norm cap is model-dependent, none by default),
+            ``stop`` (on the total KL), ``positions``, ``progress``, ``fast``. Its
+            ``objective`` is not used: the KL uses coldness 1. Only ``AddSteering`` and no
+            ``output_constraint``.
+
+    Returns:
+        A ``ReentrantResult``: the stage-1 result, ``y'`` (text and token ids), ``v'`` as a
+        ``SteeringVector`` with provenance, the KL history (nats), steps, stop reason, time.
+
+    Raises:
+        LayerError: a layer out of range, or ``early_layer >= late_layer``.
+        SpecError: ``n_tokens < 1``, an unknown ``invasive`` kind, or an unsupported setting.
+        NonFiniteError: the KL is NaN/inf before any update.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> from steerlens import Datapoint, NormCap, OptimizeConfig
+        >>> model = tiny_model()
+        >>> res = reentrant_steering(
+        ...     model, Datapoint("the cat", promote=[" in the"]), early_layer=0, late_layer=1,
+        ...     n_tokens=4, early_config=OptimizeConfig(lr=0.1, max_steps=5),
+        ...     late_config=OptimizeConfig(lr=0.1, max_steps=10, constraints=(NormCap(5.0),)))
+        >>> len(res.continuation_tokens), res.late_vector.provenance["method"]
+        (4, 'reentrant')
+        >>> bool(res.final_kl < res.initial_kl), res.late_vector.norm() <= 5.0 + 1e-5
+        (True, True)
+    """
+    t0 = time.perf_counter()
+    early_config = early_config or OptimizeConfig()
+    late_config = late_config or OptimizeConfig()
+    _check_inputs(model, datapoint, early_layer, late_layer, invasive, n_tokens, late_config)
+
+    # Stage 1: the invasive intervention.
+    early: OptimizeResult | RankOneResult
+    if invasive == "rank_one":
+        early = _optimize_rank_one(model, datapoint, early_layer, early_config)
+        early_spec: SteeringSpec = AffineSteering(rank=1)
+    else:
+        early = optimize_vector(model, datapoint, early_layer, early_config)
+        early_spec = early_config.steering
+    sign = -1.0 if datapoint.negate else 1.0
+    iv = _invasive_intervention(early.vector, early_layer, early_spec, sign)
+    early_positions = as_positions(
+        datapoint.positions if datapoint.positions is not None else early_config.positions
+    )
+    steering = Steering(iv, early_layer, early_positions)
+
+    # Stage 2: y' and the distributions p_k.
+    prompt_tokens = _tl.encode(model, datapoint.prompt)
+    continuation_tokens = _greedy_continuation(model, prompt_tokens, steering, n_tokens)
+    target_logprobs = _record_logprobs(model, prompt_tokens, continuation_tokens, steering)
+
+    # Stage 3: v' at the late layer.
+    late_positions = as_positions(
+        datapoint.positions if datapoint.positions is not None else late_config.positions
+    )
+    label = _tl.decode(model, continuation_tokens, skip_special_tokens=False) or "<empty>"
+    data = [
+        TokenizedDatapoint(
+            Datapoint(datapoint.prompt, promote=[label]),
+            prompt_tokens,
+            [TokenizedCompletion(label, "promote", list(continuation_tokens), None, False)],
+            late_positions,
+        )
+    ]
+    engine = make_engine(model, data, [late_layer], fast=late_config.fast)
+    params = _init_params(model, late_config)
+    spec = AddSteering()
+    target = target_logprobs.to(_tl.device(model))
+
+    def kl_per_token() -> Tensor:
+        return _kl(target, engine.logits(_steer_fn(params, spec, False)))
+
+    noise_gen = torch.Generator().manual_seed(late_config.seed + 1)
+    noise_prev: dict[int, Tensor] = {}
+    history, steps, stop_reason = _adam_loop(
+        params,
+        lambda: kl_per_token().sum()[None],
+        late_config,
+        targets=[None],
+        after_step=lambda: _apply_constraints(params, late_config, noise_gen, noise_prev),
+        desc="reentrant (late)",
+    )
+    with torch.no_grad():
+        final_per_token = kl_per_token().float().cpu().numpy()
+    kl_history = torch.cat(history).numpy()
+    continuation = _tl.decode(model, continuation_tokens)
+    late_vector = SteeringVector(
+        {late_layer: params["v"].detach().clone()},
+        model_id=_tl.model_id(model),
+        provenance={
+            "method": "reentrant",
+            "early_layer": early_layer,
+            "late_layer": late_layer,
+            "invasive": invasive,
+            "n_tokens": n_tokens,
+            "continuation": continuation,
+            "continuation_tokens": list(continuation_tokens),
+            "datapoint": {
+                "prompt": datapoint.prompt,
+                "promote": list(datapoint.promote),
+                "suppress": list(datapoint.suppress),
+                "negate": datapoint.negate,
+                "positions": early_positions.to_dict(),
+            },
+            "late_positions": late_positions.to_dict(),
+            "early_final_losses": early.final_losses,
+            "early_steps": early.steps,
+            "early_hyperparameters": early_config.to_dict(),
+            "hyperparameters": late_config.to_dict(),
+            "objective": "sum_k KL(p_k || q_k), coldness 1",
+            "initial_kl": float(kl_history[0]),
+            "final_kl": float(kl_history[-1]),
+            "kl_unit": "nats",
+            "final_losses": {"kl": float(kl_history[-1])},
+            "loss_unit": "nats",
+            "steps": steps,
+            "stop_reason": stop_reason,
+        },
+    )
+    return ReentrantResult(
+        early=early,
+        continuation=continuation,
+        continuation_tokens=list(continuation_tokens),
+        late_vector=late_vector,
+        kl_history=kl_history,
+        steps=steps,
+        stop_reason=stop_reason,
+        wall_time_s=time.perf_counter() - t0,
+        target_logprobs=target_logprobs,
+        kl_per_token=final_per_token,
+        early_layer=early_layer,
+        late_layer=late_layer,
+        invasive=invasive,
+        engine="packed" if isinstance(engine, PackedEngine) else "hooked",
+    )
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def _check_inputs(
+    model: Any,
+    datapoint: Datapoint,
+    early_layer: int,
+    late_layer: int,
+    invasive: str,
+    n_tokens: int,
+    late_config: OptimizeConfig,
+) -> None:
+    if not isinstance(datapoint, Datapoint):
+        raise SteerlensError(
+            f"expected one steerlens.Datapoint, got {type(datapoint).__name__}; reentrant "
+            "steering works on a single example."
+        )
+    if invasive not in _KINDS:
+        raise SpecError(f"unknown invasive kind {invasive!r}; use 'vector' or 'rank_one'.")
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise SpecError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
+    _tl.check_layer(model, early_layer, what="early_layer")
+    _tl.check_layer(model, late_layer, what="late_layer")
+    if early_layer >= late_layer:
+        raise LayerError(
+            f"early_layer ({early_layer}) must be below late_layer ({late_layer}): reentrant "
+            "steering distils an early intervention into a later layer; pass an early_layer "
+            "smaller than late_layer."
+        )
+    if not isinstance(late_config.steering, AddSteering):
+        raise SpecError(
+            f"the late vector is added (x + v'); late_config.steering must be AddSteering(), got "
+            f"{late_config.steering!r}."
+        )
+    if late_config.output_constraint is not None:
+        raise SpecError(
+            "late_config.output_constraint is not supported by reentrant steering; use a "
+            "NormCap in late_config.constraints instead."
+        )
+
+
+def _check_rank_one_config(config: OptimizeConfig) -> None:
+    unsupported = {
+        "init": config.init is not None,
+        "constraints": bool(config.constraints),
+        "output_constraint": config.output_constraint is not None,
+        "steering": not isinstance(config.steering, AddSteering),
+    }
+    bad = [name for name, is_set in unsupported.items() if is_set]
+    if bad:
+        raise SpecError(
+            f"invasive='rank_one' keeps ||u|| = ||v|| = 1 and starts from a random direction "
+            f"pair, so early_config.{'/'.join(bad)} cannot be used; leave them at their "
+            "defaults (or use invasive='vector')."
+        )
+
+
+# -- stage 1, rank one -------------------------------------------------------------------------
+
+
+def _optimize_rank_one(
+    model: Any, datapoint: Datapoint, layer: int, config: OptimizeConfig
+) -> RankOneResult:
+    """Adam on unit ``u``, ``v`` of ``x + (u . x) v``, renormalised after each step."""
+    _check_rank_one_config(config)
+    t0 = time.perf_counter()
+    data = tokenize(model, datapoint, config.positions)
+    engine = make_engine(model, data, [layer], fast=config.fast)
+    d, dev = _tl.d_model(model), _tl.device(model)
+    gen = torch.Generator().manual_seed(config.seed)
+    u = torch.randn(d, generator=gen, dtype=torch.float32)
+    v = torch.randn(d, generator=gen, dtype=torch.float32)
+    # Float32 factors (cast to the residual's dtype when applied), so unit norm stays exact.
+    params = {
+        "left": (v / v.norm())[None].to(dev).requires_grad_(True),
+        "right": (u / u.norm())[None].to(dev).requires_grad_(True),
+    }
+    zero = torch.zeros(d, device=dev)
+    spec = AffineSteering(rank=1)
+
+    def losses() -> Tensor:
+        fn = _steer_fn({"v": zero, **params}, spec, datapoint.negate)
+        return _losses(engine, fn, config.objective)
+
+    def renormalise() -> None:
+        for p in params.values():
+            p.div_(p.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    history, steps, stop_reason = _adam_loop(
+        params,
+        losses,
+        config,
+        targets=engine.layout.loss_targets,
+        after_step=renormalise,
+        desc="reentrant (rank one)",
+    )
+    loss_history = torch.stack(history).numpy()
+    labels = engine.layout.labels
+    vector = SteeringVector(
+        {layer: zero.clone()},
+        model_id=_tl.model_id(model),
+        affine={layer: (params["left"].detach().clone(), params["right"].detach().clone())},
+        provenance={
+            "method": "rank_one_optimization",
+            "steering": "rank_one (x + (u.x) v, unit u and v, no scale)",
+            "hyperparameters": config.to_dict(),
+            "datapoints": [
+                {
+                    "prompt": datapoint.prompt,
+                    "promote": list(datapoint.promote),
+                    "suppress": list(datapoint.suppress),
+                    "negate": datapoint.negate,
+                    "positions": data[0].positions.to_dict(),
+                }
+            ],
+            "final_losses": dict(zip(labels, loss_history[-1].tolist(), strict=True)),
+            "loss_unit": "nats",
+            "steps": steps,
+            "stop_reason": stop_reason,
+        },
+    )
+    return RankOneResult(
+        vector=vector,
+        loss_history=loss_history,
+        labels=labels,
+        steps=steps,
+        stop_reason=stop_reason,
+        wall_time_s=time.perf_counter() - t0,
+        engine="packed" if isinstance(engine, PackedEngine) else "hooked",
+    )
+
+
+def _invasive_intervention(
+    vector: SteeringVector, layer: int, spec: SteeringSpec, sign: float
+) -> Intervention:
+    """The intervention stage 1 optimized, exactly as its loss applied it."""
+    params = {"v": vector.directions[layer]}
+    if layer in vector.affine:
+        params["left"], params["right"] = vector.affine[layer]
+    return _interventions(params, spec, sign)
+
+
+# -- stage 2 -----------------------------------------------------------------------------------
+
+
+def _prompt_context(n_prompt: int, device: torch.device) -> TokenContext:
+    return TokenContext(
+        torch.zeros(1, dtype=torch.long, device=device),
+        torch.full((1,), n_prompt, dtype=torch.long, device=device),
+    )
+
+
+@torch.no_grad()
+def _greedy_continuation(
+    model: Any, prompt_tokens: list[int], steering: Steering, n_tokens: int
+) -> list[int]:
+    """Greedy decoding under ``steering`` (whole sequence recomputed each step, no cache)."""
+    dev = _tl.device(model)
+    eos = _tl.eos_token_ids(model)
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    ids = list(prompt_tokens)
+    with steer(model, steering) as handle:
+        for _ in range(n_tokens):
+            if n_ctx is not None and len(ids) >= n_ctx:
+                break
+            handle.context = _prompt_context(len(prompt_tokens), dev)
+            logits = model(torch.tensor([ids], dtype=torch.long, device=dev))
+            ids.append(int(logits[0, -1].argmax()))
+            if ids[-1] in eos:
+                break
+    new = ids[len(prompt_tokens) :]
+    if not new:
+        raise SteerlensError(
+            f"the prompt ({len(prompt_tokens)} tokens) fills the model's context ({n_ctx}); no "
+            "continuation could be generated. Use a shorter prompt."
+        )
+    return new
+
+
+@torch.no_grad()
+def _record_logprobs(
+    model: Any, prompt_tokens: list[int], continuation: list[int], steering: Steering
+) -> Float[Tensor, "m vocab"]:
+    """log p_k: the steered run's float32 next-token log-probs at the ``m`` positions that
+    predict the continuation's tokens (prompt's last token to the second-to-last of ``y'``)."""
+    dev = _tl.device(model)
+    p, m = len(prompt_tokens), len(continuation)
+    tokens = torch.tensor([prompt_tokens + continuation], dtype=torch.long, device=dev)
+    with steer(model, steering) as handle:
+        handle.context = _prompt_context(p, dev)
+        logits = model(tokens)
+    logp = torch.log_softmax(logits[0, p - 1 : p - 1 + m].float(), dim=-1)
+    if not bool(torch.isfinite(logp).all()):
+        raise NonFiniteError(
+            "the invasive intervention's next-token distributions are NaN/inf; lower "
+            "early_config.lr or check the model."
+        )
+    return logp.detach().cpu()
+
+
+# -- stage 3 -----------------------------------------------------------------------------------
+
+
+def _kl(
+    target_logp: Float[Tensor, "m vocab"], logits: Float[Tensor, "m vocab"]
+) -> Float[Tensor, " m"]:
+    """``KL(p || q) = sum p (log p - log q)`` per row, ``q = softmax(logits)`` (coldness 1)."""
+    logq = torch.log_softmax(logits.float(), dim=-1)
+    p = target_logp.exp()
+    terms = torch.where(p > 0, p * (target_logp - logq), torch.zeros_like(logq))
+    return terms.sum(-1)
+
+
+# -- the shared Adam loop ----------------------------------------------------------------------
+
+
+def _adam_loop(
+    params: dict[str, Tensor],
+    loss_fn: Callable[[], Tensor],
+    config: OptimizeConfig,
+    *,
+    targets: Sequence[float | None],
+    after_step: Callable[[], None],
+    desc: str,
+) -> tuple[list[Tensor], int, str]:
+    """``optimize_vector``'s loop: history (row ``t`` before update ``t``), stop rules, and on a
+    non-finite loss the last finite parameters restored with a warning."""
+    opt = torch.optim.Adam(list(params.values()), lr=config.lr, betas=config.betas)
+    history: list[Tensor] = []
+    last_good = {k: p.detach().clone() for k, p in params.items()}
+    stop_reason, steps = f"max steps ({config.max_steps})", 0
+    bar = _progress(config.progress, config.max_steps)
+    bar.set_description(desc)
+    for step in range(config.max_steps + 1):
+        losses = loss_fn()
+        if not bool(torch.isfinite(losses).all()):
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(last_good[k])
+            stop_reason = (
+                f"non-finite loss at step {step}; returned the last finite parameters (step "
+                f"{max(step - 1, 0)}). Lower the learning rate or add a NormCap."
+            )
+            warnings.warn(f"steerlens: {stop_reason}", stacklevel=3)
+            break
+        history.append(losses.detach().float().cpu())
+        last_good = {k: p.detach().clone() for k, p in params.items()}
+        rule_reason = next((r for rule in config.stop if (r := rule.check(history, targets))), None)
+        if rule_reason is not None:
+            stop_reason = rule_reason
+            break
+        if step == config.max_steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        opt.step()
+        steps += 1
+        with torch.no_grad():
+            after_step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(losses.detach().sum()):.4f}")
+    bar.close()
+    if not history:
+        raise NonFiniteError(
+            f"{desc}: the loss was NaN/inf at the very first step (before any update); check "
+            "the model and the start point."
+        )
+    return history, steps, stop_reason
+
+
+__all__ = ["RankOneResult", "ReentrantResult", "reentrant_steering"]
