@@ -85,3 +85,22 @@ def test_damaged_real_cache_is_rebuilt(monkeypatch, tmp_path, smol):
     tokens = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.allclose(model(tokens), smol(tokens), atol=1e-4)
+
+
+def test_hub_names_go_to_transformer_lens(monkeypatch):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    seen = {}
+
+    class Fake:
+        def eval(self):
+            return self
+
+    def fake_boot(name, **kwargs):
+        seen.update(name=name, **kwargs)
+        return Fake()
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(fake_boot))
+    model = steerlens.load_model("gpt2", device="cpu", dtype=torch.float32)
+    assert isinstance(model, Fake)
+    assert seen == {"name": "gpt2", "device": "cpu", "dtype": torch.float32}

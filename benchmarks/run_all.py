@@ -1,0 +1,83 @@
+"""Run every benchmark and write the table in docs/benchmarks.md from their JSON results.
+
+Run: .venv/bin/python benchmarks/run_all.py [--table-only]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+DOC = HERE.parent / "docs" / "benchmarks.md"
+
+HEADER = """# Benchmarks
+
+Measured by the scripts in `benchmarks/` (`make bench`, or each script on its own); results are
+written as JSON to `benchmarks/results/` and this page is regenerated from them by
+`benchmarks/run_all.py`. Timings are never asserted in unit tests.
+"""
+
+
+def table() -> str:
+    lines = [HEADER]
+    step = RESULTS / "optimize_step_cpu.json"
+    if step.exists():
+        r = json.loads(step.read_text())
+        lines += [
+            "## One optimization step (`benchmarks/optimize_step.py`)",
+            "",
+            f"{r['model']}, layer {r['layer']}, one chat prompt ({r['tokens']['prompt']} tokens) "
+            f"with {r['completions']['promote']} promote + {r['completions']['suppress']} "
+            f"suppress completions ({r['tokens']['completions']} tokens), {r['threads']} CPU "
+            f"threads, torch {r['torch']}. Straightforward = one full forward + backward per "
+            "completion through hooks (what the authors' code does).",
+            "",
+            "| implementation | seconds / step | speed-up |",
+            "| --- | --- | --- |",
+            f"| straightforward | {r['seconds_per_step_naive']:.3f} | 1.0x |",
+            f"| steerlens ({r['engine']}) | {r['seconds_per_step_steerlens']:.3f} | "
+            f"{r['speedup']:.1f}x |",
+            "",
+            f"Equal losses at an equal vector: max relative difference "
+            f"{r['max_relative_loss_difference']:.1e}; gradient relative difference "
+            f"{r['relative_gradient_difference']:.1e}.",
+            "",
+        ]
+    load = RESULTS / "load_model.json"
+    if load.exists():
+        r = json.loads(load.read_text())
+        best = min(r["warm"], key=lambda w: w["total_s"])
+        lines += [
+            "## Loading the embedded model (`benchmarks/load_model.py`)",
+            "",
+            f"Each in a fresh process, {r['threads']} CPU threads. `import` is `import steerlens` "
+            "(torch); `load_model()` includes the first import of transformers and "
+            "TransformerLens (about 2.5 s of it).",
+            "",
+            "| cache | import (s) | load_model() (s) | total (s) | load_model() again (s) |",
+            "| --- | --- | --- | --- | --- |",
+            f"| cold (converts the GGUF) | {r['cold']['import_s']:.2f} | "
+            f"{r['cold']['load_model_s']:.2f} | {r['cold']['total_s']:.2f} | "
+            f"{r['cold']['second_load_model_s']:.2f} |",
+            f"| warm (best of {len(r['warm'])}) | {best['import_s']:.2f} | "
+            f"{best['load_model_s']:.2f} | {best['total_s']:.2f} | "
+            f"{best['second_load_model_s']:.2f} |",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if "--table-only" not in sys.argv:
+        for script in ("load_model.py", "optimize_step.py"):
+            subprocess.run([sys.executable, str(HERE / script)], check=True)
+    DOC.write_text(table())
+    print(DOC.read_text())
+
+
+if __name__ == "__main__":
+    main()
