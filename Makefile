@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/steerlens demo
 
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --nbmake --nbmake-timeout=900 tests steerlens notebooks
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
