@@ -29,8 +29,8 @@ class Datapoint:
         negate: apply ``-v`` on this datapoint (a vector that adds a behaviour here and
             removes it when subtracted elsewhere).
         positions: where to steer on this datapoint (default: the optimizer's setting).
-        promote_targets, suppress_targets: per-completion target losses (nats) for the
-            target-loss stop rule.
+        promote_targets: per-completion target losses (nats) for the target-loss stop rule.
+        suppress_targets: the same for the suppress completions.
 
     Example:
         >>> Datapoint("Q: 2+2?\\nA:", promote=[" 4"]).completions

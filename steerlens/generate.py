@@ -95,8 +95,13 @@ def generate(
         model: a TransformerLens model.
         prompts: a prompt or a list; with ``chat=True`` each is a user message formatted with
             the model's chat template.
-        steering, layer, strength, mode, positions, allow_model_mismatch: as in :func:`steer`.
-            ``"prompt"`` positions cover the prompt only; generated tokens are never "prompt".
+        steering: what to steer with, as in :func:`steerlens.steer` (``None``: unsteered).
+        layer: layer(s) for a bare tensor or intervention.
+        strength: the ``a`` in ``x + a v`` (negative subtracts) or the clamp value.
+        mode: ``"add"``, ``"clamp"`` or ``"ablate"``.
+        positions: as in :func:`steerlens.steer`; ``"prompt"`` covers the prompt only, and
+            generated tokens are never "prompt".
+        allow_model_mismatch: apply a vector made on a model with another id.
         max_new_tokens: the most tokens to add (stops early at the end-of-turn token).
         temperature: 0 for greedy decoding; otherwise sampling from ``softmax(logits / T)``.
         seed: seed for sampling; the same seed gives the same text.
