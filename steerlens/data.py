@@ -59,10 +59,11 @@ class Datapoint:
                 f"Datapoint for prompt {self.prompt[:40]!r} has no promote and no suppress "
                 "completions; pass promote=[...] and/or suppress=[...]."
             )
-        for kind, text in self.completions:
+        for text, kind in self.completions:
             if not isinstance(text, str) or text == "":
                 raise SteerlensError(
-                    f"a {kind} completion is empty ({text!r}); every completion needs text."
+                    f"a {kind} completion is empty or not text ({text!r}); every completion "
+                    "needs text."
                 )
         for name, comps in (("promote", self.promote), ("suppress", self.suppress)):
             targets = getattr(self, f"{name}_targets")

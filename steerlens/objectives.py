@@ -50,16 +50,19 @@ class Objective:
 def log1mexp(logp: Tensor) -> Tensor:
     """``log(1 - exp(logp))`` for ``logp <= 0``, accurate at both ends."""
     logp = logp.clamp(max=-1e-12)
-    return torch.where(
-        logp > -math.log(2.0), torch.log(-torch.expm1(logp)), torch.log1p(-torch.exp(logp))
-    )
+    near_zero = logp > -math.log(2.0)
+    # Each branch gets an input where it is finite: torch.where's backward would otherwise
+    # multiply the unused branch's inf gradient by 0 and give NaN.
+    small = torch.log(-torch.expm1(torch.where(near_zero, logp, torch.full_like(logp, -1.0))))
+    large = torch.log1p(-torch.exp(torch.where(near_zero, torch.full_like(logp, -1.0), logp)))
+    return torch.where(near_zero, small, large)
 
 
 def token_logprobs(
     logits: Float[Tensor, "n vocab"], targets: Int[Tensor, " n"], coldness: float
 ) -> Float[Tensor, " n"]:
     """``log softmax(c * logits)[target]`` in float32 (or wider)."""
-    scaled = logits.float() * coldness
+    scaled = logits.to(torch.promote_types(logits.dtype, torch.float32)) * coldness
     return scaled.gather(-1, targets[:, None]).squeeze(-1) - scaled.logsumexp(-1)
 
 

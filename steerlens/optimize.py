@@ -68,12 +68,17 @@ SteeringSpec = AddSteering | ClampSteering | AffineSteering
 @dataclass(frozen=True, kw_only=True)
 class OutputConstraint:
     """Second phase: minimise ``||v||`` while no completion's loss rises above where it was
-    when the phase began (modified differential method of multipliers)."""
+    when the phase began (gradient projection with restoration; see ``_minimize_norm``).
 
-    lr: float = 0.01
+    Attributes:
+        lr: the fraction of the norm removed per shrinking step.
+        max_steps: steps of this phase (each costs one forward and one backward per completion).
+        margin: how far (nats) inside a violated bound a restoration step aims.
+    """
+
+    lr: float = 0.05
     max_steps: int = 100
-    damping: float = 10.0
-    multiplier_lr: float = 1.0
+    margin: float = 1e-3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,7 +262,8 @@ def _init_params(model: Any, config: OptimizeConfig) -> dict[str, Tensor]:
 
 
 def _check_layers(model: Any, layer: int | Sequence[int]) -> list[int]:
-    layers = [layer] if isinstance(layer, int) else list(layer)
+    # Anything that is not a list of layers goes to check_layer, which explains what is wrong.
+    layers: list[Any] = list(layer) if isinstance(layer, (list, tuple, range)) else [layer]
     if not layers:
         raise SpecError("no layer given; pass layer=<int> or a list of layers.")
     return [_tl.check_layer(model, la) for la in layers]
@@ -306,6 +312,10 @@ def optimize_vector(
     engine = make_engine(model, data, layers, fast=config.fast)
     any_negated = any(t.datapoint.negate for t in data)
     params = _init_params(model, config)
+    with torch.no_grad():  # the start vector obeys the norm cap too
+        for c in config.constraints:
+            if isinstance(c, NormCap):
+                c.apply(params["v"])
     opt = torch.optim.Adam(list(params.values()), lr=config.lr, betas=config.betas)
     noise_gen = torch.Generator().manual_seed(config.seed + 1)
     noise_prev: dict[int, Tensor] = {}
@@ -315,14 +325,20 @@ def optimize_vector(
     bar = _progress(config.progress, config.max_steps)
     spec = config.steering
     for step in range(config.max_steps + 1):
-        losses = _losses(engine, _steer_fn(params, spec, any_negated), config.objective)
-        if not bool(torch.isfinite(losses).all()):
+        losses = _finite_losses(engine, params, spec, any_negated, config.objective)
+        if losses is None:
+            if not history:
+                raise NonFiniteError(
+                    "the loss is NaN/inf at the start vector (before any update); check the "
+                    "model and the start vector (init=...)."
+                )
             with torch.no_grad():
                 for k, p in params.items():
                     p.copy_(last_good[k])
+            steps -= 1  # the update that produced the non-finite state is discarded
             stop_reason = (
                 f"non-finite loss at step {step}; returned the last finite vector (step "
-                f"{max(step - 1, 0)}). Lower the learning rate or add a NormCap."
+                f"{step - 1}). Lower the learning rate or add a NormCap."
             )
             warnings.warn(f"steerlens: {stop_reason}", stacklevel=2)
             break
@@ -347,9 +363,9 @@ def optimize_vector(
         bar.set_postfix(loss=f"{float(losses.detach().sum()):.4f}")
     bar.close()
     norm_phase = None
-    if config.output_constraint is not None and history:
+    if config.output_constraint is not None:
         bounds = history[-1].to(params["v"].device)
-        before = float(params["v"].norm())
+        before = float(params["v"].detach().norm())
         _minimize_norm(engine, params, spec, any_negated, config, bounds)
         with torch.no_grad():
             history.append(
@@ -357,12 +373,7 @@ def optimize_vector(
                 .float()
                 .cpu()
             )
-        norm_phase = (before, float(params["v"].norm()))
-    if not history:
-        raise NonFiniteError(
-            "the loss was NaN/inf at the very first step (before any update); check the model "
-            "and the start vector."
-        )
+        norm_phase = (before, float(params["v"].detach().norm()))
     wall = time.perf_counter() - t0
     loss_history = torch.stack(history).numpy()
     labels = engine.layout.labels
@@ -379,6 +390,20 @@ def optimize_vector(
         engine="packed" if isinstance(engine, PackedEngine) else "hooked",
         norm_phase=norm_phase,
     )
+
+
+def _finite_losses(
+    engine: PackedEngine | HookedEngine,
+    params: dict[str, Tensor],
+    spec: SteeringSpec,
+    any_negated: bool,
+    objective: Objective,
+) -> Tensor | None:
+    """The losses, or ``None`` when the parameters or the losses are not all finite."""
+    if not all(bool(torch.isfinite(p).all()) for p in params.values()):
+        return None
+    losses = _losses(engine, _steer_fn(params, spec, any_negated), objective)
+    return losses if bool(torch.isfinite(losses).all()) else None
 
 
 def _apply_constraints(
@@ -410,26 +435,50 @@ def _minimize_norm(
     config: OptimizeConfig,
     bounds: Tensor,
 ) -> None:
-    """MDMM: minimise ``||v||^2`` s.t. ``loss_i <= bound_i``; keep the smallest feasible ``v``."""
+    """Minimise ``||v||`` subject to ``loss_i(v) <= bound_i`` for every completion, by gradient
+    projection with restoration.
+
+    Each step computes the constraint Jacobian ``J`` (one row per completion). If some
+    constraint is violated, a Gauss-Newton restoration step moves ``v`` back to ``margin``
+    inside the violated bounds; otherwise ``v`` shrinks along ``-v`` projected off the span of
+    ``J`` (to first order no loss changes), by up to ``lr`` times its norm (halved after a step
+    that broke a bound; if restoration fails, back to the best point). The smallest-norm ``v``
+    that meets every bound exactly is kept; the start point meets them, so the norm never
+    grows.
+    """
     oc = config.output_constraint
     assert oc is not None
     v = params["v"]
-    lam = torch.zeros_like(bounds)
-    opt = torch.optim.Adam([v], lr=oc.lr, betas=config.betas)
-    best = v.detach().clone()
+    best, best_norm = v.detach().clone(), float(v.detach().norm())
+    rate, restoring = oc.lr, 0
     for _ in range(oc.max_steps):
-        losses = _losses(engine, _steer_fn(params, spec, any_negated), config.objective)
-        violation = (losses - bounds).clamp_min(0.0)
-        if bool((violation == 0).all()) and v.norm() <= best.norm():
-            best = v.detach().clone()
-        if not bool(torch.isfinite(losses).all()):
+        losses = _finite_losses(engine, params, spec, any_negated, config.objective)
+        if losses is None:
             break
-        lagrangian = v.pow(2).sum() + ((lam + oc.damping * violation.detach()) * violation).sum()
-        opt.zero_grad(set_to_none=True)
-        lagrangian.backward()
-        opt.step()
+        rows = [torch.autograd.grad(li, v, retain_graph=True)[0] for li in losses]
+        jac = torch.stack(rows).float()
+        gap = (losses.detach() - bounds).float()
         with torch.no_grad():
-            lam = (lam + oc.multiplier_lr * violation.detach()).clamp_min(0.0)
+            norm = float(v.norm())
+            violated = gap > 0
+            if not bool(violated.any()) and norm < best_norm:
+                best, best_norm = v.detach().clone(), norm
+            # Shrink gently after a step that broke a bound, boldly after one that did not.
+            rate = rate / 2 if bool(violated.any()) else min(rate * 1.5, oc.lr)
+            restoring = restoring + 1 if bool(violated.any()) else 0
+            if restoring > 3:
+                v.copy_(best)  # restoration failed: back to the best point, smaller steps
+                restoring = 0
+                continue
+            if restoring:
+                ja = jac[violated]
+                rhs = gap[violated] + oc.margin
+                step = -ja.T @ torch.linalg.solve(ja @ ja.T + 1e-8 * torch.eye(len(ja)), rhs)
+            else:
+                d = -v.detach().float()
+                coef = torch.linalg.solve(jac @ jac.T + 1e-8 * torch.eye(len(jac)), jac @ d)
+                step = rate * (d - jac.T @ coef)
+            v.add_(step.to(v))
             for c in config.constraints:
                 if isinstance(c, NormCap):
                     c.apply(v)
