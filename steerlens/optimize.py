@@ -9,7 +9,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -316,52 +316,17 @@ def optimize_vector(
         for c in config.constraints:
             if isinstance(c, NormCap):
                 c.apply(params["v"])
-    opt = torch.optim.Adam(list(params.values()), lr=config.lr, betas=config.betas)
     noise_gen = torch.Generator().manual_seed(config.seed + 1)
     noise_prev: dict[int, Tensor] = {}
-    history: list[Tensor] = []
-    last_good = {k: p.detach().clone() for k, p in params.items()}
-    stop_reason, steps = f"max steps ({config.max_steps})", 0
-    bar = _progress(config.progress, config.max_steps)
     spec = config.steering
-    for step in range(config.max_steps + 1):
-        losses = _finite_losses(engine, params, spec, any_negated, config.objective)
-        if losses is None:
-            if not history:
-                raise NonFiniteError(
-                    "the loss is NaN/inf at the start vector (before any update); check the "
-                    "model and the start vector (init=...)."
-                )
-            with torch.no_grad():
-                for k, p in params.items():
-                    p.copy_(last_good[k])
-            steps -= 1  # the update that produced the non-finite state is discarded
-            stop_reason = (
-                f"non-finite loss at step {step}; returned the last finite vector (step "
-                f"{step - 1}). Lower the learning rate or add a NormCap."
-            )
-            warnings.warn(f"steerlens: {stop_reason}", stacklevel=2)
-            break
-        history.append(losses.detach().float().cpu())
-        last_good = {k: p.detach().clone() for k, p in params.items()}
-        rule_reason = next(
-            (r for rule in config.stop if (r := rule.check(history, engine.layout.loss_targets))),
-            None,
-        )
-        if rule_reason is not None:
-            stop_reason = rule_reason
-            break
-        if step == config.max_steps:
-            break
-        opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        opt.step()
-        steps += 1
-        with torch.no_grad():
-            _apply_constraints(params, config, noise_gen, noise_prev)
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(losses.detach().sum()):.4f}")
-    bar.close()
+    history, steps, stop_reason = _adam_loop(
+        params,
+        lambda: _losses(engine, _steer_fn(params, spec, any_negated), config.objective),
+        config,
+        targets=engine.layout.loss_targets,
+        after_step=lambda: _apply_constraints(params, config, noise_gen, noise_prev),
+        desc="optimize",
+    )
     norm_phase = None
     if config.output_constraint is not None:
         bounds = history[-1].to(params["v"].device)
@@ -390,6 +355,70 @@ def optimize_vector(
         engine="packed" if isinstance(engine, PackedEngine) else "hooked",
         norm_phase=norm_phase,
     )
+
+
+def _adam_loop(
+    params: dict[str, Tensor],
+    loss_fn: Callable[[], Tensor],
+    config: OptimizeConfig,
+    *,
+    targets: Sequence[float | None],
+    after_step: Callable[[], None],
+    desc: str,
+) -> tuple[list[Tensor], int, str]:
+    """The optimizer loop shared by every optimization in steerlens.
+
+    Row ``t`` of the returned history is the loss before update ``t``; stop rules are checked
+    after each evaluation; ``after_step`` (constraints) runs after each update, without grad.
+    When the parameters or the loss stop being finite, the last finite parameters are restored
+    and the loop stops with a reason naming the step.
+
+    Returns:
+        ``(history, steps, stop_reason)``.
+    """
+    opt = torch.optim.Adam(list(params.values()), lr=config.lr, betas=config.betas)
+    history: list[Tensor] = []
+    last_good = {k: p.detach().clone() for k, p in params.items()}
+    stop_reason, steps = f"max steps ({config.max_steps})", 0
+    bar = _progress(config.progress, config.max_steps)
+    bar.set_description(desc)
+    for step in range(config.max_steps + 1):
+        finite = all(bool(torch.isfinite(p).all()) for p in params.values())
+        losses = loss_fn() if finite else None
+        if losses is None or not bool(torch.isfinite(losses).all()):
+            if not history:
+                raise NonFiniteError(
+                    f"{desc}: the loss is NaN/inf at the start point (before any update); "
+                    "check the model and the start vector (init=...)."
+                )
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(last_good[k])
+            steps -= 1  # the update that produced the non-finite state is discarded
+            stop_reason = (
+                f"non-finite loss at step {step}; returned the last finite vector (step "
+                f"{step - 1}). Lower the learning rate or add a NormCap."
+            )
+            warnings.warn(f"steerlens: {stop_reason}", stacklevel=3)
+            break
+        history.append(losses.detach().float().cpu())
+        last_good = {k: p.detach().clone() for k, p in params.items()}
+        rule_reason = next((r for rule in config.stop if (r := rule.check(history, targets))), None)
+        if rule_reason is not None:
+            stop_reason = rule_reason
+            break
+        if step == config.max_steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        opt.step()
+        steps += 1
+        with torch.no_grad():
+            after_step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(losses.detach().sum()):.4f}")
+    bar.close()
+    return history, steps, stop_reason
 
 
 def _finite_losses(

@@ -17,8 +17,6 @@ All KLs are in nats and use coldness 1 (the model's own softmax); ``p_k`` are fl
 from __future__ import annotations
 
 import time
-import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,11 +36,11 @@ from steerlens.optimize import (
     OptimizeConfig,
     OptimizeResult,
     SteeringSpec,
+    _adam_loop,
     _apply_constraints,
     _init_params,
     _interventions,
     _losses,
-    _progress,
     _steer_fn,
     optimize_vector,
 )
@@ -546,63 +544,6 @@ def _kl(
     p = target_logp.exp()
     terms = torch.where(p > 0, p * (target_logp - logq), torch.zeros_like(logq))
     return terms.sum(-1)
-
-
-# -- the shared Adam loop ----------------------------------------------------------------------
-
-
-def _adam_loop(
-    params: dict[str, Tensor],
-    loss_fn: Callable[[], Tensor],
-    config: OptimizeConfig,
-    *,
-    targets: Sequence[float | None],
-    after_step: Callable[[], None],
-    desc: str,
-) -> tuple[list[Tensor], int, str]:
-    """``optimize_vector``'s loop: history (row ``t`` before update ``t``), stop rules, and on a
-    non-finite loss the last finite parameters restored with a warning."""
-    opt = torch.optim.Adam(list(params.values()), lr=config.lr, betas=config.betas)
-    history: list[Tensor] = []
-    last_good = {k: p.detach().clone() for k, p in params.items()}
-    stop_reason, steps = f"max steps ({config.max_steps})", 0
-    bar = _progress(config.progress, config.max_steps)
-    bar.set_description(desc)
-    for step in range(config.max_steps + 1):
-        losses = loss_fn()
-        if not bool(torch.isfinite(losses).all()):
-            with torch.no_grad():
-                for k, p in params.items():
-                    p.copy_(last_good[k])
-            stop_reason = (
-                f"non-finite loss at step {step}; returned the last finite parameters (step "
-                f"{max(step - 1, 0)}). Lower the learning rate or add a NormCap."
-            )
-            warnings.warn(f"steerlens: {stop_reason}", stacklevel=3)
-            break
-        history.append(losses.detach().float().cpu())
-        last_good = {k: p.detach().clone() for k, p in params.items()}
-        rule_reason = next((r for rule in config.stop if (r := rule.check(history, targets))), None)
-        if rule_reason is not None:
-            stop_reason = rule_reason
-            break
-        if step == config.max_steps:
-            break
-        opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        opt.step()
-        steps += 1
-        with torch.no_grad():
-            after_step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(losses.detach().sum()):.4f}")
-    bar.close()
-    if not history:
-        raise NonFiniteError(
-            f"{desc}: the loss was NaN/inf at the very first step (before any update); check "
-            "the model and the start point."
-        )
-    return history, steps, stop_reason
 
 
 __all__ = ["RankOneResult", "ReentrantResult", "reentrant_steering"]

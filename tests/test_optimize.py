@@ -654,7 +654,7 @@ def test_non_finite_loss_mid_run_stops_and_returns_last_finite_vector(tiny, monk
 @pytest.mark.filterwarnings("ignore:steerlens. non-finite loss")
 def test_non_finite_loss_at_the_first_step_is_an_error(tiny):
     dp = datapoints(tiny)[0]
-    with pytest.raises(NonFiniteError, match="at the start vector"):
+    with pytest.raises(NonFiniteError, match="at the start point"):
         optimize_vector(tiny, dp, 1, objective=Objective(coldness=3e38), max_steps=3)
 
 
