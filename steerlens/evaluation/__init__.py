@@ -1,0 +1,69 @@
+"""The paper's evaluation framework (METHOD.md, "Evaluation framework").
+
+- :func:`completion_logprobs`: log-probabilities of any completions under any steering.
+- :func:`beam_search`: the ``k`` most likely ``n``-token continuations under steering.
+- :func:`behavior_change_rates`: how often a vector flips multiple-choice answers (Poser table).
+- :func:`success_rate` with :class:`StringMatchJudge` / :class:`ModelJudge`: behaviour rates
+  of steered generations, with a Wilson interval (:func:`wilson_interval`).
+- :func:`mean_surprisal`, :func:`compare_samples`, :func:`compare_contexts`,
+  :func:`information_complexity`: base-model surprisal (section 2.2).
+
+Every result is a small frozen dataclass that prints as a short table and has ``to_dict()``.
+
+Example:
+    >>> from steerlens.testing import tiny_model
+    >>> from steerlens.evaluation import completion_logprobs
+    >>> completion_logprobs(tiny_model(), "the cat", " sat").totals.shape
+    torch.Size([1, 1])
+"""
+
+from steerlens.evaluation.beam import BeamHypothesis, BeamSearchResult, beam_search
+from steerlens.evaluation.errors import AnswerTokenError, ContextWindowError, TemplateError
+from steerlens.evaluation.judges import (
+    ModelJudge,
+    StringMatchJudge,
+    success_rate,
+)
+from steerlens.evaluation.logprobs import CompletionLogprobs, completion_logprobs
+from steerlens.evaluation.rates import (
+    AnswerChoices,
+    BehaviorRates,
+    RateResult,
+    behavior_change_rates,
+    wilson_interval,
+)
+from steerlens.evaluation.surprisal import (
+    InformationComplexity,
+    SurprisalComparison,
+    SurprisalResult,
+    compare_contexts,
+    compare_samples,
+    information_complexity,
+    mean_surprisal,
+)
+
+__all__ = [
+    "AnswerChoices",
+    "AnswerTokenError",
+    "BeamHypothesis",
+    "BeamSearchResult",
+    "BehaviorRates",
+    "CompletionLogprobs",
+    "ContextWindowError",
+    "InformationComplexity",
+    "ModelJudge",
+    "RateResult",
+    "StringMatchJudge",
+    "SurprisalComparison",
+    "SurprisalResult",
+    "TemplateError",
+    "beam_search",
+    "behavior_change_rates",
+    "compare_contexts",
+    "compare_samples",
+    "completion_logprobs",
+    "information_complexity",
+    "mean_surprisal",
+    "success_rate",
+    "wilson_interval",
+]

@@ -1,0 +1,248 @@
+"""Judges (text -> bool) and the success rate they measure on steered generations.
+
+A judge is any callable ``judge(text) -> bool``; one that also has ``judge_all(texts)`` is
+called once for the whole batch. Two are provided:
+
+- :class:`StringMatchJudge`: True when the text contains any of a few phrases.
+- :class:`ModelJudge`: asks a model a Yes/No question about the text and compares the logits
+  of its "Yes" and "No" tokens at the answer position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from steerlens import _tl
+from steerlens.errors import SteerlensError
+from steerlens.evaluation._common import (
+    answer_token_ids,
+    check_batch_size,
+    check_fits,
+    last_logits,
+    short,
+)
+from steerlens.evaluation.errors import AnswerTokenError, TemplateError
+from steerlens.evaluation.rates import RateResult
+from steerlens.generate import check_prompts, generate
+from steerlens.positions import PositionsLike
+from steerlens.steer import SteeringLike
+
+Judge = Callable[[str], bool]
+PLACEHOLDER = "{text}"
+
+
+@dataclass(frozen=True)
+class StringMatchJudge:
+    """True when the text contains any of ``phrases`` (a refusal phrase, a French word, ...).
+
+    Example:
+        >>> judge = StringMatchJudge([" est ", " la "])
+        >>> judge("Ma nourriture préférée est la pizza."), judge("My favourite food is pizza.")
+        (True, False)
+    """
+
+    phrases: Sequence[str]
+    case_insensitive: bool = True
+
+    def __post_init__(self) -> None:
+        items = (self.phrases,) if isinstance(self.phrases, str) else tuple(self.phrases)
+        if not items or not all(isinstance(p, str) and p for p in items):
+            raise SteerlensError(
+                f"StringMatchJudge needs a non-empty list of non-empty phrases, got {items!r}."
+            )
+        object.__setattr__(self, "phrases", items)
+
+    def __call__(self, text: str) -> bool:
+        if self.case_insensitive:
+            folded = text.casefold()
+            return any(p.casefold() in folded for p in self.phrases)
+        return any(p in text for p in self.phrases)
+
+    def judge_all(self, texts: Sequence[str]) -> list[bool]:
+        return [self(t) for t in texts]
+
+
+def _yes_no_ids(
+    model: Any, yes_no: tuple[str, str] | None, prompt_end: str
+) -> tuple[tuple[str, str], list[int]]:
+    """The answer pair to compare, and its two token ids."""
+    if yes_no is not None:
+        return yes_no, answer_token_ids(model, list(yes_no), what="judge answer")
+    # After a space or newline the answer is "Yes"; after e.g. "Answer:" it is " Yes".
+    pairs = [("Yes", "No"), (" Yes", " No")]
+    if not prompt_end[-1:].isspace():
+        pairs.reverse()
+    problems = []
+    for pair in pairs:
+        try:
+            return pair, answer_token_ids(model, list(pair), what="judge answer")
+        except AnswerTokenError as err:
+            problems.append(str(err))
+    raise AnswerTokenError(
+        "neither 'Yes'/'No' nor ' Yes'/' No' are single tokens for this model ("
+        + " ".join(problems)
+        + "); pass yes_no=(...) with two single-token answers."
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ModelJudge:
+    """Ask ``model`` a Yes/No question about a text; True when "Yes" beats "No".
+
+    The text is put into ``template`` in place of ``{text}`` (other braces are left alone). The
+    verdict compares the logits of the "Yes" and "No" tokens at the position right after the
+    prompt: ``"Yes"``/``"No"`` when the prompt ends in whitespace (as a chat turn does),
+    else ``" Yes"``/``" No"``; whichever pair is single-token is used, or pass ``yes_no``.
+
+    Args:
+        model: the judging model (it runs unsteered: judge after leaving any ``steer`` block).
+        template: the question, containing ``{text}``.
+        chat: format the question with the model's chat template.
+        system: a system message for ``chat=True``.
+        yes_no: the two answer strings to compare, each one token.
+        batch_size: texts per forward pass.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> judge = ModelJudge(tiny_model(), "Is this French? {text}", yes_no=("Y", "N"))
+        >>> verdicts = judge.judge_all(["la pizza", "the pizza"])
+        >>> len(verdicts), judge.yes_no
+        (2, ('Y', 'N'))
+    """
+
+    model: Any
+    template: str
+    chat: bool = True
+    system: str | None = None
+    yes_no: tuple[str, str] | None = None
+    batch_size: int = 16
+    answer_ids: tuple[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.template, str) or PLACEHOLDER not in self.template:
+            raise TemplateError(
+                f"the judge template {short(str(self.template), 60)} has no {PLACEHOLDER} "
+                "placeholder, so the judged text would never reach the model; put {text} "
+                "where the text goes, e.g. 'Is the following text in French?\\n\\n{text}'."
+            )
+        check_batch_size(self.batch_size)
+        example = self._prompt("x")
+        pair, ids = _yes_no_ids(self.model, self.yes_no, example)
+        object.__setattr__(self, "yes_no", pair)
+        object.__setattr__(self, "answer_ids", (ids[0], ids[1]))
+
+    def _prompt(self, text: str) -> str:
+        question = self.template.replace(PLACEHOLDER, text)
+        if self.chat:
+            return _tl.chat_prompt(self.model, question, system=self.system)
+        return question
+
+    @torch.no_grad()
+    def margins(self, texts: Sequence[str]) -> Float[Tensor, " texts"]:
+        """``logit(yes) - logit(no)`` for each text; positive means "Yes"."""
+        token_lists = [_tl.encode(self.model, self._prompt(t)) for t in texts]
+        for i, ids in enumerate(token_lists):
+            check_fits(
+                self.model, len(ids), f"the judge prompt for text {i}", "judge a shorter text"
+            )
+        logits = last_logits(self.model, token_lists, None, self.batch_size)
+        return (logits[:, self.answer_ids[0]] - logits[:, self.answer_ids[1]]).cpu()
+
+    def judge_all(self, texts: Sequence[str]) -> list[bool]:
+        if not texts:
+            return []
+        return [bool(m > 0) for m in self.margins(texts)]
+
+    def __call__(self, text: str) -> bool:
+        return self.judge_all([text])[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelJudge(model={_tl.model_id(self.model)!r}, template="
+            f"{short(self.template, 60)}, chat={self.chat}, yes_no={self.yes_no!r})"
+        )
+
+
+def judge_texts(judge: Judge, texts: Sequence[str]) -> list[bool]:
+    """Apply ``judge`` to every text (in one batch when it has ``judge_all``)."""
+    batch = getattr(judge, "judge_all", None)
+    verdicts = list(batch(texts)) if callable(batch) else [judge(t) for t in texts]
+    if len(verdicts) != len(texts):
+        raise SteerlensError(
+            f"the judge returned {len(verdicts)} verdicts for {len(texts)} texts; "
+            "judge_all must return one bool per text."
+        )
+    return [bool(v) for v in verdicts]
+
+
+def success_rate(
+    model: Any,
+    prompts: str | Sequence[str],
+    judge: Judge,
+    *,
+    steering: SteeringLike | Sequence[SteeringLike] | None = None,
+    layer: int | Sequence[int] | None = None,
+    strength: float = 1.0,
+    mode: str = "add",
+    positions: PositionsLike = None,
+    max_new_tokens: int = 64,
+    chat: bool = True,
+    system: str | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    batch_size: int = 16,
+    z: float = 1.96,
+    allow_model_mismatch: bool = False,
+) -> RateResult:
+    """Generate from each prompt (optionally steered) and count the texts the judge accepts.
+
+    The steered generations are finished (and the steering removed) before the judge runs, so
+    a :class:`ModelJudge` may use the same model.
+
+    Args:
+        model: a TransformerLens model.
+        prompts: a prompt or a list (user messages with ``chat=True``).
+        judge: a callable ``text -> bool`` (e.g. :class:`StringMatchJudge`,
+            :class:`ModelJudge`).
+        steering, layer, strength, mode, positions, allow_model_mismatch: as in
+            :func:`steerlens.steer`.
+        max_new_tokens, chat, system, temperature, seed, batch_size: as in
+            :func:`steerlens.generate`.
+        z: normal quantile of the Wilson interval (1.96: 95%).
+
+    Returns:
+        A :class:`RateResult` (``successes``, ``n``, ``rate``, ``ci_low``, ``ci_high``) that
+        also keeps each prompt, generated text and verdict.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> res = success_rate(tiny_model(), ["Hi", "Hello"], StringMatchJudge(["zzzz"]),
+        ...                    max_new_tokens=3)
+        >>> res.successes, res.n, res.ci_low
+        (0, 2, 0.0)
+    """
+    items = check_prompts(prompts)
+    texts = generate(
+        model,
+        items,
+        steering,
+        layer=layer,
+        strength=strength,
+        mode=mode,
+        positions=positions,
+        max_new_tokens=max_new_tokens,
+        chat=chat,
+        system=system,
+        temperature=temperature,
+        seed=seed,
+        batch_size=batch_size,
+        allow_model_mismatch=allow_model_mismatch,
+    )
+    outputs = [texts] if isinstance(texts, str) else texts
+    return RateResult.from_outcomes(judge_texts(judge, outputs), z=z, prompts=items, texts=outputs)

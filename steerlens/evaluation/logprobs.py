@@ -1,0 +1,278 @@
+"""Log-probabilities of given completions under any steering: :func:`completion_logprobs`.
+
+Every completion is scored after every prompt (prompts x completions). Each ``prompt +
+completion`` is one row of a right-padded batch; the model unembeds only the positions that
+predict completion tokens (on a ``TransformerBridge``), and ``log softmax(c * logits)`` is taken
+in float32 at those positions only.
+
+Tokenisation is exact, as in the optimizer (:func:`steerlens.data.tokenize_completion`): a
+completion is scored on the tokens that follow the prompt's own tokens. When tokenising
+``prompt + completion`` jointly merges a token across the boundary, the completion is scored
+tokenised on its own after the prompt's tokens, with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from steerlens import _tl
+from steerlens.data import tokenize_completion
+from steerlens.errors import SteerlensError
+from steerlens.evaluation._common import (
+    check_batch_size,
+    check_coldness,
+    check_fits,
+    chunks,
+    describe_steering,
+    forward_kept,
+    plain,
+    short,
+    table,
+)
+from steerlens.generate import check_prompts, format_prompts
+from steerlens.objectives import convert_loss, token_logprobs
+from steerlens.positions import PositionsLike, TokenContext
+from steerlens.steer import SteeringHandle, SteeringLike, steer
+
+
+@dataclass(frozen=True)
+class CompletionLogprobs:
+    """Log-probabilities of completions after prompts; what :func:`completion_logprobs` returns.
+
+    Attributes:
+        prompts: the prompts as given (before any chat formatting).
+        completions: the completions as given.
+        tokens: ``tokens[i][j]``: the token ids of completion ``j`` after prompt ``i``.
+        token_logprobs: ``token_logprobs[i][j]``: ``[tokens]`` log-probability of each of them.
+        totals: ``[prompts, completions]`` sums of the per-token log-probabilities.
+        unit: ``"nats"``, ``"bits"`` or ``"hartleys"`` (log base e, 2 or 10).
+        coldness: the ``c`` in ``softmax(c * logits)``.
+        steering: a description of the steering applied (``"unsteered"`` if none).
+        chat: whether the prompts were formatted with the chat template.
+        boundary_merged: ``[i][j]``: the completion merged with its prompt when tokenised
+            jointly, so it was scored tokenised on its own.
+    """
+
+    prompts: tuple[str, ...]
+    completions: tuple[str, ...]
+    tokens: tuple[tuple[tuple[int, ...], ...], ...]
+    token_logprobs: tuple[tuple[Float[Tensor, " tokens"], ...], ...]
+    totals: Float[Tensor, "prompts completions"]
+    unit: str
+    coldness: float
+    steering: str
+    chat: bool
+    boundary_merged: tuple[tuple[bool, ...], ...]
+
+    def total(self, prompt: int = 0, completion: int = 0) -> float:
+        """The log-probability of completion ``completion`` after prompt ``prompt``."""
+        return float(self.totals[prompt, completion])
+
+    @property
+    def means(self) -> Float[Tensor, "prompts completions"]:
+        """Per-token mean log-probabilities (totals divided by token counts)."""
+        lengths = torch.tensor([[len(t) for t in row] for row in self.tokens], dtype=torch.float32)
+        return self.totals / lengths
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, floats, strings) for saving as JSON."""
+        return plain(self)
+
+    def __repr__(self) -> str:
+        rows = [
+            [short(p), short(c), str(len(self.tokens[i][j])), f"{self.total(i, j):.4f}"]
+            for i, p in enumerate(self.prompts)
+            for j, c in enumerate(self.completions)
+        ]
+        head = f"CompletionLogprobs ({self.unit}, coldness {self.coldness:g}, {self.steering})\n"
+        return head + table(["prompt", "completion", "tokens", f"log-prob ({self.unit})"], rows)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One ``prompt + completion`` to score."""
+
+    prompt_index: int
+    completion_index: int
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    merged: bool
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_tokens) + len(self.completion_tokens)
+
+
+def _check_completions(completions: str | Sequence[str]) -> list[str]:
+    items = [completions] if isinstance(completions, str) else list(completions)
+    if not items:
+        raise SteerlensError("the completion list is empty; pass at least one completion.")
+    for j, c in enumerate(items):
+        if not isinstance(c, str) or c == "":
+            raise SteerlensError(
+                f"completion {j} is {c!r}; every completion must be a non-empty string."
+            )
+    return items
+
+
+def _make_rows(model: Any, texts: Sequence[str], completions: Sequence[str]) -> list[_Row]:
+    rows = []
+    for i, text in enumerate(texts):
+        prompt_tokens = _tl.encode(model, text)
+        for j, completion in enumerate(completions):
+            tokens, merged = tokenize_completion(model, prompt_tokens, text, completion)
+            if not tokens:
+                raise SteerlensError(f"completion {completion!r} tokenises to nothing.")
+            if merged:
+                warnings.warn(
+                    f"completion {completion!r} merges with the end of prompt {i} when tokenised "
+                    "jointly; scoring it tokenised on its own after the prompt's tokens.",
+                    stacklevel=3,
+                )
+            row = _Row(i, j, prompt_tokens, tokens, merged)
+            check_fits(
+                model,
+                row.length,
+                f"prompt {i} followed by completion {j}",
+                "use a shorter prompt or completion",
+            )
+            rows.append(row)
+    return rows
+
+
+def score_rows(
+    model: Any,
+    rows: Sequence[_Row],
+    handle: SteeringHandle,
+    coldness: float,
+    batch_size: int,
+) -> list[Float[Tensor, " tokens"]]:
+    """Per-token log-probabilities (nats, float32) of each row's completion tokens."""
+    dev = _tl.device(model)
+    pad = _tl.pad_token_id(model)
+    order = sorted(range(len(rows)), key=lambda r: rows[r].length)  # less padding per batch
+    out: list[Tensor | None] = [None] * len(rows)
+    for batch in chunks(len(order), batch_size):
+        members = [rows[order[b]] for b in batch]
+        width = max(r.length for r in members)
+        tokens = torch.full((len(members), width), pad, dtype=torch.long, device=dev)
+        mask = torch.zeros_like(tokens)
+        row_idx, pos_idx, targets = [], [], []
+        for b, r in enumerate(members):
+            seq = r.prompt_tokens + r.completion_tokens
+            tokens[b, : len(seq)] = torch.tensor(seq, device=dev)
+            mask[b, : len(seq)] = 1
+            p = len(r.prompt_tokens)
+            # Completion token k is predicted at position p - 1 + k.
+            row_idx += [b] * len(r.completion_tokens)
+            pos_idx += list(range(p - 1, p - 1 + len(r.completion_tokens)))
+            targets += r.completion_tokens
+        prompt_end = torch.tensor([len(r.prompt_tokens) for r in members], device=dev)
+        handle.context = TokenContext(torch.zeros_like(prompt_end), prompt_end, 0)
+        try:
+            logits, offset = forward_kept(model, tokens, mask, min(pos_idx), max(pos_idx) + 1)
+        finally:
+            handle.context = None
+        picked = logits[
+            torch.tensor(row_idx, device=dev), torch.tensor(pos_idx, device=dev) - offset
+        ]
+        lp = token_logprobs(picked, torch.tensor(targets, device=dev), coldness)
+        sizes = [len(r.completion_tokens) for r in members]
+        for b, piece in zip(batch, lp.split(sizes), strict=True):
+            out[order[b]] = piece.detach().cpu()
+    return [t for t in out if t is not None]
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: Any,
+    prompts: str | Sequence[str],
+    completions: str | Sequence[str],
+    *,
+    steering: SteeringLike | Sequence[SteeringLike] | None = None,
+    layer: int | Sequence[int] | None = None,
+    strength: float = 1.0,
+    mode: str = "add",
+    positions: PositionsLike = None,
+    coldness: float = 1.0,
+    unit: str = "nats",
+    chat: bool = False,
+    system: str | None = None,
+    batch_size: int = 32,
+    allow_model_mismatch: bool = False,
+) -> CompletionLogprobs:
+    """Log-probabilities of completions after prompts, per token and in total, under steering.
+
+    Args:
+        model: a TransformerLens model.
+        prompts: a prompt or a list; with ``chat=True`` each is a user message formatted with
+            the model's chat template.
+        completions: a completion or a list; each is scored after every prompt.
+        steering, layer, strength, mode, positions, allow_model_mismatch: as in
+            :func:`steerlens.steer`. ``"prompt"`` positions are the prompt's tokens;
+            ``"generated"`` positions are the completion's tokens.
+        coldness: inverse temperature ``c``: log-probs of ``softmax(c * logits)``. 1 gives the
+            model's own probabilities (the optimizer's default is the paper's 0.7).
+        unit: ``"nats"`` (natural log), ``"bits"`` (log base 2) or ``"hartleys"`` (log base 10).
+        chat: format prompts with the chat template (default: use them as written).
+        system: a system message for ``chat=True``.
+        batch_size: ``prompt + completion`` rows per forward pass.
+
+    Returns:
+        A :class:`CompletionLogprobs`; ``result.totals[i, j]`` is the log-probability of
+        completion ``j`` after prompt ``i``.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> res = completion_logprobs(model, ["the cat", "a dog"], [" sat", " in the"])
+        >>> tuple(res.totals.shape), res.unit
+        ((2, 2), 'nats')
+        >>> bool((res.totals < 0).all())
+        True
+    """
+    prompt_list = check_prompts(prompts)
+    completion_list = _check_completions(completions)
+    convert_loss(0.0, unit)  # validate the unit before any work
+    coldness = check_coldness(coldness)
+    check_batch_size(batch_size)
+    texts = format_prompts(model, prompt_list, chat=chat, system=system)
+    rows = _make_rows(model, texts, completion_list)
+    with steer(
+        model,
+        steering,
+        layer=layer,
+        strength=strength,
+        mode=mode,
+        positions=positions,
+        allow_model_mismatch=allow_model_mismatch,
+    ) as handle:
+        per_row = score_rows(model, rows, handle, coldness, batch_size)
+        described = describe_steering(handle.steerings)
+    n_c = len(completion_list)
+    lps = [torch.as_tensor(convert_loss(lp, unit)) for lp in per_row]
+    grid = [[lps[i * n_c + j] for j in range(n_c)] for i in range(len(prompt_list))]
+    return CompletionLogprobs(
+        prompts=tuple(prompt_list),
+        completions=tuple(completion_list),
+        tokens=tuple(
+            tuple(tuple(rows[i * n_c + j].completion_tokens) for j in range(n_c))
+            for i in range(len(prompt_list))
+        ),
+        token_logprobs=tuple(tuple(r) for r in grid),
+        totals=torch.tensor([[float(t.sum()) for t in r] for r in grid], dtype=torch.float32),
+        unit=unit,
+        coldness=coldness,
+        steering=described,
+        chat=chat,
+        boundary_merged=tuple(
+            tuple(rows[i * n_c + j].merged for j in range(n_c)) for i in range(len(prompt_list))
+        ),
+    )

@@ -1,0 +1,151 @@
+"""completion_logprobs against a hand computation: the model's plain forward pass on
+``prompt + completion`` (steered with ``steerlens.steer`` or a hook written here) and
+``log_softmax(c * logits)`` in float64."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from steerlens import _tl, steer
+from steerlens.errors import SpecError, SteerlensError
+from steerlens.evaluation import ContextWindowError, completion_logprobs
+
+PROMPTS = ["the cat sat on", "a dog"]
+COMPLETIONS = [" the mat", " in", "xyz!"]
+LAYER = 1
+
+
+def hand_logprobs(model, prompt, completion, coldness=1.0, **steering):
+    """Per-token float64 log-probs of ``completion`` after ``prompt`` from one plain forward."""
+    p_ids = _tl.encode(model, prompt)
+    c_ids = _tl.encode(model, prompt + completion)[len(p_ids) :]
+    tokens = torch.tensor([p_ids + c_ids])
+    with torch.no_grad(), steer(model, steering.pop("steering", None), **steering):
+        logits = model(tokens)[0].double()
+    logp = (coldness * logits).log_softmax(-1)
+    return torch.stack([logp[len(p_ids) - 1 + k, t] for k, t in enumerate(c_ids)])
+
+
+def assert_matches_hand(model, res, coldness=1.0, **steering):
+    for i, p in enumerate(PROMPTS):
+        for j, c in enumerate(COMPLETIONS):
+            want = hand_logprobs(model, p, c, coldness, **dict(steering))
+            got = res.token_logprobs[i][j].double()
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert res.total(i, j) == pytest.approx(float(want.sum()), rel=1e-5)
+
+
+def test_unsteered_equals_hand_computation(tiny):
+    res = completion_logprobs(tiny, PROMPTS, COMPLETIONS, coldness=0.7)
+    assert res.totals.shape == (2, 3)
+    assert res.steering == "unsteered"
+    assert_matches_hand(tiny, res, coldness=0.7)
+
+
+def test_steered_equals_hand_computation(tiny):
+    v = torch.randn(64) * 4
+    res = completion_logprobs(tiny, PROMPTS, COMPLETIONS, steering=v, layer=LAYER)
+    assert_matches_hand(tiny, res, steering=v, layer=LAYER)
+    unsteered = completion_logprobs(tiny, PROMPTS, COMPLETIONS)
+    assert not torch.allclose(res.totals, unsteered.totals)
+    assert "Add(strength=1) at layer 1" in res.steering
+
+
+def test_prompt_positions_steer_the_prompt_only(tiny):
+    """A hook written here adds v at the prompt's positions only."""
+    v = torch.randn(64) * 4
+    prompt, completion = PROMPTS[0], COMPLETIONS[0]
+    p_ids = _tl.encode(tiny, prompt)
+    c_ids = _tl.encode(tiny, prompt + completion)[len(p_ids) :]
+
+    def hook(x, *, hook):
+        x = x.clone()
+        x[:, : len(p_ids)] += v
+        return x
+
+    with torch.no_grad(), tiny.hooks(fwd_hooks=[(f"blocks.{LAYER}.hook_resid_pre", hook)]):
+        logits = tiny(torch.tensor([p_ids + c_ids]))[0].double().log_softmax(-1)
+    want = sum(float(logits[len(p_ids) - 1 + k, t]) for k, t in enumerate(c_ids))
+    res = completion_logprobs(
+        tiny,
+        [prompt, "a much longer prompt here"],
+        completion,
+        steering=v,
+        layer=LAYER,
+        positions="prompt",
+    )
+    assert res.total(0, 0) == pytest.approx(want, rel=1e-5)
+
+
+def test_units_and_means(tiny):
+    nats = completion_logprobs(tiny, PROMPTS, COMPLETIONS)
+    bits = completion_logprobs(tiny, PROMPTS, COMPLETIONS, unit="bits")
+    hartleys = completion_logprobs(tiny, PROMPTS, COMPLETIONS, unit="hartleys")
+    torch.testing.assert_close(bits.totals, nats.totals / math.log(2))
+    torch.testing.assert_close(hartleys.totals, nats.totals / math.log(10))
+    lengths = torch.tensor([[len(t) for t in row] for row in nats.tokens], dtype=torch.float32)
+    torch.testing.assert_close(nats.means, nats.totals / lengths)
+
+
+def test_batch_size_and_plain_model_do_not_change_results(tiny, plain):
+    v = torch.randn(64) * 3
+    big = completion_logprobs(tiny, PROMPTS, COMPLETIONS, steering=v, layer=0, positions="last:2")
+    one = completion_logprobs(
+        tiny, PROMPTS, COMPLETIONS, steering=v, layer=0, positions="last:2", batch_size=1
+    )
+    generic = completion_logprobs(
+        plain, PROMPTS, COMPLETIONS, steering=v, layer=0, positions="last:2"
+    )
+    torch.testing.assert_close(one.totals, big.totals, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(generic.totals, big.totals, rtol=1e-5, atol=1e-5)
+
+
+def test_chat_formats_the_prompt(tiny):
+    chat = completion_logprobs(tiny, "Hi", "A", chat=True)
+    written = completion_logprobs(tiny, _tl.chat_prompt(tiny, "Hi"), "A")
+    assert chat.total() == pytest.approx(written.total(), rel=1e-6)
+    assert chat.prompts == ("Hi",) and chat.chat
+
+
+def test_boundary_merge_scores_the_completion_alone_and_warns(tiny):
+    # " t" + "he" would tokenise jointly as " the"; the completion's own tokens are scored.
+    with pytest.warns(UserWarning, match="merges with the end of prompt 0"):
+        res = completion_logprobs(tiny, "the cat t", "he")
+    assert res.boundary_merged == ((True,),)
+    assert list(res.tokens[0][0]) == _tl.encode(tiny, "he")
+    p_ids = _tl.encode(tiny, "the cat t")
+    with torch.no_grad():
+        logp = tiny(torch.tensor([p_ids + list(res.tokens[0][0])]))[0].double().log_softmax(-1)
+    want = sum(float(logp[len(p_ids) - 1 + k, t]) for k, t in enumerate(res.tokens[0][0]))
+    assert res.total() == pytest.approx(want, rel=1e-5)
+
+
+def test_repr_and_to_dict(tiny):
+    res = completion_logprobs(tiny, PROMPTS, COMPLETIONS, unit="bits")
+    text = repr(res)
+    assert "CompletionLogprobs (bits" in text and "log-prob (bits)" in text
+    assert len(text.splitlines()) == 2 + len(PROMPTS) * len(COMPLETIONS)
+    data = json.loads(json.dumps(res.to_dict()))
+    assert data["unit"] == "bits"
+    assert data["totals"][1][2] == pytest.approx(res.total(1, 2))
+
+
+def test_bad_input(tiny):
+    with pytest.raises(SteerlensError, match="completion list is empty"):
+        completion_logprobs(tiny, "a", [])
+    with pytest.raises(SteerlensError, match="completion 1 is ''"):
+        completion_logprobs(tiny, "a", [" b", ""])
+    with pytest.raises(SteerlensError, match="prompt list is empty"):
+        completion_logprobs(tiny, [], " b")
+    with pytest.raises(SpecError, match="unknown loss unit 'decibans'"):
+        completion_logprobs(tiny, "a", " b", unit="decibans")
+    with pytest.raises(SpecError, match="coldness must be > 0"):
+        completion_logprobs(tiny, "a", " b", coldness=0.0)
+    with pytest.raises(SpecError, match="batch_size"):
+        completion_logprobs(tiny, "a", " b", batch_size=0)
+    with pytest.raises(ContextWindowError, match=r"n_ctx = 256"):
+        completion_logprobs(tiny, "a", " b" * 300)
