@@ -6,6 +6,8 @@ Example:
 """
 
 from steerlens._version import __version__
+from steerlens.analysis.layer_sweep import layer_sweep
+from steerlens.baselines import diff_of_means
 from steerlens.constraints import Noise, NormCap
 from steerlens.data import Datapoint
 from steerlens.errors import SteerlensError
@@ -52,8 +54,10 @@ __all__ = [
     "SteerlensError",
     "TargetLoss",
     "__version__",
+    "diff_of_means",
     "evaluate_objective",
     "generate",
+    "layer_sweep",
     "load_model",
     "optimize_vector",
     "reentrant_steering",

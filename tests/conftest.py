@@ -24,3 +24,16 @@ def smol():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _threads(request):
+    """One thread for tiny-model tests: at d_model 64, thread start-up costs more than it saves
+    (and two threads on two busy cores wait on each other). Real-model tests keep the default."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,185 @@
+"""CAA (difference of means), PCA of paired differences, and activation collection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steerlens import _tl
+from steerlens.baselines import (
+    _reduce,
+    _supports_stop_at_layer,
+    collect_activations,
+    diff_of_means,
+    mean_activations,
+    pca_direction,
+    principal_direction,
+)
+from steerlens.errors import LayerError, SpecError, SteerlensError
+
+POS = ["the cat sat on the mat", "a dog", "in the house of the king", "P"]
+NEG = ["the bird", "it is here now", "a", "the end of the story is near"]
+
+
+def _manual(model, texts, layer, span):
+    """One prompt at a time, full forward, no padding: the reduced activation of each text."""
+    out = []
+    for text in texts:
+        prompt, completion = text if isinstance(text, tuple) else (text, None)
+        ids = _tl.encode(model, prompt)
+        full = ids + (_tl.encode(model, prompt + completion)[len(ids) :] if completion else [])
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.tensor([full]))
+        acts = cache[_tl.hook_name(layer)][0]
+        start, stop = span(len(ids), len(full))
+        out.append(acts[start:stop].double().mean(dim=0))
+    return torch.stack(out)
+
+
+SPANS = {
+    "last": lambda p, t: (p - 1, p),
+    "mean": lambda p, t: (0, p),
+    "completion": lambda p, t: (p, t),
+}
+
+
+@pytest.mark.parametrize("position", ["last", "mean"])
+def test_caa_equals_a_manual_mean_difference(tiny, position):
+    v = diff_of_means(tiny, POS, NEG, [0, 1], position=position, batch_size=3)
+    for layer in (0, 1):
+        expected = _manual(tiny, POS, layer, SPANS[position]).mean(0) - _manual(
+            tiny, NEG, layer, SPANS[position]
+        ).mean(0)
+        torch.testing.assert_close(v.directions[layer].double(), expected, rtol=0, atol=1e-5)
+
+
+def test_caa_over_completions_equals_a_manual_mean_difference(tiny):
+    pos = [("Q: colour?\nA:", " red and blue"), ("Q: cat?\nA:", " yes")]
+    neg = [("Q: colour?\nA:", " no"), ("Q: cat?\nA:", " the end of it")]
+    v = diff_of_means(tiny, pos, neg, 1, position="completion", batch_size=2)
+    span = SPANS["completion"]
+    expected = _manual(tiny, pos, 1, span).mean(0) - _manual(tiny, neg, 1, span).mean(0)
+    torch.testing.assert_close(v.directions[1].double(), expected, rtol=0, atol=1e-5)
+    same = diff_of_means(
+        tiny,
+        [p for p, _ in pos],
+        [p for p, _ in neg],
+        1,
+        position="completion",
+        completions=([c for _, c in pos], [c for _, c in neg]),
+    )
+    torch.testing.assert_close(same.directions[1], v.directions[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("position", ["last", "mean", "completion"])
+def test_padding_never_enters_the_means(tiny, position):
+    texts = POS + NEG
+    kw = {}
+    if position == "completion":
+        kw["completions"] = ["x", " the long completion here", " a", " b c d e f"] * 2
+    batched = collect_activations(tiny, texts, [0, 1], position=position, batch_size=8, **kw)
+    single = collect_activations(tiny, texts, [0, 1], position=position, batch_size=1, **kw)
+    for layer in (0, 1):
+        assert batched[layer].shape == (8, 64)
+        torch.testing.assert_close(batched[layer], single[layer], rtol=0, atol=1e-5)
+    means = mean_activations(tiny, texts, [0, 1], position=position, batch_size=3, **kw)
+    torch.testing.assert_close(means[1], single[1].mean(0), rtol=0, atol=1e-5)
+
+
+def test_reduction_reads_only_the_span():
+    acts = torch.full((2, 4, 3), float("nan"))
+    acts[0, 1:3] = torch.tensor([[1.0, 2, 3], [3, 4, 5]])
+    acts[1, 0] = torch.tensor([7.0, 8, 9])
+    span = torch.tensor([[False, True, True, False], [True, False, False, False]])
+    assert _reduce(acts, span).tolist() == [[2.0, 3.0, 4.0], [7.0, 8.0, 9.0]]
+
+
+def test_stops_the_forward_after_the_last_needed_layer(tiny):
+    assert _supports_stop_at_layer(tiny)
+
+
+def test_chat_formats_prompts_with_the_template(tiny):
+    a = diff_of_means(tiny, ["hi"], ["yo"], 1, chat=True)
+    b = diff_of_means(tiny, [_tl.chat_prompt(tiny, "hi")], [_tl.chat_prompt(tiny, "yo")], 1)
+    torch.testing.assert_close(a.directions[1], b.directions[1], rtol=0, atol=1e-6)
+
+
+def test_provenance(tiny):
+    v = diff_of_means(tiny, POS, NEG, [1, 0, 1], position="mean")
+    assert v.layers == [0, 1]
+    p = v.provenance
+    assert p["method"] == "diff_of_means"
+    assert (p["n_positive"], p["n_negative"], p["position"]) == (4, 4, "mean")
+    assert p["examples"]["positive"] == POS[:3]
+    assert v.model_id == _tl.model_id(tiny)
+    w = pca_direction(tiny, POS, NEG, 1)
+    assert w.provenance["method"] == "pca_of_differences"
+    assert w.provenance["paired"] is True
+
+
+def _planted(n=60, d=64, seed=0, flip=False):
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.randn(d, generator=g)
+    direction /= direction.norm()
+    scale = 1 + 2 * torch.rand(n, 1, generator=g)
+    if flip:
+        scale *= torch.where(torch.rand(n, 1, generator=g) < 0.5, -1.0, 1.0)
+    return direction, scale * direction + 0.1 * torch.randn(n, d, generator=g)
+
+
+def test_pca_recovers_a_planted_direction():
+    direction, diffs = _planted()
+    u = principal_direction(diffs)
+    assert float(u.norm()) == pytest.approx(1.0, abs=1e-6)
+    assert float(u @ direction) > 0.99
+    assert float(principal_direction(-diffs) @ direction) < -0.99
+
+
+def test_centred_pca_recovers_a_planted_direction_with_random_signs():
+    direction, diffs = _planted(flip=True)
+    u = principal_direction(diffs, center=True)
+    assert abs(float(u @ direction)) > 0.99
+    assert float((diffs @ u).mean()) >= 0  # signed so that the pairs project positively
+
+
+def test_pca_direction_on_the_model(tiny):
+    v = pca_direction(tiny, POS, NEG, 1)
+    d = v.directions[1]
+    acts_pos = collect_activations(tiny, POS, 1)[1]
+    acts_neg = collect_activations(tiny, NEG, 1)[1]
+    assert float((acts_pos @ d).mean()) > float((acts_neg @ d).mean())
+    # One pair: the principal direction of one difference, scaled by its projection, is it.
+    one = pca_direction(tiny, POS[:1], NEG[:1], 1).directions[1]
+    caa = diff_of_means(tiny, POS[:1], NEG[:1], 1).directions[1]
+    torch.testing.assert_close(one, caa, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_inputs(tiny):
+    with pytest.raises(SteerlensError, match="same length"):
+        diff_of_means(tiny, POS, NEG[:2], 1, paired=True)
+    with pytest.raises(SteerlensError, match="same length"):
+        pca_direction(tiny, POS, NEG[:3], 1)
+    with pytest.raises(SteerlensError, match="positive set is empty"):
+        diff_of_means(tiny, [], NEG, 1)
+    with pytest.raises(SteerlensError, match="negative set is empty"):
+        diff_of_means(tiny, POS, [], 1)
+    with pytest.raises(LayerError, match="out of range"):
+        diff_of_means(tiny, POS, NEG, [0, 5])
+    with pytest.raises(LayerError, match="out of range"):
+        pca_direction(tiny, POS, NEG, -1)
+    with pytest.raises(SpecError, match="no layer"):
+        diff_of_means(tiny, POS, NEG, [])
+    with pytest.raises(SpecError, match="unknown position"):
+        diff_of_means(tiny, POS, NEG, 1, position="first")  # type: ignore[arg-type]
+    with pytest.raises(SteerlensError, match="pairs"):
+        collect_activations(tiny, ["a"], 1, position="completion")
+    with pytest.raises(SteerlensError, match="position='completion'"):
+        collect_activations(tiny, [("a", " b")], 1)
+    with pytest.raises(SteerlensError, match="2 prompts but 1 completions"):
+        collect_activations(tiny, ["a", "b"], 1, position="completion", completions=["x"])
+    with pytest.raises(SteerlensError, match="empty"):
+        collect_activations(tiny, ["a", "  "], 1)
+    with pytest.raises(SpecError, match="batch_size"):
+        collect_activations(tiny, ["a"], 1, batch_size=0)
+    with pytest.raises(SteerlensError, match="all differences are zero"):
+        principal_direction(torch.zeros(3, 4))
