@@ -147,3 +147,13 @@ def test_empty_vector_refused():
 
 def test_metadata_is_json(tiny):
     json.dumps(_vec(tiny).metadata())
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path, tiny):
+    import os
+    import stat
+
+    path = _vec(tiny).save(tmp_path / "v.safetensors")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
