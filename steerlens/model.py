@@ -8,6 +8,8 @@ the GGUF file's SHA-256 and checked against CRC-32 sums on every load.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import importlib.util
 import json
@@ -104,11 +106,23 @@ def load_embedded_model(
     """The embedded SmolLM2-135M-Instruct as a ``TransformerBridge`` (see :func:`load_model`)."""
     _set_offline()
     gguf = embedded_gguf_path()
-    folder = cache_root() / f"smollm2-135m-instruct-{_sha256(gguf)[:16]}-v{_CACHE_FORMAT}"
+    name = f"smollm2-135m-instruct-{_sha256(gguf)[:16]}-v{_CACHE_FORMAT}"
+    folder = cache_root() / name
     if not _cache_is_valid(folder):
         if folder.exists():
             log.warning("steerlens: model cache %s is damaged; rebuilding it", folder)
-        _build_cache(gguf, folder)
+        try:
+            _build_cache(gguf, folder)
+        except OSError as exc:  # a read-only or full cache folder must not stop the user
+            folder = _scratch_folder() / name
+            log.warning(
+                "steerlens: cannot write the model cache (%s); converting into %s for this "
+                "process only. Set STEERLENS_CACHE to a writable folder to keep it.",
+                exc,
+                folder,
+            )
+            if not _cache_is_valid(folder):
+                _build_cache(gguf, folder)
     hf_model, tok = _load_cache(folder)
     bridge = bridge_from_hf(hf_model, tok, model_id=EMBEDDED_MODEL_ID, tokenizer_dir=folder)
     bridge.cfg.default_prepend_bos = False
@@ -139,6 +153,13 @@ def bridge_from_hf(hf_model: Any, tok: Any, *, model_id: str, tokenizer_dir: Pat
 def _needs_move(model: Any, device: torch.device | None, dtype: torch.dtype) -> bool:
     p = next(model.parameters())
     return (device is not None and p.device != torch.device(device)) or p.dtype != dtype
+
+
+@functools.lru_cache(maxsize=1)
+def _scratch_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="steerlens-cache-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _set_offline() -> None:

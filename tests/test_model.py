@@ -104,3 +104,21 @@ def test_hub_names_go_to_transformer_lens(monkeypatch):
     model = steerlens.load_model("gpt2", device="cpu", dtype=torch.float32)
     assert isinstance(model, Fake)
     assert seen == {"name": "gpt2", "device": "cpu", "dtype": torch.float32}
+
+
+def test_unwritable_cache_falls_back_to_a_scratch_folder(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_build(gguf, folder):
+        calls.append(folder)
+        if len(calls) == 1:
+            raise PermissionError("read-only file system")
+        raise RuntimeError("stop here")  # the fallback build was reached
+
+    monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path / "ro"))
+    monkeypatch.setattr(model_mod, "_build_cache", fake_build)
+    monkeypatch.setattr(model_mod, "_sha256", lambda path: "0" * 64)
+    with pytest.raises(RuntimeError, match="stop here"):
+        model_mod.load_embedded_model(device=torch.device("cpu"))
+    assert calls[0].parent == tmp_path / "ro"
+    assert calls[1].parent == model_mod._scratch_folder()
