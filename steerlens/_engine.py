@@ -24,6 +24,7 @@ from torch import Tensor
 
 from steerlens import _tl
 from steerlens.data import TokenizedDatapoint
+from steerlens.generate import right_pad
 from steerlens.positions import TokenContext
 
 # apply(layer, x, steer_mask, sign) -> steered x; x is [batch, pos, d_model].
@@ -99,15 +100,10 @@ class HookedEngine:
                 masks.append(_steer_mask(tdp, len(comp.tokens), dev))
                 signs.append(-1.0 if tdp.datapoint.negate else 1.0)
                 score_pos.append(list(range(p - 1, p - 1 + len(comp.tokens))))
-        width = max(len(r) for r in rows)
-        pad = _tl.pad_token_id(model)
-        self.tokens = torch.full((len(rows), width), pad, dtype=torch.long, device=dev)
-        self.attention_mask = torch.zeros((len(rows), width), dtype=torch.long, device=dev)
-        self.steer_mask = torch.zeros((len(rows), width), dtype=torch.bool, device=dev)
-        for i, (r, m) in enumerate(zip(rows, masks, strict=True)):
-            self.tokens[i, : len(r)] = torch.tensor(r, device=dev)
-            self.attention_mask[i, : len(r)] = 1
-            self.steer_mask[i, : len(r)] = m
+        self.tokens, self.attention_mask = right_pad(model, rows)
+        self.steer_mask = torch.zeros_like(self.attention_mask, dtype=torch.bool)
+        for i, m in enumerate(masks):
+            self.steer_mask[i, : len(m)] = m
         self.sign = torch.tensor(signs, device=dev)
         self.row_index = torch.tensor(
             [i for i, sp in enumerate(score_pos) for _ in sp], dtype=torch.long, device=dev

@@ -19,7 +19,6 @@ batch however many prompts there are.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,8 +28,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import _tl
-from steerlens.data import tokenize_completion
+from steerlens.data import completion_tokens
 from steerlens.errors import NonFiniteError, SpecError, SteerlensError
+from steerlens.generate import right_pad
 from steerlens.vector import SteeringVector
 
 Position = Literal["last", "mean", "completion"]
@@ -139,15 +139,7 @@ def _completion_row(
 ) -> _Row:
     if not isinstance(completion, str) or completion == "":
         raise SteerlensError(f"{what}: completion {i} is empty ({completion!r}); pass some text.")
-    comp, merged = tokenize_completion(model, ids, text, completion)
-    if not comp:
-        raise SteerlensError(f"{what}: completion {i} ({completion!r}) tokenises to nothing.")
-    if merged:
-        warnings.warn(
-            f"completion {completion!r} merges with the end of its prompt when tokenised "
-            "jointly; using it tokenised on its own after the prompt's tokens.",
-            stacklevel=4,
-        )
+    comp, _ = completion_tokens(model, ids, text, completion, label=f"{what}: completion {i}")
     return _Row(ids + comp, len(ids), len(ids) + len(comp))
 
 
@@ -166,14 +158,9 @@ def _supports_stop_at_layer(model: Any) -> bool:
 
 def _right_pad(model: Any, rows: Sequence[_Row]) -> tuple[Tensor, Tensor, Tensor]:
     """Tokens ``[b, pos]``, attention mask, and the span mask (True where a row is averaged)."""
-    dev = _tl.device(model)
-    width = max(len(r.tokens) for r in rows)
-    tokens = torch.full((len(rows), width), _tl.pad_token_id(model), dtype=torch.long, device=dev)
-    attention = torch.zeros((len(rows), width), dtype=torch.long, device=dev)
-    span = torch.zeros((len(rows), width), dtype=torch.bool, device=dev)
+    tokens, attention = right_pad(model, [r.tokens for r in rows])
+    span = torch.zeros_like(attention, dtype=torch.bool)
     for i, r in enumerate(rows):
-        tokens[i, : len(r.tokens)] = torch.tensor(r.tokens, dtype=torch.long, device=dev)
-        attention[i, : len(r.tokens)] = 1
         span[i, r.start : r.stop] = True
     return tokens, attention, span
 

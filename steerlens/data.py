@@ -121,6 +121,33 @@ def tokenize_completion(model: Any, prompt_tokens: list[int], prompt: str, compl
     return alone, True
 
 
+def completion_tokens(
+    model: Any,
+    prompt_tokens: list[int],
+    prompt: str,
+    completion: str,
+    *,
+    label: str = "completion",
+    where: str = "its prompt",
+) -> tuple[list[int], bool]:
+    """:func:`tokenize_completion`, refusing a completion with no tokens and warning when the
+    prompt/completion boundary merges. ``label`` and ``where`` name the completion and its
+    prompt in the messages."""
+    tokens, merged = tokenize_completion(model, prompt_tokens, prompt, completion)
+    if not tokens:
+        raise SteerlensError(
+            f"{label} {completion!r} tokenises to nothing; use a completion with at least one "
+            "token."
+        )
+    if merged:
+        warnings.warn(
+            f"completion {completion!r} merges with the end of {where} when tokenised jointly; "
+            "scoring it tokenised on its own after the prompt's tokens.",
+            stacklevel=4,
+        )
+    return tokens, merged
+
+
 def tokenize(
     model: Any, datapoints: Datapoint | Sequence[Datapoint], default_positions: PositionsLike = None
 ) -> list[TokenizedDatapoint]:
@@ -138,18 +165,9 @@ def tokenize(
             raise SteerlensError(f"prompt {dp.prompt!r} tokenises to nothing.")
         comps = []
         for (text, kind), target in zip(dp.completions, dp.targets(), strict=True):
-            tokens, merged = tokenize_completion(model, prompt_tokens, dp.prompt, text)
-            if not tokens:
-                raise SteerlensError(
-                    f"{kind} completion {text!r} tokenises to nothing; use a completion with "
-                    "at least one token."
-                )
-            if merged:
-                warnings.warn(
-                    f"completion {text!r} merges with the end of its prompt when tokenised "
-                    "jointly; scoring it tokenised on its own after the prompt's tokens.",
-                    stacklevel=3,
-                )
+            tokens, merged = completion_tokens(
+                model, prompt_tokens, dp.prompt, text, label=f"{kind} completion"
+            )
             comps.append(TokenizedCompletion(text, kind, tokens, target, merged))
         positions = as_positions(dp.positions if dp.positions is not None else default_positions)
         out.append(TokenizedDatapoint(dp, prompt_tokens, comps, positions))

@@ -35,18 +35,29 @@ def format_prompts(
     return [_tl.chat_prompt(model, p, system=system) for p in prompts]
 
 
-def left_pad(model: Any, token_lists: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Left-padded tokens ``[batch, pos]``, their attention mask, and each row's pad count."""
+def _pad(model: Any, token_lists: Sequence[Sequence[int]], *, left: bool) -> tuple[Tensor, Tensor]:
     width = max(len(t) for t in token_lists)
-    pad = _tl.pad_token_id(model)
     dev = _tl.device(model)
-    tokens = torch.full((len(token_lists), width), pad, dtype=torch.long, device=dev)
-    mask = torch.zeros((len(token_lists), width), dtype=torch.long, device=dev)
+    tokens = torch.full((len(token_lists), width), _tl.pad_token_id(model), dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
     for i, t in enumerate(token_lists):
         if t:
-            tokens[i, width - len(t) :] = torch.tensor(list(t), dtype=torch.long, device=dev)
-            mask[i, width - len(t) :] = 1
-    return tokens, mask, width - mask.sum(dim=1)
+            cols = slice(width - len(t), width) if left else slice(0, len(t))
+            tokens[i, cols] = torch.tensor(list(t), dtype=torch.long)
+            mask[i, cols] = 1
+    return tokens.to(dev), mask.to(dev)
+
+
+def left_pad(model: Any, token_lists: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Left-padded tokens ``[batch, pos]``, their attention mask, and each row's pad count."""
+    tokens, mask = _pad(model, token_lists, left=True)
+    return tokens, mask, tokens.shape[1] - mask.sum(dim=1)
+
+
+def right_pad(model: Any, token_lists: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Right-padded tokens ``[batch, pos]`` and their attention mask: each real token keeps the
+    position it has when run alone, so no position ids are needed."""
+    return _pad(model, token_lists, left=False)
 
 
 def _supports_hf_cache(model: Any) -> bool:

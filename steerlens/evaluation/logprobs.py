@@ -13,7 +13,6 @@ tokenised on its own after the prompt's tokens, with a warning.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import _tl
-from steerlens.data import tokenize_completion
+from steerlens.data import completion_tokens
 from steerlens.errors import SteerlensError
 from steerlens.evaluation._common import (
     check_batch_size,
@@ -127,15 +126,9 @@ def _make_rows(model: Any, texts: Sequence[str], completions: Sequence[str]) -> 
     for i, text in enumerate(texts):
         prompt_tokens = _tl.encode(model, text)
         for j, completion in enumerate(completions):
-            tokens, merged = tokenize_completion(model, prompt_tokens, text, completion)
-            if not tokens:
-                raise SteerlensError(f"completion {completion!r} tokenises to nothing.")
-            if merged:
-                warnings.warn(
-                    f"completion {completion!r} merges with the end of prompt {i} when tokenised "
-                    "jointly; scoring it tokenised on its own after the prompt's tokens.",
-                    stacklevel=3,
-                )
+            tokens, merged = completion_tokens(
+                model, prompt_tokens, text, completion, where=f"prompt {i}"
+            )
             row = _Row(i, j, prompt_tokens, tokens, merged)
             check_fits(
                 model,

@@ -57,7 +57,7 @@ from steerlens.evaluation._common import (
     short,
     table,
 )
-from steerlens.generate import _supports_hf_cache
+from steerlens.generate import _supports_hf_cache, right_pad
 from steerlens.objectives import convert_loss, token_logprobs
 
 
@@ -245,16 +245,6 @@ def _check_lengths(
 # -- scoring --------------------------------------------------------------------------------
 
 
-def _right_pad(model: Any, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-    dev, width = _tl.device(model), max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), _tl.pad_token_id(model), dtype=torch.long, device=dev)
-    mask = torch.zeros_like(tokens)
-    for i, r in enumerate(rows):
-        tokens[i, : len(r)] = torch.tensor(r, device=dev)
-        mask[i, : len(r)] = 1
-    return tokens, mask
-
-
 def _gather(
     logits: Float[Tensor, "batch pos vocab"], rows: list[list[int]], start: int
 ) -> list[Tensor]:
@@ -285,7 +275,7 @@ def _cached_logprobs(
         rows = [samples[i] for i in batch]
         rest: list[Tensor] = [torch.zeros(0) for _ in rows]
         if max(len(r) for r in rows) > 1:
-            tokens, mask = _right_pad(model, rows)
+            tokens, mask = right_pad(model, rows)
             full_mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, len(prefix)), mask], 1)
             batch_cache = copy.deepcopy(cache)  # the forward pass extends the cache it is given
             batch_cache.batch_repeat_interleave(len(rows))
@@ -303,7 +293,7 @@ def _recomputed_logprobs(
     passes = 0
     for batch in chunks(len(samples), batch_size):
         rows = [prefix + samples[i] for i in batch]
-        tokens, mask = _right_pad(model, rows)
+        tokens, mask = right_pad(model, rows)
         lo = len(prefix) - 1
         logits, offset = forward_kept(model, tokens, mask, lo, tokens.shape[1] - 1)
         passes += 1
