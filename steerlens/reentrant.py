@@ -52,31 +52,15 @@ InvasiveKind = Literal["vector", "rank_one"]
 _KINDS = ("vector", "rank_one")
 
 
-@dataclass(frozen=True, eq=False)
-class RankOneResult:
-    """The rank-one invasive intervention ``x + (u . x) v`` of reentrant steering.
+class RankOneResult(OptimizeResult):
+    """The rank-one invasive intervention ``x + (u . x) v`` of reentrant steering: an
+    :class:`~steerlens.optimize.OptimizeResult` whose ``vector`` holds it as an affine part
+    (``left = v``, ``right = u``, zero bias), ready for :func:`steerlens.steer` /
+    :func:`steerlens.generate`.
 
     No scale is learned: ``u`` and ``v`` are renormalised to unit length after every Adam step,
     so the size of the edit at a token is ``|u . x|`` (its residual's component along ``u``).
-
-    Attributes:
-        vector: a ``SteeringVector`` holding it as an affine part (``left = v``, ``right = u``,
-            zero bias), ready for :func:`steerlens.steer` / :func:`steerlens.generate`.
-        loss_history: ``[evals, completions]`` losses in nats (row ``t``: before update ``t``).
-        labels: one label per completion column.
-        steps: the number of updates made.
-        stop_reason: why it stopped.
-        wall_time_s: seconds spent.
-        engine: ``"packed"`` (fast path) or ``"hooked"``.
     """
-
-    vector: SteeringVector
-    loss_history: Float[np.ndarray, "evals completions"]
-    labels: list[str]
-    steps: int
-    stop_reason: str
-    wall_time_s: float
-    engine: str
 
     @property
     def layer(self) -> int:
@@ -91,11 +75,6 @@ class RankOneResult:
     def u(self) -> Float[Tensor, " d_model"]:
         """The input direction (unit norm)."""
         return self.vector.affine[self.layer][1][0]
-
-    @property
-    def final_losses(self) -> dict[str, float]:
-        """Each completion's final loss, in nats."""
-        return dict(zip(self.labels, self.loss_history[-1].tolist(), strict=True))
 
     def __repr__(self) -> str:
         first, last = float(self.loss_history[0].sum()), float(self.loss_history[-1].sum())
