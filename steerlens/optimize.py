@@ -557,6 +557,74 @@ def _make_vector(
 
 
 @torch.no_grad()
+class ObjectiveScorer:
+    """Scores many vectors on one objective, building the forward engine once.
+
+    ``evaluate_objective`` is one call of this; sweeps over many vectors (mode connectivity,
+    layer sweeps, comparisons) keep one scorer so tokenisation, the lower blocks and the
+    engine's self-check are not redone for every vector.
+
+    Example:
+        >>> import torch
+        >>> from steerlens.testing import tiny_model
+        >>> from steerlens import Datapoint
+        >>> scorer = ObjectiveScorer(tiny_model(), Datapoint("a", promote=[" b"]), 1)
+        >>> [scorer(torch.zeros(64) + s).unit for s in (0.0, 1.0)]
+        ['nats', 'nats']
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        datapoints: Datapoint | Sequence[Datapoint],
+        layer: int | Sequence[int],
+        *,
+        steering: SteeringSpec | None = None,
+        objective: Objective | None = None,
+        positions: PositionsLike = None,
+        unit: str = "nats",
+        fast: bool = True,
+    ) -> None:
+        layers = _check_layers(model, layer)
+        convert_loss(0.0, unit)  # validate the unit before any work
+        self.model, self.unit = model, unit
+        self.spec = steering or AddSteering()
+        self.objective = objective or Objective()
+        data = tokenize(model, datapoints, positions)
+        self.engine = make_engine(model, data, layers, fast=fast)
+        self.any_negated = any(t.datapoint.negate for t in data)
+
+    @torch.no_grad()
+    def __call__(self, vector: Tensor | SteeringVector | None) -> ObjectiveEvaluation:
+        """Per-completion losses with ``vector`` applied (``None``: unsteered)."""
+        model, spec = self.model, self.spec
+        if vector is None:
+            fn: SteerFn = lambda la, x, mask, sign: x  # noqa: E731
+        else:
+            if isinstance(vector, SteeringVector):
+                vector.check_compatible(model)
+                if vector.affine:
+                    la0 = vector.layers[0]
+                    left, right = vector.affine[la0]
+                    params = {"v": vector.directions[la0], "left": left, "right": right}
+                    spec = AffineSteering(rank=left.shape[0])
+                else:
+                    params = {"v": vector.vector}
+            else:
+                params = {"v": check_vector(vector, d_model=_tl.d_model(model))}
+            dev, dtype = _tl.device(model), _tl.dtype(model)
+            params = {k: t.to(device=dev, dtype=dtype) for k, t in params.items()}
+            fn = _steer_fn(params, spec, self.any_negated)
+        losses = _losses(self.engine, fn, self.objective).float().cpu()
+        values = [float(convert_loss(x, self.unit)) for x in losses.tolist()]
+        if not all(math.isfinite(x) for x in values):
+            raise NonFiniteError(
+                "the objective is NaN/inf for this vector; check the vector's values."
+            )
+        labels = self.engine.layout.labels
+        return ObjectiveEvaluation(dict(zip(labels, values, strict=True)), self.unit)
+
+
 def evaluate_objective(
     model: Any,
     datapoints: Datapoint | Sequence[Datapoint],
@@ -571,6 +639,8 @@ def evaluate_objective(
 ) -> ObjectiveEvaluation:
     """The optimizer's per-completion losses for a given vector (``None``: unsteered).
 
+    To score many vectors on the same datapoints, keep an :class:`ObjectiveScorer`.
+
     Example:
         >>> import torch
         >>> from steerlens.testing import tiny_model
@@ -580,35 +650,17 @@ def evaluate_objective(
         >>> ev.unit, len(ev.losses)
         ('nats', 1)
     """
-    layers = _check_layers(model, layer)
-    spec = steering or AddSteering()
-    objective = objective or Objective()
-    convert_loss(0.0, unit)  # validate the unit before any work
-    data = tokenize(model, datapoints, positions)
-    engine = make_engine(model, data, layers, fast=fast)
-    any_negated = any(t.datapoint.negate for t in data)
-    if vector is None:
-        fn: SteerFn = lambda la, x, mask, sign: x  # noqa: E731
-    else:
-        if isinstance(vector, SteeringVector):
-            vector.check_compatible(model)
-            if vector.affine:
-                la0 = vector.layers[0]
-                left, right = vector.affine[la0]
-                params = {"v": vector.directions[la0], "left": left, "right": right}
-                spec = AffineSteering(rank=left.shape[0])
-            else:
-                params = {"v": vector.vector}
-        else:
-            params = {"v": check_vector(vector, d_model=_tl.d_model(model))}
-        dev, dtype = _tl.device(model), _tl.dtype(model)
-        params = {k: t.to(device=dev, dtype=dtype) for k, t in params.items()}
-        fn = _steer_fn(params, spec, any_negated)
-    losses = _losses(engine, fn, objective).float().cpu()
-    values = [float(convert_loss(x, unit)) for x in losses.tolist()]
-    if not all(math.isfinite(x) for x in values):
-        raise NonFiniteError("the objective is NaN/inf for this vector; check the vector's values.")
-    return ObjectiveEvaluation(dict(zip(engine.layout.labels, values, strict=True)), unit)
+    scorer = ObjectiveScorer(
+        model,
+        datapoints,
+        layer,
+        steering=steering,
+        objective=objective,
+        positions=positions,
+        unit=unit,
+        fast=fast,
+    )
+    return scorer(vector)
 
 
 __all__ = [
@@ -616,6 +668,7 @@ __all__ = [
     "AffineSteering",
     "ClampSteering",
     "ObjectiveEvaluation",
+    "ObjectiveScorer",
     "OptimizeConfig",
     "OptimizeResult",
     "OutputConstraint",

@@ -710,3 +710,13 @@ def test_promotion_vector_on_smollm2(smol):
     assert last < 0.5 * first, res.loss_history[:, 0]
     assert res.vector.layers == [10] and res.vector.vector.shape == (smol.cfg.d_model,)
     assert torch.isfinite(res.vector.vector).all()
+
+
+def test_objective_scorer_equals_evaluate_objective_for_many_vectors(tiny):
+    from steerlens.optimize import ObjectiveScorer
+
+    dps = datapoints(tiny)
+    scorer = ObjectiveScorer(tiny, dps, 1, unit="bits")
+    g = torch.Generator().manual_seed(3)
+    for v in [None, *(torch.randn(64, generator=g) for _ in range(3))]:
+        assert scorer(v).losses == evaluate_objective(tiny, dps, 1, v, unit="bits").losses

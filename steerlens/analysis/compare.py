@@ -33,7 +33,7 @@ from steerlens.data import Datapoint
 from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
 from steerlens.generate import generate
 from steerlens.objectives import Objective
-from steerlens.optimize import evaluate_objective
+from steerlens.optimize import ObjectiveScorer, evaluate_objective
 from steerlens.vector import SteeringVector
 
 ScoresLike = Sequence[float] | np.ndarray | Tensor
@@ -203,22 +203,18 @@ def _effects(
     unit: str,
 ) -> tuple[float, dict[str, np.ndarray]]:
     base = evaluate_objective(model, datapoints, 0, None, objective=objective, unit=unit).total
-    out: dict[str, np.ndarray] = {}
-    for name, per_layer in directions.items():
-        values = []
-        for la in layers:
+    values: dict[str, list[float]] = {name: [] for name in directions}
+    for la in layers:
+        scorer = ObjectiveScorer(model, datapoints, la, objective=objective, unit=unit)
+        for name, per_layer in directions.items():
             v = per_layer[la]
             if float(v.norm()) == 0.0:
                 raise SteerlensError(
                     f"the {name} vector has norm 0 at layer {la}; it has no direction to rescale."
                 )
-            scaled = v / v.norm() * effect_norm
-            loss = evaluate_objective(
-                model, datapoints, la, scaled, objective=objective, unit=unit
-            ).total
-            values.append((loss - base) / effect_norm)
-        out[name] = np.asarray(values)
-    return base, out
+            loss = scorer(v / v.norm() * effect_norm).total
+            values[name].append((loss - base) / effect_norm)
+    return base, {name: np.asarray(vals) for name, vals in values.items()}
 
 
 def _generations(

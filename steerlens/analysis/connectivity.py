@@ -31,7 +31,7 @@ from steerlens.analysis.plots import _style
 from steerlens.data import Datapoint
 from steerlens.errors import NonFiniteError, SpecError, SteerlensError, VectorShapeError
 from steerlens.objectives import Objective
-from steerlens.optimize import evaluate_objective
+from steerlens.optimize import ObjectiveScorer
 from steerlens.positions import PositionsLike
 from steerlens.vector import SteeringVector
 
@@ -194,7 +194,7 @@ def mode_connectivity(
     labels: tuple[str, str] = ("v0", "v1"),
 ) -> ConnectivityResult:
     """The objective's loss at ``n`` points of the geodesic from ``v0`` to ``v1`` (each point
-    scored with :func:`steerlens.evaluate_objective` at ``layer``), and the verdict.
+    scored like :func:`steerlens.evaluate_objective` at ``layer``), and the verdict.
 
     Args:
         model: a TransformerLens model.
@@ -220,21 +220,10 @@ def mode_connectivity(
         if isinstance(v, SteeringVector):
             v.check_compatible(model)
     path = geodesic(v0, v1, n)
-    losses = np.array(
-        [
-            evaluate_objective(
-                model,
-                datapoints,
-                layer,
-                p,
-                objective=objective,
-                positions=positions,
-                unit=unit,
-                fast=fast,
-            ).total
-            for p in path
-        ]
+    scorer = ObjectiveScorer(
+        model, datapoints, layer, objective=objective, positions=positions, unit=unit, fast=fast
     )
+    losses = np.array([scorer(p).total for p in path])
     return ConnectivityResult(
         t=np.linspace(0.0, 1.0, n),
         losses=losses,
