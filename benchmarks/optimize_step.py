@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import steerlens
-from steerlens import _tl
+from steerlens import runtime
 from steerlens._engine import make_engine
 from steerlens.data import tokenize
 from steerlens.objectives import Objective, completion_losses, token_logprobs
@@ -80,7 +80,7 @@ def main() -> None:
     t_setup = time.perf_counter()
     engine = make_engine(model, data, [args.layer])
     setup_s = time.perf_counter() - t_setup
-    v = (torch.randn(_tl.d_model(model), generator=torch.Generator().manual_seed(0)) * 2).to(
+    v = (torch.randn(runtime.d_model(model), generator=torch.Generator().manual_seed(0)) * 2).to(
         args.device
     )
     v.requires_grad_(True)
@@ -106,7 +106,7 @@ def main() -> None:
     s_ours = time_steps(step_ours, args.steps)
     result = {
         "benchmark": "optimize_step",
-        "model": _tl.model_id(model),
+        "model": runtime.model_id(model),
         "layer": args.layer,
         "threads": args.threads,
         "device": args.device,

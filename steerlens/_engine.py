@@ -22,10 +22,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from steerlens import _tl
+from steerlens import runtime
 from steerlens.data import TokenizedDatapoint
-from steerlens.generate import right_pad
-from steerlens.positions import TokenContext
+from steerlens.runtime import TokenContext
 
 # apply(layer, x, steer_mask, sign) -> steered x; x is [batch, pos, d_model].
 SteerFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
@@ -76,10 +75,7 @@ def score_layout(data: Sequence[TokenizedDatapoint], device: torch.device) -> Sc
 def _steer_mask(tdp: TokenizedDatapoint, n_completion: int, device: torch.device) -> Tensor:
     """Positions to steer in the linear sequence ``prompt + completion`` (bool [length])."""
     p = len(tdp.prompt_tokens)
-    ctx = TokenContext(
-        torch.zeros(1, dtype=torch.long, device=device),
-        torch.full((1,), p, dtype=torch.long, device=device),
-    )
+    ctx = TokenContext.prompts(torch.full((1,), p, dtype=torch.long, device=device))
     mask = tdp.positions.mask(ctx, p + n_completion)
     if mask is None:
         return torch.ones(p + n_completion, dtype=torch.bool, device=device)
@@ -91,16 +87,20 @@ class HookedEngine:
 
     def __init__(self, model: Any, data: Sequence[TokenizedDatapoint], layers: Sequence[int]):
         self.model, self.layers = model, sorted(set(layers))
-        dev = _tl.device(model)
-        rows, masks, signs, score_pos = [], [], [], []
+        dev = runtime.device(model)
+        rows, comps, masks, signs, score_pos = [], [], [], [], []
         for tdp in data:
             p = len(tdp.prompt_tokens)
             for comp in tdp.completions:
                 rows.append(tdp.prompt_tokens + comp.tokens)
+                comps.append(comp.tokens)
                 masks.append(_steer_mask(tdp, len(comp.tokens), dev))
                 signs.append(-1.0 if tdp.datapoint.negate else 1.0)
                 score_pos.append(list(range(p - 1, p - 1 + len(comp.tokens))))
-        self.tokens, self.attention_mask = right_pad(model, rows)
+        self.tokens, self.attention_mask = runtime.right_pad(model, rows)
+        self.prompt_end = torch.tensor(
+            [len(r) - len(c) for r, c in zip(rows, comps, strict=True)], device=dev
+        )
         self.steer_mask = torch.zeros_like(self.attention_mask, dtype=torch.bool)
         for i, m in enumerate(masks):
             self.steer_mask[i, : len(m)] = m
@@ -122,10 +122,16 @@ class HookedEngine:
 
             return hook
 
-        hooks = [(_tl.hook_name(la), make_hook(la)) for la in self.layers]
+        hooks = [(runtime.hook_name(la), make_hook(la)) for la in self.layers]
         with self.model.hooks(fwd_hooks=hooks):
-            out = self.model(self.tokens, attention_mask=self.attention_mask)
-        return out[self.row_index, self.pos_index]
+            return runtime.logits_at(
+                self.model,
+                self.tokens,
+                self.attention_mask,
+                self.row_index,
+                self.pos_index,
+                TokenContext.prompts(self.prompt_end),
+            )
 
 
 def _hf_parts(model: Any) -> dict[str, Any] | None:
@@ -147,7 +153,7 @@ class PackedEngine:
         if parts is None:
             raise NotImplementedError("not a Hugging Face decoder under a TransformerBridge")
         self.parts, self.layers = parts, sorted(set(layers))
-        dev = _tl.device(model)
+        dev = runtime.device(model)
         ids: list[int] = []
         pos: list[int] = []
         steer: list[bool] = []
@@ -182,7 +188,7 @@ class PackedEngine:
                 allow[start : start + n, start : start + n] = (
                     torch.ones(n, n, device=dev).tril().bool()
                 )
-        dtype = _tl.dtype(model)
+        dtype = runtime.dtype(model)
         self.mask = torch.zeros(1, 1, t, t, dtype=dtype, device=dev).masked_fill(
             ~allow, torch.finfo(dtype).min
         )
@@ -233,7 +239,7 @@ def make_engine(
     identity: SteerFn = lambda layer, x, mask, sign: x  # noqa: E731
     with torch.no_grad():
         a, b = packed.logits(identity).float(), hooked.logits(identity).float()
-    tol = 1e-4 if _tl.dtype(model) == torch.float32 else 5e-2
+    tol = 1e-4 if runtime.dtype(model) == torch.float32 else 5e-2
     if a.shape != b.shape or not torch.allclose(a, b, atol=tol * max(1.0, float(b.abs().max()))):
         warnings.warn(
             "steerlens: the packed fast path does not reproduce this model's forward pass; "

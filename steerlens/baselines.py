@@ -27,10 +27,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import _tl
-from steerlens.data import completion_tokens
+from steerlens import runtime
 from steerlens.errors import NonFiniteError, SpecError, SteerlensError
-from steerlens.generate import right_pad
 from steerlens.vector import SteeringVector
 
 Position = Literal["last", "mean", "completion"]
@@ -49,14 +47,6 @@ class _Row:
 
 
 # -- inputs --------------------------------------------------------------------------------
-
-
-def check_layers(model: Any, layers: int | Sequence[int]) -> list[int]:
-    """Sorted, de-duplicated layers, each checked against the model (``LayerError`` if not)."""
-    items = [layers] if isinstance(layers, int) else list(layers)
-    if not items:
-        raise SpecError("no layer given; pass layers=<int> or a non-empty list of layers.")
-    return sorted({_tl.check_layer(model, la) for la in items})
 
 
 def _check_position(position: str) -> None:
@@ -121,8 +111,8 @@ def _rows(
     for i, (prompt, completion) in enumerate(items):
         if not isinstance(prompt, str) or not prompt.strip():
             raise SteerlensError(f"{what}: prompt {i} is empty ({prompt!r}); pass some text.")
-        text = _tl.chat_prompt(model, prompt) if chat else prompt
-        ids = _tl.encode(model, text)
+        text = runtime.chat_prompt(model, prompt) if chat else prompt
+        ids = runtime.encode(model, text)
         if not ids:
             raise SteerlensError(f"{what}: prompt {i} ({prompt!r}) tokenises to nothing.")
         if position == "last":
@@ -139,7 +129,9 @@ def _completion_row(
 ) -> _Row:
     if not isinstance(completion, str) or completion == "":
         raise SteerlensError(f"{what}: completion {i} is empty ({completion!r}); pass some text.")
-    comp, _ = completion_tokens(model, ids, text, completion, label=f"{what}: completion {i}")
+    comp, _ = runtime.completion_tokens(
+        model, ids, text, completion, label=f"{what}: completion {i}"
+    )
     return _Row(ids + comp, len(ids), len(ids) + len(comp))
 
 
@@ -158,7 +150,7 @@ def _supports_stop_at_layer(model: Any) -> bool:
 
 def _right_pad(model: Any, rows: Sequence[_Row]) -> tuple[Tensor, Tensor, Tensor]:
     """Tokens ``[b, pos]``, attention mask, and the span mask (True where a row is averaged)."""
-    tokens, attention = right_pad(model, [r.tokens for r in rows])
+    tokens, attention = runtime.right_pad(model, [r.tokens for r in rows])
     span = torch.zeros_like(attention, dtype=torch.bool)
     for i, r in enumerate(rows):
         span[i, r.start : r.stop] = True
@@ -175,12 +167,11 @@ def _batches(
     model: Any, rows: Sequence[_Row], layers: Sequence[int], batch_size: int
 ) -> Iterator[dict[int, Float[Tensor, "b d_model"]]]:
     """Per batch, layer -> the reduced activations ``[b, d_model]`` (float32)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SpecError(f"batch_size must be an int >= 1, got {batch_size!r}.")
-    names = [_tl.hook_name(la) for la in layers]
+    runtime.check_batch_size(batch_size)
+    names = [runtime.hook_name(la) for la in layers]
     kwargs: dict[str, Any] = {}
     stop = max(layers) + 1
-    if stop < _tl.n_layers(model) and _supports_stop_at_layer(model):
+    if stop < runtime.n_layers(model) and _supports_stop_at_layer(model):
         kwargs["stop_at_layer"] = stop
     for begin in range(0, len(rows), batch_size):
         tokens, attention, span = _right_pad(model, rows[begin : begin + batch_size])
@@ -232,7 +223,7 @@ def collect_activations(
         >>> sorted(acts), tuple(acts[1].shape)
         ([0, 1], (2, 64))
     """
-    la = check_layers(model, layers)
+    la = sorted(set(runtime.check_layers(model, layers, what="layers")))
     rows = _rows(model, prompts, position=position, chat=chat, completions=completions)
     parts: dict[int, list[Tensor]] = {layer: [] for layer in la}
     for batch in _batches(model, rows, la, batch_size):
@@ -260,7 +251,7 @@ def mean_activations(
         >>> tuple(means[1].shape)
         (64,)
     """
-    la = check_layers(model, layers)
+    la = sorted(set(runtime.check_layers(model, layers, what="layers")))
     rows = _rows(model, prompts, position=position, chat=chat, completions=completions)
     sums: dict[int, Tensor] = {}
     for batch in _batches(model, rows, la, batch_size):
@@ -294,7 +285,7 @@ def _provenance(
         "chat": chat,
         "n_positive": len(positive),
         "n_negative": len(negative),
-        "hook_template": _tl.HOOK_TEMPLATE,
+        "hook_template": runtime.HOOK_TEMPLATE,
         "examples": {"positive": _example_texts(positive), "negative": _example_texts(negative)},
         **extra,
     }
@@ -378,7 +369,7 @@ def diff_of_means(
         _check_paired(positive, negative)
     pos_c, neg_c = _split_completions(completions)
     kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat}
-    la = check_layers(model, layers)
+    la = sorted(set(runtime.check_layers(model, layers, what="layers")))
     _check_sets(model, positive, negative, position=position, chat=chat, completions=(pos_c, neg_c))
     mean_pos = mean_activations(model, positive, la, completions=pos_c, **kw)
     mean_neg = mean_activations(model, negative, la, completions=neg_c, **kw)
@@ -386,7 +377,7 @@ def diff_of_means(
     provenance = _provenance(
         "diff_of_means", positive, negative, position=position, chat=chat, paired=paired
     )
-    return SteeringVector(directions, model_id=_tl.model_id(model), provenance=provenance)
+    return SteeringVector(directions, model_id=runtime.model_id(model), provenance=provenance)
 
 
 def principal_direction(
@@ -455,7 +446,7 @@ def pca_direction(
     _check_paired(positive, negative)
     pos_c, neg_c = _split_completions(completions)
     kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat}
-    la = check_layers(model, layers)
+    la = sorted(set(runtime.check_layers(model, layers, what="layers")))
     _check_sets(model, positive, negative, position=position, chat=chat, completions=(pos_c, neg_c))
     acts_pos = collect_activations(model, positive, la, completions=pos_c, **kw)
     acts_neg = collect_activations(model, negative, la, completions=neg_c, **kw)
@@ -473,7 +464,7 @@ def pca_direction(
         paired=True,
         centered=center,
     )
-    return SteeringVector(directions, model_id=_tl.model_id(model), provenance=provenance)
+    return SteeringVector(directions, model_id=runtime.model_id(model), provenance=provenance)
 
 
 __all__ = [

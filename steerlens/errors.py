@@ -32,8 +32,29 @@ class VectorFileError(SteerlensError):
 
 
 class SpecError(SteerlensError):
-    """An unknown mode, position specification or option."""
+    """An unknown mode, position specification, keyword or option, or a setting out of range."""
+
+
+class InputError(SteerlensError):
+    """Data that cannot be used: an empty prompt list, a prompt or completion with no tokens,
+    a datapoint without completions."""
+
+
+class ModelError(SteerlensError):
+    """A model that lacks what steerlens needs (a tokenizer, a chat template)."""
 
 
 class MissingModelError(SteerlensError):
     """The embedded model's package is not installed."""
+
+
+class ContextWindowError(SteerlensError):
+    """Tokens that do not fit in the model's context window (``cfg.n_ctx``)."""
+
+
+class AnswerTokenError(SteerlensError):
+    """An answer string (``"A"``, ``" Yes"``) that is not exactly one token."""
+
+
+class TemplateError(SteerlensError):
+    """A judge prompt template without its ``{text}`` placeholder."""

@@ -58,14 +58,6 @@ def log1mexp(logp: Tensor) -> Tensor:
     return torch.where(near_zero, small, large)
 
 
-def token_logprobs(
-    logits: Float[Tensor, "n vocab"], targets: Int[Tensor, " n"], coldness: float
-) -> Float[Tensor, " n"]:
-    """``log softmax(c * logits)[target]`` in float32 (or wider)."""
-    scaled = logits.to(torch.promote_types(logits.dtype, torch.float32)) * coldness
-    return scaled.gather(-1, targets[:, None]).squeeze(-1) - scaled.logsumexp(-1)
-
-
 def completion_losses(
     token_lp: Float[Tensor, " n"],
     completion_index: Int[Tensor, " n"],

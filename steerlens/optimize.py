@@ -18,14 +18,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import _tl
+from steerlens import runtime
 from steerlens._engine import HookedEngine, PackedEngine, SteerFn, make_engine
 from steerlens.constraints import Constraint, Noise, NormCap
 from steerlens.data import Datapoint, tokenize
 from steerlens.errors import NonFiniteError, SpecError, SteerlensError
 from steerlens.interventions import Add, Affine, Clamp, Intervention, check_vector
-from steerlens.objectives import Objective, completion_losses, convert_loss, token_logprobs
+from steerlens.objectives import Objective, completion_losses, convert_loss
 from steerlens.positions import PositionsLike
+from steerlens.runtime import token_logprobs
 from steerlens.stopping import StopRule
 from steerlens.vector import SteeringVector
 
@@ -244,8 +245,8 @@ def _losses(
 
 
 def _init_params(model: Any, config: OptimizeConfig) -> dict[str, Tensor]:
-    d = _tl.d_model(model)
-    dev, dtype = _tl.device(model), _tl.dtype(model)
+    d = runtime.d_model(model)
+    dev, dtype = runtime.device(model), runtime.dtype(model)
     gen = torch.Generator().manual_seed(config.seed)
     if config.init is not None:
         init = config.init.vector if isinstance(config.init, SteeringVector) else config.init
@@ -259,14 +260,6 @@ def _init_params(model: Any, config: OptimizeConfig) -> dict[str, Tensor]:
         params["left"] = torch.randn(spec.rank, d, generator=gen) * spec.init_scale
         params["right"] = torch.randn(spec.rank, d, generator=gen) * spec.init_scale
     return {k: t.to(device=dev, dtype=dtype).requires_grad_(True) for k, t in params.items()}
-
-
-def _check_layers(model: Any, layer: int | Sequence[int]) -> list[int]:
-    # Anything that is not a list of layers goes to check_layer, which explains what is wrong.
-    layers: list[Any] = list(layer) if isinstance(layer, (list, tuple, range)) else [layer]
-    if not layers:
-        raise SpecError("no layer given; pass layer=<int> or a list of layers.")
-    return [_tl.check_layer(model, la) for la in layers]
 
 
 def _progress(enabled: bool | None, total: int) -> Any:
@@ -306,7 +299,7 @@ def optimize_vector(
         (5, True)
     """
     config = dataclasses.replace(config or OptimizeConfig(), **overrides)
-    layers = _check_layers(model, layer)
+    layers = runtime.check_layers(model, layer)
     t0 = time.perf_counter()
     data = tokenize(model, datapoints, config.positions)
     engine = make_engine(model, data, layers, fast=config.fast)
@@ -552,7 +545,10 @@ def _make_vector(
         "stop_reason": stop_reason,
     }
     return SteeringVector(
-        {la: v for la in layers}, model_id=_tl.model_id(model), affine=affine, provenance=provenance
+        {la: v for la in layers},
+        model_id=runtime.model_id(model),
+        affine=affine,
+        provenance=provenance,
     )
 
 
@@ -585,7 +581,7 @@ class ObjectiveScorer:
         unit: str = "nats",
         fast: bool = True,
     ) -> None:
-        layers = _check_layers(model, layer)
+        layers = runtime.check_layers(model, layer)
         convert_loss(0.0, unit)  # validate the unit before any work
         self.model, self.unit = model, unit
         self.spec = steering or AddSteering()
@@ -611,8 +607,8 @@ class ObjectiveScorer:
                 else:
                     params = {"v": vector.vector}
             else:
-                params = {"v": check_vector(vector, d_model=_tl.d_model(model))}
-            dev, dtype = _tl.device(model), _tl.dtype(model)
+                params = {"v": check_vector(vector, d_model=runtime.d_model(model))}
+            dev, dtype = runtime.device(model), runtime.dtype(model)
             params = {k: t.to(device=dev, dtype=dtype) for k, t in params.items()}
             fn = _steer_fn(params, spec, self.any_negated)
         losses = _losses(self.engine, fn, self.objective).float().cpu()

@@ -1,9 +1,9 @@
 """Which token positions a steering intervention touches.
 
-A :class:`Positions` resolves to a boolean mask over the tokens of one forward call, given a
-:class:`TokenContext`: where each row's prompt starts and ends (left padding moves the start),
-and how many tokens a KV cache already holds (``offset``). Tokens past the prompt's end are
-"generated", never "prompt".
+A :class:`Positions` resolves to a boolean mask over the tokens of one forward call, given the
+runtime's :class:`~steerlens.runtime.TokenContext`: where each row's prompt starts and ends
+(left padding moves the start), and how many tokens a KV cache already holds (``offset``).
+Tokens past the prompt's end are "generated", never "prompt".
 """
 
 from __future__ import annotations
@@ -13,31 +13,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool
 from torch import Tensor
 
 from steerlens.errors import SpecError
+from steerlens.runtime.context import TokenContext
 
 PositionKind = Literal["all", "prompt", "generated", "last", "indices", "slice"]
-
-
-@dataclass(frozen=True)
-class TokenContext:
-    """Where the prompt lies in the current forward call.
-
-    ``prompt_start``/``prompt_end`` are absolute indices (into the padded sequence including
-    cached tokens) per row; ``offset`` is the number of tokens already in the KV cache.
-    """
-
-    prompt_start: Int[Tensor, " batch"]
-    prompt_end: Int[Tensor, " batch"]
-    offset: int = 0
-
-    @staticmethod
-    def whole_input(batch: int, seq_len: int, device: torch.device) -> TokenContext:
-        """The default: every token of a plain (uncached) forward belongs to the prompt."""
-        zeros = torch.zeros(batch, dtype=torch.long, device=device)
-        return TokenContext(zeros, zeros + seq_len, 0)
 
 
 @dataclass(frozen=True)

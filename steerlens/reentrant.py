@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import _tl
+from steerlens import runtime
 from steerlens._engine import PackedEngine, make_engine
 from steerlens.data import Datapoint, TokenizedCompletion, TokenizedDatapoint, tokenize
 from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
@@ -44,7 +44,7 @@ from steerlens.optimize import (
     _steer_fn,
     optimize_vector,
 )
-from steerlens.positions import TokenContext, as_positions
+from steerlens.positions import as_positions
 from steerlens.steer import Steering, steer
 from steerlens.vector import SteeringVector
 
@@ -222,7 +222,7 @@ def reentrant_steering(
     steering = Steering(iv, early_layer, early_positions)
 
     # Stage 2: y' and the distributions p_k.
-    prompt_tokens = _tl.encode(model, datapoint.prompt)
+    prompt_tokens = runtime.encode(model, datapoint.prompt)
     continuation_tokens = _greedy_continuation(model, prompt_tokens, steering, n_tokens)
     target_logprobs = _record_logprobs(model, prompt_tokens, continuation_tokens, steering)
 
@@ -230,7 +230,7 @@ def reentrant_steering(
     late_positions = as_positions(
         datapoint.positions if datapoint.positions is not None else late_config.positions
     )
-    label = _tl.decode(model, continuation_tokens, skip_special_tokens=False) or "<empty>"
+    label = runtime.decode(model, continuation_tokens, skip_special_tokens=False) or "<empty>"
     data = [
         TokenizedDatapoint(
             Datapoint(datapoint.prompt, promote=[label]),
@@ -242,10 +242,10 @@ def reentrant_steering(
     engine = make_engine(model, data, [late_layer], fast=late_config.fast)
     params = _init_params(model, late_config)
     spec = AddSteering()
-    target = target_logprobs.to(_tl.device(model))
+    target = target_logprobs.to(runtime.device(model))
 
     def kl_per_token() -> Tensor:
-        return _kl(target, engine.logits(_steer_fn(params, spec, False)))
+        return runtime.kl_divergence(target, engine.logits(_steer_fn(params, spec, False)))
 
     noise_gen = torch.Generator().manual_seed(late_config.seed + 1)
     noise_prev: dict[int, Tensor] = {}
@@ -260,10 +260,10 @@ def reentrant_steering(
     with torch.no_grad():
         final_per_token = kl_per_token().float().cpu().numpy()
     kl_history = torch.cat(history).numpy()
-    continuation = _tl.decode(model, continuation_tokens)
+    continuation = runtime.decode(model, continuation_tokens)
     late_vector = SteeringVector(
         {late_layer: params["v"].detach().clone()},
-        model_id=_tl.model_id(model),
+        model_id=runtime.model_id(model),
         provenance={
             "method": "reentrant",
             "early_layer": early_layer,
@@ -333,8 +333,8 @@ def _check_inputs(
         raise SpecError(f"unknown invasive kind {invasive!r}; use 'vector' or 'rank_one'.")
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
         raise SpecError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
-    _tl.check_layer(model, early_layer, what="early_layer")
-    _tl.check_layer(model, late_layer, what="late_layer")
+    runtime.check_layer(model, early_layer, what="early_layer")
+    runtime.check_layer(model, late_layer, what="late_layer")
     if early_layer >= late_layer:
         raise LayerError(
             f"early_layer ({early_layer}) must be below late_layer ({late_layer}): reentrant "
@@ -380,7 +380,7 @@ def _optimize_rank_one(
     t0 = time.perf_counter()
     data = tokenize(model, datapoint, config.positions)
     engine = make_engine(model, data, [layer], fast=config.fast)
-    d, dev = _tl.d_model(model), _tl.device(model)
+    d, dev = runtime.d_model(model), runtime.device(model)
     gen = torch.Generator().manual_seed(config.seed)
     u = torch.randn(d, generator=gen, dtype=torch.float32)
     v = torch.randn(d, generator=gen, dtype=torch.float32)
@@ -412,7 +412,7 @@ def _optimize_rank_one(
     labels = engine.layout.labels
     vector = SteeringVector(
         {layer: zero.clone()},
-        model_id=_tl.model_id(model),
+        model_id=runtime.model_id(model),
         affine={layer: (params["left"].detach().clone(), params["right"].detach().clone())},
         provenance={
             "method": "rank_one_optimization",
@@ -457,38 +457,13 @@ def _invasive_intervention(
 # -- stage 2 -----------------------------------------------------------------------------------
 
 
-def _prompt_context(n_prompt: int, device: torch.device) -> TokenContext:
-    return TokenContext(
-        torch.zeros(1, dtype=torch.long, device=device),
-        torch.full((1,), n_prompt, dtype=torch.long, device=device),
-    )
-
-
 @torch.no_grad()
 def _greedy_continuation(
     model: Any, prompt_tokens: list[int], steering: Steering, n_tokens: int
 ) -> list[int]:
-    """Greedy decoding under ``steering`` (whole sequence recomputed each step, no cache)."""
-    dev = _tl.device(model)
-    eos = _tl.eos_token_ids(model)
-    n_ctx = getattr(model.cfg, "n_ctx", None)
-    ids = list(prompt_tokens)
-    with steer(model, steering) as handle:
-        for _ in range(n_tokens):
-            if n_ctx is not None and len(ids) >= n_ctx:
-                break
-            handle.context = _prompt_context(len(prompt_tokens), dev)
-            logits = model(torch.tensor([ids], dtype=torch.long, device=dev))
-            ids.append(int(logits[0, -1].argmax()))
-            if ids[-1] in eos:
-                break
-    new = ids[len(prompt_tokens) :]
-    if not new:
-        raise SteerlensError(
-            f"the prompt ({len(prompt_tokens)} tokens) fills the model's context ({n_ctx}); no "
-            "continuation could be generated. Use a shorter prompt."
-        )
-    return new
+    """Greedy decoding under ``steering``; an end-of-turn token is kept and ends it."""
+    with steer(model, steering):
+        return runtime.decode_tokens(model, [prompt_tokens], max_new_tokens=n_tokens)[0]
 
 
 @torch.no_grad()
@@ -497,13 +472,19 @@ def _record_logprobs(
 ) -> Float[Tensor, "m vocab"]:
     """log p_k: the steered run's float32 next-token log-probs at the ``m`` positions that
     predict the continuation's tokens (prompt's last token to the second-to-last of ``y'``)."""
-    dev = _tl.device(model)
+    dev = runtime.device(model)
     p, m = len(prompt_tokens), len(continuation)
     tokens = torch.tensor([prompt_tokens + continuation], dtype=torch.long, device=dev)
-    with steer(model, steering) as handle:
-        handle.context = _prompt_context(p, dev)
-        logits = model(tokens)
-    logp = torch.log_softmax(logits[0, p - 1 : p - 1 + m].float(), dim=-1)
+    with steer(model, steering):
+        logits = runtime.logits_at(
+            model,
+            tokens,
+            torch.ones_like(tokens),
+            torch.zeros(m, dtype=torch.long, device=dev),
+            torch.arange(p - 1, p - 1 + m, device=dev),
+            runtime.TokenContext.prompts(torch.tensor([p], device=dev)),
+        )
+    logp = torch.log_softmax(logits.float(), dim=-1)
     if not bool(torch.isfinite(logp).all()):
         raise NonFiniteError(
             "the invasive intervention's next-token distributions are NaN/inf; lower "
@@ -513,16 +494,6 @@ def _record_logprobs(
 
 
 # -- stage 3 -----------------------------------------------------------------------------------
-
-
-def _kl(
-    target_logp: Float[Tensor, "m vocab"], logits: Float[Tensor, "m vocab"]
-) -> Float[Tensor, " m"]:
-    """``KL(p || q) = sum p (log p - log q)`` per row, ``q = softmax(logits)`` (coldness 1)."""
-    logq = torch.log_softmax(logits.float(), dim=-1)
-    p = target_logp.exp()
-    terms = torch.where(p > 0, p * (target_logp - logq), torch.zeros_like(logq))
-    return terms.sum(-1)
 
 
 __all__ = ["RankOneResult", "ReentrantResult", "reentrant_steering"]

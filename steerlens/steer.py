@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerlens import _tl
+from steerlens import runtime
 from steerlens.errors import SpecError, SteerlensError
 from steerlens.interventions import Intervention, check_vector, make_intervention
-from steerlens.positions import Positions, PositionsLike, TokenContext, as_positions
+from steerlens.positions import Positions, PositionsLike, as_positions
 from steerlens.vector import SteeringVector
 
 
@@ -30,17 +30,16 @@ SteeringLike = SteeringVector | Tensor | Intervention | Steering
 
 
 class SteeringHandle:
-    """Yielded by :func:`steer`. A generation loop sets :attr:`context` so that position
-    rules know where the prompt is and how many tokens the KV cache holds; with no context,
-    every token of a forward call counts as prompt."""
+    """Yielded by :func:`steer`: the resolved steerings. Position rules learn where the prompt
+    is from the runtime (:func:`steerlens.runtime.current_context`), which every steerlens
+    forward publishes; in a plain ``model(tokens)`` call every token counts as prompt."""
 
     def __init__(self, steerings: list[Steering]) -> None:
         self.steerings = steerings
-        self.context: TokenContext | None = None
 
     def _hook_for(self, items: list[Steering]) -> Callable[..., Tensor]:
         def hook(x: Tensor, *, hook: Any) -> Tensor:
-            ctx = self.context or TokenContext.whole_input(x.shape[0], x.shape[1], x.device)
+            ctx = runtime.current_context(x.shape[0], x.shape[1], x.device)
             for s in items:
                 y = s.intervention.apply(x)
                 mask = s.positions.mask(ctx, x.shape[1])
@@ -54,7 +53,7 @@ class SteeringHandle:
         for s in self.steerings:
             by_layer.setdefault(s.layer, []).append(s)
         return [
-            (_tl.hook_name(la), self._hook_for(items)) for la, items in sorted(by_layer.items())
+            (runtime.hook_name(la), self._hook_for(items)) for la, items in sorted(by_layer.items())
         ]
 
 
@@ -74,18 +73,18 @@ def resolve_steerings(
     items = list(steering) if isinstance(steering, (list, tuple)) else [steering]
     pos = as_positions(positions)
     layers = None if layer is None else ([layer] if isinstance(layer, int) else list(layer))
-    d_model = _tl.d_model(model)
+    d_model = runtime.d_model(model)
     out: list[Steering] = []
     for item in items:
         if isinstance(item, Steering):
-            _tl.check_layer(model, item.layer)
+            runtime.check_layer(model, item.layer)
             _check_d_model(item.intervention, d_model)
             out.append(item)
         elif isinstance(item, SteeringVector):
             item.check_compatible(model, allow_model_mismatch=allow_model_mismatch)
             if layers is not None:
                 for la in layers:
-                    _tl.check_layer(model, la)
+                    runtime.check_layer(model, la)
                 iv = make_intervention(item.vector, mode, strength)
                 out.extend(Steering(iv, la, pos) for la in layers)
             else:
@@ -102,7 +101,7 @@ def resolve_steerings(
                 iv = item
                 _check_d_model(iv, d_model)
             for la in layers:
-                _tl.check_layer(model, la)
+                runtime.check_layer(model, la)
                 out.append(Steering(iv, la, pos))
         else:
             raise SpecError(

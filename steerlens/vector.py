@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import _tl
+from steerlens import runtime
 from steerlens._version import __version__
 from steerlens.errors import (
     ModelMismatchError,
@@ -51,7 +51,7 @@ class SteeringVector:
     directions: Mapping[int, Float[Tensor, " d_model"]]
     model_id: str
     affine: Mapping[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
-    hook_template: str = _tl.HOOK_TEMPLATE
+    hook_template: str = runtime.HOOK_TEMPLATE
     provenance: Mapping[str, Any] = field(default_factory=dict)
     steerlens_version: str = __version__
     created_at: str = field(default_factory=_now)
@@ -84,12 +84,12 @@ class SteeringVector:
         if model_id is None:
             if model is None:
                 raise SteerlensError("pass model= or model_id= so the vector knows its model.")
-            model_id = _tl.model_id(model)
+            model_id = runtime.model_id(model)
         layers = [layer] if isinstance(layer, int) else list(layer)
         if model is not None:
             for la in layers:
-                _tl.check_layer(model, la)
-            check_vector(vector, d_model=_tl.d_model(model))
+                runtime.check_layer(model, la)
+            check_vector(vector, d_model=runtime.d_model(model))
         v = vector.detach().clone()
         return cls({la: v for la in layers}, model_id=model_id, provenance=dict(provenance or {}))
 
@@ -137,20 +137,20 @@ class SteeringVector:
 
     def check_compatible(self, model: Any, *, allow_model_mismatch: bool = False) -> None:
         """Refuse a model whose ``d_model`` or id differs from the one this vector was made on."""
-        d = _tl.d_model(model)
+        d = runtime.d_model(model)
         if d != self.d_model:
             raise VectorShapeError(
                 f"this vector has d_model {self.d_model} (made on {self.model_id!r}) but the model "
                 f"has d_model {d}; it cannot be applied to this model."
             )
-        mid = _tl.model_id(model)
+        mid = runtime.model_id(model)
         if mid != self.model_id and not allow_model_mismatch:
             raise ModelMismatchError(
                 f"this vector was made on {self.model_id!r} but the model is {mid!r}; pass "
                 "allow_model_mismatch=True if you mean to apply it across models."
             )
         for la in self.layers:
-            _tl.check_layer(model, la)
+            runtime.check_layer(model, la)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
         """A copy with every tensor moved/cast."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlens import _tl
+from steerlens import runtime
 from steerlens.baselines import (
     _reduce,
     _supports_stop_at_layer,
@@ -26,11 +26,11 @@ def _manual(model, texts, layer, span):
     out = []
     for text in texts:
         prompt, completion = text if isinstance(text, tuple) else (text, None)
-        ids = _tl.encode(model, prompt)
-        full = ids + (_tl.encode(model, prompt + completion)[len(ids) :] if completion else [])
+        ids = runtime.encode(model, prompt)
+        full = ids + (runtime.encode(model, prompt + completion)[len(ids) :] if completion else [])
         with torch.no_grad():
             _, cache = model.run_with_cache(torch.tensor([full]))
-        acts = cache[_tl.hook_name(layer)][0]
+        acts = cache[runtime.hook_name(layer)][0]
         start, stop = span(len(ids), len(full))
         out.append(acts[start:stop].double().mean(dim=0))
     return torch.stack(out)
@@ -100,7 +100,7 @@ def test_stops_the_forward_after_the_last_needed_layer(tiny):
 
 def test_chat_formats_prompts_with_the_template(tiny):
     a = diff_of_means(tiny, ["hi"], ["yo"], 1, chat=True)
-    b = diff_of_means(tiny, [_tl.chat_prompt(tiny, "hi")], [_tl.chat_prompt(tiny, "yo")], 1)
+    b = diff_of_means(tiny, [runtime.chat_prompt(tiny, "hi")], [runtime.chat_prompt(tiny, "yo")], 1)
     torch.testing.assert_close(a.directions[1], b.directions[1], rtol=0, atol=1e-6)
 
 
@@ -111,7 +111,7 @@ def test_provenance(tiny):
     assert p["method"] == "diff_of_means"
     assert (p["n_positive"], p["n_negative"], p["position"]) == (4, 4, "mean")
     assert p["examples"]["positive"] == POS[:3]
-    assert v.model_id == _tl.model_id(tiny)
+    assert v.model_id == runtime.model_id(tiny)
     w = pca_direction(tiny, POS, NEG, 1)
     assert w.provenance["method"] == "pca_of_differences"
     assert w.provenance["paired"] is True
@@ -167,7 +167,7 @@ def test_bad_inputs(tiny):
         diff_of_means(tiny, POS, NEG, [0, 5])
     with pytest.raises(LayerError, match="out of range"):
         pca_direction(tiny, POS, NEG, -1)
-    with pytest.raises(SpecError, match="no layer"):
+    with pytest.raises(LayerError, match="no layer"):
         diff_of_means(tiny, POS, NEG, [])
     with pytest.raises(SpecError, match="unknown position"):
         diff_of_means(tiny, POS, NEG, 1, position="first")  # type: ignore[arg-type]

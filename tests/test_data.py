@@ -7,8 +7,8 @@ import warnings
 import pytest
 
 from steerlens import Datapoint, Positions
-from steerlens import _tl as tl
-from steerlens.data import tokenize, tokenize_completion
+from steerlens import runtime as tl
+from steerlens.data import tokenize
 from steerlens.errors import SpecError, SteerlensError
 
 
@@ -131,7 +131,8 @@ def test_boundary_merge_warns_and_scores_the_completion_alone(tiny):
     assert comp.boundary_merged
     assert tdp.prompt_tokens == prompt_tokens
     assert comp.tokens == tl.encode(tiny, completion)
-    assert tokenize_completion(tiny, prompt_tokens, prompt, completion) == (comp.tokens, True)
+    with pytest.warns(UserWarning, match="merges"):
+        assert tl.completion_tokens(tiny, prompt_tokens, prompt, completion) == (comp.tokens, True)
 
 
 def test_no_warning_without_merge(tiny):
@@ -157,9 +158,12 @@ def test_tokenize_errors(tiny, monkeypatch):
     with pytest.raises(SteerlensError, match=r"expected steerlens\.Datapoint, got str"):
         tokenize(tiny, ["the cat"])
     real_encode = tl.encode
-    monkeypatch.setattr(
-        tl, "encode", lambda m, text: [] if text.endswith("!") else real_encode(m, text)
-    )
+
+    def fake(m, text):
+        return [] if text.endswith("!") else real_encode(m, text)
+
+    monkeypatch.setattr(tl, "encode", fake)
+    monkeypatch.setattr("steerlens.runtime.tokens.encode", fake)
     with pytest.raises(SteerlensError, match="suppress completion 'oops!' tokenises to nothing"):
         tokenize(tiny, Datapoint("the cat", suppress=["oops!"]))
     with pytest.raises(SteerlensError, match="tokenises to nothing"):

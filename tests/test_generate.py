@@ -2,34 +2,32 @@ import pytest
 import torch
 
 import steerlens
-from steerlens import _tl
+from steerlens import runtime
 from steerlens.errors import SteerlensError
-from steerlens.generate import left_pad
-from steerlens.positions import TokenContext
+from steerlens.runtime import TokenContext, left_pad, token_context
 from steerlens.steer import steer
 
 
 def _reference_greedy(model, prompt_ids, n_new, **steer_kwargs):
     """Greedy decoding with no KV cache: the whole sequence recomputed every step."""
     ids = list(prompt_ids)
-    with steer(model, **steer_kwargs) as handle:
+    ctx = TokenContext(torch.tensor([0]), torch.tensor([len(prompt_ids)]), 0)
+    with steer(model, **steer_kwargs), token_context(ctx):
         for _ in range(n_new):
-            t = torch.tensor([ids])
-            handle.context = TokenContext(torch.tensor([0]), torch.tensor([len(prompt_ids)]), 0)
-            ids.append(int(model(t)[0, -1].argmax()))
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
     return ids[len(prompt_ids) :]
 
 
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated", "last:2", [0, 3]])
 def test_cached_generation_respects_positions(tiny, positions):
-    prompt = _tl.chat_prompt(tiny, "the cat")
-    ids = _tl.encode(tiny, prompt)
+    prompt = runtime.chat_prompt(tiny, "the cat")
+    ids = runtime.encode(tiny, prompt)
     v = torch.randn(64) * 4
     expected = _reference_greedy(tiny, ids, 6, steering=v, layer=1, positions=positions)
     got = steerlens.generate(tiny, "the cat", v, layer=1, positions=positions, max_new_tokens=6)
-    eos = _tl.eos_token_ids(tiny)
+    eos = runtime.eos_token_ids(tiny)
     cut = next((i for i, t in enumerate(expected) if t in eos), len(expected))
-    assert got == _tl.decode(tiny, expected[:cut])
+    assert got == runtime.decode(tiny, expected[:cut])
 
 
 def test_batched_equals_one_by_one_with_left_padding(tiny):

@@ -49,9 +49,9 @@ def test_embedded_model_answers_paris(smol):
 
 @pytest.mark.slow
 def test_chat_prompt_gets_no_extra_bos(smol):
-    from steerlens import _tl
+    from steerlens import runtime
 
-    ids = _tl.encode(smol, _tl.chat_prompt(smol, "Hi"))
+    ids = runtime.encode(smol, runtime.chat_prompt(smol, "Hi"))
     assert ids[0] == smol.tokenizer.convert_tokens_to_ids("<|im_start|>")
     assert ids[1] != ids[0]
 

@@ -17,8 +17,8 @@ import torch
 from steerlens import Datapoint, Objective, evaluate_objective, steer
 from steerlens.data import tokenize
 from steerlens.errors import SpecError
-from steerlens.objectives import completion_losses, convert_loss, log1mexp, token_logprobs
-from steerlens.positions import TokenContext
+from steerlens.objectives import completion_losses, convert_loss, log1mexp
+from steerlens.runtime import TokenContext, token_context, token_logprobs
 
 REL = 1e-5
 PROMPT = "the cat sat"
@@ -29,8 +29,12 @@ def hand_logprobs(model, prompt_tokens, comp_tokens, coldness=0.7, **steering):
     """float64 ``log P(y_k | x, y_<k)`` from the plain hooked forward, steered with ``steer``."""
     tokens = torch.tensor([prompt_tokens + comp_tokens])
     p = len(prompt_tokens)
-    with torch.no_grad(), steer(model, steering.pop("vector", None), **steering) as handle:
-        handle.context = TokenContext(torch.tensor([0]), torch.tensor([p]), 0)
+    ctx = TokenContext(torch.tensor([0]), torch.tensor([p]), 0)
+    with (
+        torch.no_grad(),
+        steer(model, steering.pop("vector", None), **steering),
+        token_context(ctx),
+    ):
         logits = model(tokens)[0].double()
     lp = torch.log_softmax(coldness * logits, dim=-1)
     rows = torch.arange(p - 1, p - 1 + len(comp_tokens))

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from steerlens.errors import SpecError
-from steerlens.positions import Positions, TokenContext, as_positions
+from steerlens.positions import Positions, as_positions
+from steerlens.runtime import TokenContext
 
 
 def _ctx(start, end, offset=0):

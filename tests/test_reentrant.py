@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import steerlens
-from steerlens import Datapoint, NormCap, OptimizeConfig, _tl, steer
+from steerlens import Datapoint, NormCap, OptimizeConfig, runtime, steer
 from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
 from steerlens.optimize import _adam_loop
 from steerlens.reentrant import RankOneResult, ReentrantResult, reentrant_steering
@@ -31,7 +31,7 @@ def test_second_stage_lowers_the_kl(result):
 
 
 def test_recorded_distributions_are_the_steered_forwards(tiny, result):
-    prompt_ids = _tl.encode(tiny, PROMPT)
+    prompt_ids = runtime.encode(tiny, PROMPT)
     cont = result.continuation_tokens
     p, m = len(prompt_ids), len(cont)
     assert 1 <= m <= 5
@@ -54,7 +54,7 @@ def test_recorded_distributions_are_the_steered_forwards(tiny, result):
 def test_clamp_invasive_vector_is_recorded_as_it_was_optimized(tiny):
     early = OptimizeConfig(lr=0.1, max_steps=3, steering=steerlens.ClampSteering(strength=2.0))
     res = reentrant_steering(tiny, DP, 0, 1, n_tokens=3, early_config=early, late_config=LATE)
-    prompt_ids = _tl.encode(tiny, PROMPT)
+    prompt_ids = runtime.encode(tiny, PROMPT)
     p, m = len(prompt_ids), len(res.continuation_tokens)
     with torch.no_grad(), steer(tiny, res.early.vector, mode="clamp", strength=2.0):
         logits = tiny(torch.tensor([prompt_ids + res.continuation_tokens]))
@@ -67,7 +67,7 @@ def test_kl_is_scored_on_the_generated_token_ids(tiny):
     # positions predicting y', computed here by hand.
     late = OptimizeConfig(max_steps=0, init=torch.zeros(64))
     res = reentrant_steering(tiny, DP, 0, 1, n_tokens=4, early_config=EARLY, late_config=late)
-    prompt_ids = _tl.encode(tiny, PROMPT)
+    prompt_ids = runtime.encode(tiny, PROMPT)
     p, m = len(prompt_ids), len(res.continuation_tokens)
     with torch.no_grad():
         logits = tiny(torch.tensor([prompt_ids + res.continuation_tokens]))

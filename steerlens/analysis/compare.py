@@ -25,9 +25,10 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from steerlens import runtime
 from steerlens.analysis.geometry import as_direction, cosine_matrix
-from steerlens.analysis.plots import _style
-from steerlens.baselines import Position, PromptItem, check_layers, collect_activations
+from steerlens.analysis.plots import style_figure
+from steerlens.baselines import Position, PromptItem, collect_activations
 from steerlens.baselines import diff_of_means as _diff_of_means
 from steerlens.data import Datapoint
 from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
@@ -152,7 +153,7 @@ class ComparisonResult:
                     1,
                     col,
                 )
-        fig = _style(fig, "One-shot vector vs CAA, by layer", "layer", panels[0][1])
+        fig = style_figure(fig, "One-shot vector vs CAA, by layer", "layer", panels[0][1])
         for col, (_, ylabel) in enumerate(panels, start=1):
             fig.update_xaxes(title_text="layer", tickmode="array", tickvals=x, row=1, col=col)
             fig.update_yaxes(title_text=ylabel, row=1, col=col)
@@ -176,7 +177,7 @@ class ComparisonResult:
                 cells={"values": [[r[c] for r in rows] for c in cols], "align": "left"},
             )
         )
-        return _style(fig, f"Steered generations at layer {la} (greedy)", "", "")
+        return style_figure(fig, f"Steered generations at layer {la} (greedy)", "", "")
 
 
 def _one_shot_direction(one_shot: SteeringVector, layer: int) -> Tensor:
@@ -293,7 +294,13 @@ def compare_with_caa(
         ([1], True)
     """
     one_shot.check_compatible(model)
-    la = check_layers(model, one_shot.layers if layers is None else layers)
+    la = sorted(
+        set(
+            runtime.check_layers(
+                model, one_shot.layers if layers is None else layers, what="layers"
+            )
+        )
+    )
     if not effect_norm > 0:
         raise SpecError(f"effect_norm must be > 0, got {effect_norm}.")
     score_pos = score_position or ("completion" if position == "completion" else "mean")

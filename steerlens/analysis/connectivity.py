@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens.analysis.geometry import VectorLike, as_direction
-from steerlens.analysis.plots import _style
+from steerlens.analysis.plots import style_figure
 from steerlens.data import Datapoint
 from steerlens.errors import NonFiniteError, SpecError, SteerlensError, VectorShapeError
 from steerlens.objectives import Objective
@@ -156,7 +156,7 @@ class ConnectivityResult:
         )
         verdict = "connected" if self.connected else "NOT linearly mode connected"
         title = f"Loss along the geodesic {self.labels[0]} → {self.labels[1]} ({verdict})"
-        return _style(
+        return style_figure(
             fig,
             title,
             f"position t on the path (0 = {self.labels[0]}, 1 = {self.labels[1]})",

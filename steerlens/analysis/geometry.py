@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.analysis.plots import _style
+from steerlens.analysis.plots import style_figure
 from steerlens.errors import LayerError, NonFiniteError, SteerlensError, VectorShapeError
 from steerlens.vector import SteeringVector
 
@@ -150,7 +150,7 @@ class CosineResult:
             f"Cosine similarity between steering vectors{where} "
             f"(off-diagonal max {s['max']:.3f}, median {s['median']:.3f})"
         )
-        fig = _style(fig, title, "vector", "vector")
+        fig = style_figure(fig, title, "vector", "vector")
         fig.update_yaxes(autorange="reversed")
         return fig
 
@@ -257,7 +257,7 @@ def project_2d(
                 marker={"size": 7, "opacity": 0.6},
             )
         )
-    fig = _style(
+    fig = style_figure(
         fig,
         title,
         f"PC1 ({share[0]:.0%} of the vectors' squared norm; residual-stream units)",

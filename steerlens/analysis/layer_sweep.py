@@ -27,16 +27,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import _tl
-from steerlens.analysis.plots import _style
-from steerlens.baselines import check_layers
+from steerlens import runtime
+from steerlens.analysis.plots import style_figure
 from steerlens.data import Datapoint
-from steerlens.errors import NonFiniteError, SpecError, SteerlensError
-from steerlens.generate import check_prompts, format_prompts, generate
+from steerlens.errors import InputError, NonFiniteError, SpecError, SteerlensError
+from steerlens.generate import generate
 from steerlens.interventions import check_vector
 from steerlens.objectives import Objective, convert_loss
 from steerlens.optimize import OptimizeConfig, evaluate_objective, optimize_vector
-from steerlens.positions import PositionsLike, TokenContext
+from steerlens.positions import PositionsLike
 from steerlens.steer import steer
 from steerlens.vector import SteeringVector
 
@@ -159,7 +158,7 @@ class LayerSweepResult:
         how = "optimized at each layer" if self.optimized else "one vector applied at each layer"
         n = values.shape[1]
         spread = f", band: {'min-max' if band == 'minmax' else '±1 std'} over {n} items"
-        fig = _style(
+        fig = style_figure(
             fig,
             f"{title} ({how}{spread if n > 1 else ''})",
             "layer (steered at blocks.{layer}.hook_resid_pre)",
@@ -172,20 +171,7 @@ class LayerSweepResult:
 # -- measurements (small, reusable) --------------------------------------------------------
 
 
-def kl_divergence(
-    logp: Float[Tensor, "n vocab"], logq: Float[Tensor, "n vocab"]
-) -> Float[Tensor, " n"]:
-    """``KL(p || q)`` per row, in nats, from log-probabilities.
-
-    Example:
-        >>> p = torch.log(torch.tensor([[0.5, 0.5]]))
-        >>> round(float(kl_divergence(p, torch.log(torch.tensor([[0.9, 0.1]])))), 4)
-        0.5108
-    """
-    return (logp.exp() * (logp - logq)).sum(dim=-1)
-
-
-def next_token_logprobs(
+def _next_logprobs(
     model: Any,
     texts: Sequence[str],
     vector: Tensor | None = None,
@@ -194,32 +180,13 @@ def next_token_logprobs(
     positions: PositionsLike = None,
     batch_size: int = 16,
 ) -> Float[Tensor, "n vocab"]:
-    """``log softmax`` (float32) of the next-token logits at each text's last token, optionally
-    with ``vector`` added at ``layer``; batched and right-padded, positions resolved per row.
-    """
-    rows = [_tl.encode(model, t) for t in texts]
+    """Float32 next-token log-probs after each text, with ``vector`` added at ``layer``."""
+    rows = [runtime.encode(model, t) for t in texts]
     for t, r in zip(texts, rows, strict=True):
         if not r:
-            raise SteerlensError(f"prompt {t!r} tokenises to nothing.")
-    dev = _tl.device(model)
-    out = []
-    with steer(model, vector, layer=layer, positions=positions) as handle:
-        for begin in range(0, len(rows), batch_size):
-            chunk = rows[begin : begin + batch_size]
-            lengths = torch.tensor([len(r) for r in chunk], device=dev)
-            width = int(lengths.max())
-            tokens = torch.full((len(chunk), width), _tl.pad_token_id(model), device=dev)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long, device=dev)
-            for i, r in enumerate(chunk):
-                tokens[i, : len(r)] = torch.tensor(r, device=dev)
-                mask[i, : len(r)] = 1
-            handle.context = TokenContext(torch.zeros_like(lengths), lengths)
-            with torch.no_grad():
-                logits = model(tokens, attention_mask=mask)
-            last = logits[torch.arange(len(chunk), device=dev), lengths - 1]
-            out.append(torch.log_softmax(last.float(), dim=-1))
-        handle.context = None
-    return torch.cat(out)
+            raise InputError(f"prompt {t!r} tokenises to nothing.")
+    with steer(model, vector, layer=layer, positions=positions), torch.no_grad():
+        return runtime.last_logits(model, rows, batch_size=batch_size).log_softmax(-1)
 
 
 def _per_datapoint(values: Sequence[float], data: Sequence[Datapoint]) -> np.ndarray:
@@ -287,7 +254,7 @@ def _setup(model: Any, data: list[Datapoint], texts: list[str], **kw: Any) -> _S
             unit=unit,
         )
         logprob = -np.asarray(list(ev.losses.values()))
-    base_next = next_token_logprobs(model, texts, batch_size=kw["batch_size"])
+    base_next = _next_logprobs(model, texts, batch_size=kw["batch_size"])
     rate = None
     if kw["metric"] is not None:
         gens = generate(
@@ -329,10 +296,10 @@ def _measure(
             unit=s.unit,
         )
         out["logprob_change"] = -np.asarray(list(lp.losses.values())) - s.base_logprob
-    steered = next_token_logprobs(
+    steered = _next_logprobs(
         model, s.texts, v, layer, positions=s.positions, batch_size=s.batch_size
     )
-    kl = kl_divergence(steered, s.base_next).double().cpu()
+    kl = runtime.kl_divergence(steered, s.base_next).double().cpu()
     out["kl"] = np.asarray([float(convert_loss(float(x), s.unit)) for x in kl])
     gens: list[str] = []
     if s.metric is not None:
@@ -358,7 +325,7 @@ def _direction(model: Any, vector: Tensor | SteeringVector) -> Tensor:
         if vector.affine:
             raise SteerlensError("layer_sweep applies additive vectors; this one has affine parts.")
         return vector.vector
-    return check_vector(vector, d_model=_tl.d_model(model))
+    return check_vector(vector, d_model=runtime.d_model(model))
 
 
 def _short(text: str, n: int = 40) -> str:
@@ -420,14 +387,20 @@ def layer_sweep(
     data = [datapoints] if isinstance(datapoints, Datapoint) else list(datapoints)
     if not data:
         raise SteerlensError("no datapoints given; pass at least one steerlens.Datapoint.")
-    swept = check_layers(model, range(_tl.n_layers(model)) if layers is None else layers)
+    swept = sorted(
+        set(
+            runtime.check_layers(
+                model, range(runtime.n_layers(model)) if layers is None else layers, what="layers"
+            )
+        )
+    )
     convert_loss(0.0, unit)
     cfg = config or OptimizeConfig()
     pos = positions if positions is not None else cfg.positions
     if prompts is None:
         texts = list(dict.fromkeys(dp.prompt for dp in data))
     else:
-        texts = format_prompts(model, check_prompts(prompts), chat=chat)
+        texts = runtime.format_prompts(model, runtime.check_prompts(prompts), chat=chat)
     direction = None if vector is None else _direction(model, vector)
     s = _setup(
         model,
@@ -487,4 +460,4 @@ def _source(vector: Any) -> Any:
     return "tensor"
 
 
-__all__ = ["LayerSweepResult", "kl_divergence", "layer_sweep", "next_token_logprobs"]
+__all__ = ["LayerSweepResult", "layer_sweep"]

@@ -13,7 +13,7 @@ from steerlens.objectives import convert_loss
 TEMPLATE = "plotly_white"
 
 
-def _style(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+def style_figure(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
     fig.update_layout(
         template=TEMPLATE,
         title=title,
@@ -46,7 +46,7 @@ def plot_loss_history(result: Any, unit: str = "nats") -> go.Figure:
         )
     )
     convert_loss(0.0, unit)
-    return _style(fig, "Optimization loss", "step", f"loss ({unit})")
+    return style_figure(fig, "Optimization loss", "step", f"loss ({unit})")
 
 
 def save_html(fig: go.Figure, path: str | Path) -> Path:

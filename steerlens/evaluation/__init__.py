@@ -17,8 +17,8 @@ Example:
     torch.Size([1, 1])
 """
 
+from steerlens.errors import AnswerTokenError, ContextWindowError, TemplateError
 from steerlens.evaluation.beam import BeamHypothesis, BeamSearchResult, beam_search
-from steerlens.evaluation.errors import AnswerTokenError, ContextWindowError, TemplateError
 from steerlens.evaluation.judges import (
     ModelJudge,
     StringMatchJudge,

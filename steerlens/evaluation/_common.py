@@ -1,28 +1,17 @@
-"""Helpers shared by the evaluation modules: batching, answer tokens, forward passes that keep
-only the logits they need, steering descriptions, and the short text tables results print."""
+"""Helpers shared by the evaluation modules: checks, answer tokens, steering descriptions, and
+the short text tables results print."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerlens import _tl
-from steerlens.errors import SpecError
-from steerlens.evaluation.errors import AnswerTokenError, ContextWindowError
-from steerlens.generate import _supports_hf_cache, left_pad
-from steerlens.positions import TokenContext
-from steerlens.steer import Steering, SteeringHandle
-
-
-def check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SpecError(f"batch_size must be an int >= 1, got {batch_size!r}.")
-    return batch_size
+from steerlens import runtime
+from steerlens.errors import AnswerTokenError, SpecError
+from steerlens.steer import Steering
 
 
 def check_coldness(coldness: float) -> float:
@@ -33,33 +22,6 @@ def check_coldness(coldness: float) -> float:
     return float(coldness)
 
 
-def chunks(n: int, size: int) -> Iterator[range]:
-    """``range(0, size)``, ``range(size, 2 * size)``, ... covering ``n`` items."""
-    for start in range(0, n, size):
-        yield range(start, min(start + size, n))
-
-
-def n_ctx(model: Any) -> int | None:
-    """The model's context window, or ``None`` when its config does not say."""
-    value = getattr(model.cfg, "n_ctx", None)
-    return int(value) if value else None
-
-
-def check_fits(model: Any, n_tokens: int, what: str, fix: str) -> None:
-    """Refuse ``n_tokens`` tokens that do not fit the context window (never truncate silently)."""
-    window = n_ctx(model)
-    if window is not None and n_tokens > window:
-        raise ContextWindowError(
-            f"{what} is {n_tokens} tokens, more than the model's context window "
-            f"(cfg.n_ctx = {window}); {fix}."
-        )
-
-
-def vocab_size(model: Any) -> int | None:
-    value = getattr(model.cfg, "d_vocab", None)
-    return int(value) if value else None
-
-
 def answer_token_ids(model: Any, answers: Sequence[str], *, what: str = "answer") -> list[int]:
     """The single token of each answer string, or an error that shows how it tokenises."""
     if isinstance(answers, str) or len(answers) < 2:
@@ -68,9 +30,9 @@ def answer_token_ids(model: Any, answers: Sequence[str], *, what: str = "answer"
     for answer in answers:
         if not isinstance(answer, str) or answer == "":
             raise AnswerTokenError(f"{what} {answer!r} is not a non-empty string.")
-        tokens = _tl.encode(model, answer)
+        tokens = runtime.encode(model, answer)
         if len(tokens) != 1:
-            pieces = [_tl.decode(model, [t], skip_special_tokens=False) for t in tokens]
+            pieces = [runtime.decode(model, [t], skip_special_tokens=False) for t in tokens]
             raise AnswerTokenError(
                 f"{what} {answer!r} is not a single token: it tokenises to {len(tokens)} tokens "
                 f"{pieces} (ids {tokens}); use {what}s that are one token each (check with "
@@ -80,54 +42,6 @@ def answer_token_ids(model: Any, answers: Sequence[str], *, what: str = "answer"
     if len(set(ids)) != len(ids):
         raise AnswerTokenError(f"the {what}s {list(answers)!r} share a token; give distinct ones.")
     return ids
-
-
-def forward_kept(
-    model: Any, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"], lo: int, hi: int
-) -> tuple[Float[Tensor, "batch kept vocab"], int]:
-    """Logits at positions ``lo..hi-1`` (at least), and the position of their first column.
-
-    A ``TransformerBridge`` over a Hugging Face model unembeds only those positions
-    (``logits_to_keep``); other models return every position and the offset is 0.
-    """
-    width = tokens.shape[1]
-    if _supports_hf_cache(model) and (lo > 0 or hi < width):
-        keep = torch.arange(lo, hi, device=tokens.device)
-        try:
-            logits = model(tokens, attention_mask=mask, logits_to_keep=keep)
-        except TypeError:  # a model whose forward does not take logits_to_keep
-            logits = None
-        if logits is not None and logits.shape[1] == hi - lo:
-            return logits, lo
-        if logits is not None and logits.shape[1] == width:
-            return logits, 0
-    return model(tokens, attention_mask=mask), 0
-
-
-def last_logits(
-    model: Any,
-    token_lists: Sequence[Sequence[int]],
-    handle: SteeringHandle | None,
-    batch_size: int,
-) -> Float[Tensor, "n vocab"]:
-    """The next-token logits after each prompt (left-padded batches), in float32.
-
-    ``handle`` (from :func:`steerlens.steer`) learns where each prompt lies, so position rules
-    such as ``"last:2"`` see the prompt and not the padding.
-    """
-    out = []
-    for rows in chunks(len(token_lists), batch_size):
-        tokens, mask, n_pad = left_pad(model, [token_lists[i] for i in rows])
-        width = tokens.shape[1]
-        if handle is not None:
-            handle.context = TokenContext(n_pad, torch.full_like(n_pad, width), 0)
-        try:
-            logits, _ = forward_kept(model, tokens, mask, width - 1, width)
-        finally:
-            if handle is not None:
-                handle.context = None
-        out.append(logits[:, -1].float())
-    return torch.cat(out)
 
 
 def describe_steering(steerings: Sequence[Steering]) -> str:

@@ -21,23 +21,13 @@ from typing import Any, overload
 import torch
 from torch import Tensor
 
-from steerlens import _tl
+from steerlens import runtime
 from steerlens.errors import SpecError, SteerlensError
-from steerlens.evaluation._common import (
-    check_batch_size,
-    check_coldness,
-    check_fits,
-    chunks,
-    describe_steering,
-    plain,
-    short,
-    table,
-    vocab_size,
-)
-from steerlens.generate import _next_logits, check_prompts, format_prompts, left_pad
+from steerlens.evaluation._common import check_coldness, describe_steering, plain, short, table
 from steerlens.objectives import convert_loss
-from steerlens.positions import PositionsLike, TokenContext
-from steerlens.steer import SteeringHandle, SteeringLike, steer
+from steerlens.positions import PositionsLike
+from steerlens.runtime import TokenContext
+from steerlens.steer import SteeringLike, steer
 
 
 @dataclass(frozen=True)
@@ -103,7 +93,7 @@ def _check_k(model: Any, k: int, n_tokens: int) -> None:
     for name, value in (("k", k), ("n_tokens", n_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SpecError(f"{name} must be an int >= 1, got {value!r}.")
-    vocab = vocab_size(model)
+    vocab = runtime.vocab_size(model)
     if vocab is not None and k > vocab:
         raise SpecError(
             f"beam width k={k} is larger than the vocabulary ({vocab} tokens); there are only "
@@ -114,7 +104,6 @@ def _check_k(model: Any, k: int, n_tokens: int) -> None:
 def _search_batch(
     model: Any,
     token_lists: list[list[int]],
-    handle: SteeringHandle,
     k: int,
     n_tokens: int,
     coldness: float,
@@ -124,7 +113,7 @@ def _search_batch(
     Returns ``[prompts, k, n_tokens]`` token ids, ``[prompts, k]`` log-probs (nats) and a
     ``[prompts]`` flag: provably the exact top ``k``.
     """
-    tokens, mask, n_pad = left_pad(model, token_lists)
+    tokens, mask, n_pad = runtime.left_pad(model, token_lists)
     n_prompts, dev = len(token_lists), tokens.device
     prompt_end = torch.full_like(n_pad, tokens.shape[1])
     scores = torch.zeros(n_prompts, 1, device=dev)  # [prompts, beams]
@@ -132,8 +121,8 @@ def _search_batch(
     bound = torch.full((n_prompts,), -torch.inf, device=dev)  # best pruned prefix score
     cache, n_cached = None, 0
     for step in range(n_tokens):
-        handle.context = TokenContext(n_pad, prompt_end, offset=n_cached)
-        logits, cache = _next_logits(model, tokens, mask, cache, n_cached)
+        ctx = TokenContext(n_pad, prompt_end, offset=n_cached)
+        logits, cache = runtime.next_logits(model, tokens, mask, cache, n_cached, ctx)
         n_cached = tokens.shape[1] if cache is not None else 0
         vocab = logits.shape[-1]
         if k > vocab:
@@ -160,7 +149,6 @@ def _search_batch(
         n_pad, prompt_end = n_pad[rows], prompt_end[rows]
         if cache is not None:
             cache.reorder_cache(rows)
-    handle.context = None
     return seqs, scores, scores[:, -1] >= bound
 
 
@@ -216,15 +204,15 @@ def beam_search(
         >>> res[0].logprob >= res[1].logprob >= res[2].logprob
         True
     """
-    prompts = check_prompts(prompt)
+    prompts = runtime.check_prompts(prompt)
     _check_k(model, k, n_tokens)
     coldness = check_coldness(coldness)
-    check_batch_size(batch_size)
+    runtime.check_batch_size(batch_size)
     convert_loss(0.0, unit)
-    texts = format_prompts(model, prompts, chat=chat, system=system)
-    token_lists = [_tl.encode(model, t) for t in texts]
+    texts = runtime.format_prompts(model, prompts, chat=chat, system=system)
+    token_lists = [runtime.encode(model, t) for t in texts]
     for i, ids in enumerate(token_lists):
-        check_fits(
+        runtime.check_fits(
             model,
             len(ids) + n_tokens,
             f"prompt {i} plus {n_tokens} new tokens",
@@ -241,17 +229,14 @@ def beam_search(
         allow_model_mismatch=allow_model_mismatch,
     ) as handle:
         described = describe_steering(handle.steerings)
-        for batch in chunks(len(prompts), batch_size):
-            try:
-                seqs, scores, exact = _search_batch(
-                    model, [token_lists[i] for i in batch], handle, k, n_tokens, coldness
-                )
-            finally:
-                handle.context = None
+        for batch in runtime.chunks(len(prompts), batch_size):
+            seqs, scores, exact = _search_batch(
+                model, [token_lists[i] for i in batch], k, n_tokens, coldness
+            )
             for row, i in enumerate(batch):
                 hyps = tuple(
                     BeamHypothesis(
-                        text=_tl.decode(model, seqs[row, b], skip_special_tokens=False),
+                        text=runtime.decode(model, seqs[row, b], skip_special_tokens=False),
                         tokens=tuple(int(t) for t in seqs[row, b].tolist()),
                         logprob=float(convert_loss(float(scores[row, b]), unit)),
                     )

@@ -18,18 +18,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import _tl
-from steerlens.errors import SteerlensError
-from steerlens.evaluation._common import (
-    answer_token_ids,
-    check_batch_size,
-    check_fits,
-    last_logits,
-    short,
-)
-from steerlens.evaluation.errors import AnswerTokenError, TemplateError
+from steerlens import runtime
+from steerlens.errors import AnswerTokenError, SteerlensError, TemplateError
+from steerlens.evaluation._common import answer_token_ids, short
 from steerlens.evaluation.rates import RateResult
-from steerlens.generate import check_prompts, generate
+from steerlens.generate import generate
 from steerlens.positions import PositionsLike
 from steerlens.steer import SteeringLike
 
@@ -131,7 +124,7 @@ class ModelJudge:
                 "placeholder, so the judged text would never reach the model; put {text} "
                 "where the text goes, e.g. 'Is the following text in French?\\n\\n{text}'."
             )
-        check_batch_size(self.batch_size)
+        runtime.check_batch_size(self.batch_size)
         example = self._prompt("x")
         pair, ids = _yes_no_ids(self.model, self.yes_no, example)
         object.__setattr__(self, "yes_no", pair)
@@ -140,18 +133,18 @@ class ModelJudge:
     def _prompt(self, text: str) -> str:
         question = self.template.replace(PLACEHOLDER, text)
         if self.chat:
-            return _tl.chat_prompt(self.model, question, system=self.system)
+            return runtime.chat_prompt(self.model, question, system=self.system)
         return question
 
     @torch.no_grad()
     def margins(self, texts: Sequence[str]) -> Float[Tensor, " texts"]:
         """``logit(yes) - logit(no)`` for each text; positive means "Yes"."""
-        token_lists = [_tl.encode(self.model, self._prompt(t)) for t in texts]
+        token_lists = [runtime.encode(self.model, self._prompt(t)) for t in texts]
         for i, ids in enumerate(token_lists):
-            check_fits(
+            runtime.check_fits(
                 self.model, len(ids), f"the judge prompt for text {i}", "judge a shorter text"
             )
-        logits = last_logits(self.model, token_lists, None, self.batch_size)
+        logits = runtime.last_logits(self.model, token_lists, batch_size=self.batch_size)
         return (logits[:, self.answer_ids[0]] - logits[:, self.answer_ids[1]]).cpu()
 
     def judge_all(self, texts: Sequence[str]) -> list[bool]:
@@ -164,7 +157,7 @@ class ModelJudge:
 
     def __repr__(self) -> str:
         return (
-            f"ModelJudge(model={_tl.model_id(self.model)!r}, template="
+            f"ModelJudge(model={runtime.model_id(self.model)!r}, template="
             f"{short(self.template, 60)}, chat={self.chat}, yes_no={self.yes_no!r})"
         )
 
@@ -227,7 +220,7 @@ def success_rate(
         >>> res.successes, res.n, res.ci_low
         (0, 2, 0.0)
     """
-    items = check_prompts(prompts)
+    items = runtime.check_prompts(prompts)
     texts = generate(
         model,
         items,

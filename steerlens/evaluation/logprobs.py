@@ -21,24 +21,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import _tl
-from steerlens.data import completion_tokens
+from steerlens import runtime
 from steerlens.errors import SteerlensError
-from steerlens.evaluation._common import (
-    check_batch_size,
-    check_coldness,
-    check_fits,
-    chunks,
-    describe_steering,
-    forward_kept,
-    plain,
-    short,
-    table,
-)
-from steerlens.generate import check_prompts, format_prompts
-from steerlens.objectives import convert_loss, token_logprobs
-from steerlens.positions import PositionsLike, TokenContext
-from steerlens.steer import SteeringHandle, SteeringLike, steer
+from steerlens.evaluation._common import check_coldness, describe_steering, plain, short, table
+from steerlens.objectives import convert_loss
+from steerlens.positions import PositionsLike
+from steerlens.steer import SteeringLike, steer
 
 
 @dataclass(frozen=True)
@@ -124,13 +112,13 @@ def _check_completions(completions: str | Sequence[str]) -> list[str]:
 def _make_rows(model: Any, texts: Sequence[str], completions: Sequence[str]) -> list[_Row]:
     rows = []
     for i, text in enumerate(texts):
-        prompt_tokens = _tl.encode(model, text)
+        prompt_tokens = runtime.encode(model, text)
         for j, completion in enumerate(completions):
-            tokens, merged = completion_tokens(
+            tokens, merged = runtime.completion_tokens(
                 model, prompt_tokens, text, completion, where=f"prompt {i}"
             )
             row = _Row(i, j, prompt_tokens, tokens, merged)
-            check_fits(
+            runtime.check_fits(
                 model,
                 row.length,
                 f"prompt {i} followed by completion {j}",
@@ -138,49 +126,6 @@ def _make_rows(model: Any, texts: Sequence[str], completions: Sequence[str]) -> 
             )
             rows.append(row)
     return rows
-
-
-def score_rows(
-    model: Any,
-    rows: Sequence[_Row],
-    handle: SteeringHandle,
-    coldness: float,
-    batch_size: int,
-) -> list[Float[Tensor, " tokens"]]:
-    """Per-token log-probabilities (nats, float32) of each row's completion tokens."""
-    dev = _tl.device(model)
-    pad = _tl.pad_token_id(model)
-    order = sorted(range(len(rows)), key=lambda r: rows[r].length)  # less padding per batch
-    out: list[Tensor | None] = [None] * len(rows)
-    for batch in chunks(len(order), batch_size):
-        members = [rows[order[b]] for b in batch]
-        width = max(r.length for r in members)
-        tokens = torch.full((len(members), width), pad, dtype=torch.long, device=dev)
-        mask = torch.zeros_like(tokens)
-        row_idx, pos_idx, targets = [], [], []
-        for b, r in enumerate(members):
-            seq = r.prompt_tokens + r.completion_tokens
-            tokens[b, : len(seq)] = torch.tensor(seq, device=dev)
-            mask[b, : len(seq)] = 1
-            p = len(r.prompt_tokens)
-            # Completion token k is predicted at position p - 1 + k.
-            row_idx += [b] * len(r.completion_tokens)
-            pos_idx += list(range(p - 1, p - 1 + len(r.completion_tokens)))
-            targets += r.completion_tokens
-        prompt_end = torch.tensor([len(r.prompt_tokens) for r in members], device=dev)
-        handle.context = TokenContext(torch.zeros_like(prompt_end), prompt_end, 0)
-        try:
-            logits, offset = forward_kept(model, tokens, mask, min(pos_idx), max(pos_idx) + 1)
-        finally:
-            handle.context = None
-        picked = logits[
-            torch.tensor(row_idx, device=dev), torch.tensor(pos_idx, device=dev) - offset
-        ]
-        lp = token_logprobs(picked, torch.tensor(targets, device=dev), coldness)
-        sizes = [len(r.completion_tokens) for r in members]
-        for b, piece in zip(batch, lp.split(sizes), strict=True):
-            out[order[b]] = piece.detach().cpu()
-    return [t for t in out if t is not None]
 
 
 @torch.no_grad()
@@ -231,12 +176,12 @@ def completion_logprobs(
         >>> bool((res.totals < 0).all())
         True
     """
-    prompt_list = check_prompts(prompts)
+    prompt_list = runtime.check_prompts(prompts)
     completion_list = _check_completions(completions)
     convert_loss(0.0, unit)  # validate the unit before any work
     coldness = check_coldness(coldness)
-    check_batch_size(batch_size)
-    texts = format_prompts(model, prompt_list, chat=chat, system=system)
+    runtime.check_batch_size(batch_size)
+    texts = runtime.format_prompts(model, prompt_list, chat=chat, system=system)
     rows = _make_rows(model, texts, completion_list)
     with steer(
         model,
@@ -247,7 +192,12 @@ def completion_logprobs(
         positions=positions,
         allow_model_mismatch=allow_model_mismatch,
     ) as handle:
-        per_row = score_rows(model, rows, handle, coldness, batch_size)
+        per_row = runtime.score_rows(
+            model,
+            [(r.prompt_tokens + r.completion_tokens, len(r.prompt_tokens)) for r in rows],
+            coldness=coldness,
+            batch_size=batch_size,
+        )
         described = describe_steering(handle.steerings)
     n_c = len(completion_list)
     lps = [torch.as_tensor(convert_loss(lp, unit)) for lp in per_row]

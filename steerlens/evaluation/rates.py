@@ -18,19 +18,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerlens import _tl
+from steerlens import runtime
 from steerlens.errors import SteerlensError
-from steerlens.evaluation._common import (
-    answer_token_ids,
-    check_batch_size,
-    check_fits,
-    describe_steering,
-    last_logits,
-    plain,
-    short,
-    table,
-)
-from steerlens.generate import check_prompts, format_prompts
+from steerlens.evaluation._common import answer_token_ids, describe_steering, plain, short, table
 from steerlens.positions import PositionsLike
 from steerlens.steer import SteeringLike, steer
 
@@ -289,11 +279,11 @@ def behavior_change_rates(
         >>> res.add_positive.n, res.subtract_negative.n
         (1, 1)
     """
-    check_batch_size(batch_size)
+    runtime.check_batch_size(batch_size)
     sets = {}
     for name, prompts in (("positive", positive_prompts), ("negative", negative_prompts)):
         try:
-            sets[name] = check_prompts(prompts)
+            sets[name] = runtime.check_prompts(prompts)
         except SteerlensError as err:
             raise SteerlensError(f"{name}_prompts: {err}") from None
     answer_list = list(answers) if not isinstance(answers, str) else [answers]
@@ -301,10 +291,11 @@ def behavior_change_rates(
     tokens = {}
     for name, prompts in sets.items():
         tokens[name] = [
-            _tl.encode(model, t) for t in format_prompts(model, prompts, chat=chat, system=system)
+            runtime.encode(model, t)
+            for t in runtime.format_prompts(model, prompts, chat=chat, system=system)
         ]
         for i, ids in enumerate(tokens[name]):
-            check_fits(model, len(ids), f"{name} prompt {i}", "use a shorter prompt")
+            runtime.check_fits(model, len(ids), f"{name} prompt {i}", "use a shorter prompt")
     everything = tokens["positive"] + tokens["negative"]
     chosen = {}
     described = ""
@@ -318,7 +309,7 @@ def behavior_change_rates(
             positions=positions,
             allow_model_mismatch=allow_model_mismatch,
         ) as handle:
-            logits = last_logits(model, everything, handle, batch_size)
+            logits = runtime.last_logits(model, everything, batch_size=batch_size)
             if sign > 0:
                 described = describe_steering(handle.steerings)
         chosen[label] = [answer_list[i] for i in choose_answers(logits, answer_ids).tolist()]

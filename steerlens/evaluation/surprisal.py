@@ -46,19 +46,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import _tl
+from steerlens import runtime
 from steerlens.errors import SpecError, SteerlensError
-from steerlens.evaluation._common import (
-    check_batch_size,
-    check_fits,
-    chunks,
-    forward_kept,
-    plain,
-    short,
-    table,
-)
-from steerlens.generate import _supports_hf_cache, right_pad
-from steerlens.objectives import convert_loss, token_logprobs
+from steerlens.evaluation._common import plain, short, table
+from steerlens.objectives import convert_loss
+from steerlens.runtime import token_logprobs
 
 
 @dataclass(frozen=True)
@@ -186,8 +178,8 @@ def context_tokens(model: Any, context: str, bos: bool | None) -> tuple[list[int
             f"the context is empty ({context!r}); pass example texts of the behaviour to "
             "condition the base model on."
         )
-    tokens = _tl.encode(model, context)
-    bos_id = _tl.tokenizer(model).bos_token_id
+    tokens = runtime.encode(model, context)
+    bos_id = runtime.tokenizer(model).bos_token_id
     if bos is None:
         bos = bos_id is not None and bool(getattr(model.cfg, "default_prepend_bos", False))
     if bos:
@@ -216,7 +208,7 @@ def sample_tokens(
     for i, text in enumerate(items):
         if not isinstance(text, str):
             raise SteerlensError(f"sample {i} is a {type(text).__name__}, not a str.")
-        tokens = _tl.encode(model, text)
+        tokens = runtime.encode(model, text)
         if not tokens:
             raise SteerlensError(
                 f"sample {i} ({text!r}) has no tokens; surprisal per token needs at least one."
@@ -230,10 +222,12 @@ def sample_tokens(
 def _check_lengths(
     model: Any, prefix: list[int], samples: list[list[int]], max_tokens: int | None
 ) -> None:
-    check_fits(model, len(prefix) + 1, "the context plus one sample token", "use a shorter context")
+    runtime.check_fits(
+        model, len(prefix) + 1, "the context plus one sample token", "use a shorter context"
+    )
     longest = max(range(len(samples)), key=lambda i: len(samples[i]))
     room = (getattr(model.cfg, "n_ctx", 0) or 0) - len(prefix)
-    check_fits(
+    runtime.check_fits(
         model,
         len(prefix) + len(samples[longest]),
         f"the {len(prefix)}-token context followed by sample {longest} "
@@ -264,18 +258,18 @@ def _cached_logprobs(
     model: Any, prefix: list[int], samples: list[list[int]], batch_size: int
 ) -> list[Tensor] | None:
     """The KV-cached path: the context runs once; ``None`` if the model gives no cache."""
-    dev = _tl.device(model)
+    dev = runtime.device(model)
     ctx = torch.tensor([prefix], device=dev)
     logits, cache = model(ctx, return_type="logits_and_cache")
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None
     first = logits[0, -1].float().log_softmax(-1).cpu()  # predicts each sample's first token
     out: list[Tensor] = []
-    for batch in chunks(len(samples), batch_size):
+    for batch in runtime.chunks(len(samples), batch_size):
         rows = [samples[i] for i in batch]
         rest: list[Tensor] = [torch.zeros(0) for _ in rows]
         if max(len(r) for r in rows) > 1:
-            tokens, mask = right_pad(model, rows)
+            tokens, mask = runtime.right_pad(model, rows)
             full_mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, len(prefix)), mask], 1)
             batch_cache = copy.deepcopy(cache)  # the forward pass extends the cache it is given
             batch_cache.batch_repeat_interleave(len(rows))
@@ -289,16 +283,9 @@ def _recomputed_logprobs(
     model: Any, prefix: list[int], samples: list[list[int]], batch_size: int
 ) -> tuple[list[Tensor], int]:
     """Without a cache: ``context + sample`` rows, the context recomputed in every batch."""
-    out: list[Tensor] = []
-    passes = 0
-    for batch in chunks(len(samples), batch_size):
-        rows = [prefix + samples[i] for i in batch]
-        tokens, mask = right_pad(model, rows)
-        lo = len(prefix) - 1
-        logits, offset = forward_kept(model, tokens, mask, lo, tokens.shape[1] - 1)
-        passes += 1
-        out += _gather(logits, [r[lo:] for r in rows], lo - offset)
-    return out, passes
+    rows = [(prefix + sample, len(prefix)) for sample in samples]
+    out = runtime.score_rows(model, rows, batch_size=batch_size)
+    return out, len(range(0, len(samples), batch_size))
 
 
 @torch.no_grad()
@@ -307,7 +294,7 @@ def sample_logprobs(
 ) -> tuple[list[Float[Tensor, " tokens"]], int]:
     """``log B(x_t | prefix, x_<t)`` (nats) for every token of every sample, and the number
     of forward passes over the prefix."""
-    if _supports_hf_cache(model):
+    if runtime.supports_kv_cache(model):
         cached = _cached_logprobs(model, prefix, samples, batch_size)
         if cached is not None:
             return cached, 1
@@ -350,7 +337,7 @@ def _score_sets(
 ) -> list[SurprisalResult]:
     """Score several sample sets under one context, computing the context once for all."""
     convert_loss(0.0, unit)
-    check_batch_size(batch_size)
+    runtime.check_batch_size(batch_size)
     prefix, used_bos = context_tokens(model, context, bos)
     tokenized = [sample_tokens(model, s, max_tokens) for s in sample_sets]
     everything = [t for tokens, _ in tokenized for t in tokens]
@@ -515,14 +502,11 @@ def information_complexity(
             f"the context {short(context)} is one token and has no BOS before it, so no token "
             "has a prefix to be predicted from; pass bos=True or a longer context."
         )
-    check_fits(base_model, len(tokens), "the context", "use a shorter context")
-    dev = _tl.device(base_model)
-    ids = torch.tensor([tokens], device=dev)
-    logits, offset = forward_kept(base_model, ids, torch.ones_like(ids), 0, len(tokens) - 1)
-    lp = _gather(logits, [tokens], -offset)[0]
-    starts_with_bos = tokens[0] == _tl.tokenizer(base_model).bos_token_id
+    runtime.check_fits(base_model, len(tokens), "the context", "use a shorter context")
+    lp = runtime.score_rows(base_model, [(tokens, 1)])[0]
+    starts_with_bos = tokens[0] == runtime.tokenizer(base_model).bos_token_id
     first = (
-        f"conditioned on BOS {_tl.decode(base_model, tokens[:1], skip_special_tokens=False)!r}"
+        f"conditioned on BOS {runtime.decode(base_model, tokens[:1], skip_special_tokens=False)!r}"
         if starts_with_bos
         else "skipped (no BOS before the context)"
     )

@@ -7,8 +7,8 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from steerlens import Datapoint, OptimizeConfig, SteeringVector, evaluate_objective, steer
-from steerlens.analysis.layer_sweep import kl_divergence, layer_sweep, next_token_logprobs
+from steerlens import Datapoint, OptimizeConfig, SteeringVector, evaluate_objective, runtime, steer
+from steerlens.analysis.layer_sweep import layer_sweep
 from steerlens.analysis.plots import save_html
 from steerlens.errors import LayerError, SpecError
 from steerlens.objectives import Objective
@@ -114,16 +114,17 @@ def test_steering_vector_input_and_units(tiny, data):
 
 def test_kl_divergence():
     p = torch.log_softmax(torch.randn(3, 10), -1)
-    assert torch.allclose(kl_divergence(p, p), torch.zeros(3))
+    assert torch.allclose(runtime.kl_divergence(p, p), torch.zeros(3), atol=1e-6)
     q = torch.log_softmax(torch.randn(3, 10), -1)
-    assert bool((kl_divergence(p, q) > 0).all())
+    assert bool((runtime.kl_divergence(p, q) > 0).all())
 
 
-def test_next_token_logprobs_batched_equals_single(tiny):
+def test_last_logits_batched_equals_single_under_steering(tiny):
     texts = ["a", "the cat sat on the mat", "in"]
-    v = _vector()
-    batched = next_token_logprobs(tiny, texts, v, 1, positions="last:1")
-    single = torch.cat([next_token_logprobs(tiny, [t], v, 1, positions="last:1") for t in texts])
+    rows = [runtime.encode(tiny, t) for t in texts]
+    with steer(tiny, _vector(), layer=1, positions="last:1"):
+        batched = runtime.last_logits(tiny, rows)
+        single = torch.cat([runtime.last_logits(tiny, [r]) for r in rows])
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
 
 

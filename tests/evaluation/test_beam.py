@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from steerlens import _tl, steer
+from steerlens import runtime, steer
 from steerlens.errors import SpecError
 from steerlens.evaluation import beam_search
 from steerlens.testing import tiny_model
@@ -18,7 +18,7 @@ LAYER = 1
 
 def brute_force_two_tokens(model, prompt, **steering):
     """``[vocab * vocab]`` log-probs of every continuation ``(a, b)``, at index ``a * V + b``."""
-    ids = _tl.encode(model, prompt)
+    ids = runtime.encode(model, prompt)
     vocab = model.cfg.d_vocab
     with torch.no_grad(), steer(model, steering.pop("steering", None), **steering):
         first = model(torch.tensor([ids]))[0, -1].double().log_softmax(-1)
@@ -91,14 +91,14 @@ def test_exactness_flag_is_honest_when_beam_search_misses(tiny):
 def test_three_token_scores_are_exact_log_probabilities(tiny):
     v = torch.randn(64) * 3
     res = beam_search(tiny, "the cat", k=4, n_tokens=3, steering=v, layer=LAYER, coldness=0.7)
-    ids = _tl.encode(tiny, "the cat")
+    ids = runtime.encode(tiny, "the cat")
     for h in res:
         tokens = torch.tensor([ids + list(h.tokens)])
         with torch.no_grad(), steer(tiny, v, layer=LAYER):
             logp = (0.7 * tiny(tokens)[0].double()).log_softmax(-1)
         want = sum(float(logp[len(ids) - 1 + i, t]) for i, t in enumerate(h.tokens))
         assert h.logprob == pytest.approx(want, rel=1e-5)
-        assert h.text == _tl.decode(tiny, list(h.tokens), skip_special_tokens=False)
+        assert h.text == runtime.decode(tiny, list(h.tokens), skip_special_tokens=False)
     assert [h.logprob for h in res] == sorted((h.logprob for h in res), reverse=True)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import steerlens
-from steerlens import _tl
+from steerlens import runtime
 from steerlens.errors import SteerlensError
 from steerlens.evaluation import (
     AnswerTokenError,
@@ -95,13 +95,13 @@ def test_model_judge_compares_the_two_answer_logits(tiny, chat):
     template = 'Text: {text}\nIs it {"json": "braces"} French? Answer (Y/N):'
     judge = ModelJudge(tiny, template, chat=chat, yes_no=("Y", "N"), batch_size=2)
     texts = ["la pizza est bonne", "the pizza is good", "zz", "a b c d e f g"]
-    y, n = (_tl.encode(tiny, s)[0] for s in ("Y", "N"))
+    y, n = (runtime.encode(tiny, s)[0] for s in ("Y", "N"))
     want = []
     for t in texts:
         prompt = template.replace("{text}", t)
-        prompt = _tl.chat_prompt(tiny, prompt) if chat else prompt
+        prompt = runtime.chat_prompt(tiny, prompt) if chat else prompt
         with torch.no_grad():
-            logits = tiny(torch.tensor([_tl.encode(tiny, prompt)]))[0, -1]
+            logits = tiny(torch.tensor([runtime.encode(tiny, prompt)]))[0, -1]
         want.append(float(logits[y] - logits[n]))
     torch.testing.assert_close(judge.margins(texts), torch.tensor(want), rtol=1e-4, atol=1e-5)
     assert judge.judge_all(texts) == [m > 0 for m in want]

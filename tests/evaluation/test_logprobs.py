@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from steerlens import _tl, steer
+from steerlens import runtime, steer
 from steerlens.errors import SpecError, SteerlensError
 from steerlens.evaluation import ContextWindowError, completion_logprobs
 
@@ -21,8 +21,8 @@ LAYER = 1
 
 def hand_logprobs(model, prompt, completion, coldness=1.0, **steering):
     """Per-token float64 log-probs of ``completion`` after ``prompt`` from one plain forward."""
-    p_ids = _tl.encode(model, prompt)
-    c_ids = _tl.encode(model, prompt + completion)[len(p_ids) :]
+    p_ids = runtime.encode(model, prompt)
+    c_ids = runtime.encode(model, prompt + completion)[len(p_ids) :]
     tokens = torch.tensor([p_ids + c_ids])
     with torch.no_grad(), steer(model, steering.pop("steering", None), **steering):
         logits = model(tokens)[0].double()
@@ -59,8 +59,8 @@ def test_prompt_positions_steer_the_prompt_only(tiny):
     """A hook written here adds v at the prompt's positions only."""
     v = torch.randn(64) * 4
     prompt, completion = PROMPTS[0], COMPLETIONS[0]
-    p_ids = _tl.encode(tiny, prompt)
-    c_ids = _tl.encode(tiny, prompt + completion)[len(p_ids) :]
+    p_ids = runtime.encode(tiny, prompt)
+    c_ids = runtime.encode(tiny, prompt + completion)[len(p_ids) :]
 
     def hook(x, *, hook):
         x = x.clone()
@@ -106,7 +106,7 @@ def test_batch_size_and_plain_model_do_not_change_results(tiny, plain):
 
 def test_chat_formats_the_prompt(tiny):
     chat = completion_logprobs(tiny, "Hi", "A", chat=True)
-    written = completion_logprobs(tiny, _tl.chat_prompt(tiny, "Hi"), "A")
+    written = completion_logprobs(tiny, runtime.chat_prompt(tiny, "Hi"), "A")
     assert chat.total() == pytest.approx(written.total(), rel=1e-6)
     assert chat.prompts == ("Hi",) and chat.chat
 
@@ -116,8 +116,8 @@ def test_boundary_merge_scores_the_completion_alone_and_warns(tiny):
     with pytest.warns(UserWarning, match="merges with the end of prompt 0"):
         res = completion_logprobs(tiny, "the cat t", "he")
     assert res.boundary_merged == ((True,),)
-    assert list(res.tokens[0][0]) == _tl.encode(tiny, "he")
-    p_ids = _tl.encode(tiny, "the cat t")
+    assert list(res.tokens[0][0]) == runtime.encode(tiny, "he")
+    p_ids = runtime.encode(tiny, "the cat t")
     with torch.no_grad():
         logp = tiny(torch.tensor([p_ids + list(res.tokens[0][0])]))[0].double().log_softmax(-1)
     want = sum(float(logp[len(p_ids) - 1 + k, t]) for k, t in enumerate(res.tokens[0][0]))

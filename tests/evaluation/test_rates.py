@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from steerlens import SteeringVector, _tl, steer
+from steerlens import SteeringVector, runtime, steer
 from steerlens.errors import SpecError, SteerlensError
 from steerlens.evaluation import AnswerTokenError, behavior_change_rates
 
@@ -38,15 +38,15 @@ LAYER, STRENGTH = 1, 0.005
 @pytest.fixture(scope="module")
 def a_to_b(tiny):
     unembed = tiny.original_model.lm_head.weight.detach()
-    a, b = (_tl.encode(tiny, s)[0] for s in ("A", "B"))
+    a, b = (runtime.encode(tiny, s)[0] for s in ("A", "B"))
     d = unembed[b] - unembed[a]
     return d / d.norm()
 
 
 def hand_answer(model, prompt, vector, strength):
     """'A' or 'B': the larger of the two logits after the chat-formatted prompt."""
-    ids = [_tl.encode(model, s)[0] for s in ("A", "B")]
-    tokens = torch.tensor([_tl.encode(model, _tl.chat_prompt(model, prompt))])
+    ids = [runtime.encode(model, s)[0] for s in ("A", "B")]
+    tokens = torch.tensor([runtime.encode(model, runtime.chat_prompt(model, prompt))])
     with torch.no_grad(), steer(model, vector, layer=LAYER, strength=strength):
         logits = model(tokens)[0, -1]
     return "AB"[int(logits[ids].argmax())]

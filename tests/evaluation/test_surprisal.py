@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from steerlens import _tl
+from steerlens import runtime
 from steerlens.errors import SpecError, SteerlensError
 from steerlens.evaluation import (
     ContextWindowError,
@@ -33,10 +33,10 @@ SAMPLES = [
 
 def manual_surprisal(model, context, sample, *, max_tokens=None, bos=False):
     """Per-token surprisal (bits) of ``sample`` after ``context``: ``-log2 B(x | C) / |x|``."""
-    ctx = _tl.encode(model, context)
+    ctx = runtime.encode(model, context)
     if bos:
         ctx = [model.tokenizer.bos_token_id, *ctx]
-    x = _tl.encode(model, sample)[:max_tokens]
+    x = runtime.encode(model, sample)[:max_tokens]
     with torch.no_grad():
         logp = model(torch.tensor([ctx + x]))[0].double().log_softmax(-1)
     nats = -sum(float(logp[len(ctx) - 1 + t, tok]) for t, tok in enumerate(x))
@@ -48,7 +48,7 @@ def test_equals_manual_sum(tiny):
     want = [manual_surprisal(tiny, CONTEXT, s) for s in SAMPLES]
     assert res.per_sample == pytest.approx(want, rel=1e-5)
     assert res.mean == pytest.approx(sum(want) / len(want), rel=1e-5)
-    assert res.n_tokens == tuple(len(_tl.encode(tiny, s)) for s in SAMPLES)
+    assert res.n_tokens == tuple(len(runtime.encode(tiny, s)) for s in SAMPLES)
     assert res.unit == "bits" and res.n_truncated == 0 and not res.bos
 
 
@@ -57,13 +57,13 @@ def test_truncation_units_and_bos(tiny):
     want = [manual_surprisal(tiny, CONTEXT, s, max_tokens=4) for s in SAMPLES]
     assert res.per_sample == pytest.approx(want, rel=1e-5)
     assert max(res.n_tokens) == 4
-    assert res.n_truncated == sum(len(_tl.encode(tiny, s)) > 4 for s in SAMPLES)
+    assert res.n_truncated == sum(len(runtime.encode(tiny, s)) > 4 for s in SAMPLES)
     nats = mean_surprisal(tiny, SAMPLES, CONTEXT, max_tokens=4, unit="nats")
     assert nats.mean == pytest.approx(res.mean * math.log(2), rel=1e-6)
     with_bos = mean_surprisal(tiny, SAMPLES, CONTEXT, bos=True)
     want = [manual_surprisal(tiny, CONTEXT, s, bos=True) for s in SAMPLES]
     assert with_bos.per_sample == pytest.approx(want, rel=1e-5)
-    assert with_bos.bos and with_bos.context_tokens == len(_tl.encode(tiny, CONTEXT)) + 1
+    assert with_bos.bos and with_bos.context_tokens == len(runtime.encode(tiny, CONTEXT)) + 1
 
 
 class ForwardLog:
@@ -87,8 +87,8 @@ class ForwardLog:
 
 def test_context_is_computed_once_for_many_samples(tiny):
     samples = SAMPLES * 3  # 21 samples, 6 batches of 4
-    n_context = len(_tl.encode(tiny, CONTEXT))
-    assert n_context > max(len(_tl.encode(tiny, s)) for s in samples)
+    n_context = len(runtime.encode(tiny, CONTEXT))
+    assert n_context > max(len(runtime.encode(tiny, s)) for s in samples)
     with ForwardLog(tiny) as log:
         res = mean_surprisal(tiny, samples, CONTEXT, batch_size=4)
     assert res.context_passes == 1
@@ -125,7 +125,7 @@ def test_compare_samples_and_contexts(tiny):
 
 
 def test_information_complexity_equals_manual_sum(tiny):
-    tokens = _tl.encode(tiny, CONTEXT)
+    tokens = runtime.encode(tiny, CONTEXT)
     with torch.no_grad():
         logp = tiny(torch.tensor([tokens]))[0].double().log_softmax(-1)
     want = -sum(float(logp[t - 1, tokens[t]]) for t in range(1, len(tokens))) / math.log(2)
@@ -147,7 +147,7 @@ def test_information_complexity_equals_manual_sum(tiny):
 def test_chain_rule_links_context_and_sample_surprisal(tiny):
     """-log B(C x) = -log B(C) - log B(x | C) when C + x tokenises as C's tokens then x's."""
     sample = "the cat ran."
-    assert _tl.encode(tiny, CONTEXT + sample) == _tl.encode(tiny, CONTEXT) + _tl.encode(
+    assert runtime.encode(tiny, CONTEXT + sample) == runtime.encode(tiny, CONTEXT) + runtime.encode(
         tiny, sample
     )
     s = mean_surprisal(tiny, sample, CONTEXT)
@@ -181,9 +181,9 @@ def test_bad_input(tiny):
 
 
 def test_samples_longer_than_the_context_window_are_refused(tiny):
-    n_context = len(_tl.encode(tiny, CONTEXT))
+    n_context = len(runtime.encode(tiny, CONTEXT))
     long_sample = "the " * 300  # 302 tokens; the tiny model's n_ctx is 256
-    n_long = len(_tl.encode(tiny, long_sample))
+    n_long = len(runtime.encode(tiny, long_sample))
     match = rf"sample 1 \({n_long} tokens with max_tokens=None\) is {n_context + n_long} tokens"
     with pytest.raises(ContextWindowError, match=match) as e:
         mean_surprisal(tiny, ["ok", long_sample], CONTEXT, max_tokens=None)

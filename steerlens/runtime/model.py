@@ -1,13 +1,14 @@
 """Duck-typed access to a TransformerLens model: a TL 4 ``TransformerBridge`` or a TL 3
-``HookedTransformer``. Everything steerlens needs from a model goes through here."""
+``HookedTransformer``. Everything steerlens reads from a model object goes through here."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from steerlens.errors import LayerError, SteerlensError
+from steerlens.errors import LayerError, ModelError
 
 HOOK_TEMPLATE = "blocks.{layer}.hook_resid_pre"
 
@@ -48,11 +49,30 @@ def dtype(model: Any) -> torch.dtype:
 def tokenizer(model: Any) -> Any:
     tok = getattr(model, "tokenizer", None)
     if tok is None:
-        raise SteerlensError(
+        raise ModelError(
             "this model has no tokenizer (model.tokenizer is None); steerlens needs one to turn "
             "text into tokens. Attach a Hugging Face tokenizer: model.set_tokenizer(tokenizer)."
         )
     return tok
+
+
+def n_ctx(model: Any) -> int | None:
+    """The model's context window, or ``None`` when its config does not say."""
+    value = getattr(model.cfg, "n_ctx", None)
+    return int(value) if value else None
+
+
+def vocab_size(model: Any) -> int | None:
+    value = getattr(model.cfg, "d_vocab", None)
+    return int(value) if value else None
+
+
+def supports_kv_cache(model: Any) -> bool:
+    """Whether ``model(...)`` takes and returns Hugging Face cache objects.
+
+    A ``TransformerBridge`` does; a TL 3 ``HookedTransformer`` does not.
+    """
+    return hasattr(model, "_driver")
 
 
 def check_layer(model: Any, layer: int, *, what: str = "layer") -> int:
@@ -66,20 +86,6 @@ def check_layer(model: Any, layer: int, *, what: str = "layer") -> int:
             f"has {n} layers (0-{n - 1}); pass a {what} between 0 and {n - 1}."
         )
     return layer
-
-
-def encode(model: Any, text: str) -> list[int]:
-    """Tokenise ``text`` exactly as written: no BOS or other special tokens are added.
-
-    Chat prompts already carry their own start tokens; adding a BOS changes the model's output.
-    """
-    return list(tokenizer(model)(text, add_special_tokens=False)["input_ids"])
-
-
-def decode(model: Any, ids: list[int] | torch.Tensor, *, skip_special_tokens: bool = True) -> str:
-    if isinstance(ids, torch.Tensor):
-        ids = ids.tolist()
-    return str(tokenizer(model).decode(ids, skip_special_tokens=skip_special_tokens))
 
 
 def pad_token_id(model: Any) -> int:
@@ -101,20 +107,10 @@ def eos_token_ids(model: Any) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
-def chat_prompt(model: Any, user_message: str, *, system: str | None = None) -> str:
-    """Format one user message with the model's chat template, ready for the answer.
-
-    Example:
-        >>> from steerlens.testing import tiny_model
-        >>> chat_prompt(tiny_model(), "Hi")
-        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
-    """
-    tok = tokenizer(model)
-    messages = [] if system is None else [{"role": "system", "content": system}]
-    messages.append({"role": "user", "content": user_message})
-    if getattr(tok, "chat_template", None) is None:
-        raise SteerlensError(
-            "this model's tokenizer has no chat template, so chat=True cannot format prompts; "
-            "pass chat=False and give the full prompt text."
-        )
-    return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+def check_layers(model: Any, layer: int | Sequence[int], *, what: str = "layer") -> list[int]:
+    """One layer or a list of layers, each checked by :func:`check_layer`, as a list."""
+    # Anything that is not a list of layers goes to check_layer, which explains what is wrong.
+    layers: list[Any] = list(layer) if isinstance(layer, (list, tuple, range)) else [layer]
+    if not layers:
+        raise LayerError(f"no {what} given; pass {what}=<int> or a list of layers.")
+    return [check_layer(model, la, what=what) for la in layers]

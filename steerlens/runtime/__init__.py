@@ -1,0 +1,94 @@
+"""The runtime: everything between steerlens and a TransformerLens model.
+
+- :mod:`~steerlens.runtime.model`: duck-typed access to the model (layers, hook names, device,
+  tokenizer, special tokens, context window).
+- :mod:`~steerlens.runtime.tokens`: encoding (no BOS of its own), decoding, the chat rule, and
+  the tokens of a completion after a prompt.
+- :mod:`~steerlens.runtime.batch`: padding and batching.
+- :mod:`~steerlens.runtime.context`: where the prompt lies in the forward call now running,
+  published for steering hooks.
+- :mod:`~steerlens.runtime.forward`: logits at chosen positions, per-token log-probabilities of
+  token rows, next-token logits, one KV-cached decoding step.
+- :mod:`~steerlens.runtime.decoding`: the decoder (greedy or sampled, KV-cached).
+- :mod:`~steerlens.runtime.logprobs`: token log-probabilities and KL divergences.
+
+Nothing in the runtime imports the rest of steerlens (only :mod:`steerlens.errors`).
+
+Example:
+    >>> from steerlens import runtime
+    >>> from steerlens.testing import tiny_model
+    >>> model = tiny_model()
+    >>> ids = runtime.encode(model, "the cat")
+    >>> [lp.shape[0] for lp in runtime.score_rows(model, [(ids, 1)])] == [len(ids) - 1]
+    True
+"""
+
+from steerlens.runtime.batch import check_batch_size, chunks, left_pad, right_pad
+from steerlens.runtime.context import TokenContext, current_context, token_context
+from steerlens.runtime.decoding import decode_tokens
+from steerlens.runtime.forward import check_fits, last_logits, logits_at, next_logits, score_rows
+from steerlens.runtime.logprobs import kl_divergence, token_logprobs
+from steerlens.runtime.model import (
+    HOOK_TEMPLATE,
+    check_layer,
+    check_layers,
+    d_model,
+    device,
+    dtype,
+    eos_token_ids,
+    hook_name,
+    model_id,
+    n_ctx,
+    n_layers,
+    pad_token_id,
+    supports_kv_cache,
+    tokenizer,
+    vocab_size,
+)
+from steerlens.runtime.tokens import (
+    chat_prompt,
+    check_prompts,
+    completion_tokens,
+    decode,
+    encode,
+    format_prompts,
+)
+
+__all__ = [
+    "HOOK_TEMPLATE",
+    "TokenContext",
+    "chat_prompt",
+    "check_batch_size",
+    "check_fits",
+    "check_layer",
+    "check_layers",
+    "check_prompts",
+    "chunks",
+    "completion_tokens",
+    "current_context",
+    "d_model",
+    "decode",
+    "decode_tokens",
+    "device",
+    "dtype",
+    "encode",
+    "eos_token_ids",
+    "format_prompts",
+    "hook_name",
+    "kl_divergence",
+    "last_logits",
+    "left_pad",
+    "logits_at",
+    "model_id",
+    "n_ctx",
+    "n_layers",
+    "next_logits",
+    "pad_token_id",
+    "right_pad",
+    "score_rows",
+    "supports_kv_cache",
+    "token_context",
+    "token_logprobs",
+    "tokenizer",
+    "vocab_size",
+]

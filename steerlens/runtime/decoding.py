@@ -1,0 +1,84 @@
+"""Greedy and sampled decoding with a KV cache: the one decoder under ``generate`` and
+reentrant steering."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steerlens.errors import ContextWindowError, SpecError
+from steerlens.runtime.batch import left_pad
+from steerlens.runtime.context import TokenContext
+from steerlens.runtime.forward import next_logits
+from steerlens.runtime.model import eos_token_ids, n_ctx, pad_token_id
+
+
+def decode_tokens(
+    model: Any,
+    token_lists: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """New token ids after each prompt, decoded together (left-padded, KV-cached).
+
+    A row stops after its first end-of-turn token, which is kept; all rows stop at
+    ``max_new_tokens`` or the model's context window. ``temperature`` 0 is greedy; otherwise
+    tokens are sampled from ``softmax(logits / temperature)`` with ``generator``. Steering hooks
+    installed around the call see the prompt as "prompt" and each new token as "generated".
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> [len(ids) for ids in decode_tokens(tiny_model(), [[5, 6], [7]], max_new_tokens=3)]
+        [3, 3]
+    """
+    if max_new_tokens < 1:
+        raise SpecError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    if not temperature >= 0:
+        raise SpecError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+    window = n_ctx(model)
+    longest = max(len(t) for t in token_lists)
+    if window is not None and longest >= window:
+        raise ContextWindowError(
+            f"a prompt of {longest} tokens leaves no room to generate in the model's context "
+            f"window (cfg.n_ctx = {window}); use a shorter prompt."
+        )
+    tokens, mask, n_pad = left_pad(model, token_lists)
+    prompt_end = torch.full_like(n_pad, tokens.shape[1])
+    eos = torch.tensor(sorted(eos_token_ids(model)), dtype=torch.long, device=tokens.device)
+    pad = pad_token_id(model)
+    done = torch.zeros(len(token_lists), dtype=torch.bool, device=tokens.device)
+    new_tokens: list[Tensor] = []
+    cache, n_cached = None, 0
+    for _ in range(max_new_tokens):
+        if window is not None and tokens.shape[1] >= window:
+            break
+        ctx = TokenContext(n_pad, prompt_end, offset=n_cached)
+        logits, cache = next_logits(model, tokens, mask, cache, n_cached, ctx)
+        n_cached = tokens.shape[1] if cache is not None else 0
+        if temperature > 0:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        else:
+            nxt = logits.argmax(dim=-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        new_tokens.append(nxt)
+        is_eos = torch.isin(nxt, eos)
+        # A row's end-of-turn token is attended to; the padding after it is not.
+        mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+        done |= is_eos
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        if bool(done.all()):
+            break
+    if not new_tokens:
+        return [[] for _ in token_lists]
+    eos_set = set(eos.tolist())
+    out = []
+    for row in torch.stack(new_tokens, dim=1).tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos_set), len(row))
+        out.append(row[:cut])
+    return out

@@ -1,0 +1,37 @@
+"""Log-probabilities and KL divergences of next-token distributions (nats, float32 or wider)."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def token_logprobs(
+    logits: Float[Tensor, "n vocab"], targets: Int[Tensor, " n"], coldness: float = 1.0
+) -> Float[Tensor, " n"]:
+    """``log softmax(c * logits)[target]`` in float32 (or wider).
+
+    Example:
+        >>> token_logprobs(torch.zeros(1, 4), torch.tensor([2])).exp().tolist()
+        [0.25]
+    """
+    scaled = logits.to(torch.promote_types(logits.dtype, torch.float32)) * coldness
+    return scaled.gather(-1, targets[:, None]).squeeze(-1) - scaled.logsumexp(-1)
+
+
+def kl_divergence(
+    target_logp: Float[Tensor, "n vocab"], logits: Float[Tensor, "n vocab"]
+) -> Float[Tensor, " n"]:
+    """``KL(p || q) = sum p (log p - log q)`` per row, with ``p = exp(target_logp)`` and
+    ``q = softmax(logits)``; terms where ``p = 0`` count 0 (also when ``log q`` is ``-inf``).
+
+    Example:
+        >>> p = torch.log(torch.tensor([[0.5, 0.5]]))
+        >>> round(float(kl_divergence(p, torch.log(torch.tensor([[0.9, 0.1]])))), 4)
+        0.5108
+    """
+    logq = torch.log_softmax(logits.float(), dim=-1)
+    p = target_logp.float().exp()
+    terms = torch.where(p > 0, p * (target_logp.float() - logq), torch.zeros_like(logq))
+    return terms.sum(-1)

@@ -1,0 +1,124 @@
+"""Text to tokens and back: encoding (never a BOS of its own), decoding, chat formatting, and
+the tokens of a completion that follows a prompt."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from steerlens.errors import InputError, ModelError
+from steerlens.runtime.model import tokenizer
+
+
+def encode(model: Any, text: str) -> list[int]:
+    """Tokenise ``text`` exactly as written: no BOS or other special tokens are added.
+
+    Chat prompts already carry their own start tokens; adding a BOS changes the model's output.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> decode(model, encode(model, "the cat"))
+        'the cat'
+    """
+    return list(tokenizer(model)(text, add_special_tokens=False)["input_ids"])
+
+
+def decode(
+    model: Any, ids: Sequence[int] | torch.Tensor, *, skip_special_tokens: bool = True
+) -> str:
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    return str(tokenizer(model).decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+
+def chat_prompt(model: Any, user_message: str, *, system: str | None = None) -> str:
+    """Format one user message with the model's chat template, ready for the answer.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> chat_prompt(tiny_model(), "Hi")
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    tok = tokenizer(model)
+    messages = [] if system is None else [{"role": "system", "content": system}]
+    messages.append({"role": "user", "content": user_message})
+    if getattr(tok, "chat_template", None) is None:
+        raise ModelError(
+            "this model's tokenizer has no chat template, so chat=True cannot format prompts; "
+            "pass chat=False and give the full prompt text."
+        )
+    return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    """A list of non-empty prompts, or a clear error."""
+    items = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not items:
+        raise InputError("the prompt list is empty; pass at least one prompt.")
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise InputError(f"prompt {i} is a {type(p).__name__}, not a str.")
+        if not p.strip():
+            raise InputError(f"prompt {i} is empty; pass some text to generate from.")
+    return items
+
+
+def format_prompts(
+    model: Any, prompts: Sequence[str], *, chat: bool, system: str | None = None
+) -> list[str]:
+    """The one chat rule: with ``chat=True`` each prompt is a user message put in the model's
+    chat template (with ``system`` as the system message); with ``chat=False`` it is used as
+    written and ``system`` must be ``None``."""
+    if not chat:
+        if system is not None:
+            raise InputError(
+                "system= is only used with chat=True (it becomes the chat's system message); "
+                "pass chat=True or drop system=."
+            )
+        return list(prompts)
+    return [chat_prompt(model, p, system=system) for p in prompts]
+
+
+def completion_tokens(
+    model: Any,
+    prompt_tokens: list[int],
+    prompt: str,
+    completion: str,
+    *,
+    label: str = "completion",
+    where: str = "its prompt",
+) -> tuple[list[int], bool]:
+    """The tokens of ``completion`` that follow ``prompt``, and whether the boundary merged.
+
+    A completion is scored on exactly the tokens that follow the prompt. When tokenising
+    ``prompt + completion`` jointly merges tokens across the boundary, the completion is
+    tokenised on its own and a warning says so. A completion with no tokens is refused.
+    ``label`` and ``where`` name the completion and its prompt in the messages.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> ids, merged = completion_tokens(model, encode(model, "a"), "a", " cat")
+        >>> decode(model, ids), merged
+        (' cat', False)
+    """
+    joint = encode(model, prompt + completion)
+    n = len(prompt_tokens)
+    if joint[:n] == prompt_tokens and len(joint) > n:
+        return joint[n:], False
+    tokens = encode(model, completion)
+    if not tokens:
+        raise InputError(
+            f"{label} {completion!r} tokenises to nothing; use a completion with at least one "
+            "token."
+        )
+    warnings.warn(
+        f"completion {completion!r} merges with the end of {where} when tokenised jointly; "
+        "scoring it tokenised on its own after the prompt's tokens.",
+        stacklevel=3,
+    )
+    return tokens, True

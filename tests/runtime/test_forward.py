@@ -1,0 +1,82 @@
+"""Padding, scoring and decoding in the runtime agree with plain one-row forward passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steerlens import runtime
+from steerlens.errors import ContextWindowError, InputError, SpecError
+
+
+def _plain_logprobs(model, ids, n_prompt):
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0].double()
+    lp = torch.log_softmax(logits, -1)
+    rows = torch.arange(n_prompt - 1, len(ids) - 1)
+    return lp[rows, torch.tensor(ids[n_prompt:])]
+
+
+def test_left_and_right_pad_layouts(tiny):
+    tokens, mask, n_pad = runtime.left_pad(tiny, [[5, 6, 7], [8]])
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert n_pad.tolist() == [0, 2]
+    assert tokens[1, -1] == 8
+    tokens, mask = runtime.right_pad(tiny, [[5, 6, 7], [8]])
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert tokens[1, 0] == 8
+
+
+def test_score_rows_equals_one_plain_forward_per_row(tiny):
+    rows = [([5, 6, 7, 8, 9], 2), ([10, 11], 1), ([12, 13, 14], 1)]
+    got = runtime.score_rows(tiny, rows, batch_size=2)
+    for (ids, p), lp in zip(rows, got, strict=True):
+        torch.testing.assert_close(lp.double(), _plain_logprobs(tiny, ids, p), atol=1e-5, rtol=0)
+
+
+def test_score_rows_refuses_a_row_with_nothing_to_score(tiny):
+    with pytest.raises(InputError, match="one token to score"):
+        runtime.score_rows(tiny, [([5, 6], 2)])
+
+
+def test_last_logits_equals_plain_forward(tiny):
+    rows = [[5, 6, 7], [8], [9, 10]]
+    got = runtime.last_logits(tiny, rows, batch_size=2)
+    with torch.no_grad():
+        want = torch.cat([tiny(torch.tensor([r]))[:, -1] for r in rows]).float()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_decoder_is_greedy_and_keeps_the_end_of_turn_token(tiny, monkeypatch):
+    prompt = [5, 6, 7]
+    (ids,) = runtime.decode_tokens(tiny, [prompt], max_new_tokens=4)
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(4):
+            seq.append(int(tiny(torch.tensor([seq]))[0, -1].argmax()))
+    assert ids == seq[3:]
+    # Declare the first decoded token an end-of-turn token: decoding stops after it, keeping it.
+    monkeypatch.setattr("steerlens.runtime.decoding.eos_token_ids", lambda m: {ids[0]})
+    assert runtime.decode_tokens(tiny, [prompt], max_new_tokens=4) == [[ids[0]]]
+
+
+def test_decoder_refuses_bad_settings_and_full_contexts(tiny):
+    with pytest.raises(SpecError, match="max_new_tokens"):
+        runtime.decode_tokens(tiny, [[5]], max_new_tokens=0)
+    with pytest.raises(SpecError, match="temperature"):
+        runtime.decode_tokens(tiny, [[5]], max_new_tokens=1, temperature=float("nan"))
+    n_ctx = runtime.n_ctx(tiny)
+    with pytest.raises(ContextWindowError, match="no room to generate"):
+        runtime.decode_tokens(tiny, [[5] * n_ctx], max_new_tokens=1)
+
+
+def test_kl_divergence_is_zero_for_equal_distributions_and_positive_otherwise():
+    p = torch.log_softmax(torch.randn(3, 10), -1)
+    q = torch.log_softmax(torch.randn(3, 10), -1)
+    assert torch.allclose(runtime.kl_divergence(p, p), torch.zeros(3), atol=1e-6)
+    assert bool((runtime.kl_divergence(p, q) > 0).all())
+
+
+def test_format_prompts_refuses_a_system_message_without_chat(tiny):
+    with pytest.raises(InputError, match="system= is only used with chat=True"):
+        runtime.format_prompts(tiny, ["hi"], chat=False, system="be brief")
