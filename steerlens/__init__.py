@@ -1,58 +1,44 @@
 """steerlens: find, study and compare steering vectors, on TransformerLens hook points.
 
+The front door holds what a session needs; everything else is one import deeper:
+``steerlens.optimize`` (results, steering kinds, the norm phase), ``steerlens.objectives``,
+``steerlens.constraints``, ``steerlens.stopping``, ``steerlens.evaluation``,
+``steerlens.analysis`` (plots), ``steerlens.baselines``, ``steerlens.runtime``,
+``steerlens.errors``.
+
 Example:
     >>> import steerlens
     >>> model = steerlens.load_model()  # doctest: +SKIP
 """
 
+from typing import Any
+
 from steerlens._version import __version__
-from steerlens.analysis.layer_sweep import layer_sweep
 from steerlens.baselines import diff_of_means
-from steerlens.constraints import Noise, NormCap
+from steerlens.constraints import NormCap
 from steerlens.data import Datapoint
 from steerlens.errors import SteerlensError
 from steerlens.generate import generate
 from steerlens.interventions import Ablate, Add, Affine, Clamp
 from steerlens.model import load_model
-from steerlens.objectives import Objective
-from steerlens.optimize import (
-    AddSteering,
-    AffineSteering,
-    ClampSteering,
-    OptimizeConfig,
-    OptimizeResult,
-    OutputConstraint,
-    evaluate_objective,
-    optimize_vector,
-)
+from steerlens.optimize import OptimizeConfig, evaluate_objective, optimize_vector
 from steerlens.positions import Positions
-from steerlens.reentrant import ReentrantResult, reentrant_steering
+from steerlens.reentrant import reentrant_steering
 from steerlens.steer import Steering, steer
-from steerlens.stopping import Plateau, TargetLoss
 from steerlens.vector import SteeringVector
 
 __all__ = [
     "Ablate",
     "Add",
-    "AddSteering",
     "Affine",
-    "AffineSteering",
     "Clamp",
-    "ClampSteering",
     "Datapoint",
-    "Noise",
     "NormCap",
-    "Objective",
     "OptimizeConfig",
-    "OptimizeResult",
-    "OutputConstraint",
-    "Plateau",
     "Positions",
-    "ReentrantResult",
     "Steering",
     "SteeringVector",
     "SteerlensError",
-    "TargetLoss",
     "__version__",
     "diff_of_means",
     "evaluate_objective",
@@ -63,3 +49,12 @@ __all__ = [
     "reentrant_steering",
     "steer",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The analysis layer imports plotly; load it only when it is used.
+    if name == "layer_sweep":
+        from steerlens.analysis.layer_sweep import layer_sweep
+
+        return layer_sweep
+    raise AttributeError(f"module 'steerlens' has no attribute {name!r}")

@@ -17,16 +17,19 @@ def _load(args: argparse.Namespace):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from steerlens.generate import generate
+    from steerlens.interventions import KINDS
+    from steerlens.steer import Steering
     from steerlens.vector import SteeringVector
 
     model = _load(args)
-    vector = SteeringVector.load(args.vector) if args.vector else None
+    plan = None
+    if args.vector:
+        vector = SteeringVector.load(args.vector)
+        plan = Steering(vector, strength=args.strength, kind=KINDS[args.mode])
     outputs = generate(
         model,
         args.prompt,
-        vector,
-        strength=args.strength,
-        mode=args.mode,
+        plan,
         max_new_tokens=args.max_new_tokens,
         chat=not args.no_chat,
         temperature=args.temperature,

@@ -10,7 +10,6 @@ import torch
 
 from steerlens import runtime
 from steerlens.errors import SpecError
-from steerlens.positions import PositionsLike
 from steerlens.steer import SteeringLike, steer
 
 
@@ -20,17 +19,12 @@ def generate(
     prompts: str | Sequence[str],
     steering: SteeringLike | Sequence[SteeringLike] | None = None,
     *,
-    layer: int | Sequence[int] | None = None,
-    strength: float = 1.0,
-    mode: str = "add",
-    positions: PositionsLike = None,
     max_new_tokens: int = 64,
     chat: bool = True,
     system: str | None = None,
     temperature: float = 0.0,
     seed: int | None = None,
     batch_size: int = 16,
-    allow_model_mismatch: bool = False,
 ) -> str | list[str]:
     """Generate from one or many prompts, optionally steered; returns only the new text.
 
@@ -38,13 +32,9 @@ def generate(
         model: a TransformerLens model.
         prompts: a prompt or a list; with ``chat=True`` each is a user message formatted with
             the model's chat template.
-        steering: what to steer with, as in :func:`steerlens.steer` (``None``: unsteered).
-        layer: layer(s) for a bare tensor or intervention.
-        strength: the ``a`` in ``x + a v`` (negative subtracts) or the clamp value.
-        mode: ``"add"``, ``"clamp"`` or ``"ablate"``.
-        positions: as in :func:`steerlens.steer`; ``"prompt"`` covers the prompt only, and
-            generated tokens are never "prompt".
-        allow_model_mismatch: apply a vector made on a model with another id.
+        steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these
+            (``None``: unsteered). A plan's ``"prompt"`` positions cover the prompt only;
+            generated tokens are ``"generated"``.
         max_new_tokens: the most tokens to add (stops early at the end-of-turn token).
         temperature: 0 for greedy decoding; otherwise sampling from ``softmax(logits / T)``.
         seed: seed for sampling; the same seed gives the same text.
@@ -69,15 +59,7 @@ def generate(
         # Without a seed, draw one from the OS: torch.seed() would re-seed the user's global RNG.
         generator.manual_seed(seed if seed is not None else secrets.randbits(63))
     outputs: list[str] = []
-    with steer(
-        model,
-        steering,
-        layer=layer,
-        strength=strength,
-        mode=mode,
-        positions=positions,
-        allow_model_mismatch=allow_model_mismatch,
-    ):
+    with steer(model, steering):
         for rows in runtime.chunks(len(texts), runtime.check_batch_size(batch_size)):
             new = runtime.decode_tokens(
                 model,

@@ -1,13 +1,17 @@
 """What a steering intervention does to the residual stream ``x`` at one hook point.
 
-Formulas (METHOD.md), with ``v`` the vector and ``a`` the strength:
+Formulas (METHOD.md), with ``v`` the vector and ``a`` the strength (the plan's, see
+:class:`steerlens.Steering`):
 
 - :class:`Add`:    ``x + a v``  (negative ``a`` subtracts)
 - :class:`Clamp`:  ``x - (v v^T / ||v||^2) x + a v``  (the component along ``v`` becomes ``a v``)
-- :class:`Ablate`: clamp with ``a = 0``
-- :class:`Affine`: ``x + M x + b`` with ``M = L^T R`` of rank ``r`` (``L``, ``R``: ``[r, d_model]``)
+- :class:`Ablate`: ``x - a (v v^T / ||v||^2) x``  (``a = 1`` removes the component along ``v``)
+- :class:`Affine`: ``x + a (M x + b)`` with ``M = L^T R`` of rank ``r`` (``L``, ``R``:
+  ``[r, d_model]``); rank one without ``b`` is reentrant steering's ``x + (u . x) v``
 
-Each is a small frozen object with ``apply(x) -> x``; position masks are handled by the caller.
+Each is a small frozen object holding its tensors, with ``apply(x, strength) -> x``; position
+masks are handled by the caller. The optimizer trains the same objects
+(:mod:`steerlens.optimize`).
 """
 
 from __future__ import annotations
@@ -19,19 +23,25 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.errors import NonFiniteError, SpecError, VectorShapeError
+from steerlens.errors import NonFiniteError, VectorShapeError
 
 Residual = Float[Tensor, "batch pos d_model"]
 
 
 @runtime_checkable
 class Intervention(Protocol):
-    """Anything that maps a residual stream to a steered one, keeping its shape."""
+    """Anything that maps a residual stream to a steered one, keeping its shape.
+
+    ``strength`` is the plan's (:class:`steerlens.Steering`): the intervention holds only the
+    tensors. ``negated()`` is the intervention of ``-v`` (used on negated datapoints).
+    """
 
     @property
     def d_model(self) -> int: ...
 
-    def apply(self, x: Residual) -> Residual: ...
+    def apply(self, x: Residual, strength: float = 1.0) -> Residual: ...
+
+    def negated(self) -> Intervention: ...
 
 
 def check_vector(vector: Tensor, *, name: str = "vector", d_model: int | None = None) -> Tensor:
@@ -60,10 +70,14 @@ def _cast(t: Tensor, like: Tensor) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class Add:
-    """``x + strength * vector``."""
+    """``x + strength * vector``.
+
+    Example:
+        >>> Add(torch.ones(2)).apply(torch.zeros(1, 1, 2), 3.0).tolist()
+        [[[3.0, 3.0]]]
+    """
 
     vector: Float[Tensor, " d_model"]
-    strength: float = 1.0
 
     def __post_init__(self) -> None:
         check_vector(self.vector)
@@ -72,8 +86,22 @@ class Add:
     def d_model(self) -> int:
         return int(self.vector.shape[0])
 
-    def apply(self, x: Residual) -> Residual:
-        return x + self.strength * _cast(self.vector, x)
+    def apply(self, x: Residual, strength: float = 1.0) -> Residual:
+        return x + strength * _cast(self.vector, x)
+
+    def negated(self) -> Add:
+        return Add(-self.vector)
+
+
+def _along(v: Tensor, x: Tensor) -> Tensor:
+    """The coefficient of ``x``'s component along ``v``: ``(x . v) / (v . v)``."""
+    return (x @ v) / (v @ v)
+
+
+def _check_direction(vector: Tensor, what: str) -> None:
+    check_vector(vector)
+    if float(vector.detach().norm()) == 0.0:
+        raise NonFiniteError(f"{what} needs a non-zero vector (its direction is used).")
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,39 +109,68 @@ class Clamp:
     """``x - (v v^T/||v||^2) x + strength * v``: fix the component along ``v``.
 
     With a unit ``v`` the projection ``x . v`` becomes exactly ``strength``.
+
+    Example:
+        >>> out = Clamp(torch.tensor([1.0, 0.0])).apply(torch.tensor([[[5.0, 2.0]]]), 3.0)
+        >>> out.tolist()
+        [[[3.0, 2.0]]]
     """
 
     vector: Float[Tensor, " d_model"]
-    strength: float = 1.0
 
     def __post_init__(self) -> None:
-        check_vector(self.vector)
-        if float(self.vector.detach().norm()) == 0.0:
-            raise NonFiniteError("clamp/ablate needs a non-zero vector (its direction is used).")
+        _check_direction(self.vector, "clamp")
 
     @property
     def d_model(self) -> int:
         return int(self.vector.shape[0])
 
-    def apply(self, x: Residual) -> Residual:
+    def apply(self, x: Residual, strength: float = 1.0) -> Residual:
         v = _cast(self.vector, x)
-        coef = (x @ v) / (v @ v)
-        return x + (self.strength - coef)[..., None] * v
+        return x + (strength - _along(v, x))[..., None] * v
+
+    def negated(self) -> Clamp:
+        return Clamp(-self.vector)
 
 
-def Ablate(vector: Float[Tensor, " d_model"]) -> Clamp:
-    """Directional ablation: remove the component along ``vector`` (clamp at 0)."""
-    return Clamp(vector, 0.0)
+@dataclass(frozen=True, eq=False)
+class Ablate:
+    """Directional ablation: ``x - strength * (v v^T/||v||^2) x``; strength 1 removes the whole
+    component along ``v``, 0.5 half of it.
+
+    Example:
+        >>> Ablate(torch.tensor([1.0, 0.0])).apply(torch.tensor([[[5.0, 2.0]]])).tolist()
+        [[[0.0, 2.0]]]
+    """
+
+    vector: Float[Tensor, " d_model"]
+
+    def __post_init__(self) -> None:
+        _check_direction(self.vector, "ablate")
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vector.shape[0])
+
+    def apply(self, x: Residual, strength: float = 1.0) -> Residual:
+        v = _cast(self.vector, x)
+        return x - (strength * _along(v, x))[..., None] * v
+
+    def negated(self) -> Ablate:
+        return self  # removing the component along -v removes the one along v
 
 
 @dataclass(frozen=True, eq=False)
 class Affine:
-    """``x + L^T (R x) + bias``: a low-rank affine map (rank = rows of ``left``/``right``)."""
+    """``x + strength * (L^T (R x) + bias)``: a low-rank affine map (rank = rows of ``L``/``R``).
+
+    A rank-one ``Affine`` with ``left = v``, ``right = u`` and no bias is the rank-one
+    intervention ``x + (u . x) v`` of reentrant steering.
+    """
 
     left: Float[Tensor, "rank d_model"]
     right: Float[Tensor, "rank d_model"]
     bias: Float[Tensor, " d_model"] | None = field(default=None)
-    strength: float = 1.0
 
     def __post_init__(self) -> None:
         if self.left.ndim != 2 or self.left.shape != self.right.shape:
@@ -135,22 +192,18 @@ class Affine:
     def rank(self) -> int:
         return int(self.left.shape[0])
 
-    def apply(self, x: Residual) -> Residual:
-        out = x + self.strength * ((x @ _cast(self.right, x).T) @ _cast(self.left, x))
+    def apply(self, x: Residual, strength: float = 1.0) -> Residual:
+        out = x + strength * ((x @ _cast(self.right, x).T) @ _cast(self.left, x))
         if self.bias is not None:
-            out = out + self.strength * _cast(self.bias, x)
+            out = out + strength * _cast(self.bias, x)
         return out
 
+    def negated(self) -> Affine:
+        return Affine(-self.left, self.right, None if self.bias is None else -self.bias)
 
-MODES = ("add", "clamp", "ablate")
 
-
-def make_intervention(vector: Tensor, mode: str, strength: float) -> Intervention:
-    """Build the intervention for a mode name: ``"add"``, ``"clamp"`` or ``"ablate"``."""
-    if mode == "add":
-        return Add(vector, strength)
-    if mode == "clamp":
-        return Clamp(vector, strength)
-    if mode == "ablate":
-        return Ablate(vector)
-    raise SpecError(f"unknown steering mode {mode!r}; use one of {', '.join(MODES)}.")
+KINDS: dict[str, type[Add] | type[Clamp] | type[Ablate]] = {
+    "add": Add,
+    "clamp": Clamp,
+    "ablate": Ablate,
+}

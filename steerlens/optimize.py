@@ -211,23 +211,29 @@ class ObjectiveEvaluation:
 # -- the steering function ----------------------------------------------------------------
 
 
-def _interventions(params: dict[str, Tensor], spec: SteeringSpec, sign: float) -> Intervention:
-    v = sign * params["v"]
+def _intervention(params: dict[str, Tensor], spec: SteeringSpec) -> Intervention:
+    """The intervention the optimizer trains, built from its current parameters."""
+    v = params["v"]
     if isinstance(spec, AffineSteering):
-        return Affine(sign * params["left"], params["right"], v)
+        return Affine(params["left"], params["right"], v)
     if isinstance(spec, ClampSteering):
-        return Clamp(v, spec.strength)
+        return Clamp(v)
     return Add(v)
 
 
+def _strength(spec: SteeringSpec) -> float:
+    return spec.strength if isinstance(spec, ClampSteering) else 1.0
+
+
 def _steer_fn(params: dict[str, Tensor], spec: SteeringSpec, any_negated: bool) -> SteerFn:
-    pos = _interventions(params, spec, 1.0)
-    neg = _interventions(params, spec, -1.0) if any_negated else None
+    pos = _intervention(params, spec)
+    neg = pos.negated() if any_negated else None
+    strength = _strength(spec)
 
     def apply(layer: int, x: Tensor, mask: Tensor, sign: Tensor) -> Tensor:
-        y = pos.apply(x)
+        y = pos.apply(x, strength)
         if neg is not None:
-            y = torch.where((sign < 0)[..., None], neg.apply(x), y)
+            y = torch.where((sign < 0)[..., None], neg.apply(x, strength), y)
         return torch.where(mask[..., None], y, x)
 
     return apply
@@ -269,6 +275,18 @@ def _progress(enabled: bool | None, total: int) -> Any:
     return tqdm(total=total, disable=not show, desc="optimize", leave=False)
 
 
+def with_overrides(config: OptimizeConfig, overrides: dict[str, Any]) -> OptimizeConfig:
+    """``config`` with fields replaced; an unknown name gets an error listing the valid ones."""
+    valid = [f.name for f in dataclasses.fields(OptimizeConfig)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise SpecError(
+            f"unknown OptimizeConfig setting(s) {', '.join(map(repr, unknown))}; the settings "
+            f"are: {', '.join(valid)}."
+        )
+    return dataclasses.replace(config, **overrides)
+
+
 def optimize_vector(
     model: Any,
     datapoints: Datapoint | Sequence[Datapoint],
@@ -298,7 +316,7 @@ def optimize_vector(
         >>> res.steps, bool(res.loss_history[-1].sum() < res.loss_history[0].sum())
         (5, True)
     """
-    config = dataclasses.replace(config or OptimizeConfig(), **overrides)
+    config = with_overrides(config or OptimizeConfig(), overrides)
     layers = runtime.check_layers(model, layer)
     t0 = time.perf_counter()
     data = tokenize(model, datapoints, config.positions)
@@ -552,7 +570,6 @@ def _make_vector(
     )
 
 
-@torch.no_grad()
 class ObjectiveScorer:
     """Scores many vectors on one objective, building the forward engine once.
 
@@ -587,7 +604,8 @@ class ObjectiveScorer:
         self.spec = steering or AddSteering()
         self.objective = objective or Objective()
         data = tokenize(model, datapoints, positions)
-        self.engine = make_engine(model, data, layers, fast=fast)
+        with torch.no_grad():
+            self.engine = make_engine(model, data, layers, fast=fast)
         self.any_negated = any(t.datapoint.negate for t in data)
 
     @torch.no_grad()

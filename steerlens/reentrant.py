@@ -29,7 +29,6 @@ from steerlens import runtime
 from steerlens._engine import PackedEngine, make_engine
 from steerlens.data import Datapoint, TokenizedCompletion, TokenizedDatapoint, tokenize
 from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
-from steerlens.interventions import Intervention
 from steerlens.optimize import (
     AddSteering,
     AffineSteering,
@@ -39,12 +38,13 @@ from steerlens.optimize import (
     _adam_loop,
     _apply_constraints,
     _init_params,
-    _interventions,
+    _intervention,
     _losses,
     _steer_fn,
+    _strength,
     optimize_vector,
 )
-from steerlens.positions import as_positions
+from steerlens.positions import Positions, as_positions
 from steerlens.steer import Steering, steer
 from steerlens.vector import SteeringVector
 
@@ -214,12 +214,12 @@ def reentrant_steering(
     else:
         early = optimize_vector(model, datapoint, early_layer, early_config)
         early_spec = early_config.steering
-    sign = -1.0 if datapoint.negate else 1.0
-    iv = _invasive_intervention(early.vector, early_layer, early_spec, sign)
     early_positions = as_positions(
         datapoint.positions if datapoint.positions is not None else early_config.positions
     )
-    steering = Steering(iv, early_layer, early_positions)
+    steering = _invasive_steering(
+        early.vector, early_layer, early_spec, datapoint.negate, early_positions
+    )
 
     # Stage 2: y' and the distributions p_k.
     prompt_tokens = runtime.encode(model, datapoint.prompt)
@@ -444,14 +444,20 @@ def _optimize_rank_one(
     )
 
 
-def _invasive_intervention(
-    vector: SteeringVector, layer: int, spec: SteeringSpec, sign: float
-) -> Intervention:
+def _invasive_steering(
+    vector: SteeringVector, layer: int, spec: SteeringSpec, negate: bool, positions: Positions
+) -> Steering:
     """The intervention stage 1 optimized, exactly as its loss applied it."""
     params = {"v": vector.directions[layer]}
     if layer in vector.affine:
         params["left"], params["right"] = vector.affine[layer]
-    return _interventions(params, spec, sign)
+    iv = _intervention(params, spec)
+    return Steering(
+        iv.negated() if negate else iv,
+        layer=layer,
+        strength=_strength(spec),
+        positions=positions,
+    )
 
 
 # -- stage 2 -----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from steerlens.errors import (
     SteerlensError,
     VectorShapeError,
 )
-from steerlens.interventions import Affine, Intervention, check_vector, make_intervention
+from steerlens.interventions import Affine, check_vector
 
 
 def _now() -> str:
@@ -119,21 +119,6 @@ class SteeringVector:
 
     def hook_names(self) -> list[str]:
         return [self.hook_template.format(layer=la) for la in self.layers]
-
-    def interventions(self, mode: str = "add", strength: float = 1.0) -> dict[int, Intervention]:
-        """layer -> the intervention that applies this vector (affine parts use ``Affine``)."""
-        out: dict[int, Intervention] = {}
-        for la, v in self.directions.items():
-            if la in self.affine:
-                if mode != "add":
-                    raise SteerlensError(
-                        f"an affine vector can only be applied with mode='add', got {mode!r}."
-                    )
-                left, right = self.affine[la]
-                out[la] = Affine(left, right, v, strength=strength)
-            else:
-                out[la] = make_intervention(v, mode, strength)
-        return out
 
     def check_compatible(self, model: Any, *, allow_model_mismatch: bool = False) -> None:
         """Refuse a model whose ``d_model`` or id differs from the one this vector was made on."""

@@ -13,6 +13,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 import steerlens
+from steerlens.steer import Steering
 from steerlens.testing import tiny_tokenizer
 
 
@@ -72,12 +73,15 @@ def test_steer_and_generate_on_a_plain_hooked_model(mini):
     v = torch.randn(32) * 5
     tokens = torch.tensor([[5, 6, 7]])
     base = mini(tokens)
-    with steerlens.steer(mini, v, layer=1):
+    with steerlens.steer(mini, Steering(v, layer=1)):
         steered = mini(tokens)
     assert not torch.allclose(base, steered)
     assert torch.equal(mini(tokens), base)
-    batched = steerlens.generate(mini, ["a", "the cat"], v, layer=1, max_new_tokens=4)
-    single = [steerlens.generate(mini, p, v, layer=1, max_new_tokens=4) for p in ["a", "the cat"]]
+    batched = steerlens.generate(mini, ["a", "the cat"], Steering(v, layer=1), max_new_tokens=4)
+    single = [
+        steerlens.generate(mini, p, Steering(v, layer=1), max_new_tokens=4)
+        for p in ["a", "the cat"]
+    ]
     assert batched == single
 
 

@@ -5,14 +5,15 @@ import steerlens
 from steerlens import runtime
 from steerlens.errors import SteerlensError
 from steerlens.runtime import TokenContext, left_pad, token_context
-from steerlens.steer import steer
+from steerlens.steer import Steering, steer
 
 
 def _reference_greedy(model, prompt_ids, n_new, **steer_kwargs):
     """Greedy decoding with no KV cache: the whole sequence recomputed every step."""
     ids = list(prompt_ids)
     ctx = TokenContext(torch.tensor([0]), torch.tensor([len(prompt_ids)]), 0)
-    with steer(model, **steer_kwargs), token_context(ctx):
+    plan = Steering(steer_kwargs.pop("steering"), **steer_kwargs)
+    with steer(model, plan), token_context(ctx):
         for _ in range(n_new):
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
     return ids[len(prompt_ids) :]
@@ -24,7 +25,9 @@ def test_cached_generation_respects_positions(tiny, positions):
     ids = runtime.encode(tiny, prompt)
     v = torch.randn(64) * 4
     expected = _reference_greedy(tiny, ids, 6, steering=v, layer=1, positions=positions)
-    got = steerlens.generate(tiny, "the cat", v, layer=1, positions=positions, max_new_tokens=6)
+    got = steerlens.generate(
+        tiny, "the cat", Steering(v, layer=1, positions=positions), max_new_tokens=6
+    )
     eos = runtime.eos_token_ids(tiny)
     cut = next((i for i, t in enumerate(expected) if t in eos), len(expected))
     assert got == runtime.decode(tiny, expected[:cut])
@@ -33,9 +36,11 @@ def test_cached_generation_respects_positions(tiny, positions):
 def test_batched_equals_one_by_one_with_left_padding(tiny):
     prompts = ["a", "the longer prompt here", "in"]
     v = torch.randn(64)
-    batched = steerlens.generate(tiny, prompts, v, layer=0, positions="prompt", max_new_tokens=5)
+    batched = steerlens.generate(
+        tiny, prompts, Steering(v, layer=0, positions="prompt"), max_new_tokens=5
+    )
     single = [
-        steerlens.generate(tiny, p, v, layer=0, positions="prompt", max_new_tokens=5)
+        steerlens.generate(tiny, p, Steering(v, layer=0, positions="prompt"), max_new_tokens=5)
         for p in prompts
     ]
     assert batched == single

@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steerlens.errors import NonFiniteError, SpecError, VectorShapeError
-from steerlens.interventions import Ablate, Add, Affine, Clamp, make_intervention
+from steerlens.errors import NonFiniteError, VectorShapeError
+from steerlens.interventions import Ablate, Add, Affine, Clamp
 
 D = 16
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
@@ -22,7 +22,7 @@ def test_clamp_sets_projection_to_strength(seed, a):
     v = _rand(seed, D)
     v = v / v.norm()
     x = _rand(seed + 1, 2, 3, D)
-    out = Clamp(v, a).apply(x)
+    out = Clamp(v).apply(x, a)
     assert torch.allclose(out @ v, torch.full((2, 3), a, dtype=torch.float64), atol=1e-9)
     # The orthogonal part is untouched.
     assert torch.allclose(out - (out @ v)[..., None] * v, x - (x @ v)[..., None] * v, atol=1e-9)
@@ -42,9 +42,9 @@ def test_ablate_leaves_nothing_along_v(seed):
 def test_strength_zero_is_identity(seed):
     v = _rand(seed, D)
     x = _rand(seed + 1, 1, 4, D)
-    assert torch.equal(Add(v, 0.0).apply(x), x)
+    assert torch.equal(Add(v).apply(x, 0.0), x)
     left, right = _rand(seed + 2, 2, D), _rand(seed + 3, 2, D)
-    assert torch.equal(Affine(left, right, v, strength=0.0).apply(x), x)
+    assert torch.equal(Affine(left, right, v).apply(x, 0.0), x)
 
 
 @settings(max_examples=30, deadline=None)
@@ -52,9 +52,9 @@ def test_strength_zero_is_identity(seed):
 def test_add_and_clamp_formulas(seed, a):
     v = _rand(seed, D)
     x = _rand(seed + 1, 3, D)
-    assert torch.allclose(Add(v, a).apply(x), x + a * v)
+    assert torch.allclose(Add(v).apply(x, a), x + a * v)
     expected = x - torch.outer(x @ v, v) / (v @ v) + a * v
-    assert torch.allclose(Clamp(v, a).apply(x), expected, atol=1e-9)
+    assert torch.allclose(Clamp(v).apply(x, a), expected, atol=1e-9)
 
 
 def test_affine_formula():
@@ -77,5 +77,24 @@ def test_bad_vectors_are_refused():
         Clamp(torch.zeros(4))
     with pytest.raises(VectorShapeError, match="equal shape"):
         Affine(torch.ones(2, 4), torch.ones(3, 4))
-    with pytest.raises(SpecError, match="unknown steering mode 'push'"):
-        make_intervention(torch.ones(4), "push", 1.0)
+    with pytest.raises(NonFiniteError, match="non-zero"):
+        Ablate(torch.zeros(4))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, a=strengths)
+def test_ablate_removes_a_fraction_of_the_component(seed, a):
+    v = _rand(seed, D)
+    x = _rand(seed + 1, 2, D)
+    expected = x - a * torch.outer(x @ v, v) / (v @ v)
+    assert torch.allclose(Ablate(v).apply(x, a), expected, atol=1e-7)
+
+
+def test_negated_is_the_intervention_of_minus_v():
+    v, x = _rand(0, D), _rand(1, 2, 3, D)
+    left, right = _rand(2, 2, D), _rand(3, 2, D)
+    assert torch.allclose(Add(v).negated().apply(x, 2.0), Add(-v).apply(x, 2.0))
+    assert torch.allclose(Clamp(v).negated().apply(x, 2.0), Clamp(-v).apply(x, 2.0))
+    assert torch.allclose(Ablate(v).negated().apply(x), Ablate(v).apply(x))
+    neg = Affine(left, right, v).negated().apply(x)
+    assert torch.allclose(neg, x - (x @ right.T) @ left - v, atol=1e-9)

@@ -7,6 +7,7 @@ import torch
 import steerlens
 from steerlens import model as model_mod
 from steerlens.errors import MissingModelError
+from steerlens.steer import Steering
 
 
 def test_missing_embedded_package_names_the_pip_command(monkeypatch):
@@ -66,7 +67,7 @@ def test_tiny_and_real_model_share_the_api(request, tmp_path, which):
     w = steerlens.SteeringVector.load(tmp_path / "v.safetensors")
     plain = steerlens.generate(model, ["Say hi", "Count to three"], max_new_tokens=8)
     steered = steerlens.generate(
-        model, ["Say hi", "Count to three"], w, strength=8.0, max_new_tokens=8
+        model, ["Say hi", "Count to three"], Steering(w, strength=8.0), max_new_tokens=8
     )
     assert len(plain) == len(steered) == 2
     assert all(isinstance(t, str) for t in plain + steered)

@@ -14,11 +14,12 @@ import mpmath
 import pytest
 import torch
 
-from steerlens import Datapoint, Objective, evaluate_objective, steer
+from steerlens import Datapoint, evaluate_objective, steer
 from steerlens.data import tokenize
 from steerlens.errors import SpecError
-from steerlens.objectives import completion_losses, convert_loss, log1mexp
+from steerlens.objectives import Objective, completion_losses, convert_loss, log1mexp
 from steerlens.runtime import TokenContext, token_context, token_logprobs
+from steerlens.steer import Steering
 
 REL = 1e-5
 PROMPT = "the cat sat"
@@ -32,7 +33,7 @@ def hand_logprobs(model, prompt_tokens, comp_tokens, coldness=0.7, **steering):
     ctx = TokenContext(torch.tensor([0]), torch.tensor([p]), 0)
     with (
         torch.no_grad(),
-        steer(model, steering.pop("vector", None), **steering),
+        steer(model, Steering(steering.pop("vector"), **steering) if steering else None),
         token_context(ctx),
     ):
         logits = model(tokens)[0].double()

@@ -15,26 +15,19 @@ import torch
 import steerlens.optimize as opt_mod
 from steerlens import (
     Add,
-    AddSteering,
     Affine,
-    AffineSteering,
     Clamp,
-    ClampSteering,
     Datapoint,
-    Noise,
     NormCap,
-    Objective,
     OptimizeConfig,
-    OutputConstraint,
-    Plateau,
     SteeringVector,
-    TargetLoss,
     evaluate_objective,
     optimize_vector,
     steer,
 )
 from steerlens import runtime as tl
 from steerlens._engine import HookedEngine, PackedEngine, make_engine
+from steerlens.constraints import Noise
 from steerlens.data import tokenize
 from steerlens.errors import (
     LayerError,
@@ -43,8 +36,18 @@ from steerlens.errors import (
     SteerlensError,
     VectorShapeError,
 )
-from steerlens.optimize import _losses, _steer_fn
+from steerlens.objectives import Objective
+from steerlens.optimize import (
+    AddSteering,
+    AffineSteering,
+    ClampSteering,
+    OutputConstraint,
+    _losses,
+    _steer_fn,
+)
 from steerlens.runtime import TokenContext, token_context
+from steerlens.steer import Steering
+from steerlens.stopping import Plateau, TargetLoss
 from steerlens.testing import tiny_model
 
 REL = 1e-5
@@ -81,7 +84,7 @@ def engine_losses(model, dps, layers, params, *, spec=None, objective=None, posi
         return _losses(engine, fn, objective or Objective()).double()
 
 
-def hand_losses(model, dps, layers, make_iv, *, positions=None, coldness=0.7):
+def hand_losses(model, dps, layers, make_iv, *, positions=None, coldness=0.7, strength=1.0):
     """Straightforward reference: one plain forward per completion, the intervention installed
     by ``steer`` (``make_iv(sign)``), float64 log-softmax, the METHOD.md formulas."""
     out = []
@@ -93,7 +96,12 @@ def hand_losses(model, dps, layers, make_iv, *, positions=None, coldness=0.7):
             ctx = TokenContext(torch.tensor([0]), torch.tensor([p]), 0)
             with (
                 torch.no_grad(),
-                steer(model, make_iv(sign), layer=layers, positions=tdp.positions),
+                steer(
+                    model,
+                    Steering(
+                        make_iv(sign), layer=layers, positions=tdp.positions, strength=strength
+                    ),
+                ),
                 token_context(ctx),
             ):
                 logits = model(tokens)[0].double()
@@ -135,7 +143,7 @@ def test_packed_engine_equals_hooked_engine_and_hand(tiny, case):
         if isinstance(spec, AffineSteering):
             return Affine(sign * params["left"], params["right"], sign * v)
         if isinstance(spec, ClampSteering):
-            return Clamp(sign * v, spec.strength)
+            return Clamp(sign * v)
         return Add(sign * v)
 
     kw = {"spec": spec, "positions": positions}
@@ -143,7 +151,8 @@ def test_packed_engine_equals_hooked_engine_and_hand(tiny, case):
     hooked = engine_losses(tiny, dps, layers, params, fast=False, **kw)
     assert packed.shape == (6,)
     assert packed.tolist() == pytest.approx(hooked.tolist(), rel=REL)
-    ref = hand_losses(tiny, dps, layers, make_iv, positions=positions)
+    strength = spec.strength if isinstance(spec, ClampSteering) else 1.0
+    ref = hand_losses(tiny, dps, layers, make_iv, positions=positions, strength=strength)
     assert packed.tolist() == pytest.approx(ref, rel=REL)
     unsteered = engine_losses(tiny, dps, layers, {"v": torch.zeros(64)}, fast=True)
     assert not np.allclose(packed.numpy(), unsteered.numpy(), rtol=1e-3)  # steering matters
@@ -624,7 +633,7 @@ def test_contradictory_or_unknown_steering_is_refused(tiny, steering):
 
 def test_unknown_option_and_bad_init(tiny):
     dp = datapoints(tiny)[0]
-    with pytest.raises(TypeError, match="learning_rate"):
+    with pytest.raises(SpecError, match="learning_rate"):
         optimize_vector(tiny, dp, 1, learning_rate=0.1)
     with pytest.raises(VectorShapeError, match="init vector has size 32"):
         optimize_vector(tiny, dp, 1, init=torch.zeros(32))
@@ -726,3 +735,8 @@ def test_objective_scorer_equals_evaluate_objective_for_many_vectors(tiny):
     g = torch.Generator().manual_seed(3)
     for v in [None, *(torch.randn(64, generator=g) for _ in range(3))]:
         assert scorer(v).losses == evaluate_objective(tiny, dps, 1, v, unit="bits").losses
+
+
+def test_unknown_setting_names_the_valid_ones(tiny):
+    with pytest.raises(SpecError, match=r"unknown OptimizeConfig setting\(s\) 'learning_rate'.*lr"):
+        optimize_vector(tiny, Datapoint("a", promote=[" b"]), 1, learning_rate=0.1)

@@ -4,8 +4,10 @@ import torch
 import steerlens
 from steerlens import Datapoint, NormCap, OptimizeConfig, runtime, steer
 from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
-from steerlens.optimize import _adam_loop
+from steerlens.interventions import Clamp
+from steerlens.optimize import ClampSteering, _adam_loop
 from steerlens.reentrant import RankOneResult, ReentrantResult, reentrant_steering
+from steerlens.steer import Steering
 from steerlens.testing import tiny_model
 
 PROMPT = "the cat"
@@ -52,11 +54,11 @@ def test_recorded_distributions_are_the_steered_forwards(tiny, result):
 
 
 def test_clamp_invasive_vector_is_recorded_as_it_was_optimized(tiny):
-    early = OptimizeConfig(lr=0.1, max_steps=3, steering=steerlens.ClampSteering(strength=2.0))
+    early = OptimizeConfig(lr=0.1, max_steps=3, steering=ClampSteering(strength=2.0))
     res = reentrant_steering(tiny, DP, 0, 1, n_tokens=3, early_config=early, late_config=LATE)
     prompt_ids = runtime.encode(tiny, PROMPT)
     p, m = len(prompt_ids), len(res.continuation_tokens)
-    with torch.no_grad(), steer(tiny, res.early.vector, mode="clamp", strength=2.0):
+    with torch.no_grad(), steer(tiny, Steering(res.early.vector, kind=Clamp, strength=2.0)):
         logits = tiny(torch.tensor([prompt_ids + res.continuation_tokens]))
     expected = torch.log_softmax(logits[0, p - 1 : p - 1 + m].float(), dim=-1)
     assert torch.allclose(res.target_logprobs, expected, atol=1e-5)
@@ -154,9 +156,7 @@ def test_bad_input(tiny):
             early_config=OptimizeConfig(constraints=(NormCap(1.0),)),
         )
     with pytest.raises(SpecError, match="AddSteering"):
-        reentrant_steering(
-            tiny, DP, 0, 1, late_config=OptimizeConfig(steering=steerlens.ClampSteering())
-        )
+        reentrant_steering(tiny, DP, 0, 1, late_config=OptimizeConfig(steering=ClampSteering()))
     with pytest.raises(SteerlensError, match="Datapoint"):
         reentrant_steering(tiny, [DP], 0, 1)  # type: ignore[arg-type]
 

@@ -10,6 +10,7 @@ import steerlens
 from steerlens import SteeringVector
 from steerlens.errors import ModelMismatchError, SteerlensError, VectorFileError, VectorShapeError
 from steerlens.io.gguf_format import read_control_vector
+from steerlens.steer import Steering
 
 
 def _vec(tiny, layers=(1,), seed=0, **kw):
@@ -97,7 +98,7 @@ def test_model_mismatch_is_refused_unless_overridden(tiny):
     with pytest.raises(ModelMismatchError, match="allow_model_mismatch=True"):
         with steerlens.steer(tiny, v):
             pass
-    with steerlens.steer(tiny, v, allow_model_mismatch=True):
+    with steerlens.steer(tiny, Steering(v, allow_model_mismatch=True)):
         pass
     small = SteeringVector({1: torch.randn(32)}, model_id=tiny.cfg.model_name)
     with pytest.raises(VectorShapeError, match="d_model 32"), steerlens.steer(tiny, small):
@@ -118,9 +119,9 @@ def test_arithmetic(tiny):
 def test_vector_is_applied_at_its_own_layers(tiny):
     v = _vec(tiny, layers=(0,))
     tokens = torch.tensor([[5, 6, 7]])
-    with steerlens.steer(tiny, v, strength=2.0):
+    with steerlens.steer(tiny, Steering(v, strength=2.0)):
         a = tiny(tokens)
-    with steerlens.steer(tiny, v.vector, layer=0, strength=2.0):
+    with steerlens.steer(tiny, Steering(v.vector, layer=0, strength=2.0)):
         b = tiny(tokens)
     assert torch.equal(a, b)
 

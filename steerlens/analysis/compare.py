@@ -35,6 +35,7 @@ from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensErr
 from steerlens.generate import generate
 from steerlens.objectives import Objective
 from steerlens.optimize import ObjectiveScorer, evaluate_objective
+from steerlens.steer import Steering
 from steerlens.vector import SteeringVector
 
 ScoresLike = Sequence[float] | np.ndarray | Tensor
@@ -233,7 +234,7 @@ def _generations(
     out = {}
     for la in layers:
         steered = {
-            name: list(generate(model, list(prompts), per_layer[la], layer=la, **kw))
+            name: list(generate(model, list(prompts), Steering(per_layer[la], layer=la), **kw))
             for name, per_layer in directions.items()
         }
         out[la] = [

@@ -36,7 +36,7 @@ from steerlens.interventions import check_vector
 from steerlens.objectives import Objective, convert_loss
 from steerlens.optimize import OptimizeConfig, evaluate_objective, optimize_vector
 from steerlens.positions import PositionsLike
-from steerlens.steer import steer
+from steerlens.steer import Steering, steer
 from steerlens.vector import SteeringVector
 
 Metric = Callable[[list[str]], float]
@@ -185,7 +185,8 @@ def _next_logprobs(
     for t, r in zip(texts, rows, strict=True):
         if not r:
             raise InputError(f"prompt {t!r} tokenises to nothing.")
-    with steer(model, vector, layer=layer, positions=positions), torch.no_grad():
+    plan = None if vector is None else Steering(vector, layer=layer, positions=positions)
+    with steer(model, plan), torch.no_grad():
         return runtime.last_logits(model, rows, batch_size=batch_size).log_softmax(-1)
 
 
@@ -307,9 +308,7 @@ def _measure(
             generate(
                 model,
                 s.texts,
-                v,
-                layer=layer,
-                positions=s.positions,
+                Steering(v, layer=layer, positions=s.positions),
                 chat=False,
                 max_new_tokens=s.max_new_tokens,
                 batch_size=s.batch_size,

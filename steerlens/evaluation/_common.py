@@ -11,7 +11,6 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import AnswerTokenError, SpecError
-from steerlens.steer import Steering
 
 
 def check_coldness(coldness: float) -> float:
@@ -42,19 +41,6 @@ def answer_token_ids(model: Any, answers: Sequence[str], *, what: str = "answer"
     if len(set(ids)) != len(ids):
         raise AnswerTokenError(f"the {what}s {list(answers)!r} share a token; give distinct ones.")
     return ids
-
-
-def describe_steering(steerings: Sequence[Steering]) -> str:
-    """A one-line description, e.g. ``"Add(strength=1) at layer 1 (all tokens)"``."""
-    if not steerings:
-        return "unsteered"
-    parts = []
-    for s in steerings:
-        strength = getattr(s.intervention, "strength", None)
-        what = type(s.intervention).__name__
-        what += f"(strength={strength:g})" if isinstance(strength, (int, float)) else ""
-        parts.append(f"{what} at layer {s.layer} ({s.positions.describe()})")
-    return "; ".join(parts)
 
 
 def short(text: str, width: int = 32) -> str:

@@ -23,11 +23,10 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import SpecError, SteerlensError
-from steerlens.evaluation._common import check_coldness, describe_steering, plain, short, table
+from steerlens.evaluation._common import check_coldness, plain, short, table
 from steerlens.objectives import convert_loss
-from steerlens.positions import PositionsLike
 from steerlens.runtime import TokenContext
-from steerlens.steer import SteeringLike, steer
+from steerlens.steer import SteeringLike, describe_steering, steer
 
 
 @dataclass(frozen=True)
@@ -160,16 +159,11 @@ def beam_search(
     k: int,
     n_tokens: int,
     steering: SteeringLike | Sequence[SteeringLike] | None = None,
-    layer: int | Sequence[int] | None = None,
-    strength: float = 1.0,
-    mode: str = "add",
-    positions: PositionsLike = None,
     coldness: float = 1.0,
     unit: str = "nats",
     chat: bool = False,
     system: str | None = None,
     batch_size: int = 8,
-    allow_model_mismatch: bool = False,
 ) -> BeamSearchResult | list[BeamSearchResult]:
     """The ``k`` most likely ``n_tokens``-token continuations of a prompt, by beam search.
 
@@ -181,8 +175,8 @@ def beam_search(
         prompt: a prompt, or a list of prompts (searched together, ``batch_size`` at a time).
         k: the beam width, which is also the number of continuations returned.
         n_tokens: the length of the continuations.
-        steering, layer, strength, mode, positions, allow_model_mismatch: as in
-            :func:`steerlens.steer` (``"generated"`` positions are the continuation's tokens).
+        steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these
+            (``"generated"`` positions are the continuation's tokens).
         coldness: log-probabilities are those of ``softmax(c * logits)``.
         unit: ``"nats"``, ``"bits"`` or ``"hartleys"`` for the reported log-probabilities.
         chat: format prompts with the chat template.
@@ -219,15 +213,7 @@ def beam_search(
             "use a shorter prompt or fewer n_tokens",
         )
     results: list[BeamSearchResult] = []
-    with steer(
-        model,
-        steering,
-        layer=layer,
-        strength=strength,
-        mode=mode,
-        positions=positions,
-        allow_model_mismatch=allow_model_mismatch,
-    ) as handle:
+    with steer(model, steering) as handle:
         described = describe_steering(handle.steerings)
         for batch in runtime.chunks(len(prompts), batch_size):
             seqs, scores, exact = _search_batch(

@@ -23,7 +23,6 @@ from steerlens.errors import AnswerTokenError, SteerlensError, TemplateError
 from steerlens.evaluation._common import answer_token_ids, short
 from steerlens.evaluation.rates import RateResult
 from steerlens.generate import generate
-from steerlens.positions import PositionsLike
 from steerlens.steer import SteeringLike
 
 Judge = Callable[[str], bool]
@@ -180,10 +179,6 @@ def success_rate(
     judge: Judge,
     *,
     steering: SteeringLike | Sequence[SteeringLike] | None = None,
-    layer: int | Sequence[int] | None = None,
-    strength: float = 1.0,
-    mode: str = "add",
-    positions: PositionsLike = None,
     max_new_tokens: int = 64,
     chat: bool = True,
     system: str | None = None,
@@ -191,7 +186,6 @@ def success_rate(
     seed: int | None = None,
     batch_size: int = 16,
     z: float = 1.96,
-    allow_model_mismatch: bool = False,
 ) -> RateResult:
     """Generate from each prompt (optionally steered) and count the texts the judge accepts.
 
@@ -203,8 +197,7 @@ def success_rate(
         prompts: a prompt or a list (user messages with ``chat=True``).
         judge: a callable ``text -> bool`` (e.g. :class:`StringMatchJudge`,
             :class:`ModelJudge`).
-        steering, layer, strength, mode, positions, allow_model_mismatch: as in
-            :func:`steerlens.steer`.
+        steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these.
         max_new_tokens, chat, system, temperature, seed, batch_size: as in
             :func:`steerlens.generate`.
         z: normal quantile of the Wilson interval (1.96: 95%).
@@ -225,17 +218,12 @@ def success_rate(
         model,
         items,
         steering,
-        layer=layer,
-        strength=strength,
-        mode=mode,
-        positions=positions,
         max_new_tokens=max_new_tokens,
         chat=chat,
         system=system,
         temperature=temperature,
         seed=seed,
         batch_size=batch_size,
-        allow_model_mismatch=allow_model_mismatch,
     )
     outputs = [texts] if isinstance(texts, str) else texts
     return RateResult.from_outcomes(judge_texts(judge, outputs), z=z, prompts=items, texts=outputs)

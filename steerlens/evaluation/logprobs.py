@@ -23,10 +23,9 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import SteerlensError
-from steerlens.evaluation._common import check_coldness, describe_steering, plain, short, table
+from steerlens.evaluation._common import check_coldness, plain, short, table
 from steerlens.objectives import convert_loss
-from steerlens.positions import PositionsLike
-from steerlens.steer import SteeringLike, steer
+from steerlens.steer import SteeringLike, describe_steering, steer
 
 
 @dataclass(frozen=True)
@@ -135,16 +134,11 @@ def completion_logprobs(
     completions: str | Sequence[str],
     *,
     steering: SteeringLike | Sequence[SteeringLike] | None = None,
-    layer: int | Sequence[int] | None = None,
-    strength: float = 1.0,
-    mode: str = "add",
-    positions: PositionsLike = None,
     coldness: float = 1.0,
     unit: str = "nats",
     chat: bool = False,
     system: str | None = None,
     batch_size: int = 32,
-    allow_model_mismatch: bool = False,
 ) -> CompletionLogprobs:
     """Log-probabilities of completions after prompts, per token and in total, under steering.
 
@@ -153,9 +147,9 @@ def completion_logprobs(
         prompts: a prompt or a list; with ``chat=True`` each is a user message formatted with
             the model's chat template.
         completions: a completion or a list; each is scored after every prompt.
-        steering, layer, strength, mode, positions, allow_model_mismatch: as in
-            :func:`steerlens.steer`. ``"prompt"`` positions are the prompt's tokens;
-            ``"generated"`` positions are the completion's tokens.
+        steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these.
+            ``"prompt"`` positions are the prompt's tokens; ``"generated"`` positions are the
+            completion's tokens.
         coldness: inverse temperature ``c``: log-probs of ``softmax(c * logits)``. 1 gives the
             model's own probabilities (the optimizer's default is the paper's 0.7).
         unit: ``"nats"`` (natural log), ``"bits"`` (log base 2) or ``"hartleys"`` (log base 10).
@@ -183,15 +177,7 @@ def completion_logprobs(
     runtime.check_batch_size(batch_size)
     texts = runtime.format_prompts(model, prompt_list, chat=chat, system=system)
     rows = _make_rows(model, texts, completion_list)
-    with steer(
-        model,
-        steering,
-        layer=layer,
-        strength=strength,
-        mode=mode,
-        positions=positions,
-        allow_model_mismatch=allow_model_mismatch,
-    ) as handle:
+    with steer(model, steering) as handle:
         per_row = runtime.score_rows(
             model,
             [(r.prompt_tokens + r.completion_tokens, len(r.prompt_tokens)) for r in rows],

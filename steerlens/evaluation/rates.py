@@ -19,10 +19,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import SteerlensError
-from steerlens.evaluation._common import answer_token_ids, describe_steering, plain, short, table
-from steerlens.positions import PositionsLike
-from steerlens.steer import SteeringLike, steer
+from steerlens.errors import SpecError, SteerlensError
+from steerlens.evaluation._common import answer_token_ids, plain, short, table
+from steerlens.steer import SteeringLike, as_plans, describe_steering, steer
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -229,35 +228,27 @@ def choose_answers(
 @torch.no_grad()
 def behavior_change_rates(
     model: Any,
-    vector: SteeringLike | Sequence[SteeringLike],
+    steering: SteeringLike | Sequence[SteeringLike],
     positive_prompts: Sequence[str],
     negative_prompts: Sequence[str],
     answers: Sequence[str] = ("A", "B"),
     *,
-    layer: int | Sequence[int] | None = None,
-    strength: float = 1.0,
-    mode: str = "add",
-    positions: PositionsLike = None,
     chat: bool = True,
     system: str | None = None,
     batch_size: int = 16,
-    allow_model_mismatch: bool = False,
 ) -> BehaviorRates:
     """How often adding / subtracting a vector flips a multiple-choice answer (Poser table).
 
-    Each prompt is answered three times: unsteered, steered with ``+strength`` and with
-    ``-strength``. The answer is the answer token with the highest logit right after the
+    Each prompt is answered three times: unsteered, steered with ``steering`` and with each
+    plan's strength negated. The answer is the answer token with the highest logit right after the
     prompt (with ``chat=True``: at the start of the assistant's turn).
 
     Args:
         model: a TransformerLens model.
-        vector: the steering (a ``SteeringVector``, a tensor with ``layer=``, ...; as in
-            :func:`steerlens.steer`).
+        steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these.
         positive_prompts: prompts where adding the vector should change the answer.
         negative_prompts: prompts where subtracting it should.
         answers: the answer strings; each must be exactly one token.
-        layer, strength, mode, positions, allow_model_mismatch: as in :func:`steerlens.steer`;
-            ``-strength`` is used for the subtracted runs.
         chat: format prompts with the chat template.
         system: a system message for ``chat=True``.
         batch_size: prompts per forward pass.
@@ -271,15 +262,19 @@ def behavior_change_rates(
 
     Example:
         >>> import torch
+        >>> from steerlens import Steering
         >>> from steerlens.testing import tiny_model
         >>> model = tiny_model()
         >>> res = behavior_change_rates(
-        ...     model, torch.ones(64), ["Pick A or B"], ["Pick B or A"], answers=("A", "B"), layer=1
+        ...     model, Steering(torch.ones(64), layer=1), ["Pick A or B"], ["Pick B or A"]
         ... )
         >>> res.add_positive.n, res.subtract_negative.n
         (1, 1)
     """
     runtime.check_batch_size(batch_size)
+    plans = as_plans(steering)
+    if not plans:
+        raise SpecError("behavior_change_rates needs steering; got None.")
     sets = {}
     for name, prompts in (("positive", positive_prompts), ("negative", negative_prompts)):
         try:
@@ -300,15 +295,7 @@ def behavior_change_rates(
     chosen = {}
     described = ""
     for label, sign in (("unsteered", 0.0), ("added", 1.0), ("subtracted", -1.0)):
-        with steer(
-            model,
-            vector if sign else None,
-            layer=layer,
-            strength=sign * strength,
-            mode=mode,
-            positions=positions,
-            allow_model_mismatch=allow_model_mismatch,
-        ) as handle:
+        with steer(model, [p.scaled(sign) for p in plans] if sign else None) as handle:
             logits = runtime.last_logits(model, everything, batch_size=batch_size)
             if sign > 0:
                 described = describe_steering(handle.steerings)
@@ -325,7 +312,7 @@ def behavior_change_rates(
 
     return BehaviorRates(
         answers=tuple(answer_list),
-        strength=float(strength),
+        strength=float(plans[0].strength),
         steering=described,
         positive=choices("positive", slice(0, n_pos)),
         negative=choices("negative", slice(n_pos, None)),

@@ -12,6 +12,7 @@ from steerlens.analysis.layer_sweep import layer_sweep
 from steerlens.analysis.plots import save_html
 from steerlens.errors import LayerError, SpecError
 from steerlens.objectives import Objective
+from steerlens.steer import Steering
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_values_match_direct_measurements(tiny, data):
         ids = torch.tensor([tiny.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             p0 = torch.log_softmax(tiny(ids)[0, -1].float(), -1)
-            with steer(tiny, v, layer=1):
+            with steer(tiny, Steering(v, layer=1)):
                 p1 = torch.log_softmax(tiny(ids)[0, -1].float(), -1)
         kl = float((p1.exp() * (p1 - p0)).sum())
         assert res.values["kl"][0, i] == pytest.approx(kl, rel=1e-4, abs=1e-6)
@@ -122,7 +123,7 @@ def test_kl_divergence():
 def test_last_logits_batched_equals_single_under_steering(tiny):
     texts = ["a", "the cat sat on the mat", "in"]
     rows = [runtime.encode(tiny, t) for t in texts]
-    with steer(tiny, _vector(), layer=1, positions="last:1"):
+    with steer(tiny, Steering(_vector(), layer=1, positions="last:1")):
         batched = runtime.last_logits(tiny, rows)
         single = torch.cat([runtime.last_logits(tiny, [r]) for r in rows])
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)

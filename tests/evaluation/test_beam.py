@@ -11,6 +11,7 @@ import torch
 from steerlens import runtime, steer
 from steerlens.errors import SpecError
 from steerlens.evaluation import beam_search
+from steerlens.steer import Steering
 from steerlens.testing import tiny_model
 
 LAYER = 1
@@ -20,7 +21,7 @@ def brute_force_two_tokens(model, prompt, **steering):
     """``[vocab * vocab]`` log-probs of every continuation ``(a, b)``, at index ``a * V + b``."""
     ids = runtime.encode(model, prompt)
     vocab = model.cfg.d_vocab
-    with torch.no_grad(), steer(model, steering.pop("steering", None), **steering):
+    with torch.no_grad(), steer(model, steering.get("steering")):
         first = model(torch.tensor([ids]))[0, -1].double().log_softmax(-1)
         rows = torch.cat([torch.tensor([ids]).expand(vocab, -1), torch.arange(vocab)[:, None]], 1)
         second = model(rows)[:, -1].double().log_softmax(-1)
@@ -46,7 +47,7 @@ def peaked():
 def test_full_width_equals_brute_force(tiny, steered):
     """With k = V nothing is pruned after the first token, so n=2 beam search is exact."""
     vocab = tiny.cfg.d_vocab
-    steering = {"steering": torch.randn(64) * 4, "layer": LAYER} if steered else {}
+    steering = {"steering": Steering(torch.randn(64) * 4, layer=LAYER)} if steered else {}
     res = beam_search(tiny, "the cat", k=vocab, n_tokens=2, **steering)
     pairs, values = top_k(brute_force_two_tokens(tiny, "the cat", **dict(steering)), vocab, vocab)
     assert [h.tokens for h in res] == pairs
@@ -62,8 +63,10 @@ def test_full_width_equals_brute_force(tiny, steered):
 @pytest.mark.parametrize("prompt", ["the cat", "a"])
 def test_small_width_equals_brute_force(tiny, prompt):
     v = torch.randn(64) * 4
-    res = beam_search(tiny, prompt, k=3, n_tokens=2, steering=v, layer=LAYER)
-    pairs, values = top_k(brute_force_two_tokens(tiny, prompt, steering=v, layer=LAYER), 3, 265)
+    res = beam_search(tiny, prompt, k=3, n_tokens=2, steering=Steering(v, layer=LAYER))
+    pairs, values = top_k(
+        brute_force_two_tokens(tiny, prompt, steering=Steering(v, layer=LAYER)), 3, 265
+    )
     assert [h.tokens for h in res] == pairs
     assert [h.logprob for h in res] == pytest.approx(values, rel=1e-5)
 
@@ -90,11 +93,13 @@ def test_exactness_flag_is_honest_when_beam_search_misses(tiny):
 
 def test_three_token_scores_are_exact_log_probabilities(tiny):
     v = torch.randn(64) * 3
-    res = beam_search(tiny, "the cat", k=4, n_tokens=3, steering=v, layer=LAYER, coldness=0.7)
+    res = beam_search(
+        tiny, "the cat", k=4, n_tokens=3, steering=Steering(v, layer=LAYER), coldness=0.7
+    )
     ids = runtime.encode(tiny, "the cat")
     for h in res:
         tokens = torch.tensor([ids + list(h.tokens)])
-        with torch.no_grad(), steer(tiny, v, layer=LAYER):
+        with torch.no_grad(), steer(tiny, Steering(v, layer=LAYER)):
             logp = (0.7 * tiny(tokens)[0].double()).log_softmax(-1)
         want = sum(float(logp[len(ids) - 1 + i, t]) for i, t in enumerate(h.tokens))
         assert h.logprob == pytest.approx(want, rel=1e-5)
@@ -105,7 +110,7 @@ def test_three_token_scores_are_exact_log_probabilities(tiny):
 def test_prompt_batch_equals_one_by_one(tiny, plain):
     prompts = ["a", "the longer prompt here", "in"]
     v = torch.randn(64) * 3
-    kwargs = {"k": 3, "n_tokens": 3, "steering": v, "layer": 0, "positions": "prompt"}
+    kwargs = {"k": 3, "n_tokens": 3, "steering": Steering(v, layer=0, positions="prompt")}
     batched = beam_search(tiny, prompts, batch_size=2, **kwargs)
     single = [beam_search(tiny, p, **kwargs) for p in prompts]
     generic = beam_search(plain, prompts, **kwargs)  # no KV cache: recomputed every step

@@ -21,6 +21,7 @@ from steerlens.evaluation import (
     success_rate,
     wilson_interval,
 )
+from steerlens.steer import Steering
 
 
 @pytest.mark.parametrize(
@@ -113,8 +114,8 @@ def test_success_rate_generates_then_judges(tiny):
     prompts = ["Hi", "Tell me a story", "What is 2+2?"]
     v = torch.randn(64) * 4
     judge = StringMatchJudge(["e"])
-    res = success_rate(tiny, prompts, judge, steering=v, layer=1, max_new_tokens=6)
-    texts = steerlens.generate(tiny, prompts, v, layer=1, max_new_tokens=6)
+    res = success_rate(tiny, prompts, judge, steering=Steering(v, layer=1), max_new_tokens=6)
+    texts = steerlens.generate(tiny, prompts, Steering(v, layer=1), max_new_tokens=6)
     assert res.texts == tuple(texts) and res.prompts == tuple(prompts)
     assert res.outcomes == tuple(judge(t) for t in texts)
     assert (res.successes, res.n) == (sum(judge(t) for t in texts), 3)
@@ -125,7 +126,11 @@ def test_success_rate_model_judge_runs_unsteered(tiny):
     """The judge runs after the steering is removed, even when it is the same model."""
     judge = ModelJudge(tiny, "Is it French? {text}", yes_no=("Y", "N"))
     res = success_rate(
-        tiny, ["Hi", "Bonjour"], judge, steering=torch.randn(64) * 50, layer=0, max_new_tokens=4
+        tiny,
+        ["Hi", "Bonjour"],
+        judge,
+        steering=Steering(torch.randn(64) * 50, layer=0),
+        max_new_tokens=4,
     )
     assert res.outcomes == tuple(judge.judge_all(list(res.texts)))
 

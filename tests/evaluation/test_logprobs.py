@@ -13,6 +13,7 @@ import torch
 from steerlens import runtime, steer
 from steerlens.errors import SpecError, SteerlensError
 from steerlens.evaluation import ContextWindowError, completion_logprobs
+from steerlens.steer import Steering
 
 PROMPTS = ["the cat sat on", "a dog"]
 COMPLETIONS = [" the mat", " in", "xyz!"]
@@ -24,7 +25,10 @@ def hand_logprobs(model, prompt, completion, coldness=1.0, **steering):
     p_ids = runtime.encode(model, prompt)
     c_ids = runtime.encode(model, prompt + completion)[len(p_ids) :]
     tokens = torch.tensor([p_ids + c_ids])
-    with torch.no_grad(), steer(model, steering.pop("steering", None), **steering):
+    with (
+        torch.no_grad(),
+        steer(model, Steering(steering.pop("steering"), **steering) if steering else None),
+    ):
         logits = model(tokens)[0].double()
     logp = (coldness * logits).log_softmax(-1)
     return torch.stack([logp[len(p_ids) - 1 + k, t] for k, t in enumerate(c_ids)])
@@ -48,7 +52,7 @@ def test_unsteered_equals_hand_computation(tiny):
 
 def test_steered_equals_hand_computation(tiny):
     v = torch.randn(64) * 4
-    res = completion_logprobs(tiny, PROMPTS, COMPLETIONS, steering=v, layer=LAYER)
+    res = completion_logprobs(tiny, PROMPTS, COMPLETIONS, steering=Steering(v, layer=LAYER))
     assert_matches_hand(tiny, res, steering=v, layer=LAYER)
     unsteered = completion_logprobs(tiny, PROMPTS, COMPLETIONS)
     assert not torch.allclose(res.totals, unsteered.totals)
@@ -74,9 +78,7 @@ def test_prompt_positions_steer_the_prompt_only(tiny):
         tiny,
         [prompt, "a much longer prompt here"],
         completion,
-        steering=v,
-        layer=LAYER,
-        positions="prompt",
+        steering=Steering(v, layer=LAYER, positions="prompt"),
     )
     assert res.total(0, 0) == pytest.approx(want, rel=1e-5)
 
@@ -93,12 +95,14 @@ def test_units_and_means(tiny):
 
 def test_batch_size_and_plain_model_do_not_change_results(tiny, plain):
     v = torch.randn(64) * 3
-    big = completion_logprobs(tiny, PROMPTS, COMPLETIONS, steering=v, layer=0, positions="last:2")
+    big = completion_logprobs(
+        tiny, PROMPTS, COMPLETIONS, steering=Steering(v, layer=0, positions="last:2")
+    )
     one = completion_logprobs(
-        tiny, PROMPTS, COMPLETIONS, steering=v, layer=0, positions="last:2", batch_size=1
+        tiny, PROMPTS, COMPLETIONS, steering=Steering(v, layer=0, positions="last:2"), batch_size=1
     )
     generic = completion_logprobs(
-        plain, PROMPTS, COMPLETIONS, steering=v, layer=0, positions="last:2"
+        plain, PROMPTS, COMPLETIONS, steering=Steering(v, layer=0, positions="last:2")
     )
     torch.testing.assert_close(one.totals, big.totals, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(generic.totals, big.totals, rtol=1e-5, atol=1e-5)

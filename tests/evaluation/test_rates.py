@@ -13,6 +13,7 @@ import torch
 from steerlens import SteeringVector, runtime, steer
 from steerlens.errors import SpecError, SteerlensError
 from steerlens.evaluation import AnswerTokenError, behavior_change_rates
+from steerlens.steer import Steering
 
 POSITIVE = [
     "Is the sky blue? A or B",
@@ -47,7 +48,8 @@ def hand_answer(model, prompt, vector, strength):
     """'A' or 'B': the larger of the two logits after the chat-formatted prompt."""
     ids = [runtime.encode(model, s)[0] for s in ("A", "B")]
     tokens = torch.tensor([runtime.encode(model, runtime.chat_prompt(model, prompt))])
-    with torch.no_grad(), steer(model, vector, layer=LAYER, strength=strength):
+    plan = None if vector is None else Steering(vector, layer=LAYER, strength=strength)
+    with torch.no_grad(), steer(model, plan):
         logits = model(tokens)[0, -1]
     return "AB"[int(logits[ids].argmax())]
 
@@ -62,12 +64,10 @@ def hand_flips(model, prompts, vector, sign):
 def test_rates_equal_hand_counts(tiny, a_to_b):
     res = behavior_change_rates(
         tiny,
-        a_to_b,
+        Steering(a_to_b, layer=LAYER, strength=STRENGTH),
         POSITIVE,
         NEGATIVE,
         ("A", "B"),
-        layer=LAYER,
-        strength=STRENGTH,
         batch_size=5,
     )
     expected = {
@@ -86,16 +86,18 @@ def test_rates_equal_hand_counts(tiny, a_to_b):
 
 def test_steering_vector_and_plain_model_give_the_same_rates(tiny, plain, a_to_b):
     sv = SteeringVector.from_tensor(a_to_b, LAYER, model=tiny)
-    from_vector = behavior_change_rates(tiny, sv, POSITIVE, NEGATIVE, strength=STRENGTH)
+    from_vector = behavior_change_rates(tiny, Steering(sv, strength=STRENGTH), POSITIVE, NEGATIVE)
     from_tensor = behavior_change_rates(
-        plain, a_to_b, POSITIVE, NEGATIVE, layer=LAYER, strength=STRENGTH
+        plain, Steering(a_to_b, layer=LAYER, strength=STRENGTH), POSITIVE, NEGATIVE
     )
     assert from_vector.positive == from_tensor.positive
     assert from_vector.negative == from_tensor.negative
 
 
 def test_table_and_plain_data(tiny, a_to_b):
-    res = behavior_change_rates(tiny, a_to_b, POSITIVE, NEGATIVE, layer=LAYER, strength=STRENGTH)
+    res = behavior_change_rates(
+        tiny, Steering(a_to_b, layer=LAYER, strength=STRENGTH), POSITIVE, NEGATIVE
+    )
     text = repr(res)
     assert "flipped by +v" in text and f"{res.add_positive.fraction} (" in text
     data = json.loads(json.dumps(res.to_dict()))
@@ -105,13 +107,15 @@ def test_table_and_plain_data(tiny, a_to_b):
 
 def test_answers_must_be_single_tokens(tiny, a_to_b):
     with pytest.raises(AnswerTokenError, match=r"answer 'Yes' is not a single token: .*3 tokens"):
-        behavior_change_rates(tiny, a_to_b, POSITIVE, NEGATIVE, ("Yes", "No"), layer=LAYER)
+        behavior_change_rates(
+            tiny, Steering(a_to_b, layer=LAYER), POSITIVE, NEGATIVE, ("Yes", "No")
+        )
     with pytest.raises(AnswerTokenError, match="share a token"):
-        behavior_change_rates(tiny, a_to_b, POSITIVE, NEGATIVE, ("A", "A"), layer=LAYER)
+        behavior_change_rates(tiny, Steering(a_to_b, layer=LAYER), POSITIVE, NEGATIVE, ("A", "A"))
     with pytest.raises(SpecError, match="at least two answer strings"):
-        behavior_change_rates(tiny, a_to_b, POSITIVE, NEGATIVE, ("A",), layer=LAYER)
+        behavior_change_rates(tiny, Steering(a_to_b, layer=LAYER), POSITIVE, NEGATIVE, ("A",))
 
 
 def test_empty_prompt_sets(tiny, a_to_b):
     with pytest.raises(SteerlensError, match="negative_prompts: the prompt list is empty"):
-        behavior_change_rates(tiny, a_to_b, POSITIVE, [], layer=LAYER)
+        behavior_change_rates(tiny, Steering(a_to_b, layer=LAYER), POSITIVE, [])

@@ -12,6 +12,7 @@ from steerlens import runtime, steer
 from steerlens.errors import SteerlensError
 from steerlens.evaluation import beam_search, completion_logprobs
 from steerlens.runtime import TokenContext, current_context, token_context
+from steerlens.steer import Steering
 
 RULES = ["all", "prompt", "generated", "last:2", [0, 2], slice(1, 3)]
 
@@ -24,8 +25,10 @@ def _vector():
 def test_generate_inside_outer_steer_equals_steering_argument(tiny, positions):
     prompts = ["the cat", "a much longer prompt than that"]
     v = _vector()
-    passed = steerlens.generate(tiny, prompts, v, layer=1, positions=positions, max_new_tokens=6)
-    with steer(tiny, v, layer=1, positions=positions):
+    passed = steerlens.generate(
+        tiny, prompts, Steering(v, layer=1, positions=positions), max_new_tokens=6
+    )
+    with steer(tiny, Steering(v, layer=1, positions=positions)):
         outer = steerlens.generate(tiny, prompts, max_new_tokens=6)
     assert outer == passed
 
@@ -33,8 +36,10 @@ def test_generate_inside_outer_steer_equals_steering_argument(tiny, positions):
 @pytest.mark.parametrize("positions", RULES, ids=str)
 def test_beam_search_inside_outer_steer_equals_steering_argument(tiny, positions):
     v = _vector()
-    passed = beam_search(tiny, "the cat", k=3, n_tokens=3, steering=v, layer=1, positions=positions)
-    with steer(tiny, v, layer=1, positions=positions):
+    passed = beam_search(
+        tiny, "the cat", k=3, n_tokens=3, steering=Steering(v, layer=1, positions=positions)
+    )
+    with steer(tiny, Steering(v, layer=1, positions=positions)):
         outer = beam_search(tiny, "the cat", k=3, n_tokens=3)
     assert [h.tokens for h in outer] == [h.tokens for h in passed]
     assert [h.logprob for h in outer] == pytest.approx([h.logprob for h in passed], abs=1e-5)
@@ -45,9 +50,9 @@ def test_completion_logprobs_inside_outer_steer_equals_steering_argument(tiny, p
     v = _vector()
     prompts, completions = ["the cat", "in a"], [" sat on", " the end"]
     passed = completion_logprobs(
-        tiny, prompts, completions, steering=v, layer=1, positions=positions
+        tiny, prompts, completions, steering=Steering(v, layer=1, positions=positions)
     )
-    with steer(tiny, v, layer=1, positions=positions):
+    with steer(tiny, Steering(v, layer=1, positions=positions)):
         outer = completion_logprobs(tiny, prompts, completions)
     torch.testing.assert_close(outer.totals, passed.totals, rtol=0, atol=1e-5)
 
@@ -55,7 +60,7 @@ def test_completion_logprobs_inside_outer_steer_equals_steering_argument(tiny, p
 def test_generated_positions_steer_generated_tokens_inside_outer_steer(tiny):
     v = _vector()
     plain = steerlens.generate(tiny, "the cat", max_new_tokens=6)
-    with steer(tiny, v, layer=1, positions="generated"):
+    with steer(tiny, Steering(v, layer=1, positions="generated")):
         steered = steerlens.generate(tiny, "the cat", max_new_tokens=6)
     assert steered != plain  # before the runtime owned the context, "generated" never applied
 
@@ -64,9 +69,9 @@ def test_plain_forward_inside_steer_counts_every_token_as_prompt(tiny):
     tokens = torch.tensor([[5, 6, 7, 8]])
     v = _vector()
     with torch.no_grad():
-        with steer(tiny, v, layer=1, positions="prompt"):
+        with steer(tiny, Steering(v, layer=1, positions="prompt")):
             prompt_rule = tiny(tokens)
-        with steer(tiny, v, layer=1):
+        with steer(tiny, Steering(v, layer=1)):
             all_rule = tiny(tokens)
     torch.testing.assert_close(prompt_rule, all_rule)
 
