@@ -20,10 +20,11 @@ import torch
 
 import steerlens
 from steerlens import runtime
-from steerlens._engine import make_engine
 from steerlens.data import tokenize
-from steerlens.objectives import Objective, completion_losses, token_logprobs
-from steerlens.optimize import AddSteering, _losses, _steer_fn
+from steerlens.engines import make_engine, steering_function
+from steerlens.interventions import Add
+from steerlens.objectives import Objective, completion_losses
+from steerlens.runtime import token_logprobs
 
 PROMPT = "Write a short sentence about the weather today."
 PROMOTE = ["Arr, the skies be grey, matey!", "Ahoy! The sun be shinin' bright."]
@@ -37,7 +38,7 @@ def naive_losses_and_grad(model, data, layer, v, objective):
         p = len(tdp.prompt_tokens)
         for comp in tdp.completions:
             tokens = torch.tensor([tdp.prompt_tokens + comp.tokens], device=v.device)
-            with steerlens.steer(model, steerlens.Add(v), layer=layer):
+            with steerlens.steer(model, steerlens.Steering(steerlens.Add(v), layer=layer)):
                 logits = model(tokens)[0, p - 1 : p - 1 + len(comp.tokens)]
             lp = token_logprobs(logits, tokens[0, p:], objective.coldness)
             idx = torch.zeros(len(comp.tokens), dtype=torch.long, device=v.device)
@@ -52,7 +53,7 @@ def naive_losses_and_grad(model, data, layer, v, objective):
 
 
 def ours_losses_and_grad(engine, v, objective):
-    losses = _losses(engine, _steer_fn({"v": v}, AddSteering(), False), objective)
+    losses = objective.losses(engine.logits(steering_function(Add(v))), engine.layout)
     losses.sum().backward()
     return losses.detach().cpu().tolist()
 

@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
 from steerlens import runtime
 from steerlens.errors import InputError
 from steerlens.positions import Positions, PositionsLike, as_positions
@@ -110,15 +114,21 @@ class TokenizedDatapoint:
 
 
 def tokenize(
-    model: Any, datapoints: Datapoint | Sequence[Datapoint], default_positions: PositionsLike = None
+    model: Any,
+    datapoints: Datapoint | TokenizedDatapoint | Sequence[Datapoint | TokenizedDatapoint],
+    default_positions: PositionsLike = None,
 ) -> list[TokenizedDatapoint]:
-    """Tokenise every datapoint; errors name the completion that cannot be scored."""
-    if isinstance(datapoints, Datapoint):
+    """Tokenise every datapoint (already tokenised ones pass through); errors name the
+    completion that cannot be scored."""
+    if isinstance(datapoints, (Datapoint, TokenizedDatapoint)):
         datapoints = [datapoints]
     if not datapoints:
         raise InputError("no datapoints given; pass at least one steerlens.Datapoint.")
     out = []
     for dp in datapoints:
+        if isinstance(dp, TokenizedDatapoint):  # already exact tokens (e.g. a decoded reply)
+            out.append(dp)
+            continue
         if not isinstance(dp, Datapoint):
             raise InputError(f"expected steerlens.Datapoint, got {type(dp).__name__}.")
         prompt_tokens = runtime.encode(model, dp.prompt)
@@ -133,3 +143,51 @@ def tokenize(
         positions = as_positions(dp.positions if dp.positions is not None else default_positions)
         out.append(TokenizedDatapoint(dp, prompt_tokens, comps, positions))
     return out
+
+
+@dataclass(frozen=True)
+class ScoreLayout:
+    """What is scored: one entry per completion token, in datapoint/completion order.
+
+    ``targets[t]`` is token ``t``'s id and ``completion_index[t]`` its completion; per
+    completion: ``is_suppress``, ``lengths`` (tokens), ``labels``, ``loss_targets`` (the
+    target-loss stop rule's bound, if any) and ``datapoint_of``.
+    """
+
+    targets: Int[Tensor, " n"]
+    completion_index: Int[Tensor, " n"]
+    is_suppress: Bool[Tensor, " completions"]
+    lengths: Float[Tensor, " completions"]
+    labels: list[str]
+    loss_targets: list[float | None]
+    datapoint_of: list[int]
+
+
+def score_layout(data: Sequence[TokenizedDatapoint], device: torch.device) -> ScoreLayout:
+    """The :class:`ScoreLayout` of tokenised datapoints, on ``device``."""
+    targets: list[int] = []
+    index: list[int] = []
+    sup: list[bool] = []
+    lengths: list[float] = []
+    labels: list[str] = []
+    loss_targets: list[float | None] = []
+    dp_of: list[int] = []
+    for d, tdp in enumerate(data):
+        for comp in tdp.completions:
+            i = len(lengths)
+            targets += comp.tokens
+            index += [i] * len(comp.tokens)
+            sup.append(comp.kind == "suppress")
+            lengths.append(float(len(comp.tokens)))
+            labels.append(f"dp{d} {comp.kind} {comp.text!r}")
+            loss_targets.append(comp.target)
+            dp_of.append(d)
+    return ScoreLayout(
+        torch.tensor(targets, dtype=torch.long, device=device),
+        torch.tensor(index, dtype=torch.long, device=device),
+        torch.tensor(sup, dtype=torch.bool, device=device),
+        torch.tensor(lengths, device=device),
+        labels,
+        loss_targets,
+        dp_of,
+    )

@@ -1,12 +1,14 @@
-"""Promotion, suppression and mixed objectives (METHOD.md section 2.1), in nats.
+"""Objectives: per-completion losses from the logits at the scored positions, in nats.
 
-Given the log-probabilities (with coldness) of each completion token, a completion's loss is
+- :class:`Objective` (METHOD.md section 2.1): with the log-probabilities (with coldness) of each
+  completion token, promotion ``-sum_k log P(y_k)``, suppression ``-sum_k log(1 - P(y_k))`` (or,
+  with ``suppression="logprob"``, ``+sum_k log P``), optionally divided by the completion's
+  token count.
+- :class:`KLObjective` (reentrant steering, Algorithm 1): ``sum_k KL(p_k || q_k)`` to recorded
+  next-token distributions ``p_k`` at the completion's positions (coldness 1).
 
-- promotion:   ``-sum_k log P(y_k)``
-- suppression: ``-sum_k log(1 - P(y_k))``  (or, with ``suppression="logprob"``, ``+sum_k log P``)
-
-optionally divided by the completion's token count. Units: nats internally; convert with
-:func:`convert_loss`.
+Both take ``losses(logits, layout)``; the optimizer minimises their sum. Units: nats
+internally; convert with :func:`convert_loss`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from steerlens.data import ScoreLayout
 from steerlens.errors import SpecError
+from steerlens.runtime.logprobs import kl_divergence, token_logprobs
 
 LOG_BASES = {"nats": math.e, "bits": 2.0, "hartleys": 10.0}
 
@@ -45,6 +49,56 @@ class Objective:
             raise SpecError(
                 f"unknown suppression {self.suppression!r}; use 'one_minus' or 'logprob'."
             )
+
+    def losses(
+        self, logits: Float[Tensor, "n vocab"], layout: ScoreLayout
+    ) -> Float[Tensor, " completions"]:
+        """Per-completion losses (nats) from the logits at the scored positions."""
+        lp = token_logprobs(logits, layout.targets, self.coldness)
+        return completion_losses(
+            lp, layout.completion_index, layout.is_suppress, layout.lengths, self
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class KLObjective:
+    """``sum_k KL(p_k || q_k)`` per completion: ``p_k`` are recorded next-token distributions
+    (``target_logprobs``, one row per scored token, in layout order) and ``q_k`` the steered
+    model's (coldness 1).
+
+    Example:
+        >>> import torch
+        >>> from steerlens.data import ScoreLayout
+        >>> layout = ScoreLayout(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([False]),
+        ...                      torch.tensor([2.0]), ["c"], [None], [0])
+        >>> target = torch.log_softmax(torch.randn(2, 5), -1)
+        >>> KLObjective(target).losses(target, layout).abs().item() < 1e-6
+        True
+    """
+
+    target_logprobs: Float[Tensor, "n vocab"]
+
+    def __post_init__(self) -> None:
+        if self.target_logprobs.ndim != 2 or not bool(torch.isfinite(self.target_logprobs).all()):
+            raise SpecError(
+                "KLObjective needs finite target log-probabilities of shape [tokens, vocab], got "
+                f"shape {tuple(self.target_logprobs.shape)}."
+            )
+
+    def losses(
+        self, logits: Float[Tensor, "n vocab"], layout: ScoreLayout
+    ) -> Float[Tensor, " completions"]:
+        if logits.shape != self.target_logprobs.shape:
+            raise SpecError(
+                f"KLObjective has targets for {tuple(self.target_logprobs.shape)} but the "
+                f"scored logits are {tuple(logits.shape)}; record one row per scored token."
+            )
+        kl = kl_divergence(self.target_logprobs.to(logits.device), logits)
+        total = torch.zeros(len(layout.lengths), dtype=kl.dtype, device=kl.device)
+        return total.index_add(0, layout.completion_index, kl)
+
+
+ObjectiveLike = Objective | KLObjective
 
 
 def log1mexp(logp: Tensor) -> Tensor:

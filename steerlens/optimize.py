@@ -1,6 +1,13 @@
 """One-shot steering-vector optimization (Dunefsky & Cohan, 2025): ``optimize_vector`` and
-``evaluate_objective``. The loop only wires together the engine (forward), the objective
-(losses), the constraints (after each step) and the stop rules."""
+``evaluate_objective``.
+
+The loop only wires together the engine (:mod:`steerlens.engines`: logits at the scored
+positions), the objective (:mod:`steerlens.objectives`: losses), the constraints
+(:mod:`steerlens.constraints`: after each step, and the norm-minimising phase) and the stop rules
+(:mod:`steerlens.stopping`). What is trained is one of the interventions of
+:mod:`steerlens.interventions`, chosen by a steering kind: :class:`AddSteering`,
+:class:`ClampSteering`, :class:`AffineSteering` or :class:`RankOneSteering`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,37 +26,94 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens._engine import HookedEngine, PackedEngine, SteerFn, make_engine
-from steerlens.constraints import Constraint, Noise, NormCap
-from steerlens.data import Datapoint, tokenize
-from steerlens.errors import NonFiniteError, SpecError, SteerlensError
+from steerlens.constraints import (
+    Constraint,
+    NormCap,
+    OutputConstraint,
+    apply_constraints,
+    minimize_norm,
+)
+from steerlens.data import Datapoint, TokenizedDatapoint, tokenize
+from steerlens.engines import PackedEngine, SteerFn, make_engine, steering_function, unsteered
+from steerlens.errors import NonFiniteError, SpecError
 from steerlens.interventions import Add, Affine, Clamp, Intervention, check_vector
-from steerlens.objectives import Objective, completion_losses, convert_loss
+from steerlens.objectives import Objective, ObjectiveLike, convert_loss
 from steerlens.positions import PositionsLike
-from steerlens.runtime import token_logprobs
 from steerlens.stopping import StopRule
 from steerlens.vector import SteeringVector
+
+Params = dict[str, Tensor]
+
+
+def _start_vector(d_model: int, gen: torch.Generator, init: Any, norm: float) -> Tensor:
+    if init is not None:
+        start = init.vector if isinstance(init, SteeringVector) else init
+        return check_vector(start.detach(), name="init vector", d_model=d_model).clone().float()
+    v = torch.randn(d_model, generator=gen, dtype=torch.float32)
+    return v / v.norm() * norm
+
+
+class SteeringSpec(Protocol):
+    """What :func:`optimize_vector` trains: which intervention (``intervention(params)``),
+    from which start parameters (``parameters(...)``, float32 on the CPU), at which strength,
+    and what projection follows each update (``after_step``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def strength(self) -> float: ...
+
+    def parameters(self, d_model: int, gen: torch.Generator, config: OptimizeConfig) -> Params: ...
+
+    def intervention(self, params: Params) -> Intervention: ...
+
+    def after_step(self, params: Params) -> None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
 class AddSteering:
-    """Optimize ``v`` in ``x + v``."""
+    """Train ``v`` of :class:`~steerlens.Add`: ``x + v``."""
 
     name: str = "add"
+
+    @property
+    def strength(self) -> float:
+        return 1.0
+
+    def parameters(self, d_model: int, gen: torch.Generator, config: OptimizeConfig) -> Params:
+        return {"v": _start_vector(d_model, gen, config.init, config.starting_norm)}
+
+    def intervention(self, params: Params) -> Intervention:
+        return Add(params["v"])
+
+    def after_step(self, params: Params) -> None:
+        """Nothing to project for an added vector."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClampSteering:
-    """Optimize ``v`` in ``x - (v v^T/||v||^2) x + strength * v`` (fixed strength)."""
+    """Train ``v`` of :class:`~steerlens.Clamp`: ``x - (v v^T/||v||^2) x + strength * v``
+    (fixed strength)."""
 
     strength: float = 1.0
     name: str = "clamp"
 
+    def parameters(self, d_model: int, gen: torch.Generator, config: OptimizeConfig) -> Params:
+        return {"v": _start_vector(d_model, gen, config.init, config.starting_norm)}
+
+    def intervention(self, params: Params) -> Intervention:
+        return Clamp(params["v"])
+
+    def after_step(self, params: Params) -> None:
+        """Nothing to project for a clamped vector."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class AffineSteering:
-    """Optimize ``L``, ``R`` (rank ``rank``) and ``v`` in ``x + L^T R x + v``; each row of ``L``
-    and ``R`` is capped at ``factor_norm_cap`` after every step."""
+    """Train ``L``, ``R`` (rank ``rank``) and ``v`` of :class:`~steerlens.Affine`:
+    ``x + L^T R x + v``; each row of ``L`` and ``R`` is capped at ``factor_norm_cap`` after
+    every step."""
 
     rank: int = 1
     factor_norm_cap: float | None = None
@@ -62,24 +126,67 @@ class AffineSteering:
         if self.factor_norm_cap is not None and not self.factor_norm_cap > 0:
             raise SpecError(f"factor_norm_cap must be > 0, got {self.factor_norm_cap}.")
 
+    @property
+    def strength(self) -> float:
+        return 1.0
 
-SteeringSpec = AddSteering | ClampSteering | AffineSteering
+    def parameters(self, d_model: int, gen: torch.Generator, config: OptimizeConfig) -> Params:
+        return {
+            "v": _start_vector(d_model, gen, config.init, config.starting_norm),
+            "left": torch.randn(self.rank, d_model, generator=gen) * self.init_scale,
+            "right": torch.randn(self.rank, d_model, generator=gen) * self.init_scale,
+        }
+
+    def intervention(self, params: Params) -> Intervention:
+        return Affine(params["left"], params["right"], params["v"])
+
+    def after_step(self, params: Params) -> None:
+        if self.factor_norm_cap is None:
+            return
+        for name in ("left", "right"):
+            rows = params[name]
+            norms = rows.norm(dim=1, keepdim=True)
+            rows.mul_(torch.clamp(self.factor_norm_cap / norms.clamp_min(1e-12), max=1.0))
 
 
 @dataclass(frozen=True, kw_only=True)
-class OutputConstraint:
-    """Second phase: minimise ``||v||`` while no completion's loss rises above where it was
-    when the phase began (gradient projection with restoration; see ``_minimize_norm``).
+class RankOneSteering:
+    """Train unit ``u``, ``v`` of the rank-one map ``x + (u . x) v`` (an
+    :class:`~steerlens.Affine` with ``left = v``, ``right = u`` and no bias), renormalised
+    after every step; no scale is learned. It starts from a random direction pair, so
+    ``init``, ``constraints`` and ``output_constraint`` do not apply."""
 
-    Attributes:
-        lr: the fraction of the norm removed per shrinking step.
-        max_steps: steps of this phase (each costs one forward and one backward per completion).
-        margin: how far (nats) inside a violated bound a restoration step aims.
-    """
+    name: str = "rank_one"
 
-    lr: float = 0.05
-    max_steps: int = 100
-    margin: float = 1e-3
+    @property
+    def strength(self) -> float:
+        return 1.0
+
+    def parameters(self, d_model: int, gen: torch.Generator, config: OptimizeConfig) -> Params:
+        set_fields = {
+            "init": config.init is not None,
+            "constraints": bool(config.constraints),
+            "output_constraint": config.output_constraint is not None,
+        }
+        bad = [name for name, is_set in set_fields.items() if is_set]
+        if bad:
+            raise SpecError(
+                "RankOneSteering keeps ||u|| = ||v|| = 1 and starts from a random direction "
+                f"pair, so {'/'.join(bad)} cannot be used; leave them at their defaults."
+            )
+        u = torch.randn(d_model, generator=gen, dtype=torch.float32)
+        v = torch.randn(d_model, generator=gen, dtype=torch.float32)
+        return {"left": (v / v.norm())[None], "right": (u / u.norm())[None]}
+
+    def intervention(self, params: Params) -> Intervention:
+        return Affine(params["left"], params["right"])
+
+    def after_step(self, params: Params) -> None:
+        for p in params.values():
+            p.div_(p.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+_KINDS = (AddSteering, ClampSteering, AffineSteering, RankOneSteering)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,10 +200,12 @@ class OptimizeConfig:
         seed: seed for the random init and noise (the same seed gives bit-identical vectors).
         starting_norm: norm of the random init (a Gaussian direction, normalised).
         init: a start vector instead of a random one.
-        steering: ``AddSteering()``, ``ClampSteering(strength)`` or ``AffineSteering(rank)``.
+        steering: what is trained: ``AddSteering()``, ``ClampSteering(strength)``,
+            ``AffineSteering(rank)`` or ``RankOneSteering()``.
         constraints: applied after each step, in order: ``NormCap(r)``, ``Noise(scale)``.
         stop: extra stop rules: ``Plateau(eps, patience)``, ``TargetLoss(...)``.
-        objective: coldness, suppression variant, length normalisation.
+        objective: ``Objective(...)`` (coldness, suppression variant, length normalisation)
+            or ``KLObjective(target_logprobs)``.
         positions: where to steer (datapoints may override).
         output_constraint: run the norm-minimising second phase after the first.
         progress: show a progress bar (default: only when stderr is a terminal).
@@ -109,10 +218,12 @@ class OptimizeConfig:
     seed: int = 0
     starting_norm: float = 1.0
     init: Tensor | None = None
-    steering: SteeringSpec = field(default_factory=AddSteering)
+    steering: AddSteering | ClampSteering | AffineSteering | RankOneSteering = field(
+        default_factory=AddSteering
+    )
     constraints: tuple[Constraint, ...] = ()
     stop: tuple[StopRule, ...] = ()
-    objective: Objective = field(default_factory=Objective)
+    objective: ObjectiveLike = field(default_factory=Objective)
     positions: PositionsLike = None
     output_constraint: OutputConstraint | None = None
     progress: bool | None = None
@@ -125,10 +236,10 @@ class OptimizeConfig:
             raise SpecError(f"max_steps must be >= 0, got {self.max_steps}.")
         if not self.starting_norm > 0:
             raise SpecError(f"starting_norm must be > 0, got {self.starting_norm}.")
-        if not isinstance(self.steering, (AddSteering, ClampSteering, AffineSteering)):
+        if not isinstance(self.steering, _KINDS):
             raise SpecError(
-                f"steering must be AddSteering(), ClampSteering(...) or AffineSteering(...), "
-                f"got {self.steering!r}; clamp and affine together are not supported."
+                f"steering must be AddSteering(), ClampSteering(...), AffineSteering(...) or "
+                f"RankOneSteering(), got {self.steering!r}."
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,63 +322,6 @@ class ObjectiveEvaluation:
 # -- the steering function ----------------------------------------------------------------
 
 
-def _intervention(params: dict[str, Tensor], spec: SteeringSpec) -> Intervention:
-    """The intervention the optimizer trains, built from its current parameters."""
-    v = params["v"]
-    if isinstance(spec, AffineSteering):
-        return Affine(params["left"], params["right"], v)
-    if isinstance(spec, ClampSteering):
-        return Clamp(v)
-    return Add(v)
-
-
-def _strength(spec: SteeringSpec) -> float:
-    return spec.strength if isinstance(spec, ClampSteering) else 1.0
-
-
-def _steer_fn(params: dict[str, Tensor], spec: SteeringSpec, any_negated: bool) -> SteerFn:
-    pos = _intervention(params, spec)
-    neg = pos.negated() if any_negated else None
-    strength = _strength(spec)
-
-    def apply(layer: int, x: Tensor, mask: Tensor, sign: Tensor) -> Tensor:
-        y = pos.apply(x, strength)
-        if neg is not None:
-            y = torch.where((sign < 0)[..., None], neg.apply(x, strength), y)
-        return torch.where(mask[..., None], y, x)
-
-    return apply
-
-
-def _losses(
-    engine: PackedEngine | HookedEngine, fn: SteerFn, objective: Objective
-) -> Float[Tensor, " completions"]:
-    layout = engine.layout
-    logits = engine.logits(fn)
-    lp = token_logprobs(logits, layout.targets, objective.coldness)
-    return completion_losses(
-        lp, layout.completion_index, layout.is_suppress, layout.lengths, objective
-    )
-
-
-def _init_params(model: Any, config: OptimizeConfig) -> dict[str, Tensor]:
-    d = runtime.d_model(model)
-    dev, dtype = runtime.device(model), runtime.dtype(model)
-    gen = torch.Generator().manual_seed(config.seed)
-    if config.init is not None:
-        init = config.init.vector if isinstance(config.init, SteeringVector) else config.init
-        v = check_vector(init.detach(), name="init vector", d_model=d).clone().float()
-    else:
-        v = torch.randn(d, generator=gen, dtype=torch.float32)
-        v = v / v.norm() * config.starting_norm
-    params = {"v": v}
-    spec = config.steering
-    if isinstance(spec, AffineSteering):
-        params["left"] = torch.randn(spec.rank, d, generator=gen) * spec.init_scale
-        params["right"] = torch.randn(spec.rank, d, generator=gen) * spec.init_scale
-    return {k: t.to(device=dev, dtype=dtype).requires_grad_(True) for k, t in params.items()}
-
-
 def _progress(enabled: bool | None, total: int) -> Any:
     from tqdm.auto import tqdm
 
@@ -289,7 +343,7 @@ def with_overrides(config: OptimizeConfig, overrides: dict[str, Any]) -> Optimiz
 
 def optimize_vector(
     model: Any,
-    datapoints: Datapoint | Sequence[Datapoint],
+    datapoints: Datapoint | TokenizedDatapoint | Sequence[Datapoint | TokenizedDatapoint],
     layer: int | Sequence[int],
     config: OptimizeConfig | None = None,
     **overrides: Any,
@@ -320,36 +374,45 @@ def optimize_vector(
     layers = runtime.check_layers(model, layer)
     t0 = time.perf_counter()
     data = tokenize(model, datapoints, config.positions)
+    spec = config.steering
+    gen = torch.Generator().manual_seed(config.seed)
+    # Float32 parameters (cast to the residual's dtype when applied): exact Adam state and unit
+    # norms in half-precision models too.
+    dev = runtime.device(model)
+    start = spec.parameters(runtime.d_model(model), gen, config)
+    params = {k: t.to(dev).requires_grad_(True) for k, t in start.items()}
     engine = make_engine(model, data, layers, fast=config.fast)
     any_negated = any(t.datapoint.negate for t in data)
-    params = _init_params(model, config)
-    with torch.no_grad():  # the start vector obeys the norm cap too
-        for c in config.constraints:
-            if isinstance(c, NormCap):
-                c.apply(params["v"])
+    caps = [c for c in config.constraints if isinstance(c, NormCap)]
+    v = params.get("v")
+    if v is not None:
+        with torch.no_grad():  # the start vector obeys the norm cap too
+            for cap in caps:
+                cap.apply(v)
+
+    def losses() -> Tensor:
+        fn = steering_function(spec.intervention(params), spec.strength, any_negated)
+        return config.objective.losses(engine.logits(fn), engine.layout)
+
     noise_gen = torch.Generator().manual_seed(config.seed + 1)
-    noise_prev: dict[int, Tensor] = {}
-    spec = config.steering
+    noise_state: dict[int, Tensor] = {}
+
+    def after_step() -> None:
+        if v is not None:
+            apply_constraints(config.constraints, v, noise_gen, noise_state)
+        spec.after_step(params)
+
     history, steps, stop_reason = _adam_loop(
-        params,
-        lambda: _losses(engine, _steer_fn(params, spec, any_negated), config.objective),
-        config,
-        targets=engine.layout.loss_targets,
-        after_step=lambda: _apply_constraints(params, config, noise_gen, noise_prev),
-        desc="optimize",
+        params, losses, config, engine.layout.loss_targets, after_step
     )
     norm_phase = None
-    if config.output_constraint is not None:
-        bounds = history[-1].to(params["v"].device)
-        before = float(params["v"].detach().norm())
-        _minimize_norm(engine, params, spec, any_negated, config, bounds)
+    if config.output_constraint is not None and v is not None:
+        before = float(v.detach().norm())
+        bounds = history[-1].to(dev)
+        minimize_norm(v, _finite(params, losses), bounds, config.output_constraint, caps)
         with torch.no_grad():
-            history.append(
-                _losses(engine, _steer_fn(params, spec, any_negated), config.objective)
-                .float()
-                .cpu()
-            )
-        norm_phase = (before, float(params["v"].detach().norm()))
+            history.append(losses().float().cpu())
+        norm_phase = (before, float(v.detach().norm()))
     wall = time.perf_counter() - t0
     loss_history = torch.stack(history).numpy()
     labels = engine.layout.labels
@@ -368,19 +431,30 @@ def optimize_vector(
     )
 
 
+def _finite(params: Params, losses: Callable[[], Tensor]) -> Callable[[], Tensor | None]:
+    """``losses`` that returns ``None`` when the parameters or the losses are not finite."""
+
+    def call() -> Tensor | None:
+        if not all(bool(torch.isfinite(p).all()) for p in params.values()):
+            return None
+        values = losses()
+        return values if bool(torch.isfinite(values).all()) else None
+
+    return call
+
+
 def _adam_loop(
-    params: dict[str, Tensor],
+    params: Params,
     loss_fn: Callable[[], Tensor],
     config: OptimizeConfig,
-    *,
     targets: Sequence[float | None],
     after_step: Callable[[], None],
-    desc: str,
 ) -> tuple[list[Tensor], int, str]:
-    """The optimizer loop shared by every optimization in steerlens.
+    """The optimizer loop.
 
     Row ``t`` of the returned history is the loss before update ``t``; stop rules are checked
     after each evaluation; ``after_step`` (constraints) runs after each update, without grad.
+    Only the steering parameters are differentiated: the model's weights get no gradient.
     When the parameters or the loss stop being finite, the last finite parameters are restored
     and the loop stops with a reason naming the step.
 
@@ -392,14 +466,13 @@ def _adam_loop(
     last_good = {k: p.detach().clone() for k, p in params.items()}
     stop_reason, steps = f"max steps ({config.max_steps})", 0
     bar = _progress(config.progress, config.max_steps)
-    bar.set_description(desc)
     for step in range(config.max_steps + 1):
         finite = all(bool(torch.isfinite(p).all()) for p in params.values())
         losses = loss_fn() if finite else None
         if losses is None or not bool(torch.isfinite(losses).all()):
             if not history:
                 raise NonFiniteError(
-                    f"{desc}: the loss is NaN/inf at the start point (before any update); "
+                    "the loss is NaN/inf at the start point (before any update); "
                     "check the model and the start vector (init=...)."
                 )
             with torch.no_grad():
@@ -421,7 +494,7 @@ def _adam_loop(
         if step == config.max_steps:
             break
         opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
+        losses.sum().backward(inputs=list(params.values()))
         opt.step()
         steps += 1
         with torch.no_grad():
@@ -430,100 +503,6 @@ def _adam_loop(
         bar.set_postfix(loss=f"{float(losses.detach().sum()):.4f}")
     bar.close()
     return history, steps, stop_reason
-
-
-def _finite_losses(
-    engine: PackedEngine | HookedEngine,
-    params: dict[str, Tensor],
-    spec: SteeringSpec,
-    any_negated: bool,
-    objective: Objective,
-) -> Tensor | None:
-    """The losses, or ``None`` when the parameters or the losses are not all finite."""
-    if not all(bool(torch.isfinite(p).all()) for p in params.values()):
-        return None
-    losses = _losses(engine, _steer_fn(params, spec, any_negated), objective)
-    return losses if bool(torch.isfinite(losses).all()) else None
-
-
-def _apply_constraints(
-    params: dict[str, Tensor],
-    config: OptimizeConfig,
-    gen: torch.Generator,
-    noise_prev: dict[int, Tensor],
-) -> None:
-    v = params["v"]
-    for i, c in enumerate(config.constraints):
-        if isinstance(c, NormCap):
-            c.apply(v)
-        elif isinstance(c, Noise):
-            step, noise_prev[i] = c.sample(v, v.grad, noise_prev.get(i), gen)
-            v.add_(step)
-    spec = config.steering
-    if isinstance(spec, AffineSteering) and spec.factor_norm_cap is not None:
-        for name in ("left", "right"):
-            rows = params[name]
-            norms = rows.norm(dim=1, keepdim=True)
-            rows.mul_(torch.clamp(spec.factor_norm_cap / norms.clamp_min(1e-12), max=1.0))
-
-
-def _minimize_norm(
-    engine: PackedEngine | HookedEngine,
-    params: dict[str, Tensor],
-    spec: SteeringSpec,
-    any_negated: bool,
-    config: OptimizeConfig,
-    bounds: Tensor,
-) -> None:
-    """Minimise ``||v||`` subject to ``loss_i(v) <= bound_i`` for every completion, by gradient
-    projection with restoration.
-
-    Each step computes the constraint Jacobian ``J`` (one row per completion). If some
-    constraint is violated, a Gauss-Newton restoration step moves ``v`` back to ``margin``
-    inside the violated bounds; otherwise ``v`` shrinks along ``-v`` projected off the span of
-    ``J`` (to first order no loss changes), by up to ``lr`` times its norm (halved after a step
-    that broke a bound; if restoration fails, back to the best point). The smallest-norm ``v``
-    that meets every bound exactly is kept; the start point meets them, so the norm never
-    grows.
-    """
-    oc = config.output_constraint
-    assert oc is not None
-    v = params["v"]
-    best, best_norm = v.detach().clone(), float(v.detach().norm())
-    rate, restoring = oc.lr, 0
-    for _ in range(oc.max_steps):
-        losses = _finite_losses(engine, params, spec, any_negated, config.objective)
-        if losses is None:
-            break
-        rows = [torch.autograd.grad(li, v, retain_graph=True)[0] for li in losses]
-        jac = torch.stack(rows).float()
-        gap = (losses.detach() - bounds).float()
-        with torch.no_grad():
-            norm = float(v.norm())
-            violated = gap > 0
-            if not bool(violated.any()) and norm < best_norm:
-                best, best_norm = v.detach().clone(), norm
-            # Shrink gently after a step that broke a bound, boldly after one that did not.
-            rate = rate / 2 if bool(violated.any()) else min(rate * 1.5, oc.lr)
-            restoring = restoring + 1 if bool(violated.any()) else 0
-            if restoring > 3:
-                v.copy_(best)  # restoration failed: back to the best point, smaller steps
-                restoring = 0
-                continue
-            if restoring:
-                ja = jac[violated]
-                rhs = gap[violated] + oc.margin
-                step = -ja.T @ torch.linalg.solve(ja @ ja.T + 1e-8 * torch.eye(len(ja)), rhs)
-            else:
-                d = -v.detach().float()
-                coef = torch.linalg.solve(jac @ jac.T + 1e-8 * torch.eye(len(jac)), jac @ d)
-                step = rate * (d - jac.T @ coef)
-            v.add_(step.to(v))
-            for c in config.constraints:
-                if isinstance(c, NormCap):
-                    c.apply(v)
-    with torch.no_grad():
-        v.copy_(best)
 
 
 def _make_vector(
@@ -537,7 +516,12 @@ def _make_vector(
     steps: int,
     stop_reason: str,
 ) -> SteeringVector:
-    v = params["v"].detach().clone()
+    d = runtime.d_model(model)
+    v = (
+        params["v"].detach().clone()
+        if "v" in params
+        else torch.zeros(d, device=params["left"].device)
+    )
     affine = {}
     if "left" in params:
         affine = {
@@ -593,7 +577,7 @@ class ObjectiveScorer:
         layer: int | Sequence[int],
         *,
         steering: SteeringSpec | None = None,
-        objective: Objective | None = None,
+        objective: ObjectiveLike | None = None,
         positions: PositionsLike = None,
         unit: str = "nats",
         fast: bool = True,
@@ -601,8 +585,8 @@ class ObjectiveScorer:
         layers = runtime.check_layers(model, layer)
         convert_loss(0.0, unit)  # validate the unit before any work
         self.model, self.unit = model, unit
-        self.spec = steering or AddSteering()
-        self.objective = objective or Objective()
+        self.spec: SteeringSpec = steering or AddSteering()
+        self.objective: ObjectiveLike = objective or Objective()
         data = tokenize(model, datapoints, positions)
         with torch.no_grad():
             self.engine = make_engine(model, data, layers, fast=fast)
@@ -612,9 +596,8 @@ class ObjectiveScorer:
     def __call__(self, vector: Tensor | SteeringVector | None) -> ObjectiveEvaluation:
         """Per-completion losses with ``vector`` applied (``None``: unsteered)."""
         model, spec = self.model, self.spec
-        if vector is None:
-            fn: SteerFn = lambda la, x, mask, sign: x  # noqa: E731
-        else:
+        fn: SteerFn = unsteered
+        if vector is not None:
             if isinstance(vector, SteeringVector):
                 vector.check_compatible(model)
                 if vector.affine:
@@ -626,10 +609,11 @@ class ObjectiveScorer:
                     params = {"v": vector.vector}
             else:
                 params = {"v": check_vector(vector, d_model=runtime.d_model(model))}
-            dev, dtype = runtime.device(model), runtime.dtype(model)
-            params = {k: t.to(device=dev, dtype=dtype) for k, t in params.items()}
-            fn = _steer_fn(params, spec, self.any_negated)
-        losses = _losses(self.engine, fn, self.objective).float().cpu()
+            dev = runtime.device(model)
+            params = {k: t.to(device=dev) for k, t in params.items()}
+            fn = steering_function(spec.intervention(params), spec.strength, self.any_negated)
+        losses = self.objective.losses(self.engine.logits(fn), self.engine.layout)
+        losses = losses.float().cpu()
         values = [float(convert_loss(x, self.unit)) for x in losses.tolist()]
         if not all(math.isfinite(x) for x in values):
             raise NonFiniteError(
@@ -646,7 +630,7 @@ def evaluate_objective(
     vector: Tensor | SteeringVector | None,
     *,
     steering: SteeringSpec | None = None,
-    objective: Objective | None = None,
+    objective: ObjectiveLike | None = None,
     positions: PositionsLike = None,
     unit: str = "nats",
     fast: bool = True,
@@ -686,7 +670,8 @@ __all__ = [
     "OptimizeConfig",
     "OptimizeResult",
     "OutputConstraint",
-    "SteerlensError",
+    "RankOneSteering",
     "evaluate_objective",
     "optimize_vector",
+    "with_overrides",
 ]

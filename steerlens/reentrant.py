@@ -16,6 +16,7 @@ All KLs are in nats and use coldness 1 (the model's own softmax); ``p_k`` are fl
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,25 +27,19 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens._engine import PackedEngine, make_engine
-from steerlens.data import Datapoint, TokenizedCompletion, TokenizedDatapoint, tokenize
-from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
+from steerlens.data import Datapoint, TokenizedCompletion, TokenizedDatapoint
+from steerlens.errors import InputError, LayerError, NonFiniteError, SpecError
+from steerlens.interventions import Add, Clamp
+from steerlens.objectives import KLObjective
 from steerlens.optimize import (
     AddSteering,
-    AffineSteering,
+    ClampSteering,
     OptimizeConfig,
     OptimizeResult,
-    SteeringSpec,
-    _adam_loop,
-    _apply_constraints,
-    _init_params,
-    _intervention,
-    _losses,
-    _steer_fn,
-    _strength,
+    RankOneSteering,
     optimize_vector,
 )
-from steerlens.positions import Positions, as_positions
+from steerlens.positions import as_positions
 from steerlens.steer import Steering, steer
 from steerlens.vector import SteeringVector
 
@@ -207,63 +202,62 @@ def reentrant_steering(
     _check_inputs(model, datapoint, early_layer, late_layer, invasive, n_tokens, late_config)
 
     # Stage 1: the invasive intervention.
-    early: OptimizeResult | RankOneResult
     if invasive == "rank_one":
-        early = _optimize_rank_one(model, datapoint, early_layer, early_config)
-        early_spec: SteeringSpec = AffineSteering(rank=1)
-    else:
-        early = optimize_vector(model, datapoint, early_layer, early_config)
-        early_spec = early_config.steering
+        _check_rank_one_config(early_config)
+        early_config = dataclasses.replace(early_config, steering=RankOneSteering())
+    early = optimize_vector(model, datapoint, early_layer, early_config)
+    if invasive == "rank_one":
+        early = RankOneResult(**{f.name: getattr(early, f.name) for f in dataclasses.fields(early)})
     early_positions = as_positions(
         datapoint.positions if datapoint.positions is not None else early_config.positions
     )
-    steering = _invasive_steering(
-        early.vector, early_layer, early_spec, datapoint.negate, early_positions
+    # Exactly as stage 1's loss applied it (-strength on a negated datapoint).
+    steering = Steering(
+        early.vector,
+        strength=-early_config.steering.strength
+        if datapoint.negate
+        else early_config.steering.strength,
+        positions=early_positions,
+        kind=Clamp if isinstance(early_config.steering, ClampSteering) else Add,
     )
 
     # Stage 2: y' and the distributions p_k.
     prompt_tokens = runtime.encode(model, datapoint.prompt)
-    continuation_tokens = _greedy_continuation(model, prompt_tokens, steering, n_tokens)
-    target_logprobs = _record_logprobs(model, prompt_tokens, continuation_tokens, steering)
+    with torch.no_grad(), steer(model, steering):
+        continuation_tokens = runtime.decode_tokens(
+            model, [prompt_tokens], max_new_tokens=n_tokens
+        )[0]
+        target_logprobs = _next_token_logprobs(model, prompt_tokens, continuation_tokens)
+    if not bool(torch.isfinite(target_logprobs).all()):
+        raise NonFiniteError(
+            "the invasive intervention's next-token distributions are NaN/inf; lower "
+            "early_config.lr or check the model."
+        )
 
-    # Stage 3: v' at the late layer.
+    # Stage 3: v' at the late layer, minimising sum_k KL(p_k || q_k).
     late_positions = as_positions(
         datapoint.positions if datapoint.positions is not None else late_config.positions
     )
     label = runtime.decode(model, continuation_tokens, skip_special_tokens=False) or "<empty>"
-    data = [
-        TokenizedDatapoint(
-            Datapoint(datapoint.prompt, promote=[label]),
-            prompt_tokens,
-            [TokenizedCompletion(label, "promote", list(continuation_tokens), None, False)],
-            late_positions,
-        )
-    ]
-    engine = make_engine(model, data, [late_layer], fast=late_config.fast)
-    params = _init_params(model, late_config)
-    spec = AddSteering()
-    target = target_logprobs.to(runtime.device(model))
-
-    def kl_per_token() -> Tensor:
-        return runtime.kl_divergence(target, engine.logits(_steer_fn(params, spec, False)))
-
-    noise_gen = torch.Generator().manual_seed(late_config.seed + 1)
-    noise_prev: dict[int, Tensor] = {}
-    history, steps, stop_reason = _adam_loop(
-        params,
-        lambda: kl_per_token().sum()[None],
-        late_config,
-        targets=[None],
-        after_step=lambda: _apply_constraints(params, late_config, noise_gen, noise_prev),
-        desc="reentrant (late)",
+    continuation_datapoint = TokenizedDatapoint(
+        Datapoint(datapoint.prompt, promote=[label]),
+        prompt_tokens,
+        [TokenizedCompletion(label, "promote", list(continuation_tokens), None, False)],
+        late_positions,
     )
-    with torch.no_grad():
-        final_per_token = kl_per_token().float().cpu().numpy()
-    kl_history = torch.cat(history).numpy()
+    late = optimize_vector(
+        model,
+        continuation_datapoint,
+        late_layer,
+        dataclasses.replace(late_config, objective=KLObjective(target_logprobs)),
+    )
+    with torch.no_grad(), steer(model, Steering(late.vector, positions=late_positions)):
+        final = _next_token_logprobs(model, prompt_tokens, continuation_tokens)
+    final_per_token = runtime.kl_divergence(target_logprobs, final).numpy()
+    kl_history = late.loss_history[:, 0]
     continuation = runtime.decode(model, continuation_tokens)
-    late_vector = SteeringVector(
-        {late_layer: params["v"].detach().clone()},
-        model_id=runtime.model_id(model),
+    late_vector = dataclasses.replace(
+        late.vector,
         provenance={
             "method": "reentrant",
             "early_layer": early_layer,
@@ -290,8 +284,8 @@ def reentrant_steering(
             "kl_unit": "nats",
             "final_losses": {"kl": float(kl_history[-1])},
             "loss_unit": "nats",
-            "steps": steps,
-            "stop_reason": stop_reason,
+            "steps": late.steps,
+            "stop_reason": late.stop_reason,
         },
     )
     return ReentrantResult(
@@ -300,16 +294,35 @@ def reentrant_steering(
         continuation_tokens=list(continuation_tokens),
         late_vector=late_vector,
         kl_history=kl_history,
-        steps=steps,
-        stop_reason=stop_reason,
+        steps=late.steps,
+        stop_reason=late.stop_reason,
         wall_time_s=time.perf_counter() - t0,
         target_logprobs=target_logprobs,
         kl_per_token=final_per_token,
         early_layer=early_layer,
         late_layer=late_layer,
         invasive=invasive,
-        engine="packed" if isinstance(engine, PackedEngine) else "hooked",
+        engine=late.engine,
     )
+
+
+def _next_token_logprobs(
+    model: Any, prompt_tokens: list[int], continuation: list[int]
+) -> Float[Tensor, "m vocab"]:
+    """Float32 CPU log-probs at the ``m`` positions that predict the continuation's tokens
+    (prompt's last token to the second-to-last of ``y'``), under the steering installed now."""
+    dev = runtime.device(model)
+    p, m = len(prompt_tokens), len(continuation)
+    tokens = torch.tensor([prompt_tokens + continuation], dtype=torch.long, device=dev)
+    logits = runtime.logits_at(
+        model,
+        tokens,
+        torch.ones_like(tokens),
+        torch.zeros(m, dtype=torch.long, device=dev),
+        torch.arange(p - 1, p - 1 + m, device=dev),
+        runtime.TokenContext.prompts(torch.tensor([p], device=dev)),
+    )
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -325,7 +338,7 @@ def _check_inputs(
     late_config: OptimizeConfig,
 ) -> None:
     if not isinstance(datapoint, Datapoint):
-        raise SteerlensError(
+        raise InputError(
             f"expected one steerlens.Datapoint, got {type(datapoint).__name__}; reentrant "
             "steering works on a single example."
         )
@@ -367,139 +380,6 @@ def _check_rank_one_config(config: OptimizeConfig) -> None:
             f"pair, so early_config.{'/'.join(bad)} cannot be used; leave them at their "
             "defaults (or use invasive='vector')."
         )
-
-
-# -- stage 1, rank one -------------------------------------------------------------------------
-
-
-def _optimize_rank_one(
-    model: Any, datapoint: Datapoint, layer: int, config: OptimizeConfig
-) -> RankOneResult:
-    """Adam on unit ``u``, ``v`` of ``x + (u . x) v``, renormalised after each step."""
-    _check_rank_one_config(config)
-    t0 = time.perf_counter()
-    data = tokenize(model, datapoint, config.positions)
-    engine = make_engine(model, data, [layer], fast=config.fast)
-    d, dev = runtime.d_model(model), runtime.device(model)
-    gen = torch.Generator().manual_seed(config.seed)
-    u = torch.randn(d, generator=gen, dtype=torch.float32)
-    v = torch.randn(d, generator=gen, dtype=torch.float32)
-    # Float32 factors (cast to the residual's dtype when applied), so unit norm stays exact.
-    params = {
-        "left": (v / v.norm())[None].to(dev).requires_grad_(True),
-        "right": (u / u.norm())[None].to(dev).requires_grad_(True),
-    }
-    zero = torch.zeros(d, device=dev)
-    spec = AffineSteering(rank=1)
-
-    def losses() -> Tensor:
-        fn = _steer_fn({"v": zero, **params}, spec, datapoint.negate)
-        return _losses(engine, fn, config.objective)
-
-    def renormalise() -> None:
-        for p in params.values():
-            p.div_(p.norm(dim=1, keepdim=True).clamp_min(1e-12))
-
-    history, steps, stop_reason = _adam_loop(
-        params,
-        losses,
-        config,
-        targets=engine.layout.loss_targets,
-        after_step=renormalise,
-        desc="reentrant (rank one)",
-    )
-    loss_history = torch.stack(history).numpy()
-    labels = engine.layout.labels
-    vector = SteeringVector(
-        {layer: zero.clone()},
-        model_id=runtime.model_id(model),
-        affine={layer: (params["left"].detach().clone(), params["right"].detach().clone())},
-        provenance={
-            "method": "rank_one_optimization",
-            "steering": "rank_one (x + (u.x) v, unit u and v, no scale)",
-            "hyperparameters": config.to_dict(),
-            "datapoints": [
-                {
-                    "prompt": datapoint.prompt,
-                    "promote": list(datapoint.promote),
-                    "suppress": list(datapoint.suppress),
-                    "negate": datapoint.negate,
-                    "positions": data[0].positions.to_dict(),
-                }
-            ],
-            "final_losses": dict(zip(labels, loss_history[-1].tolist(), strict=True)),
-            "loss_unit": "nats",
-            "steps": steps,
-            "stop_reason": stop_reason,
-        },
-    )
-    return RankOneResult(
-        vector=vector,
-        loss_history=loss_history,
-        labels=labels,
-        steps=steps,
-        stop_reason=stop_reason,
-        wall_time_s=time.perf_counter() - t0,
-        engine="packed" if isinstance(engine, PackedEngine) else "hooked",
-    )
-
-
-def _invasive_steering(
-    vector: SteeringVector, layer: int, spec: SteeringSpec, negate: bool, positions: Positions
-) -> Steering:
-    """The intervention stage 1 optimized, exactly as its loss applied it."""
-    params = {"v": vector.directions[layer]}
-    if layer in vector.affine:
-        params["left"], params["right"] = vector.affine[layer]
-    iv = _intervention(params, spec)
-    return Steering(
-        iv.negated() if negate else iv,
-        layer=layer,
-        strength=_strength(spec),
-        positions=positions,
-    )
-
-
-# -- stage 2 -----------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _greedy_continuation(
-    model: Any, prompt_tokens: list[int], steering: Steering, n_tokens: int
-) -> list[int]:
-    """Greedy decoding under ``steering``; an end-of-turn token is kept and ends it."""
-    with steer(model, steering):
-        return runtime.decode_tokens(model, [prompt_tokens], max_new_tokens=n_tokens)[0]
-
-
-@torch.no_grad()
-def _record_logprobs(
-    model: Any, prompt_tokens: list[int], continuation: list[int], steering: Steering
-) -> Float[Tensor, "m vocab"]:
-    """log p_k: the steered run's float32 next-token log-probs at the ``m`` positions that
-    predict the continuation's tokens (prompt's last token to the second-to-last of ``y'``)."""
-    dev = runtime.device(model)
-    p, m = len(prompt_tokens), len(continuation)
-    tokens = torch.tensor([prompt_tokens + continuation], dtype=torch.long, device=dev)
-    with steer(model, steering):
-        logits = runtime.logits_at(
-            model,
-            tokens,
-            torch.ones_like(tokens),
-            torch.zeros(m, dtype=torch.long, device=dev),
-            torch.arange(p - 1, p - 1 + m, device=dev),
-            runtime.TokenContext.prompts(torch.tensor([p], device=dev)),
-        )
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    if not bool(torch.isfinite(logp).all()):
-        raise NonFiniteError(
-            "the invasive intervention's next-token distributions are NaN/inf; lower "
-            "early_config.lr or check the model."
-        )
-    return logp.detach().cpu()
-
-
-# -- stage 3 -----------------------------------------------------------------------------------
 
 
 __all__ = ["RankOneResult", "ReentrantResult", "reentrant_steering"]

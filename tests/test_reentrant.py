@@ -3,9 +3,9 @@ import torch
 
 import steerlens
 from steerlens import Datapoint, NormCap, OptimizeConfig, runtime, steer
-from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
+from steerlens.errors import LayerError, SpecError, SteerlensError
 from steerlens.interventions import Clamp
-from steerlens.optimize import ClampSteering, _adam_loop
+from steerlens.optimize import ClampSteering
 from steerlens.reentrant import RankOneResult, ReentrantResult, reentrant_steering
 from steerlens.steer import Steering
 from steerlens.testing import tiny_model
@@ -27,7 +27,9 @@ def test_second_stage_lowers_the_kl(result):
     assert result.kl_history.shape == (result.steps + 1,)
     assert result.final_kl < result.initial_kl
     assert result.kl_per_token.shape == (len(result.continuation_tokens),)
-    assert result.kl_per_token.sum() == pytest.approx(result.final_kl, rel=1e-4, abs=1e-7)
+    # Per-token KLs come from a plain steered forward, the history from the optimizer's engine:
+    # two float32 paths, so small KLs agree to about 1e-6 nats.
+    assert result.kl_per_token.sum() == pytest.approx(result.final_kl, rel=1e-4, abs=2e-6)
     assert (result.kl_per_token >= -1e-6).all()
     assert "KL" in repr(result) and "nats" in repr(result)
 
@@ -159,40 +161,3 @@ def test_bad_input(tiny):
         reentrant_steering(tiny, DP, 0, 1, late_config=OptimizeConfig(steering=ClampSteering()))
     with pytest.raises(SteerlensError, match="Datapoint"):
         reentrant_steering(tiny, [DP], 0, 1)  # type: ignore[arg-type]
-
-
-def test_non_finite_loss_restores_the_last_finite_parameters():
-    v = torch.zeros(3, requires_grad=True)
-    calls = []
-
-    def loss():
-        calls.append(1)
-        out = (v - 1.0).pow(2).sum()[None]
-        return out * float("nan") if len(calls) == 3 else out
-
-    with pytest.warns(UserWarning, match="non-finite loss at step 2"):
-        history, steps, reason = _adam_loop(
-            {"v": v},
-            loss,
-            OptimizeConfig(lr=0.1, max_steps=10),
-            targets=[None],
-            after_step=lambda: None,
-            desc="test",
-        )
-    # Two finite evaluations; the second update (which made the loss NaN) is discarded.
-    assert len(history) == 2 and steps == 1 and "non-finite" in reason
-    # The parameters of the last finite loss (after one Adam step of size lr from 0).
-    assert torch.allclose(v.detach(), torch.full((3,), 0.1), atol=1e-6)
-
-    def always_nan():
-        return (v * float("nan")).sum()[None]
-
-    with pytest.raises(NonFiniteError, match="at the start point"):
-        _adam_loop(
-            {"v": v},
-            always_nan,
-            OptimizeConfig(max_steps=3),
-            targets=[None],
-            after_step=lambda: None,
-            desc="test",
-        )

@@ -1,4 +1,5 @@
-"""Forward engines that score completions under a steering function, for the optimizer.
+"""Forward engines that give the logits of every scored completion token under a steering
+function; the optimizer and :class:`steerlens.optimize.ObjectiveScorer` run on them.
 
 ``PackedEngine`` (fast path, Hugging Face Llama-family models under a ``TransformerBridge``):
 all datapoints and completions are packed into one sequence with a tree attention mask, so each
@@ -15,61 +16,47 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.data import TokenizedDatapoint
+from steerlens.data import TokenizedDatapoint, score_layout
+from steerlens.interventions import Intervention
 from steerlens.runtime import TokenContext
 
 # apply(layer, x, steer_mask, sign) -> steered x; x is [batch, pos, d_model].
 SteerFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 
-@dataclass(frozen=True)
-class ScoreLayout:
-    """What is scored: one entry per completion token, in datapoint/completion order."""
+def steering_function(
+    intervention: Intervention, strength: float = 1.0, any_negated: bool = False
+) -> SteerFn:
+    """The engines' steering function: ``intervention`` at ``strength`` where the steer mask
+    is set, at ``-strength`` on rows of negated datapoints (with ``any_negated``).
 
-    targets: Int[Tensor, " n"]
-    completion_index: Int[Tensor, " n"]
-    is_suppress: Bool[Tensor, " completions"]
-    lengths: Float[Tensor, " completions"]
-    labels: list[str]
-    loss_targets: list[float | None]
-    datapoint_of: list[int]
+    Example:
+        >>> from steerlens.interventions import Add
+        >>> fn = steering_function(Add(torch.ones(2)), 2.0)
+        >>> x, mask = torch.zeros(1, 2, 2), torch.tensor([[True, False]])
+        >>> fn(0, x, mask, torch.ones(1, 2)).tolist()
+        [[[2.0, 2.0], [0.0, 0.0]]]
+    """
+
+    def apply(layer: int, x: Tensor, mask: Tensor, sign: Tensor) -> Tensor:
+        y = intervention.apply(x, strength)
+        if any_negated:
+            y = torch.where((sign < 0)[..., None], intervention.apply(x, -strength), y)
+        return torch.where(mask[..., None], y, x)
+
+    return apply
 
 
-def score_layout(data: Sequence[TokenizedDatapoint], device: torch.device) -> ScoreLayout:
-    targets: list[int] = []
-    index: list[int] = []
-    sup: list[bool] = []
-    lengths: list[float] = []
-    labels: list[str] = []
-    loss_targets: list[float | None] = []
-    dp_of: list[int] = []
-    for d, tdp in enumerate(data):
-        for comp in tdp.completions:
-            i = len(lengths)
-            targets += comp.tokens
-            index += [i] * len(comp.tokens)
-            sup.append(comp.kind == "suppress")
-            lengths.append(float(len(comp.tokens)))
-            labels.append(f"dp{d} {comp.kind} {comp.text!r}")
-            loss_targets.append(comp.target)
-            dp_of.append(d)
-    return ScoreLayout(
-        torch.tensor(targets, dtype=torch.long, device=device),
-        torch.tensor(index, dtype=torch.long, device=device),
-        torch.tensor(sup, dtype=torch.bool, device=device),
-        torch.tensor(lengths, device=device),
-        labels,
-        loss_targets,
-        dp_of,
-    )
+def unsteered(layer: int, x: Tensor, mask: Tensor, sign: Tensor) -> Tensor:
+    """The steering function that steers nothing."""
+    return x
 
 
 def _steer_mask(tdp: TokenizedDatapoint, n_completion: int, device: torch.device) -> Tensor:
