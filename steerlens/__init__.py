@@ -13,7 +13,6 @@ Example:
 
 from typing import Any
 
-from steerlens._version import __version__
 from steerlens.baselines import diff_of_means
 from steerlens.constraints import NormCap
 from steerlens.data import Datapoint
@@ -26,6 +25,7 @@ from steerlens.positions import Positions
 from steerlens.reentrant import reentrant_steering
 from steerlens.steer import Steering, steer
 from steerlens.vector import SteeringVector
+from steerlens.version import __version__
 
 __all__ = [
     "Ablate",

@@ -345,7 +345,7 @@ def diff_of_means(
 
     Args:
         model: a TransformerLens model.
-        positive: prompts with the behaviour (or ``(prompt, completion)`` pairs).
+        positive: prompts with the behavior (or ``(prompt, completion)`` pairs).
         negative: prompts without it.
         layers: a layer or a list of layers; the vector has one direction per layer.
         position: ``"last"``, ``"mean"`` or ``"completion"`` (see :func:`collect_activations`).

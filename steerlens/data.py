@@ -28,7 +28,7 @@ class Datapoint:
         prompt: the full prompt text as the model sees it (use :meth:`chat` for a user message).
         promote: completions to make likely.
         suppress: completions to make unlikely.
-        negate: apply ``-v`` on this datapoint (a vector that adds a behaviour here and
+        negate: apply ``-v`` on this datapoint (a vector that adds a behavior here and
             removes it when subtracted elsewhere).
         positions: where to steer on this datapoint (default: the optimizer's setting).
         promote_targets: per-completion target losses (nats) for the target-loss stop rule.

@@ -108,20 +108,20 @@ def load_embedded_model(
     gguf = embedded_gguf_path()
     name = f"smollm2-135m-instruct-{_sha256(gguf)[:16]}-v{_CACHE_FORMAT}"
     folder = cache_root() / name
-    if not _cache_is_valid(folder):
+    if not cache_is_valid(folder):
         if folder.exists():
             log.warning("steerlens: model cache %s is damaged; rebuilding it", folder)
         try:
             _build_cache(gguf, folder)
         except OSError as exc:  # a read-only or full cache folder must not stop the user
-            folder = _scratch_folder() / name
+            folder = scratch_folder() / name
             log.warning(
                 "steerlens: cannot write the model cache (%s); converting into %s for this "
                 "process only. Set STEERLENS_CACHE to a writable folder to keep it.",
                 exc,
                 folder,
             )
-            if not _cache_is_valid(folder):
+            if not cache_is_valid(folder):
                 _build_cache(gguf, folder)
     hf_model, tok = _load_cache(folder)
     bridge = bridge_from_hf(hf_model, tok, model_id=EMBEDDED_MODEL_ID, tokenizer_dir=folder)
@@ -156,7 +156,7 @@ def _needs_move(model: Any, device: torch.device | None, dtype: torch.dtype) -> 
 
 
 @functools.lru_cache(maxsize=1)
-def _scratch_folder() -> Path:
+def scratch_folder() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="steerlens-cache-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
@@ -173,6 +173,18 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def write_manifest(folder: Path, *, source: str) -> None:
+    """Record every file's size and CRC-32 in ``folder/manifest.json`` (read by
+    :func:`cache_is_valid`)."""
+    files = {
+        p.name: {"size": p.stat().st_size, "crc32": _crc32(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != _MANIFEST
+    }
+    manifest = {"format": _CACHE_FORMAT, "source": source, "files": files}
+    (folder / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
 def _crc32(path: Path) -> str:
     crc = 0
     with path.open("rb") as f:
@@ -181,7 +193,7 @@ def _crc32(path: Path) -> str:
     return f"{crc:08x}"
 
 
-def _cache_is_valid(folder: Path) -> bool:
+def cache_is_valid(folder: Path) -> bool:
     try:
         manifest = json.loads((folder / _MANIFEST).read_text())
         if manifest.get("format") != _CACHE_FORMAT:
@@ -217,13 +229,7 @@ def _build_cache(gguf: Path, folder: Path) -> None:
         save_file(state, str(staging / _WEIGHTS))
         (staging / "config.json").write_text(json.dumps(config, indent=1))
         tok.save_pretrained(str(staging))
-        files = {
-            p.name: {"size": p.stat().st_size, "crc32": _crc32(p)}
-            for p in sorted(staging.iterdir())
-            if p.is_file()
-        }
-        manifest = {"format": _CACHE_FORMAT, "source": gguf.name, "files": files}
-        (staging / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+        write_manifest(staging, source=gguf.name)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)

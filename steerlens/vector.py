@@ -15,13 +15,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens._version import __version__
 from steerlens.errors import (
     ModelMismatchError,
     SteerlensError,
     VectorShapeError,
 )
 from steerlens.interventions import Affine, check_vector
+from steerlens.version import __version__
 
 
 def _now() -> str:

@@ -53,7 +53,7 @@ def _frenchness(text: str) -> float:
 
 
 @pytest.mark.slow
-def test_demo_behaviour_appears_on_held_out_prompts(smol):
+def test_demo_behavior_appears_on_held_out_prompts(smol):
     dp = Datapoint.chat(smol, cli.DEMO_TRAIN, promote=[cli.DEMO_COMPLETION])
     result = steerlens.optimize_vector(
         smol, dp, cli.DEMO_LAYER, lr=0.1, max_steps=40, constraints=(NormCap(cli.DEMO_NORM_CAP),)

@@ -1,4 +1,3 @@
-import json
 import shutil
 
 import pytest
@@ -28,17 +27,15 @@ def test_damaged_cache_is_detected(tmp_path):
     folder = tmp_path / "c"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x" * 100)
-    entry = {"size": 100, "crc32": model_mod._crc32(folder / "model.safetensors")}
-    manifest = {"format": model_mod._CACHE_FORMAT, "files": {"model.safetensors": entry}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    assert model_mod._cache_is_valid(folder)
+    model_mod.write_manifest(folder, source="test")
+    assert model_mod.cache_is_valid(folder)
     (folder / "model.safetensors").write_bytes(b"x" * 99 + b"y")  # same size, one byte flipped
-    assert not model_mod._cache_is_valid(folder)
+    assert not model_mod.cache_is_valid(folder)
     (folder / "model.safetensors").write_bytes(b"x" * 50)  # truncated
-    assert not model_mod._cache_is_valid(folder)
+    assert not model_mod.cache_is_valid(folder)
     (folder / "manifest.json").write_text("{not json")
-    assert not model_mod._cache_is_valid(folder)
-    assert not model_mod._cache_is_valid(tmp_path / "absent")
+    assert not model_mod.cache_is_valid(folder)
+    assert not model_mod.cache_is_valid(tmp_path / "absent")
 
 
 @pytest.mark.slow
@@ -82,7 +79,7 @@ def test_damaged_real_cache_is_rebuilt(monkeypatch, tmp_path, smol):
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     model = steerlens.load_model(device="cpu")
-    assert model_mod._cache_is_valid(copy)
+    assert model_mod.cache_is_valid(copy)
     tokens = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.allclose(model(tokens), smol(tokens), atol=1e-4)
@@ -122,4 +119,4 @@ def test_unwritable_cache_falls_back_to_a_scratch_folder(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="stop here"):
         model_mod.load_embedded_model(device=torch.device("cpu"))
     assert calls[0].parent == tmp_path / "ro"
-    assert calls[1].parent == model_mod._scratch_folder()
+    assert calls[1].parent == model_mod.scratch_folder()

@@ -33,6 +33,7 @@ from steerlens.baselines import diff_of_means as _diff_of_means
 from steerlens.data import Datapoint
 from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
 from steerlens.generate import generate
+from steerlens.io.plain import to_plain
 from steerlens.objectives import Objective
 from steerlens.optimize import ObjectiveScorer, evaluate_objective
 from steerlens.steer import Steering
@@ -110,20 +111,8 @@ class ComparisonResult:
     generations: dict[int, list[dict[str, str]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain lists and dicts (JSON-ready)."""
-        return {
-            "layers": list(self.layers),
-            "cosine": self.cosine.tolist(),
-            "norms": {k: v.tolist() for k, v in self.norms.items()},
-            "auc": {k: v.tolist() for k, v in self.auc.items()},
-            "effect_per_unit_norm": {k: v.tolist() for k, v in self.effect_per_unit_norm.items()},
-            "unsteered_loss": self.unsteered_loss,
-            "effect_norm": self.effect_norm,
-            "unit": self.unit,
-            "score_position": self.score_position,
-            "caa_provenance": dict(self.caa.provenance),
-            "generations": {la: [dict(r) for r in rows] for la, rows in self.generations.items()},
-        }
+        """Plain data (JSON-ready); ``caa`` is the CAA vector's metadata and norm."""
+        return to_plain(self)
 
     def plot(self) -> go.Figure:
         """Cosine similarity, classifier ROC-AUC and (with datapoints) effect per unit norm

@@ -30,6 +30,7 @@ from steerlens.analysis.geometry import VectorLike, as_direction
 from steerlens.analysis.plots import style_figure
 from steerlens.data import Datapoint
 from steerlens.errors import NonFiniteError, SpecError, SteerlensError, VectorShapeError
+from steerlens.io.plain import to_plain
 from steerlens.objectives import Objective
 from steerlens.optimize import ObjectiveScorer
 from steerlens.positions import PositionsLike
@@ -120,16 +121,8 @@ class ConnectivityResult:
         return float(self.losses[1:-1].max() - max(self.endpoint_losses))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "t": self.t.tolist(),
-            "losses": self.losses.tolist(),
-            "norms": self.norms.tolist(),
-            "layer": self.layer,
-            "unit": self.unit,
-            "connected": self.connected,
-            "labels": list(self.labels),
-            "tol": self.tol,
-        }
+        """Plain data (JSON-ready), with the endpoint losses and the barrier."""
+        return to_plain(self, include=["endpoint_losses", "barrier"])
 
     def plot(self) -> go.Figure:
         """Loss against position on the path, with the lower endpoint's loss marked."""
@@ -261,13 +254,9 @@ class AllPairsConnectivity:
         return sum(r.connected for r in self.pairs.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "labels": list(self.labels),
-            "ordered": self.ordered,
-            "n_pairs": self.n_pairs,
-            "n_connected": self.n_connected,
-            "pairs": [{"from": a, "to": b, **r.to_dict()} for (a, b), r in self.pairs.items()],
-        }
+        """Plain data (JSON-ready); ``pairs`` is a list of ``{"from", "to", ...}`` rows."""
+        pairs = [{"from": a, "to": b} | r.to_dict() for (a, b), r in self.pairs.items()]
+        return to_plain(self, include=["n_pairs", "n_connected"]) | {"pairs": pairs}
 
     def __repr__(self) -> str:
         kind = "ordered" if self.ordered else "unordered"

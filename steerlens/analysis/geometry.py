@@ -15,6 +15,7 @@ from torch import Tensor
 
 from steerlens.analysis.plots import style_figure
 from steerlens.errors import LayerError, NonFiniteError, SteerlensError, VectorShapeError
+from steerlens.io.plain import to_plain
 from steerlens.vector import SteeringVector
 
 VectorLike = Tensor | SteeringVector
@@ -120,12 +121,8 @@ class CosineResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "labels": list(self.labels),
-            "matrix": self.matrix.tolist(),
-            "layer": self.layer,
-            "summary": self.summary,
-        }
+        """Plain data (JSON-ready), with the summary statistics."""
+        return to_plain(self, include=["summary"])
 
     def plot(self) -> go.Figure:
         """A heatmap of the matrix (cosine similarity, unitless, from -1 to 1)."""

@@ -6,7 +6,7 @@ a fresh one, at each layer and measure, per layer:
   i.e. the model's own probabilities), steered minus unsteered;
 - ``"kl"``: ``KL(steered || unsteered)`` of the next-token distribution at each prompt's last
   position (a side-effect measure), ``sum_x p_steered(x) (log p_steered(x) - log p_unsteered(x))``;
-- ``"behaviour_rate"`` (with ``metric=``): ``metric(texts)`` on greedy steered generations.
+- ``"behavior_rate"`` (with ``metric=``): ``metric(texts)`` on greedy steered generations.
 
 All log-quantities are in ``unit`` (nats by default). Everything unsteered (losses,
 log-probabilities, next-token distributions, generations) is computed once and shared by all
@@ -33,6 +33,7 @@ from steerlens.data import Datapoint
 from steerlens.errors import InputError, NonFiniteError, SpecError, SteerlensError
 from steerlens.generate import generate
 from steerlens.interventions import check_vector
+from steerlens.io.plain import to_plain
 from steerlens.objectives import Objective, convert_loss
 from steerlens.optimize import OptimizeConfig, evaluate_objective, optimize_vector
 from steerlens.positions import PositionsLike
@@ -40,12 +41,12 @@ from steerlens.steer import Steering, steer
 from steerlens.vector import SteeringVector
 
 Metric = Callable[[list[str]], float]
-METRICS = ("loss", "logprob_change", "kl", "behaviour_rate")
+METRICS = ("loss", "logprob_change", "kl", "behavior_rate")
 _TITLES = {
     "loss": ("Objective loss", "objective loss per datapoint"),
     "logprob_change": ("Change in log-probability of promoted completions", "Δ log P"),
     "kl": ("KL(steered ‖ unsteered) of the next-token distribution", "KL"),
-    "behaviour_rate": ("Behaviour rate of steered generations", "behaviour rate"),
+    "behavior_rate": ("Behavior rate of steered generations", "behavior rate"),
 }
 
 
@@ -57,10 +58,10 @@ class LayerSweepResult:
         layers: the layers swept, in order.
         values: metric -> ``[layers, items]`` array (items: datapoints for ``"loss"``, promoted
             completions for ``"logprob_change"``, prompts for ``"kl"``, one for
-            ``"behaviour_rate"``).
+            ``"behavior_rate"``).
         baseline: metric -> ``[items]`` unsteered values (``"loss"``: unsteered losses;
             ``"logprob"``: unsteered log-probabilities of the promoted completions;
-            ``"behaviour_rate"``: the metric on unsteered generations).
+            ``"behavior_rate"``: the metric on unsteered generations).
         item_labels: metric -> a label per item.
         units: metric -> its unit.
         vectors: layer -> the vector applied there (optimized ones carry their provenance).
@@ -85,7 +86,7 @@ class LayerSweepResult:
         if metric not in self.values:
             raise SpecError(
                 f"this sweep has no metric {metric!r}; it has {self.metrics} "
-                "('behaviour_rate' needs metric=..., 'logprob_change' promote completions)."
+                "('behavior_rate' needs metric=..., 'logprob_change' promote completions)."
             )
         return self.values[metric]
 
@@ -100,16 +101,8 @@ class LayerSweepResult:
         return self.layers[i]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "layers": list(self.layers),
-            "values": {k: v.tolist() for k, v in self.values.items()},
-            "baseline": {k: v.tolist() for k, v in self.baseline.items()},
-            "item_labels": {k: list(v) for k, v in self.item_labels.items()},
-            "units": dict(self.units),
-            "optimized": self.optimized,
-            "vector_norms": {la: v.norm() for la, v in self.vectors.items()},
-            "generations": {la: list(g) for la, g in self.generations.items()},
-        }
+        """Plain data (JSON-ready); ``vectors`` holds each layer's vector metadata and norm."""
+        return to_plain(self)
 
     def plot(self, metric: str = "loss", *, band: Literal["minmax", "std"] = "minmax") -> go.Figure:
         """The metric's mean over items against the layer, with a band over items (min-max or
@@ -151,7 +144,7 @@ class LayerSweepResult:
                 )
             )
         fig.add_trace(go.Scatter(x=x, y=mean.tolist(), mode="lines+markers", name="mean"))
-        base = {"loss": "loss", "behaviour_rate": "behaviour_rate"}.get(metric)
+        base = {"loss": "loss", "behavior_rate": "behavior_rate"}.get(metric)
         level = float(self.baseline[base].mean()) if base in self.baseline else 0.0
         fig.add_hline(y=level, line_dash="dash", annotation_text="unsteered")
         title, label = _TITLES[metric]
@@ -213,7 +206,7 @@ def _rate(metric: Metric, texts: list[str]) -> float:
     if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value):
         raise NonFiniteError(
             f"metric(texts) must return a finite float, got {value!r}; return e.g. the fraction "
-            "of texts that show the behaviour."
+            "of texts that show the behavior."
         )
     return float(value)
 
@@ -314,7 +307,7 @@ def _measure(
                 batch_size=s.batch_size,
             )
         )
-        out["behaviour_rate"] = np.asarray([_rate(s.metric, gens)])
+        out["behavior_rate"] = np.asarray([_rate(s.metric, gens)])
     return out, gens
 
 
@@ -350,7 +343,7 @@ def layer_sweep(
 ) -> LayerSweepResult:
     """Apply ``vector`` at each layer, or optimize a fresh vector at each layer, and measure
     the objective loss, the change in promoted completions' log-probability, the KL of the
-    next-token distribution from the unsteered one, and optionally a behaviour rate.
+    next-token distribution from the unsteered one, and optionally a behavior rate.
 
     Args:
         model: a TransformerLens model.
@@ -361,7 +354,7 @@ def layer_sweep(
         optimize: optimize a vector at each layer with :func:`steerlens.optimize_vector`.
         config: an ``OptimizeConfig`` for ``optimize=True``; its objective (and positions,
             unless ``positions=`` is given) also define the measured loss in both modes.
-        prompts: texts for the KL and behaviour measures (default: the datapoints' prompts,
+        prompts: texts for the KL and behavior measures (default: the datapoints' prompts,
             de-duplicated); full prompt texts unless ``chat=True`` (user messages).
         metric: ``metric(texts) -> float``, e.g. the fraction of French answers, applied to
             greedy steered generations of the prompts (``max_new_tokens`` each).
@@ -431,16 +424,16 @@ def layer_sweep(
         if metric is not None:
             generations[la] = gens
     names = list(per_layer[0])
-    units = {"loss": unit, "logprob_change": unit, "kl": unit, "behaviour_rate": "metric value"}
+    units = {"loss": unit, "logprob_change": unit, "kl": unit, "behavior_rate": "metric value"}
     labels = {
         "loss": [_short(dp.prompt) for dp in s.data],
         "logprob_change": [f"{_short(dp.prompt)} → {c!r}" for dp in s.promote for c in dp.promote],
         "kl": [_short(t) for t in texts],
-        "behaviour_rate": ["all prompts"],
+        "behavior_rate": ["all prompts"],
     }
     baseline = {"loss": s.base_loss, "logprob": s.base_logprob}
     if s.base_rate is not None:
-        baseline["behaviour_rate"] = np.asarray([s.base_rate])
+        baseline["behavior_rate"] = np.asarray([s.base_rate])
     return LayerSweepResult(
         layers=swept,
         values={m: np.stack([v[m] for v in per_layer]) for m in names},

@@ -7,7 +7,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from steerlens.io._atomic import atomic_path
+from steerlens.io.atomic import atomic_path
 from steerlens.objectives import convert_loss
 
 TEMPLATE = "plotly_white"

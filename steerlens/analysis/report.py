@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlens.analysis.plots import plot_loss_history
-from steerlens.io._atomic import atomic_path
+from steerlens.io.atomic import atomic_path
 
 
 def write_report(

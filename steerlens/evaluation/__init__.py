@@ -3,7 +3,7 @@
 - :func:`completion_logprobs`: log-probabilities of any completions under any steering.
 - :func:`beam_search`: the ``k`` most likely ``n``-token continuations under steering.
 - :func:`behavior_change_rates`: how often a vector flips multiple-choice answers (Poser table).
-- :func:`success_rate` with :class:`StringMatchJudge` / :class:`ModelJudge`: behaviour rates
+- :func:`success_rate` with :class:`StringMatchJudge` / :class:`ModelJudge`: behavior rates
   of steered generations, with a Wilson interval (:func:`wilson_interval`).
 - :func:`mean_surprisal`, :func:`compare_samples`, :func:`compare_contexts`,
   :func:`information_complexity`: base-model surprisal (section 2.2).

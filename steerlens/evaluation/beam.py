@@ -23,7 +23,7 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import SpecError, SteerlensError
-from steerlens.evaluation._common import check_coldness, plain, short, table
+from steerlens.io.plain import short, table, to_plain
 from steerlens.objectives import convert_loss
 from steerlens.runtime import TokenContext
 from steerlens.steer import SteeringLike, describe_steering, steer
@@ -76,7 +76,7 @@ class BeamSearchResult(Sequence[BeamHypothesis]):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, floats, strings) for saving as JSON."""
-        return plain(self)
+        return to_plain(self)
 
     def __repr__(self) -> str:
         exact = "provably exact" if self.provably_exact else "not provably exact"
@@ -200,7 +200,7 @@ def beam_search(
     """
     prompts = runtime.check_prompts(prompt)
     _check_k(model, k, n_tokens)
-    coldness = check_coldness(coldness)
+    coldness = runtime.check_coldness(coldness)
     runtime.check_batch_size(batch_size)
     convert_loss(0.0, unit)
     texts = runtime.format_prompts(model, prompts, chat=chat, system=system)

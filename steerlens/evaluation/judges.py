@@ -20,9 +20,9 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import AnswerTokenError, SteerlensError, TemplateError
-from steerlens.evaluation._common import answer_token_ids, short
 from steerlens.evaluation.rates import RateResult
 from steerlens.generate import generate
+from steerlens.io.plain import short
 from steerlens.steer import SteeringLike
 
 Judge = Callable[[str], bool]
@@ -65,7 +65,7 @@ def _yes_no_ids(
 ) -> tuple[tuple[str, str], list[int]]:
     """The answer pair to compare, and its two token ids."""
     if yes_no is not None:
-        return yes_no, answer_token_ids(model, list(yes_no), what="judge answer")
+        return yes_no, runtime.answer_token_ids(model, list(yes_no), what="judge answer")
     # After a space or newline the answer is "Yes"; after e.g. "Answer:" it is " Yes".
     pairs = [("Yes", "No"), (" Yes", " No")]
     if not prompt_end[-1:].isspace():
@@ -73,7 +73,7 @@ def _yes_no_ids(
     problems = []
     for pair in pairs:
         try:
-            return pair, answer_token_ids(model, list(pair), what="judge answer")
+            return pair, runtime.answer_token_ids(model, list(pair), what="judge answer")
         except AnswerTokenError as err:
             problems.append(str(err))
     raise AnswerTokenError(

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import SteerlensError
-from steerlens.evaluation._common import check_coldness, plain, short, table
+from steerlens.io.plain import short, table, to_plain
 from steerlens.objectives import convert_loss
 from steerlens.steer import SteeringLike, describe_steering, steer
 
@@ -69,7 +69,7 @@ class CompletionLogprobs:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, floats, strings) for saving as JSON."""
-        return plain(self)
+        return to_plain(self)
 
     def __repr__(self) -> str:
         rows = [
@@ -173,7 +173,7 @@ def completion_logprobs(
     prompt_list = runtime.check_prompts(prompts)
     completion_list = _check_completions(completions)
     convert_loss(0.0, unit)  # validate the unit before any work
-    coldness = check_coldness(coldness)
+    coldness = runtime.check_coldness(coldness)
     runtime.check_batch_size(batch_size)
     texts = runtime.format_prompts(model, prompt_list, chat=chat, system=system)
     rows = _make_rows(model, texts, completion_list)

@@ -1,4 +1,4 @@
-"""Rates with confidence intervals, and behaviour-change rates on multiple-choice prompts.
+"""Rates with confidence intervals, and behavior-change rates on multiple-choice prompts.
 
 :func:`behavior_change_rates` gives the four numbers of the paper's Poser table: on a
 *positive* prompt set (where adding the vector should change the answer) and a *negative* set
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import SpecError, SteerlensError
-from steerlens.evaluation._common import answer_token_ids, plain, short, table
+from steerlens.io.plain import short, table, to_plain
 from steerlens.steer import SteeringLike, as_plans, describe_steering, steer
 
 
@@ -106,7 +106,7 @@ class RateResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, floats, strings) for saving as JSON."""
-        return plain(self)
+        return to_plain(self)
 
     def summary(self) -> str:
         level = math.erf(self.z / math.sqrt(2))
@@ -147,7 +147,7 @@ class AnswerChoices:
 
 @dataclass(frozen=True)
 class BehaviorRates:
-    """Behaviour-change rates of a vector on a positive and a negative prompt set.
+    """Behavior-change rates of a vector on a positive and a negative prompt set.
 
     Attributes:
         answers: the answer strings compared.
@@ -187,10 +187,10 @@ class BehaviorRates:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, with the four rates (``k``, ``n``, rate, interval) included."""
-        out: dict[str, Any] = plain(self)
+        out: dict[str, Any] = to_plain(self)
         for name in ("add_positive", "subtract_positive", "add_negative", "subtract_negative"):
             r = getattr(self, name)
-            out[name] = {k: v for k, v in plain(r).items() if k in _RATE_FIELDS}
+            out[name] = {k: v for k, v in to_plain(r).items() if k in _RATE_FIELDS}
         return out
 
     def __repr__(self) -> str:
@@ -282,7 +282,7 @@ def behavior_change_rates(
         except SteerlensError as err:
             raise SteerlensError(f"{name}_prompts: {err}") from None
     answer_list = list(answers) if not isinstance(answers, str) else [answers]
-    answer_ids = answer_token_ids(model, answer_list)
+    answer_ids = runtime.answer_token_ids(model, answer_list)
     tokens = {}
     for name, prompts in sets.items():
         tokens[name] = [

@@ -1,6 +1,6 @@
 """Base-model surprisal (METHOD.md section 2.2) and the information complexity of a context.
 
-With a base model ``B`` and a context ``C`` of example texts of the desired behaviour, a sample
+With a base model ``B`` and a context ``C`` of example texts of the desired behavior, a sample
 ``x`` (e.g. a steered generation) scores ``-log B(x | C) / |x|``: its surprisal per token when
 it follows ``C``. :func:`mean_surprisal` averages this over samples, each cut to its first
 ``max_tokens`` tokens (the paper uses 100) so that repetition loops, which a model finds ever
@@ -8,7 +8,7 @@ more predictable, do not flatter a sample. Low surprisal means the samples look 
 context leads the base model to expect. :func:`compare_samples` scores two sample sets under one
 context, :func:`compare_contexts` one sample set under two contexts, and
 :func:`information_complexity` gives ``-log B(C)``, a bound on the information needed to
-specify the behaviour.
+specify the behavior.
 
 How text is joined: a sample is tokenised on its own and its tokens follow the context's tokens
 (so that the context is computed once for all samples); put any separator, such as ``"\\n\\n"``,
@@ -48,7 +48,7 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import SpecError, SteerlensError
-from steerlens.evaluation._common import plain, short, table
+from steerlens.io.plain import short, table, to_plain
 from steerlens.objectives import convert_loss
 from steerlens.runtime import token_logprobs
 
@@ -87,7 +87,7 @@ class SurprisalResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, floats, strings) for saving as JSON."""
-        return plain(self)
+        return to_plain(self)
 
     def summary(self) -> str:
         return (
@@ -123,7 +123,7 @@ class SurprisalComparison:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, with the difference included."""
-        return plain(self) | {"difference": self.difference}
+        return to_plain(self) | {"difference": self.difference}
 
     def __repr__(self) -> str:
         unit = self.first.unit
@@ -159,7 +159,7 @@ class InformationComplexity:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for saving as JSON."""
-        return plain(self)
+        return to_plain(self)
 
     def __repr__(self) -> str:
         return (
@@ -175,7 +175,7 @@ def context_tokens(model: Any, context: str, bos: bool | None) -> tuple[list[int
     """The context's tokens, with BOS in front when ``bos`` says so (see module docstring)."""
     if not isinstance(context, str) or not context.strip():
         raise SteerlensError(
-            f"the context is empty ({context!r}); pass example texts of the behaviour to "
+            f"the context is empty ({context!r}); pass example texts of the behavior to "
             "condition the base model on."
         )
     tokens = runtime.encode(model, context)
@@ -382,7 +382,7 @@ def mean_surprisal(
         base_model: the base model ``B`` (run unsteered).
         samples: a text or a list of texts (e.g. steered generations); each is tokenised on its
             own and follows the context's tokens.
-        context: ``C``, example texts of the behaviour; end it with a separator if the samples
+        context: ``C``, example texts of the behavior; end it with a separator if the samples
             need one.
         max_tokens: score only each sample's first ``max_tokens`` tokens (``None``: all).
         unit: ``"bits"`` (default), ``"nats"`` or ``"hartleys"``.

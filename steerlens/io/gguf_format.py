@@ -43,7 +43,7 @@ from steerlens.errors import (
     VectorFileError,
     VectorShapeError,
 )
-from steerlens.io._atomic import atomic_path
+from steerlens.io.atomic import atomic_path
 
 if TYPE_CHECKING:
     import torch

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from steerlens.errors import VectorFileError
-from steerlens.io._atomic import atomic_path
+from steerlens.io.atomic import atomic_path
 
 FORMAT_NAME = "steerlens.steering_vector"
 FORMAT_VERSION = "1"

@@ -27,7 +27,7 @@ from steerlens.runtime.batch import check_batch_size, chunks, left_pad, right_pa
 from steerlens.runtime.context import TokenContext, current_context, token_context
 from steerlens.runtime.decoding import decode_tokens
 from steerlens.runtime.forward import check_fits, last_logits, logits_at, next_logits, score_rows
-from steerlens.runtime.logprobs import kl_divergence, token_logprobs
+from steerlens.runtime.logprobs import check_coldness, kl_divergence, token_logprobs
 from steerlens.runtime.model import (
     HOOK_TEMPLATE,
     check_layer,
@@ -46,6 +46,7 @@ from steerlens.runtime.model import (
     vocab_size,
 )
 from steerlens.runtime.tokens import (
+    answer_token_ids,
     chat_prompt,
     check_prompts,
     completion_tokens,
@@ -57,8 +58,10 @@ from steerlens.runtime.tokens import (
 __all__ = [
     "HOOK_TEMPLATE",
     "TokenContext",
+    "answer_token_ids",
     "chat_prompt",
     "check_batch_size",
+    "check_coldness",
     "check_fits",
     "check_layer",
     "check_layers",

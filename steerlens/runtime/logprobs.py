@@ -6,6 +6,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from steerlens.errors import SpecError
+
 
 def token_logprobs(
     logits: Float[Tensor, "n vocab"], targets: Int[Tensor, " n"], coldness: float = 1.0
@@ -35,3 +37,12 @@ def kl_divergence(
     p = target_logp.float().exp()
     terms = torch.where(p > 0, p * (target_logp.float() - logq), torch.zeros_like(logq))
     return terms.sum(-1)
+
+
+def check_coldness(coldness: float) -> float:
+    """``coldness`` as a float, or an error when it is not > 0."""
+    if not coldness > 0:
+        raise SpecError(
+            f"coldness must be > 0 (1 = the model's own probabilities), got {coldness}."
+        )
+    return float(coldness)

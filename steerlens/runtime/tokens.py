@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from steerlens.errors import InputError, ModelError
+from steerlens.errors import AnswerTokenError, InputError, ModelError, SpecError
 from steerlens.runtime.model import tokenizer
 
 
@@ -122,3 +122,31 @@ def completion_tokens(
         stacklevel=3,
     )
     return tokens, True
+
+
+def answer_token_ids(model: Any, answers: Sequence[str], *, what: str = "answer") -> list[int]:
+    """The single token of each answer string, or an error that shows how it tokenises.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> len(answer_token_ids(tiny_model(), ["A", "B"]))
+        2
+    """
+    if isinstance(answers, str) or len(answers) < 2:
+        raise SpecError(f"give at least two {what} strings, e.g. ('A', 'B'); got {answers!r}.")
+    ids = []
+    for answer in answers:
+        if not isinstance(answer, str) or answer == "":
+            raise AnswerTokenError(f"{what} {answer!r} is not a non-empty string.")
+        tokens = encode(model, answer)
+        if len(tokens) != 1:
+            pieces = [decode(model, [t], skip_special_tokens=False) for t in tokens]
+            raise AnswerTokenError(
+                f"{what} {answer!r} is not a single token: it tokenises to {len(tokens)} tokens "
+                f"{pieces} (ids {tokens}); use {what}s that are one token each (check with "
+                "model.tokenizer.tokenize(...), e.g. with or without a leading space)."
+            )
+        ids.append(tokens[0])
+    if len(set(ids)) != len(ids):
+        raise AnswerTokenError(f"the {what}s {list(answers)!r} share a token; give distinct ones.")
+    return ids

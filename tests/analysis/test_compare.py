@@ -118,7 +118,7 @@ def test_to_dict_is_plain_data(compared):
     json.dumps(d)
     assert d["layers"] == [0, 1]
     assert set(d["auc"]) == {"one_shot", "caa"}
-    assert d["caa_provenance"]["method"] == "diff_of_means"
+    assert d["caa"]["provenance"]["method"] == "diff_of_means"
 
 
 def test_figures(compared, tmp_path):

@@ -40,7 +40,7 @@ def test_per_layer_numbers_equal_single_layer_runs(tiny, data):
     }
     sweep = layer_sweep(tiny, data, layers=[0, 1], **kw)
     assert sweep.layers == [0, 1]
-    assert sweep.metrics == ["loss", "logprob_change", "kl", "behaviour_rate"]
+    assert sweep.metrics == ["loss", "logprob_change", "kl", "behavior_rate"]
     for i, layer in enumerate([1, 0]):
         alone = layer_sweep(tiny, data, layers=[layer], **kw)
         j = sweep.layers.index(layer)
@@ -142,7 +142,7 @@ def test_figures(tiny, data, tmp_path):
         fig = res.plot(metric)
         assert isinstance(fig, go.Figure)
         names = [t.name for t in fig.data]
-        assert names == (["mean"] if metric == "behaviour_rate" else ["max", "min", "mean"])
+        assert names == (["mean"] if metric == "behavior_rate" else ["max", "min", "mean"])
         assert fig.layout.title.text and fig.layout.xaxis.title.text.startswith("layer")
         assert "(" in fig.layout.yaxis.title.text  # the unit
         assert save_html(fig, tmp_path / f"{metric}.html").stat().st_size > 1000
@@ -160,7 +160,7 @@ def test_bad_inputs(tiny, data):
     with pytest.raises(LayerError, match="out of range"):
         layer_sweep(tiny, data, vector=_vector(), layers=[0, 2])
     res = layer_sweep(tiny, data, vector=_vector(), layers=[0])
-    with pytest.raises(SpecError, match="no metric 'behaviour_rate'"):
-        res.plot("behaviour_rate")
+    with pytest.raises(SpecError, match="no metric 'behavior_rate'"):
+        res.plot("behavior_rate")
     with pytest.raises(SpecError, match="unknown band"):
         res.plot("kl", band="iqr")  # type: ignore[arg-type]

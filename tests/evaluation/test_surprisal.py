@@ -19,7 +19,7 @@ from steerlens.evaluation import (
     mean_surprisal,
 )
 
-CONTEXT = "Examples of the behaviour:\nthe cat sat on the mat.\na dog ran in the park.\n\n"
+CONTEXT = "Examples of the behavior:\nthe cat sat on the mat.\na dog ran in the park.\n\n"
 SAMPLES = [
     "the cat ran.",
     "a dog sat on the cat and the mat",
