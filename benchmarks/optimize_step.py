@@ -31,8 +31,11 @@ PROMOTE = ["Arr, the skies be grey, matey!", "Ahoy! The sun be shinin' bright."]
 SUPPRESS = ["The weather today is sunny and warm.", "Today it is cloudy with light rain."]
 
 
-def naive_losses_and_grad(model, data, layer, v, objective):
-    """One full forward + backward per completion, hooks only (no sharing, no caching)."""
+def naive_losses_and_grad(model, data, layer, v, objective, *, frozen=False):
+    """One full forward + backward per completion, hooks only (no sharing, no caching).
+
+    ``frozen``: back-propagate into ``v`` only, as with the model's weights frozen; otherwise
+    into every weight too, as a model with ``requires_grad`` left on does."""
     total, losses = 0.0, []
     for tdp in data:
         p = len(tdp.prompt_tokens)
@@ -46,7 +49,7 @@ def naive_losses_and_grad(model, data, layer, v, objective):
             loss = completion_losses(
                 lp, idx, sup, torch.tensor([float(len(comp.tokens))]), objective
             )
-            loss.sum().backward()
+            loss.sum().backward(inputs=[v] if frozen else None)
             losses.append(float(loss.detach()))
             total += float(loss.detach())
     return losses
@@ -54,7 +57,7 @@ def naive_losses_and_grad(model, data, layer, v, objective):
 
 def ours_losses_and_grad(engine, v, objective):
     losses = objective.losses(engine.logits(steering_function(Add(v))), engine.layout)
-    losses.sum().backward()
+    losses.sum().backward(inputs=[v])  # as optimize_vector: the steering parameters only
     return losses.detach().cpu().tolist()
 
 
@@ -98,12 +101,18 @@ def main() -> None:
     def step_naive():
         naive_losses_and_grad(model, data, args.layer, v, objective)
         v.grad = None
+        model.zero_grad(set_to_none=True)
+
+    def step_frozen():
+        naive_losses_and_grad(model, data, args.layer, v, objective, frozen=True)
+        v.grad = None
 
     def step_ours():
         ours_losses_and_grad(engine, v, objective)
         v.grad = None
 
     s_naive = time_steps(step_naive, args.steps)
+    s_frozen = time_steps(step_frozen, args.steps)
     s_ours = time_steps(step_ours, args.steps)
     result = {
         "benchmark": "optimize_step",
@@ -125,8 +134,10 @@ def main() -> None:
         "max_relative_loss_difference": rel,
         "relative_gradient_difference": grad_rel,
         "seconds_per_step_naive": s_naive,
+        "seconds_per_step_naive_frozen": s_frozen,
         "seconds_per_step_steerlens": s_ours,
         "speedup": s_naive / s_ours,
+        "speedup_vs_frozen": s_frozen / s_ours,
     }
     out = Path(__file__).parent / "results" / f"optimize_step_{args.device}.json"
     out.parent.mkdir(exist_ok=True)

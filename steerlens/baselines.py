@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import NonFiniteError, SpecError, SteerlensError
+from steerlens.errors import NonFiniteError, SpecError, SteerlensError, check_keywords
 from steerlens.vector import SteeringVector
 
 Position = Literal["last", "mean", "completion"]
@@ -192,6 +192,10 @@ def _batches(
         yield out
 
 
+# How activations are read: the keywords of collect_activations after the layers.
+READING_OPTIONS = ("position", "batch_size", "chat", "completions")
+
+
 def collect_activations(
     model: Any,
     prompts: Sequence[PromptItem],
@@ -233,17 +237,12 @@ def collect_activations(
 
 
 def mean_activations(
-    model: Any,
-    prompts: Sequence[PromptItem],
-    layers: int | Sequence[int],
-    *,
-    position: Position = "last",
-    batch_size: int = 16,
-    chat: bool = False,
-    completions: Sequence[str] | None = None,
+    model: Any, prompts: Sequence[PromptItem], layers: int | Sequence[int], **reading: Any
 ) -> dict[int, Float[Tensor, " d_model"]]:
     """The mean of :func:`collect_activations` over prompts, streamed with running sums
-    (float64), so memory does not grow with the number of prompts.
+    (float64), so memory does not grow with the number of prompts. ``reading`` takes the
+    keywords of :func:`collect_activations` (``position``, ``batch_size``, ``chat``,
+    ``completions``).
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -251,10 +250,13 @@ def mean_activations(
         >>> tuple(means[1].shape)
         (64,)
     """
+    check_keywords(reading, READING_OPTIONS, where="mean_activations")
     la = sorted(set(runtime.check_layers(model, layers, what="layers")))
+    position = reading.get("position", "last")
+    chat, completions = reading.get("chat", False), reading.get("completions")
     rows = _rows(model, prompts, position=position, chat=chat, completions=completions)
     sums: dict[int, Tensor] = {}
-    for batch in _batches(model, rows, la, batch_size):
+    for batch in _batches(model, rows, la, reading.get("batch_size", 16)):
         for layer, acts in batch.items():
             part = acts.double().sum(dim=0)
             sums[layer] = sums[layer] + part if layer in sums else part

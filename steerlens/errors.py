@@ -6,6 +6,9 @@ what failed, shows the value seen, and gives the fix.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 
 class SteerlensError(ValueError):
     """Base class of all steerlens errors."""
@@ -58,3 +61,14 @@ class AnswerTokenError(SteerlensError):
 
 class TemplateError(SteerlensError):
     """A judge prompt template without its ``{text}`` placeholder."""
+
+
+def check_keywords(given: Mapping[str, Any], valid: Iterable[str], *, where: str) -> None:
+    """Raise a :class:`SpecError` naming the valid keywords when ``given`` has others."""
+    names = list(valid)
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise SpecError(
+            f"{where} got unknown keyword(s) {', '.join(map(repr, unknown))}; the valid ones "
+            f"are: {', '.join(names)}."
+        )

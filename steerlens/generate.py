@@ -12,6 +12,9 @@ from steerlens import runtime
 from steerlens.errors import SpecError
 from steerlens.steer import SteeringLike, steer
 
+# The keywords that shape a generation, for functions that generate on a caller's behalf.
+GENERATE_OPTIONS = ("max_new_tokens", "chat", "system", "temperature", "seed", "batch_size")
+
 
 @torch.no_grad()
 def generate(

@@ -35,7 +35,7 @@ from steerlens.constraints import (
 )
 from steerlens.data import Datapoint, TokenizedDatapoint, tokenize
 from steerlens.engines import PackedEngine, SteerFn, make_engine, steering_function, unsteered
-from steerlens.errors import NonFiniteError, SpecError
+from steerlens.errors import NonFiniteError, SpecError, check_keywords
 from steerlens.interventions import Add, Affine, Clamp, Intervention, check_vector
 from steerlens.objectives import Objective, ObjectiveLike, convert_loss
 from steerlens.positions import PositionsLike
@@ -332,12 +332,7 @@ def _progress(enabled: bool | None, total: int) -> Any:
 def with_overrides(config: OptimizeConfig, overrides: dict[str, Any]) -> OptimizeConfig:
     """``config`` with fields replaced; an unknown name gets an error listing the valid ones."""
     valid = [f.name for f in dataclasses.fields(OptimizeConfig)]
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise SpecError(
-            f"unknown OptimizeConfig setting(s) {', '.join(map(repr, unknown))}; the settings "
-            f"are: {', '.join(valid)}."
-        )
+    check_keywords(overrides, valid, where="OptimizeConfig")
     return dataclasses.replace(config, **overrides)
 
 

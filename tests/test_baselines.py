@@ -183,3 +183,18 @@ def test_bad_inputs(tiny):
         collect_activations(tiny, ["a"], 1, batch_size=0)
     with pytest.raises(SteerlensError, match="all differences are zero"):
         principal_direction(torch.zeros(3, 4))
+
+
+def test_mean_activations_takes_the_reading_keywords_and_refuses_others(tiny):
+    import inspect
+
+    from steerlens.baselines import READING_OPTIONS, collect_activations, mean_activations
+
+    params = list(inspect.signature(collect_activations).parameters)
+    assert list(READING_OPTIONS) == params[params.index("layers") + 1 :]
+    prompts = ["the cat", "a dog", "in"]
+    means = mean_activations(tiny, prompts, 1, position="mean", batch_size=2)
+    acts = collect_activations(tiny, prompts, 1, position="mean")
+    torch.testing.assert_close(means[1], acts[1].mean(0), atol=1e-5, rtol=0)
+    with pytest.raises(SpecError, match=r"unknown keyword\(s\) 'pos'.*position"):
+        mean_activations(tiny, prompts, 1, pos="mean")

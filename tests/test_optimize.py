@@ -297,5 +297,7 @@ def test_objective_scorer_equals_evaluate_objective_for_many_vectors(tiny):
 
 
 def test_unknown_setting_names_the_valid_ones(tiny):
-    with pytest.raises(SpecError, match=r"unknown OptimizeConfig setting\(s\) 'learning_rate'.*lr"):
+    with pytest.raises(
+        SpecError, match=r"OptimizeConfig got unknown keyword\(s\) 'learning_rate'.*lr"
+    ):
         optimize_vector(tiny, Datapoint("a", promote=[" b"]), 1, learning_rate=0.1)

@@ -29,7 +29,13 @@ from torch import Tensor
 from steerlens.analysis.geometry import VectorLike, as_direction
 from steerlens.analysis.plots import style_figure
 from steerlens.data import Datapoint
-from steerlens.errors import NonFiniteError, SpecError, SteerlensError, VectorShapeError
+from steerlens.errors import (
+    NonFiniteError,
+    SpecError,
+    SteerlensError,
+    VectorShapeError,
+    check_keywords,
+)
 from steerlens.io.plain import to_plain
 from steerlens.objectives import Objective
 from steerlens.optimize import ObjectiveScorer
@@ -315,18 +321,17 @@ def _per_vector_data(datapoints: Any, labels: list[str]) -> list[list[Datapoint]
     return [[g] if isinstance(g, Datapoint) else list(g) for g in groups]
 
 
+# The keywords of mode_connectivity that all_pairs_connectivity passes on.
+CONNECTIVITY_OPTIONS = ("n", "objective", "positions", "unit", "fast", "tol")
+
+
 def all_pairs_connectivity(
     model: Any,
     datapoints: Any,
     vectors: Mapping[str, VectorLike] | Sequence[VectorLike],
     *,
     layer: int | None = None,
-    n: int = 20,
-    objective: Objective | None = None,
-    positions: PositionsLike = None,
-    unit: str = "nats",
-    fast: bool = True,
-    tol: float = 0.0,
+    **options: Any,
 ) -> AllPairsConnectivity:
     """:func:`mode_connectivity` for every pair of ``vectors``; ``.n_connected`` counts the
     connected ones (the paper: 529 of 552 ordered pairs of 24 vectors).
@@ -340,7 +345,8 @@ def all_pairs_connectivity(
             was trained on).
         vectors: a dict label -> vector, or a list (labelled ``v0, v1, ...``).
         layer: the layer to apply at (inferred from single-layer ``SteeringVector``\\ s).
-        n, objective, positions, unit, fast, tol: as in :func:`mode_connectivity`.
+        **options: keywords of :func:`mode_connectivity` (``n``, ``objective``,
+            ``positions``, ``unit``, ``fast``, ``tol``); others are refused.
 
     Example:
         >>> import torch
@@ -356,14 +362,12 @@ def all_pairs_connectivity(
     labels = [k for k, _ in items]
     la = _infer_layer(items, layer)
     per_vector = _per_vector_data(datapoints, labels)
-    kw: dict[str, Any] = {
-        "n": n,
-        "objective": objective,
-        "positions": positions,
-        "unit": unit,
-        "fast": fast,
-        "tol": tol,
-    }
+    check_keywords(
+        options,
+        ("n", "objective", "positions", "unit", "fast", "tol"),
+        where="all_pairs_connectivity",
+    )
+    kw = options
     pairs: dict[tuple[str, str], ConnectivityResult] = {}
     vecs = dict(items)
     if per_vector is None:

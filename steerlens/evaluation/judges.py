@@ -19,9 +19,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import AnswerTokenError, SteerlensError, TemplateError
+from steerlens.errors import AnswerTokenError, SteerlensError, TemplateError, check_keywords
 from steerlens.evaluation.rates import RateResult
-from steerlens.generate import generate
+from steerlens.generate import GENERATE_OPTIONS, generate
 from steerlens.io.plain import short
 from steerlens.steer import SteeringLike
 
@@ -179,13 +179,8 @@ def success_rate(
     judge: Judge,
     *,
     steering: SteeringLike | Sequence[SteeringLike] | None = None,
-    max_new_tokens: int = 64,
-    chat: bool = True,
-    system: str | None = None,
-    temperature: float = 0.0,
-    seed: int | None = None,
-    batch_size: int = 16,
     z: float = 1.96,
+    **generation: Any,
 ) -> RateResult:
     """Generate from each prompt (optionally steered) and count the texts the judge accepts.
 
@@ -198,9 +193,9 @@ def success_rate(
         judge: a callable ``text -> bool`` (e.g. :class:`StringMatchJudge`,
             :class:`ModelJudge`).
         steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these.
-        max_new_tokens, chat, system, temperature, seed, batch_size: as in
-            :func:`steerlens.generate`.
         z: normal quantile of the Wilson interval (1.96: 95%).
+        **generation: keywords of :func:`steerlens.generate` (``max_new_tokens``, ``chat``,
+            ``system``, ``temperature``, ``seed``, ``batch_size``); others are refused.
 
     Returns:
         A :class:`RateResult` (``successes``, ``n``, ``rate``, ``ci_low``, ``ci_high``) that
@@ -214,16 +209,7 @@ def success_rate(
         (0, 2, 0.0)
     """
     items = runtime.check_prompts(prompts)
-    texts = generate(
-        model,
-        items,
-        steering,
-        max_new_tokens=max_new_tokens,
-        chat=chat,
-        system=system,
-        temperature=temperature,
-        seed=seed,
-        batch_size=batch_size,
-    )
+    check_keywords(generation, GENERATE_OPTIONS, where="success_rate")
+    texts = generate(model, items, steering, **generation)
     outputs = [texts] if isinstance(texts, str) else texts
     return RateResult.from_outcomes(judge_texts(judge, outputs), z=z, prompts=items, texts=outputs)

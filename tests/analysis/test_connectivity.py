@@ -140,3 +140,15 @@ def test_all_pairs_errors(tiny, dp):
         all_pairs_connectivity(tiny, [[dp], [dp], [dp]], [a, b], layer=1)
     with pytest.raises(SpecError, match=">= 3"):
         mode_connectivity(tiny, dp, 1, a, b, n=2)
+
+
+def test_all_pairs_refuses_an_unknown_option(tiny):
+    import inspect
+
+    from steerlens.analysis.connectivity import CONNECTIVITY_OPTIONS, mode_connectivity
+
+    params = inspect.signature(mode_connectivity).parameters
+    assert all(name in params for name in CONNECTIVITY_OPTIONS)
+    vs = {"a": torch.ones(64), "b": -torch.ones(64)}
+    with pytest.raises(SteerlensError, match=r"unknown keyword\(s\) 'steps'.*\bn\b"):
+        all_pairs_connectivity(tiny, Datapoint("a", promote=[" b"]), vs, layer=1, steps=3)

@@ -166,3 +166,18 @@ def test_optimized_vector_raises_the_french_rate(smol):
     print(base, steered, sep="\n")
     assert steered.successes >= base.successes + 3
     assert steered.rate > base.ci_high
+
+
+def test_success_rate_passes_generate_keywords_and_refuses_others(tiny):
+    import inspect
+
+    from steerlens.generate import GENERATE_OPTIONS, generate
+
+    keyword_only = [
+        name
+        for name, p in inspect.signature(generate).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    assert list(GENERATE_OPTIONS) == keyword_only  # the list cannot drift from generate
+    with pytest.raises(SteerlensError, match=r"unknown keyword\(s\) 'max_tokens'.*max_new_tokens"):
+        success_rate(tiny, ["Hi"], StringMatchJudge(["x"]), max_tokens=3)
