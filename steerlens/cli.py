@@ -81,8 +81,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(result)
     prompts = [DEMO_TRAIN, *DEMO_HELD_OUT]
-    plain = generate(model, prompts, max_new_tokens=args.max_new_tokens)
-    steered = generate(model, prompts, result.vector, max_new_tokens=args.max_new_tokens)
+    plain = generate(model, prompts, max_new_tokens=args.max_new_tokens, chat=True)
+    steered = generate(model, prompts, result.vector, max_new_tokens=args.max_new_tokens, chat=True)
     for i, (p, a, b) in enumerate(zip(prompts, plain, steered, strict=True)):
         tag = "training prompt" if i == 0 else "held-out prompt"
         print(f"\n### {p}   ({tag})\n--- unsteered:\n{a}\n--- steered:\n{b}")

@@ -23,7 +23,7 @@ def generate(
     steering: SteeringLike | Sequence[SteeringLike] | None = None,
     *,
     max_new_tokens: int = 64,
-    chat: bool = True,
+    chat: bool = False,
     system: str | None = None,
     temperature: float = 0.0,
     seed: int | None = None,

@@ -60,8 +60,8 @@ def test_demo_behavior_appears_on_held_out_prompts(smol):
     )
     assert result.loss_history[-1].sum() < 0.3 * result.loss_history[0].sum()
     held_out = cli.DEMO_HELD_OUT
-    plain = steerlens.generate(smol, held_out, max_new_tokens=30)
-    steered = steerlens.generate(smol, held_out, result.vector, max_new_tokens=30)
+    plain = steerlens.generate(smol, held_out, max_new_tokens=30, chat=True)
+    steered = steerlens.generate(smol, held_out, result.vector, max_new_tokens=30, chat=True)
     assert all(_frenchness(t) < 0.3 for t in plain), plain
     french = [t for t in steered if _frenchness(t) > 0.6]
     assert len(french) >= 3, steered

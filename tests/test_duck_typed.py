@@ -77,9 +77,11 @@ def test_steer_and_generate_on_a_plain_hooked_model(mini):
         steered = mini(tokens)
     assert not torch.allclose(base, steered)
     assert torch.equal(mini(tokens), base)
-    batched = steerlens.generate(mini, ["a", "the cat"], Steering(v, layer=1), max_new_tokens=4)
+    batched = steerlens.generate(
+        mini, ["a", "the cat"], Steering(v, layer=1), max_new_tokens=4, chat=True
+    )
     single = [
-        steerlens.generate(mini, p, Steering(v, layer=1), max_new_tokens=4)
+        steerlens.generate(mini, p, Steering(v, layer=1), max_new_tokens=4, chat=True)
         for p in ["a", "the cat"]
     ]
     assert batched == single

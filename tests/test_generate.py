@@ -26,7 +26,7 @@ def test_cached_generation_respects_positions(tiny, positions):
     v = torch.randn(64) * 4
     expected = _reference_greedy(tiny, ids, 6, steering=v, layer=1, positions=positions)
     got = steerlens.generate(
-        tiny, "the cat", Steering(v, layer=1, positions=positions), max_new_tokens=6
+        tiny, "the cat", Steering(v, layer=1, positions=positions), max_new_tokens=6, chat=True
     )
     eos = runtime.eos_token_ids(tiny)
     cut = next((i for i, t in enumerate(expected) if t in eos), len(expected))
@@ -37,18 +37,20 @@ def test_batched_equals_one_by_one_with_left_padding(tiny):
     prompts = ["a", "the longer prompt here", "in"]
     v = torch.randn(64)
     batched = steerlens.generate(
-        tiny, prompts, Steering(v, layer=0, positions="prompt"), max_new_tokens=5
+        tiny, prompts, Steering(v, layer=0, positions="prompt"), max_new_tokens=5, chat=True
     )
     single = [
-        steerlens.generate(tiny, p, Steering(v, layer=0, positions="prompt"), max_new_tokens=5)
+        steerlens.generate(
+            tiny, p, Steering(v, layer=0, positions="prompt"), max_new_tokens=5, chat=True
+        )
         for p in prompts
     ]
     assert batched == single
 
 
 def test_sampling_is_deterministic_for_a_seed(tiny):
-    a = steerlens.generate(tiny, ["hi", "yo"], temperature=1.0, seed=3, max_new_tokens=8)
-    b = steerlens.generate(tiny, ["hi", "yo"], temperature=1.0, seed=3, max_new_tokens=8)
+    a = steerlens.generate(tiny, ["hi", "yo"], temperature=1.0, seed=3, max_new_tokens=8, chat=True)
+    b = steerlens.generate(tiny, ["hi", "yo"], temperature=1.0, seed=3, max_new_tokens=8, chat=True)
     assert a == b
 
 
@@ -61,8 +63,8 @@ def test_left_pad_layout(tiny):
 
 def test_bad_prompts(tiny):
     with pytest.raises(SteerlensError, match="prompt list is empty"):
-        steerlens.generate(tiny, [])
+        steerlens.generate(tiny, [], chat=True)
     with pytest.raises(SteerlensError, match="prompt 1 is empty"):
-        steerlens.generate(tiny, ["ok", "  "])
+        steerlens.generate(tiny, ["ok", "  "], chat=True)
     with pytest.raises(SteerlensError, match="max_new_tokens"):
-        steerlens.generate(tiny, "ok", max_new_tokens=0)
+        steerlens.generate(tiny, "ok", max_new_tokens=0, chat=True)

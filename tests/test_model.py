@@ -41,7 +41,9 @@ def test_damaged_cache_is_detected(tmp_path):
 @pytest.mark.slow
 def test_embedded_model_answers_paris(smol):
     assert smol.cfg.n_layers == 30 and smol.cfg.d_model == 576
-    answer = steerlens.generate(smol, "What is the capital of France?", max_new_tokens=20)
+    answer = steerlens.generate(
+        smol, "What is the capital of France?", max_new_tokens=20, chat=True
+    )
     assert "Paris" in answer
 
 
@@ -62,9 +64,9 @@ def test_tiny_and_real_model_share_the_api(request, tmp_path, which):
     v = steerlens.SteeringVector.from_tensor(torch.randn(d), layer=1, model=model)
     v.save(tmp_path / "v.safetensors")
     w = steerlens.SteeringVector.load(tmp_path / "v.safetensors")
-    plain = steerlens.generate(model, ["Say hi", "Count to three"], max_new_tokens=8)
+    plain = steerlens.generate(model, ["Say hi", "Count to three"], max_new_tokens=8, chat=True)
     steered = steerlens.generate(
-        model, ["Say hi", "Count to three"], Steering(w, strength=8.0), max_new_tokens=8
+        model, ["Say hi", "Count to three"], Steering(w, strength=8.0), max_new_tokens=8, chat=True
     )
     assert len(plain) == len(steered) == 2
     assert all(isinstance(t, str) for t in plain + steered)

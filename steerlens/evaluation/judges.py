@@ -110,7 +110,7 @@ class ModelJudge:
 
     model: Any
     template: str
-    chat: bool = True
+    chat: bool = False
     system: str | None = None
     yes_no: tuple[str, str] | None = None
     batch_size: int = 16

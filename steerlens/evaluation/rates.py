@@ -233,7 +233,7 @@ def behavior_change_rates(
     negative_prompts: Sequence[str],
     answers: Sequence[str] = ("A", "B"),
     *,
-    chat: bool = True,
+    chat: bool = False,
     system: str | None = None,
     batch_size: int = 16,
 ) -> BehaviorRates:

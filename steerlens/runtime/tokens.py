@@ -70,9 +70,16 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
 def format_prompts(
     model: Any, prompts: Sequence[str], *, chat: bool, system: str | None = None
 ) -> list[str]:
-    """The one chat rule: with ``chat=True`` each prompt is a user message put in the model's
-    chat template (with ``system`` as the system message); with ``chat=False`` it is used as
-    written and ``system`` must be ``None``."""
+    """The one chat rule, the same in every steerlens function: with ``chat=False`` (every
+    function's default) a prompt is used as written and ``system`` must be ``None``; with
+    ``chat=True`` each prompt is a user message put in the model's chat template, with
+    ``system`` as the system message.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> format_prompts(tiny_model(), ["Hi"], chat=True)
+        ['<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n']
+    """
     if not chat:
         if system is not None:
             raise InputError(

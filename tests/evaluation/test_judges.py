@@ -74,11 +74,11 @@ def test_string_match_judge():
 
 def test_model_judge_template_must_contain_text(tiny):
     with pytest.raises(TemplateError, match=r"has no \{text\} placeholder"):
-        ModelJudge(tiny, "Is this French?", yes_no=("Y", "N"))
+        ModelJudge(tiny, "Is this French?", yes_no=("Y", "N"), chat=True)
 
 
 def test_model_judge_refuses_texts_longer_than_the_context_window(tiny):
-    judge = ModelJudge(tiny, "French? {text}", yes_no=("Y", "N"))
+    judge = ModelJudge(tiny, "French? {text}", yes_no=("Y", "N"), chat=True)
     with pytest.raises(ContextWindowError, match="judge prompt for text 1"):
         judge.judge_all(["ok", "la " * 300])
 
@@ -86,9 +86,9 @@ def test_model_judge_refuses_texts_longer_than_the_context_window(tiny):
 def test_model_judge_needs_single_token_answers(tiny):
     # The tiny tokenizer has no "Yes" token: the error shows how both pairs tokenise.
     with pytest.raises(AnswerTokenError, match=r"neither 'Yes'/'No' nor ' Yes'/' No'.*3 tokens"):
-        ModelJudge(tiny, "Is this French? {text}")
+        ModelJudge(tiny, "Is this French? {text}", chat=True)
     with pytest.raises(AnswerTokenError, match="'Yes' is not a single token"):
-        ModelJudge(tiny, "Is this French? {text}", yes_no=("Yes", "N"))
+        ModelJudge(tiny, "Is this French? {text}", yes_no=("Yes", "N"), chat=True)
 
 
 @pytest.mark.parametrize("chat", [True, False])
@@ -114,8 +114,10 @@ def test_success_rate_generates_then_judges(tiny):
     prompts = ["Hi", "Tell me a story", "What is 2+2?"]
     v = torch.randn(64) * 4
     judge = StringMatchJudge(["e"])
-    res = success_rate(tiny, prompts, judge, steering=Steering(v, layer=1), max_new_tokens=6)
-    texts = steerlens.generate(tiny, prompts, Steering(v, layer=1), max_new_tokens=6)
+    res = success_rate(
+        tiny, prompts, judge, steering=Steering(v, layer=1), max_new_tokens=6, chat=True
+    )
+    texts = steerlens.generate(tiny, prompts, Steering(v, layer=1), max_new_tokens=6, chat=True)
     assert res.texts == tuple(texts) and res.prompts == tuple(prompts)
     assert res.outcomes == tuple(judge(t) for t in texts)
     assert (res.successes, res.n) == (sum(judge(t) for t in texts), 3)
@@ -124,19 +126,20 @@ def test_success_rate_generates_then_judges(tiny):
 
 def test_success_rate_model_judge_runs_unsteered(tiny):
     """The judge runs after the steering is removed, even when it is the same model."""
-    judge = ModelJudge(tiny, "Is it French? {text}", yes_no=("Y", "N"))
+    judge = ModelJudge(tiny, "Is it French? {text}", yes_no=("Y", "N"), chat=True)
     res = success_rate(
         tiny,
         ["Hi", "Bonjour"],
         judge,
         steering=Steering(torch.randn(64) * 50, layer=0),
         max_new_tokens=4,
+        chat=True,
     )
     assert res.outcomes == tuple(judge.judge_all(list(res.texts)))
 
 
 def test_success_rate_accepts_any_callable(tiny):
-    res = success_rate(tiny, "Hi", lambda text: True, max_new_tokens=2)
+    res = success_rate(tiny, "Hi", lambda text: True, max_new_tokens=2, chat=True)
     assert (res.successes, res.n, res.ci_high) == (1, 1, 1.0)
 
 
@@ -160,7 +163,7 @@ def test_optimized_vector_raises_the_french_rate(smol):
     opt = steerlens.optimize_vector(
         smol, dp, 8, lr=0.1, max_steps=30, constraints=(steerlens.NormCap(40.0),)
     )
-    kwargs = {"max_new_tokens": 40, "batch_size": 5}
+    kwargs = {"max_new_tokens": 40, "batch_size": 5, "chat": True}
     base = success_rate(smol, HELD_OUT, FRENCH, **kwargs)
     steered = success_rate(smol, HELD_OUT, FRENCH, steering=opt.vector, **kwargs)
     print(base, steered, sep="\n")
@@ -180,4 +183,4 @@ def test_success_rate_passes_generate_keywords_and_refuses_others(tiny):
     ]
     assert list(GENERATE_OPTIONS) == keyword_only  # the list cannot drift from generate
     with pytest.raises(SteerlensError, match=r"unknown keyword\(s\) 'max_tokens'.*max_new_tokens"):
-        success_rate(tiny, ["Hi"], StringMatchJudge(["x"]), max_tokens=3)
+        success_rate(tiny, ["Hi"], StringMatchJudge(["x"]), max_tokens=3, chat=True)

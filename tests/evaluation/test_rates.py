@@ -69,6 +69,7 @@ def test_rates_equal_hand_counts(tiny, a_to_b):
         NEGATIVE,
         ("A", "B"),
         batch_size=5,
+        chat=True,
     )
     expected = {
         "add_positive": (hand_flips(tiny, POSITIVE, a_to_b, +1), len(POSITIVE)),
@@ -86,9 +87,11 @@ def test_rates_equal_hand_counts(tiny, a_to_b):
 
 def test_steering_vector_and_plain_model_give_the_same_rates(tiny, plain, a_to_b):
     sv = SteeringVector.from_tensor(a_to_b, LAYER, model=tiny)
-    from_vector = behavior_change_rates(tiny, Steering(sv, strength=STRENGTH), POSITIVE, NEGATIVE)
+    from_vector = behavior_change_rates(
+        tiny, Steering(sv, strength=STRENGTH), POSITIVE, NEGATIVE, chat=True
+    )
     from_tensor = behavior_change_rates(
-        plain, Steering(a_to_b, layer=LAYER, strength=STRENGTH), POSITIVE, NEGATIVE
+        plain, Steering(a_to_b, layer=LAYER, strength=STRENGTH), POSITIVE, NEGATIVE, chat=True
     )
     assert from_vector.positive == from_tensor.positive
     assert from_vector.negative == from_tensor.negative
@@ -96,7 +99,7 @@ def test_steering_vector_and_plain_model_give_the_same_rates(tiny, plain, a_to_b
 
 def test_table_and_plain_data(tiny, a_to_b):
     res = behavior_change_rates(
-        tiny, Steering(a_to_b, layer=LAYER, strength=STRENGTH), POSITIVE, NEGATIVE
+        tiny, Steering(a_to_b, layer=LAYER, strength=STRENGTH), POSITIVE, NEGATIVE, chat=True
     )
     text = repr(res)
     assert "flipped by +v" in text and f"{res.add_positive.fraction} (" in text
@@ -108,14 +111,18 @@ def test_table_and_plain_data(tiny, a_to_b):
 def test_answers_must_be_single_tokens(tiny, a_to_b):
     with pytest.raises(AnswerTokenError, match=r"answer 'Yes' is not a single token: .*3 tokens"):
         behavior_change_rates(
-            tiny, Steering(a_to_b, layer=LAYER), POSITIVE, NEGATIVE, ("Yes", "No")
+            tiny, Steering(a_to_b, layer=LAYER), POSITIVE, NEGATIVE, ("Yes", "No"), chat=True
         )
     with pytest.raises(AnswerTokenError, match="share a token"):
-        behavior_change_rates(tiny, Steering(a_to_b, layer=LAYER), POSITIVE, NEGATIVE, ("A", "A"))
+        behavior_change_rates(
+            tiny, Steering(a_to_b, layer=LAYER), POSITIVE, NEGATIVE, ("A", "A"), chat=True
+        )
     with pytest.raises(SpecError, match="at least two answer strings"):
-        behavior_change_rates(tiny, Steering(a_to_b, layer=LAYER), POSITIVE, NEGATIVE, ("A",))
+        behavior_change_rates(
+            tiny, Steering(a_to_b, layer=LAYER), POSITIVE, NEGATIVE, ("A",), chat=True
+        )
 
 
 def test_empty_prompt_sets(tiny, a_to_b):
     with pytest.raises(SteerlensError, match="negative_prompts: the prompt list is empty"):
-        behavior_change_rates(tiny, Steering(a_to_b, layer=LAYER), POSITIVE, [])
+        behavior_change_rates(tiny, Steering(a_to_b, layer=LAYER), POSITIVE, [], chat=True)

@@ -26,10 +26,10 @@ def test_generate_inside_outer_steer_equals_steering_argument(tiny, positions):
     prompts = ["the cat", "a much longer prompt than that"]
     v = _vector()
     passed = steerlens.generate(
-        tiny, prompts, Steering(v, layer=1, positions=positions), max_new_tokens=6
+        tiny, prompts, Steering(v, layer=1, positions=positions), max_new_tokens=6, chat=True
     )
     with steer(tiny, Steering(v, layer=1, positions=positions)):
-        outer = steerlens.generate(tiny, prompts, max_new_tokens=6)
+        outer = steerlens.generate(tiny, prompts, max_new_tokens=6, chat=True)
     assert outer == passed
 
 
@@ -59,9 +59,9 @@ def test_completion_logprobs_inside_outer_steer_equals_steering_argument(tiny, p
 
 def test_generated_positions_steer_generated_tokens_inside_outer_steer(tiny):
     v = _vector()
-    plain = steerlens.generate(tiny, "the cat", max_new_tokens=6)
+    plain = steerlens.generate(tiny, "the cat", max_new_tokens=6, chat=True)
     with steer(tiny, Steering(v, layer=1, positions="generated")):
-        steered = steerlens.generate(tiny, "the cat", max_new_tokens=6)
+        steered = steerlens.generate(tiny, "the cat", max_new_tokens=6, chat=True)
     assert steered != plain  # before the runtime owned the context, "generated" never applied
 
 
