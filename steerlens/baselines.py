@@ -192,14 +192,14 @@ def _batches(
         yield out
 
 
-# How activations are read: the keywords of collect_activations after the layers.
+# How activations are read: the keywords of collect_activations after the layer.
 READING_OPTIONS = ("position", "batch_size", "chat", "completions")
 
 
 def collect_activations(
     model: Any,
     prompts: Sequence[PromptItem],
-    layers: int | Sequence[int],
+    layer: int | Sequence[int],
     *,
     position: Position = "last",
     batch_size: int = 16,
@@ -211,7 +211,7 @@ def collect_activations(
     Args:
         model: a TransformerLens model.
         prompts: prompt texts, or ``(prompt, completion)`` pairs for ``position="completion"``.
-        layers: a layer or a list of layers.
+        layer: a layer or a list of layers.
         position: ``"last"`` (last token), ``"mean"`` (mean over the prompt's tokens) or
             ``"completion"`` (mean over the completion's tokens, run after its prompt).
         batch_size: prompts per forward pass.
@@ -227,7 +227,7 @@ def collect_activations(
         >>> sorted(acts), tuple(acts[1].shape)
         ([0, 1], (2, 64))
     """
-    la = sorted(set(runtime.check_layers(model, layers, what="layers")))
+    la = sorted(set(runtime.check_layers(model, layer)))
     rows = _rows(model, prompts, position=position, chat=chat, completions=completions)
     parts: dict[int, list[Tensor]] = {layer: [] for layer in la}
     for batch in _batches(model, rows, la, batch_size):
@@ -237,7 +237,7 @@ def collect_activations(
 
 
 def mean_activations(
-    model: Any, prompts: Sequence[PromptItem], layers: int | Sequence[int], **reading: Any
+    model: Any, prompts: Sequence[PromptItem], layer: int | Sequence[int], **reading: Any
 ) -> dict[int, Float[Tensor, " d_model"]]:
     """The mean of :func:`collect_activations` over prompts, streamed with running sums
     (float64), so memory does not grow with the number of prompts. ``reading`` takes the
@@ -251,7 +251,7 @@ def mean_activations(
         (64,)
     """
     check_keywords(reading, READING_OPTIONS, where="mean_activations")
-    la = sorted(set(runtime.check_layers(model, layers, what="layers")))
+    la = sorted(set(runtime.check_layers(model, layer)))
     position = reading.get("position", "last")
     chat, completions = reading.get("chat", False), reading.get("completions")
     rows = _rows(model, prompts, position=position, chat=chat, completions=completions)
@@ -334,7 +334,7 @@ def diff_of_means(
     model: Any,
     positive: Sequence[PromptItem],
     negative: Sequence[PromptItem],
-    layers: int | Sequence[int],
+    layer: int | Sequence[int],
     *,
     position: Position = "last",
     paired: bool = False,
@@ -349,7 +349,7 @@ def diff_of_means(
         model: a TransformerLens model.
         positive: prompts with the behavior (or ``(prompt, completion)`` pairs).
         negative: prompts without it.
-        layers: a layer or a list of layers; the vector has one direction per layer.
+        layer: a layer or a list of layers; the vector has one direction per layer.
         position: ``"last"``, ``"mean"`` or ``"completion"`` (see :func:`collect_activations`).
         paired: the sets are pairs (``positive[i]`` contrasts with ``negative[i]``); their
             lengths must match. The mean difference is the same either way.
@@ -371,7 +371,7 @@ def diff_of_means(
         _check_paired(positive, negative)
     pos_c, neg_c = _split_completions(completions)
     kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat}
-    la = sorted(set(runtime.check_layers(model, layers, what="layers")))
+    la = sorted(set(runtime.check_layers(model, layer)))
     _check_sets(model, positive, negative, position=position, chat=chat, completions=(pos_c, neg_c))
     mean_pos = mean_activations(model, positive, la, completions=pos_c, **kw)
     mean_neg = mean_activations(model, negative, la, completions=neg_c, **kw)
@@ -424,7 +424,7 @@ def pca_direction(
     model: Any,
     positive: Sequence[PromptItem],
     negative: Sequence[PromptItem],
-    layers: int | Sequence[int],
+    layer: int | Sequence[int],
     *,
     position: Position = "last",
     batch_size: int = 16,
@@ -448,7 +448,7 @@ def pca_direction(
     _check_paired(positive, negative)
     pos_c, neg_c = _split_completions(completions)
     kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat}
-    la = sorted(set(runtime.check_layers(model, layers, what="layers")))
+    la = sorted(set(runtime.check_layers(model, layer)))
     _check_sets(model, positive, negative, position=position, chat=chat, completions=(pos_c, neg_c))
     acts_pos = collect_activations(model, positive, la, completions=pos_c, **kw)
     acts_neg = collect_activations(model, negative, la, completions=neg_c, **kw)

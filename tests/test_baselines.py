@@ -191,7 +191,7 @@ def test_mean_activations_takes_the_reading_keywords_and_refuses_others(tiny):
     from steerlens.baselines import READING_OPTIONS, collect_activations, mean_activations
 
     params = list(inspect.signature(collect_activations).parameters)
-    assert list(READING_OPTIONS) == params[params.index("layers") + 1 :]
+    assert list(READING_OPTIONS) == params[params.index("layer") + 1 :]
     prompts = ["the cat", "a dog", "in"]
     means = mean_activations(tiny, prompts, 1, position="mean", batch_size=2)
     acts = collect_activations(tiny, prompts, 1, position="mean")
