@@ -63,6 +63,14 @@ class TemplateError(SteerlensError):
     """A judge prompt template without its ``{text}`` placeholder."""
 
 
+class CacheError(SteerlensError):
+    """The model cache cannot be read, written or shared (permissions, a full disk)."""
+
+
+class OutputPathError(SteerlensError):
+    """An output path that cannot be written (a folder where a file is expected, no access)."""
+
+
 def check_keywords(given: Mapping[str, Any], valid: Iterable[str], *, where: str) -> None:
     """Raise a :class:`SpecError` naming the valid keywords when ``given`` has others."""
     names = list(valid)
