@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/steerlens demo
 
 test: $(STAMP) lint typecheck docs
-	$(BIN)/python -m pytest -q --nbmake --nbmake-timeout=900 tests steerlens notebooks
+	$(BIN)/python -m pytest -q tests steerlens
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -12,7 +12,7 @@ Collection is batched and right-padded: the real tokens keep the positions they 
 alone, the causal mask keeps padding out of their activations, and the reduction only ever reads
 real tokens, so padding never enters a mean. Only the needed hooks are cached (``names_filter``),
 the forward stops after the last needed layer when the model supports ``stop_at_layer``, no
-gradients are kept, and :func:`mean_activations` keeps running sums, so memory is bounded by one
+gradients are kept, and `mean_activations` keeps running sums, so memory is bounded by one
 batch however many prompts there are.
 """
 
@@ -82,9 +82,11 @@ def _rows(
     position: str,
     chat: bool,
     completions: Sequence[str] | None,
+    bos: bool = False,
     what: str = "prompts",
 ) -> list[_Row]:
-    """Tokenise every item (no BOS added) and find the span each is averaged over."""
+    """Tokenise every item (BOS in front with ``bos``) and find the span each is averaged
+    over."""
     _check_position(position)
     if isinstance(prompts, str):
         raise SteerlensError(f"{what} must be a list of prompts, got one str; wrap it: [prompt].")
@@ -112,7 +114,7 @@ def _rows(
         if not isinstance(prompt, str) or not prompt.strip():
             raise SteerlensError(f"{what}: prompt {i} is empty ({prompt!r}); pass some text.")
         text = runtime.chat_prompt(model, prompt) if chat else prompt
-        ids = runtime.encode(model, text)
+        ids = runtime.encode(model, text, bos=bos)
         if not ids:
             raise SteerlensError(f"{what}: prompt {i} ({prompt!r}) tokenises to nothing.")
         if position == "last":
@@ -193,7 +195,7 @@ def _batches(
 
 
 # How activations are read: the keywords of collect_activations after the layer.
-READING_OPTIONS = ("position", "batch_size", "chat", "completions")
+READING_OPTIONS = ("position", "batch_size", "chat", "completions", "bos")
 
 
 def collect_activations(
@@ -205,6 +207,7 @@ def collect_activations(
     batch_size: int = 16,
     chat: bool = False,
     completions: Sequence[str] | None = None,
+    bos: bool = False,
 ) -> dict[int, Float[Tensor, "n d_model"]]:
     """One activation vector per prompt at ``blocks.{layer}.hook_resid_pre``, for each layer.
 
@@ -217,6 +220,8 @@ def collect_activations(
         batch_size: prompts per forward pass.
         chat: format each prompt as a user message with the model's chat template.
         completions: one completion per prompt (instead of pairs) for ``"completion"``.
+        bos: put the model's BOS token in front of each prompt (the tokenizer's default, as
+            steering-vectors and repeng tokenise; see :func:`steerlens.runtime.encode`).
 
     Returns:
         layer -> ``[n_prompts, d_model]`` float32 tensor on the model's device, in prompt order.
@@ -228,7 +233,7 @@ def collect_activations(
         ([0, 1], (2, 64))
     """
     la = sorted(set(runtime.check_layers(model, layer)))
-    rows = _rows(model, prompts, position=position, chat=chat, completions=completions)
+    rows = _rows(model, prompts, position=position, chat=chat, completions=completions, bos=bos)
     parts: dict[int, list[Tensor]] = {layer: [] for layer in la}
     for batch in _batches(model, rows, la, batch_size):
         for layer, acts in batch.items():
@@ -239,9 +244,9 @@ def collect_activations(
 def mean_activations(
     model: Any, prompts: Sequence[PromptItem], layer: int | Sequence[int], **reading: Any
 ) -> dict[int, Float[Tensor, " d_model"]]:
-    """The mean of :func:`collect_activations` over prompts, streamed with running sums
+    """The mean of `collect_activations` over prompts, streamed with running sums
     (float64), so memory does not grow with the number of prompts. ``reading`` takes the
-    keywords of :func:`collect_activations` (``position``, ``batch_size``, ``chat``,
+    keywords of `collect_activations` (``position``, ``batch_size``, ``chat``,
     ``completions``).
 
     Example:
@@ -254,7 +259,8 @@ def mean_activations(
     la = sorted(set(runtime.check_layers(model, layer)))
     position = reading.get("position", "last")
     chat, completions = reading.get("chat", False), reading.get("completions")
-    rows = _rows(model, prompts, position=position, chat=chat, completions=completions)
+    bos = reading.get("bos", False)
+    rows = _rows(model, prompts, position=position, chat=chat, completions=completions, bos=bos)
     sums: dict[int, Tensor] = {}
     for batch in _batches(model, rows, la, reading.get("batch_size", 16)):
         for layer, acts in batch.items():
@@ -310,15 +316,17 @@ def _check_sets(
     positive: Sequence[PromptItem],
     negative: Sequence[PromptItem],
     *,
+    completions: tuple[Sequence[str] | None, Sequence[str] | None],
     position: str,
     chat: bool,
-    completions: tuple[Sequence[str] | None, Sequence[str] | None],
+    bos: bool,
+    batch_size: int,
 ) -> None:
     """Check both sets up front (cheap: tokenisation only), before any forward pass."""
     for what, items, comps in zip(
         ("positive", "negative"), (positive, negative), completions, strict=True
     ):
-        _rows(model, items, position=position, chat=chat, completions=comps, what=what)
+        _rows(model, items, position=position, chat=chat, completions=comps, bos=bos, what=what)
 
 
 def _check_paired(positive: Sequence[Any], negative: Sequence[Any]) -> None:
@@ -341,6 +349,7 @@ def diff_of_means(
     batch_size: int = 16,
     chat: bool = False,
     completions: tuple[Sequence[str], Sequence[str]] | None = None,
+    bos: bool = False,
 ) -> SteeringVector:
     """Contrastive activation addition (CAA): mean activation over the positive prompts minus
     the mean over the negative prompts, at ``blocks.{layer}.hook_resid_pre`` of each layer.
@@ -350,16 +359,19 @@ def diff_of_means(
         positive: prompts with the behavior (or ``(prompt, completion)`` pairs).
         negative: prompts without it.
         layer: a layer or a list of layers; the vector has one direction per layer.
-        position: ``"last"``, ``"mean"`` or ``"completion"`` (see :func:`collect_activations`).
+        position: ``"last"``, ``"mean"`` or ``"completion"`` (see `collect_activations`).
         paired: the sets are pairs (``positive[i]`` contrasts with ``negative[i]``); their
             lengths must match. The mean difference is the same either way.
         batch_size: prompts per forward pass.
         chat: format each prompt as a user message with the model's chat template.
         completions: ``(positive_completions, negative_completions)`` for ``"completion"``.
+        bos: put the model's BOS token in front of each prompt, as ``tokenizer(text)`` does by
+            default and as steering-vectors and repeng tokenise (see
+            `steerlens.runtime.encode`); recorded in the provenance.
 
     Returns:
         A ``SteeringVector`` with provenance: method ``"diff_of_means"``, the prompt counts,
-        the position, and a few example prompts.
+        the position, the BOS rule, and a few example prompts.
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -370,14 +382,14 @@ def diff_of_means(
     if paired:
         _check_paired(positive, negative)
     pos_c, neg_c = _split_completions(completions)
-    kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat}
+    kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat, "bos": bos}
     la = sorted(set(runtime.check_layers(model, layer)))
-    _check_sets(model, positive, negative, position=position, chat=chat, completions=(pos_c, neg_c))
+    _check_sets(model, positive, negative, completions=(pos_c, neg_c), **kw)
     mean_pos = mean_activations(model, positive, la, completions=pos_c, **kw)
     mean_neg = mean_activations(model, negative, la, completions=neg_c, **kw)
     directions = {layer: mean_pos[layer] - mean_neg[layer] for layer in la}
     provenance = _provenance(
-        "diff_of_means", positive, negative, position=position, chat=chat, paired=paired
+        "diff_of_means", positive, negative, position=position, chat=chat, paired=paired, bos=bos
     )
     return SteeringVector(directions, model_id=runtime.model_id(model), provenance=provenance)
 
@@ -431,13 +443,14 @@ def pca_direction(
     chat: bool = False,
     completions: tuple[Sequence[str], Sequence[str]] | None = None,
     center: bool = False,
+    bos: bool = False,
 ) -> SteeringVector:
     """RepE-style direction: the first principal component of the paired differences
-    ``positive_i - negative_i`` at each layer (see :func:`principal_direction`).
+    ``positive_i - negative_i`` at each layer (see `principal_direction`).
 
     The sign makes positives project higher than negatives on average. The direction is
     scaled by the mean projection of the differences onto it (the mean difference's
-    component along it), so its norm is comparable with :func:`diff_of_means`.
+    component along it), so its norm is comparable with `diff_of_means`.
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -447,9 +460,9 @@ def pca_direction(
     """
     _check_paired(positive, negative)
     pos_c, neg_c = _split_completions(completions)
-    kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat}
+    kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat, "bos": bos}
     la = sorted(set(runtime.check_layers(model, layer)))
-    _check_sets(model, positive, negative, position=position, chat=chat, completions=(pos_c, neg_c))
+    _check_sets(model, positive, negative, completions=(pos_c, neg_c), **kw)
     acts_pos = collect_activations(model, positive, la, completions=pos_c, **kw)
     acts_neg = collect_activations(model, negative, la, completions=neg_c, **kw)
     directions = {}
@@ -465,6 +478,7 @@ def pca_direction(
         chat=chat,
         paired=True,
         centered=center,
+        bos=bos,
     )
     return SteeringVector(directions, model_id=runtime.model_id(model), provenance=provenance)
 

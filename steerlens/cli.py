@@ -3,10 +3,94 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from steerlens.errors import OutputPathError, SteerlensError
+
+DEMO_FILES = ("french_vector.safetensors", "demo_report.html")
+
+
+def check_output_file(path: str, *, option: str = "--output") -> Path:
+    """``path`` (``~`` expanded) if a file can be written there; checked before any work.
+
+    Raises:
+        OutputPathError: ``path`` is a folder, lies under a file, or its folder cannot be
+            created or written.
+    """
+    target = Path(path).expanduser()
+    if target.is_dir() or path.endswith(("/", os.sep)):
+        raise OutputPathError(
+            f"{option} {path!r} is a folder, but a file path is needed; pass a file inside it, "
+            f"e.g. {option} {str(target / 'vector.safetensors')!r}."
+        )
+    _check_writable_folder(target.parent, what=f"{option} {path!r}")
+    return target
+
+
+def check_output_folder(path: str, files: Sequence[str], *, option: str = "--out") -> Path:
+    """``path`` (``~`` expanded) if ``files`` can be written in it; checked before any work.
+
+    Raises:
+        OutputPathError: ``path`` is a file, one of ``files`` in it is a folder, or ``path``
+            cannot be created or written.
+    """
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(
+            f"{option} {path!r} is a file, but a folder is needed; pass a folder path (it is "
+            "created if missing)."
+        )
+    for name in files:
+        if (folder / name).is_dir():
+            raise OutputPathError(
+                f"cannot write {str(folder / name)!r}: it is a folder; remove or rename it, or "
+                f"pass another {option}."
+            )
+    _check_writable_folder(folder, what=f"{option} {path!r}")
+    return folder
+
+
+def _check_writable_folder(folder: Path, *, what: str) -> None:
+    # The nearest existing ancestor decides: the rest is created there when saving.
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(
+            f"cannot write {what}: {str(existing)!r} is a file, not a folder; choose another path."
+        )
+    try:
+        # A real file, not os.access: that misses read-only mounts for root and some ACLs.
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot write {what}: cannot create files in {str(existing)!r} "
+            f"({exc.strerror or exc}); choose a folder you can write to, or fix its "
+            "permissions."
+        ) from exc
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and what to do."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    fixes = {
+        errno.ENOSPC: "free some disk space or write to another disk",
+        errno.EACCES: "check the permissions, or use a path you can write to",
+        errno.EPERM: "check the permissions, or use a path you can write to",
+        errno.EROFS: "the file system is read-only; use a path on a writable one",
+        errno.EISDIR: "a folder is where a file is expected; pass a file path",
+        errno.ENOENT: "check the path",
+    }
+    fix = fixes.get(exc.errno or 0, "check the path and the disk, then try again")
+    return f"{reason}{where}; {fix}."
 
 
 def _load(args: argparse.Namespace):
@@ -61,6 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from steerlens.generate import generate
     from steerlens.optimize import optimize_vector
 
+    out = check_output_folder(args.out, DEMO_FILES)
     t0 = time.perf_counter()
     model = _load(args)
     print(f"Loaded {model.cfg.model_name} in {time.perf_counter() - t0:.1f} s")
@@ -86,10 +171,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for i, (p, a, b) in enumerate(zip(prompts, plain, steered, strict=True)):
         tag = "training prompt" if i == 0 else "held-out prompt"
         print(f"\n### {p}   ({tag})\n--- unsteered:\n{a}\n--- steered:\n{b}")
-    out = Path(args.out)
-    vec_path = result.vector.save(out / "french_vector.safetensors")
+    vec_path = result.vector.save(out / DEMO_FILES[0])
     report = write_report(
-        out / "demo_report.html",
+        out / DEMO_FILES[1],
         result,
         list(zip(prompts, plain, steered, strict=True)),
         title="steerlens demo: one-shot 'answer in French' vector",
@@ -103,6 +187,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from steerlens.data import Datapoint
     from steerlens.optimize import optimize_vector
 
+    output = check_output_file(args.output)
     model = _load(args)
     if args.raw_prompt:
         dp = Datapoint(args.prompt, promote=args.promote, suppress=args.suppress)
@@ -122,7 +207,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(result)
     for label, loss in result.final_losses.items():
         print(f"  {label}: {loss:.4f} nats")
-    path = result.vector.save(args.output)
+    path = result.vector.save(output)
     print(f"saved {path}")
     return 0
 
@@ -176,14 +261,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from steerlens.errors import SteerlensError
+    """Run the command; every error is one ``steerlens: error: ...`` line on stderr.
 
+    Exit codes: 0 success, 1 an operating-system or unexpected error, 2 a usage or steerlens
+    error, 130 interrupted (Ctrl-C). ``STEERLENS_TRACEBACK=1`` shows the traceback of
+    unexpected errors.
+    """
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        _error("interrupted (Ctrl-C).")
+        return 130
     except SteerlensError as exc:
-        print(f"steerlens: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
+    except OSError as exc:
+        _error(describe_os_error(exc))
+        return 1
+    except Exception as exc:
+        if os.environ.get("STEERLENS_TRACEBACK"):
+            raise
+        _error(
+            f"unexpected {type(exc).__name__}: {exc} (set STEERLENS_TRACEBACK=1 for the "
+            "traceback and report it as a steerlens bug)"
+        )
+        return 1
+
+
+def _error(message: str) -> None:
+    print(f"steerlens: error: {' '.join(message.split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

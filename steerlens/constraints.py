@@ -1,6 +1,6 @@
-"""Constraints on the steering vector: applied after each optimizer step (:class:`NormCap`,
-:class:`Noise`), or as a second phase that shrinks the vector without raising any loss
-(:class:`OutputConstraint`, run by :func:`minimize_norm`)."""
+"""Constraints on the steering vector: applied after each optimizer step (`NormCap`,
+`Noise`), or as a second phase that shrinks the vector without raising any loss
+(`OutputConstraint`, run by `minimize_norm`)."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ class Noise:
     anticorrelated: bool = False
 
     def __post_init__(self) -> None:
-        if not self.scale >= 0:
-            raise SpecError(f"noise scale must be >= 0, got {self.scale}.")
+        if not 0 <= self.scale < float("inf"):
+            raise SpecError(f"noise scale must be >= 0 and finite, got {self.scale}.")
 
     def sample(
         self, v: Tensor, grad: Tensor | None, previous: Tensor | None, generator: torch.Generator
@@ -69,7 +69,7 @@ def apply_constraints(
     noise_state: dict[int, Tensor],
 ) -> None:
     """Apply each constraint to ``v`` in place, in order (call without grad). ``noise_state``
-    keeps each :class:`Noise`'s previous draw between calls."""
+    keeps each `Noise`'s previous draw between calls."""
     for i, c in enumerate(constraints):
         if isinstance(c, NormCap):
             c.apply(v)
@@ -81,7 +81,7 @@ def apply_constraints(
 @dataclass(frozen=True, kw_only=True)
 class OutputConstraint:
     """Second phase: minimise ``||v||`` while no completion's loss rises above where it was
-    when the phase began (gradient projection with restoration; see :func:`minimize_norm`).
+    when the phase began (gradient projection with restoration; see `minimize_norm`).
 
     Attributes:
         lr: the fraction of the norm removed per shrinking step.

@@ -1,13 +1,13 @@
 """Training data for one-shot steering: ``Datapoint`` and its exact tokenisation.
 
 A completion is scored on exactly the tokens that follow the prompt
-(:func:`steerlens.runtime.completion_tokens`: when tokenising ``prompt + completion`` jointly
+(`steerlens.runtime.completion_tokens`: when tokenising ``prompt + completion`` jointly
 merges tokens across the boundary, the completion is tokenised on its own, with a warning).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import InputError
+from steerlens.errors import InputError, SpecError
 from steerlens.positions import Positions, PositionsLike, as_positions
 
 
@@ -25,7 +25,7 @@ class Datapoint:
     """One prompt with completions to promote and/or suppress.
 
     Args:
-        prompt: the full prompt text as the model sees it (use :meth:`chat` for a user message).
+        prompt: the full prompt text as the model sees it (use `chat` for a user message).
         promote: completions to make likely.
         suppress: completions to make unlikely.
         negate: apply ``-v`` on this datapoint (a vector that adds a behavior here and
@@ -48,14 +48,25 @@ class Datapoint:
     suppress_targets: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise InputError(
+                f"a Datapoint's prompt must be a str, got {type(self.prompt).__name__} "
+                f"({self.prompt!r:.60}); pass the prompt text (decode bytes first)."
+            )
+        if not self.prompt.strip():
+            raise InputError("a Datapoint's prompt is empty; give the prompt text.")
         for name in ("promote", "suppress"):
             value = getattr(self, name)
+            if value is None:
+                value = ()
             if isinstance(value, str):
-                object.__setattr__(self, name, (value,))
-            else:
-                object.__setattr__(self, name, tuple(value))
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise InputError("a Datapoint's prompt is empty; give the prompt text.")
+                value = (value,)
+            if not isinstance(value, (list, tuple)):
+                raise InputError(
+                    f"{name}= must be a completion or a list of completions, got "
+                    f"{type(value).__name__} ({value!r:.60})."
+                )
+            object.__setattr__(self, name, tuple(value))
         if not self.promote and not self.suppress:
             raise InputError(
                 f"Datapoint for prompt {self.prompt[:40]!r} has no promote and no suppress "
@@ -122,7 +133,11 @@ def tokenize(
     completion that cannot be scored."""
     if isinstance(datapoints, (Datapoint, TokenizedDatapoint)):
         datapoints = [datapoints]
-    if not datapoints:
+    if isinstance(datapoints, Mapping):
+        raise InputError(
+            "datapoints must be a Datapoint or a list of them, got a dict; pass list(d.values())."
+        )
+    if datapoints is None or not datapoints:
         raise InputError("no datapoints given; pass at least one steerlens.Datapoint.")
     out = []
     for dp in datapoints:
@@ -130,7 +145,10 @@ def tokenize(
             out.append(dp)
             continue
         if not isinstance(dp, Datapoint):
-            raise InputError(f"expected steerlens.Datapoint, got {type(dp).__name__}.")
+            raise InputError(
+                f"expected steerlens.Datapoint, got {type(dp).__name__} ({dp!r:.60}); build "
+                "one with Datapoint(prompt, promote=[...]) or Datapoint.chat(model, ...)."
+            )
         prompt_tokens = runtime.encode(model, dp.prompt)
         if not prompt_tokens:
             raise InputError(f"prompt {dp.prompt!r} tokenises to nothing.")
@@ -139,10 +157,32 @@ def tokenize(
             tokens, merged = runtime.completion_tokens(
                 model, prompt_tokens, dp.prompt, text, label=f"{kind} completion"
             )
+            runtime.check_fits(
+                model,
+                len(prompt_tokens) + len(tokens),
+                f"the prompt {dp.prompt[:40]!r} with its {kind} completion {text[:40]!r}",
+                "use a shorter prompt or completion",
+            )
             comps.append(TokenizedCompletion(text, kind, tokens, target, merged))
         positions = as_positions(dp.positions if dp.positions is not None else default_positions)
+        _check_selects_a_token(positions, len(prompt_tokens), dp.prompt)
         out.append(TokenizedDatapoint(dp, prompt_tokens, comps, positions))
     return out
+
+
+def _check_selects_a_token(positions: Positions, n_prompt: int, prompt: str) -> None:
+    """Refuse a prompt position rule that selects none of the prompt's tokens (it would
+    steer nothing, silently)."""
+    if positions.kind in ("all", "generated"):
+        return
+    ctx = runtime.TokenContext.prompts(torch.tensor([n_prompt]))
+    mask = positions.mask(ctx, n_prompt)
+    if mask is not None and not bool(mask.any()):
+        raise SpecError(
+            f"positions {positions.describe()!r} select none of the {n_prompt} tokens of the "
+            f"prompt {prompt[:40]!r}, so nothing would be steered; pick positions inside the "
+            "prompt (indices count from its first token, negative ones from its end)."
+        )
 
 
 @dataclass(frozen=True)
@@ -164,7 +204,7 @@ class ScoreLayout:
 
 
 def score_layout(data: Sequence[TokenizedDatapoint], device: torch.device) -> ScoreLayout:
-    """The :class:`ScoreLayout` of tokenised datapoints, on ``device``."""
+    """The `ScoreLayout` of tokenised datapoints, on ``device``."""
     targets: list[int] = []
     index: list[int] = []
     sup: list[bool] = []

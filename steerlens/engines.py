@@ -1,5 +1,5 @@
 """Forward engines that give the logits of every scored completion token under a steering
-function; the optimizer and :class:`steerlens.optimize.ObjectiveScorer` run on them.
+function; the optimizer and `steerlens.optimize.ObjectiveScorer` run on them.
 
 ``PackedEngine`` (fast path, Hugging Face Llama-family models under a ``TransformerBridge``):
 all datapoints and completions are packed into one sequence with a tree attention mask, so each

@@ -1,6 +1,6 @@
 """Errors raised by steerlens.
 
-Every error subclasses :class:`SteerlensError` (itself a ``ValueError``) and its message says
+Every error subclasses `SteerlensError` (itself a ``ValueError``) and its message says
 what failed, shows the value seen, and gives the fix.
 """
 
@@ -72,7 +72,7 @@ class OutputPathError(SteerlensError):
 
 
 def check_keywords(given: Mapping[str, Any], valid: Iterable[str], *, where: str) -> None:
-    """Raise a :class:`SpecError` naming the valid keywords when ``given`` has others."""
+    """Raise a `SpecError` naming the valid keywords when ``given`` has others."""
     names = list(valid)
     unknown = sorted(set(given) - set(names))
     if unknown:

@@ -13,7 +13,15 @@ from steerlens.errors import SpecError
 from steerlens.steer import SteeringLike, steer
 
 # The keywords that shape a generation, for functions that generate on a caller's behalf.
-GENERATE_OPTIONS = ("max_new_tokens", "chat", "system", "temperature", "seed", "batch_size")
+GENERATE_OPTIONS = (
+    "max_new_tokens",
+    "chat",
+    "system",
+    "temperature",
+    "seed",
+    "batch_size",
+    "bos",
+)
 
 
 @torch.no_grad()
@@ -28,6 +36,7 @@ def generate(
     temperature: float = 0.0,
     seed: int | None = None,
     batch_size: int = 16,
+    bos: bool = False,
 ) -> str | list[str]:
     """Generate from one or many prompts, optionally steered; returns only the new text.
 
@@ -35,13 +44,16 @@ def generate(
         model: a TransformerLens model.
         prompts: a prompt or a list; with ``chat=True`` each is a user message formatted with
             the model's chat template.
-        steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these
+        steering: a `steerlens.Steering` plan, a ``SteeringVector`` or a list of these
             (``None``: unsteered). A plan's ``"prompt"`` positions cover the prompt only;
             generated tokens are ``"generated"``.
         max_new_tokens: the most tokens to add (stops early at the end-of-turn token).
         temperature: 0 for greedy decoding; otherwise sampling from ``softmax(logits / T)``.
-        seed: seed for sampling; the same seed gives the same text.
+        seed: seed for sampling: prompt ``i`` of the list with the same seed gives the same
+            text, whatever the batch size and the other prompts.
         batch_size: prompts per forward pass.
+        bos: put the model's BOS token in front of each prompt (see
+            `steerlens.runtime.encode`; chat-formatted prompts never get a second one).
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -56,21 +68,29 @@ def generate(
         raise SpecError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
     texts = runtime.format_prompts(model, items, chat=chat, system=system)
     eos = runtime.eos_token_ids(model)
-    generator = None
-    if temperature > 0:
-        generator = torch.Generator(device=runtime.device(model))
-        # Without a seed, draw one from the OS: torch.seed() would re-seed the user's global RNG.
-        generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise SpecError(f"seed must be an int or None, got {seed!r}.")
+    # Without a seed, draw one from the OS: torch.seed() would re-seed the user's global RNG.
+    base = seed if seed is not None else secrets.randbits(63)
+    dev = runtime.device(model)
     outputs: list[str] = []
     with steer(model, steering):
         for rows in runtime.chunks(len(texts), runtime.check_batch_size(batch_size)):
             new = runtime.decode_tokens(
                 model,
-                [runtime.encode(model, texts[i]) for i in rows],
+                [runtime.encode(model, texts[i], bos=bos) for i in rows],
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
-                generator=generator,
+                generators=[_prompt_generator(base, i, dev) for i in rows],
             )
             # The reply ends before its end-of-turn token.
             outputs.extend(runtime.decode(model, [t for t in ids if t not in eos]) for ids in new)
     return outputs[0] if isinstance(prompts, str) else outputs
+
+
+def _prompt_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
+    """Prompt ``index``'s own generator: its sample depends on the seed and its place in the
+    list, not on the batch size or the other prompts."""
+    # A multiplicative mix keeps neighbouring prompts' streams unrelated.
+    mixed = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9) % (2**63)
+    return torch.Generator(device=device).manual_seed(mixed)

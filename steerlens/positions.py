@@ -1,7 +1,7 @@
 """Which token positions a steering intervention touches.
 
-A :class:`Positions` resolves to a boolean mask over the tokens of one forward call, given the
-runtime's :class:`~steerlens.runtime.TokenContext`: where each row's prompt starts and ends
+A `Positions` resolves to a boolean mask over the tokens of one forward call, given the
+runtime's `TokenContext`: where each row's prompt starts and ends
 (left padding moves the start), and how many tokens a KV cache already holds (``offset``).
 Tokens past the prompt's end are "generated", never "prompt".
 """
@@ -24,7 +24,7 @@ PositionKind = Literal["all", "prompt", "generated", "last", "indices", "slice"]
 
 @dataclass(frozen=True)
 class Positions:
-    """A position specification. Build one with the class methods or :func:`as_positions`.
+    """A position specification. Build one with the class methods or `as_positions`.
 
     Example:
         >>> ctx = TokenContext.whole_input(1, 5, torch.device("cpu"))
@@ -139,7 +139,7 @@ _NAMED = {"all": Positions.all, "prompt": Positions.prompt, "generated": Positio
 
 def as_positions(spec: PositionsLike) -> Positions:
     """Read a position spec: ``None``/``"all"``, ``"prompt"``, ``"generated"``,
-    ``"last:N"``, a ``slice``, a list of ints, or a :class:`Positions`.
+    ``"last:N"``, a ``slice``, a list of ints, or a `Positions`.
 
     Example:
         >>> as_positions("last:3")

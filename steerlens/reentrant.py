@@ -2,7 +2,7 @@
 intervention into a plain steering vector at a later layer.
 
 1. Optimize an invasive intervention at ``early_layer`` on one datapoint: a steering vector
-   (:func:`~steerlens.optimize.optimize_vector`), or a rank-one matrix ``V = v u^T`` with
+   (`optimize_vector`), or a rank-one matrix ``V = v u^T`` with
    ``||v|| = ||u|| = 1`` applied as ``x + V x = x + (u . x) v``.
 2. Greedily decode the invasive run's continuation ``y'`` (``m`` tokens) of the prompt ``x``,
    run the steered model on ``concat(x, y')`` and record the next-token distributions ``p_k``
@@ -38,6 +38,7 @@ from steerlens.optimize import (
     OptimizeResult,
     RankOneSteering,
     optimize_vector,
+    with_overrides,
 )
 from steerlens.positions import as_positions
 from steerlens.steer import Steering, steer
@@ -49,9 +50,9 @@ _KINDS = ("vector", "rank_one")
 
 class RankOneResult(OptimizeResult):
     """The rank-one invasive intervention ``x + (u . x) v`` of reentrant steering: an
-    :class:`~steerlens.optimize.OptimizeResult` whose ``vector`` holds it as an affine part
-    (``left = v``, ``right = u``, zero bias), ready for :func:`steerlens.steer` /
-    :func:`steerlens.generate`.
+    `OptimizeResult` whose ``vector`` holds it as an affine part
+    (``left = v``, ``right = u``, zero bias), ready for `steerlens.steer` /
+    `steerlens.generate`.
 
     No scale is learned: ``u`` and ``v`` are renormalised to unit length after every Adam step,
     so the size of the edit at a token is ``|u . x|`` (its residual's component along ``u``).
@@ -82,12 +83,12 @@ class RankOneResult(OptimizeResult):
 
 @dataclass(frozen=True, eq=False)
 class ReentrantResult:
-    """What :func:`reentrant_steering` returns.
+    """What `reentrant_steering` returns.
 
     Attributes:
         early: the invasive intervention's result (``OptimizeResult`` or ``RankOneResult``).
         continuation: the invasive run's greedy continuation ``y'`` as text (special tokens
-            skipped, as :func:`steerlens.generate` returns it).
+            skipped, as `steerlens.generate` returns it).
         continuation_tokens: the token ids of ``y'`` (what stage 3 is scored on).
         late_vector: ``v'`` at ``late_layer``, with provenance (method ``"reentrant"``).
         kl_history: ``[evals]`` total KL ``sum_k KL(p_k || q_k)`` in nats; entry ``t`` is
@@ -197,8 +198,8 @@ def reentrant_steering(
         (True, True)
     """
     t0 = time.perf_counter()
-    early_config = early_config or OptimizeConfig()
-    late_config = late_config or OptimizeConfig()
+    early_config = with_overrides(OptimizeConfig() if early_config is None else early_config, {})
+    late_config = with_overrides(OptimizeConfig() if late_config is None else late_config, {})
     _check_inputs(model, datapoint, early_layer, late_layer, invasive, n_tokens, late_config)
 
     # Stage 1: the invasive intervention.

@@ -1,7 +1,7 @@
-"""Steering as one value (:class:`Steering`) and ``steer()``, the one context manager that
+"""Steering as one value (`Steering`) and ``steer()``, the one context manager that
 installs it as hooks and always removes them.
 
-Every steerlens function that steers takes ``steering=``: a :class:`Steering` plan, a
+Every steerlens function that steers takes ``steering=``: a `Steering` plan, a
 ``SteeringVector`` (applied at its own layers, strength 1, every token), or a list of these
 (applied together, in order).
 """
@@ -148,7 +148,7 @@ def _as_list(layer: int | Sequence[int]) -> list[int]:
 
 @dataclass(frozen=True, eq=False)
 class Applied:
-    """One intervention at one layer, as a hook applies it (made by :meth:`Steering.applied`)."""
+    """One intervention at one layer, as a hook applies it (made by `Steering.applied`)."""
 
     intervention: Intervention
     layer: int
@@ -200,8 +200,8 @@ def describe_steering(steering: Sequence[Applied]) -> str:
 
 
 class SteeringHandle:
-    """Yielded by :func:`steer`: the applied interventions (``.steerings``). Position rules
-    learn where the prompt is from the runtime (:func:`steerlens.runtime.current_context`),
+    """Yielded by `steer`: the applied interventions (``.steerings``). Position rules
+    learn where the prompt is from the runtime (`steerlens.runtime.current_context`),
     which every steerlens forward publishes; in a plain ``model(tokens)`` call every token
     counts as prompt."""
 
@@ -224,10 +224,24 @@ def _hook(items: list[Applied]) -> Callable[..., Tensor]:
         for a in items:
             y = a.intervention.apply(x, a.strength)
             mask = a.positions.mask(ctx, x.shape[1])
+            if mask is not None and ctx.offset == 0 and a.positions.kind != "generated":
+                _check_selects_a_token(a, mask)
             x = y if mask is None else torch.where(mask[..., None], y, x)
         return x
 
     return hook
+
+
+def _check_selects_a_token(a: Applied, mask: Tensor) -> None:
+    """Refuse a prompt position rule that selects no token of some row: it would steer
+    nothing there, silently."""
+    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise SpecError(
+            f"positions {a.positions.describe()!r} select no token of prompt row(s) {empty} "
+            f"at layer {a.layer}, so nothing would be steered there; pick positions inside "
+            "every prompt (indices count from its first token, negative ones from its end)."
+        )
 
 
 @contextlib.contextmanager
@@ -238,7 +252,7 @@ def steer(
 
     Args:
         model: a TransformerLens model (``TransformerBridge`` or ``HookedTransformer``).
-        steering: a :class:`Steering` plan, a ``SteeringVector`` (its own layers, strength 1,
+        steering: a `Steering` plan, a ``SteeringVector`` (its own layers, strength 1,
             every token), or a list of these (applied together, in order); ``None`` steers
             nothing.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import numbers
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +18,10 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import (
+    LayerError,
     ModelMismatchError,
+    NonFiniteError,
+    SpecError,
     SteerlensError,
     VectorShapeError,
 )
@@ -26,6 +31,37 @@ from steerlens.version import __version__
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _layer_key(layer: Any) -> int:
+    if isinstance(layer, bool) or not hasattr(layer, "__index__"):
+        raise LayerError(
+            f"layers must be ints, got {layer!r} ({type(layer).__name__}); key directions by "
+            "the block index, e.g. {6: vector}."
+        )
+    la = operator.index(layer)
+    if la < 0:
+        raise LayerError(f"layer {la} is negative; layers count from 0 (hook_resid_pre).")
+    return la
+
+
+def _non_additive_steering(provenance: Mapping[str, Any]) -> set[str]:
+    """The steering kinds other than ``add`` recorded in ``provenance`` (or its operands')."""
+    kinds: set[str] = set()
+    stack: list[Any] = [provenance]
+    while stack:
+        p = stack.pop()
+        if not isinstance(p, Mapping):
+            continue
+        if isinstance(p.get("steering"), str):
+            kinds.add(p["steering"])
+        hyper = p.get("hyperparameters")
+        if isinstance(hyper, Mapping) and isinstance(hyper.get("steering"), Mapping):
+            name = hyper["steering"].get("name")
+            if isinstance(name, str):
+                kinds.add(name)
+        stack += [p.get("operand"), p.get("other_operand")]
+    return kinds - {"add"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,11 +95,26 @@ class SteeringVector:
     def __post_init__(self) -> None:
         if not self.directions:
             raise SteerlensError("a SteeringVector needs at least one layer's direction.")
+        if not isinstance(self.model_id, str) or not self.model_id:
+            raise SpecError(
+                f"model_id must be a non-empty string, got {self.model_id!r}; pass the name of "
+                "the model the vector was made on (or model= to SteeringVector.from_tensor)."
+            )
+        if not isinstance(self.hook_template, str):
+            raise SpecError(
+                f"hook_template must be a string, got {self.hook_template!r}; leave it at its "
+                f"default {runtime.HOOK_TEMPLATE!r}."
+            )
+        # Plain int keys: numpy ints would not survive the JSON metadata of a saved file.
+        object.__setattr__(
+            self, "directions", {_layer_key(la): v for la, v in self.directions.items()}
+        )
+        object.__setattr__(self, "affine", {_layer_key(la): lr for la, lr in self.affine.items()})
+        for layer, v in self.directions.items():
+            check_vector(v, name=f"direction for layer {layer}")
         sizes = {int(v.shape[-1]) for v in self.directions.values()}
         if len(sizes) != 1:
             raise VectorShapeError(f"all directions must have one size, got sizes {sorted(sizes)}.")
-        for layer, v in self.directions.items():
-            check_vector(v, name=f"direction for layer {layer}")
         for layer, (left, right) in self.affine.items():
             if layer not in self.directions:
                 raise SteerlensError(f"affine part at layer {layer} has no direction (bias).")
@@ -85,7 +136,7 @@ class SteeringVector:
             if model is None:
                 raise SteerlensError("pass model= or model_id= so the vector knows its model.")
             model_id = runtime.model_id(model)
-        layers = [layer] if isinstance(layer, int) else list(layer)
+        layers = [_layer_key(la) for la in ([layer] if hasattr(layer, "__index__") else layer)]
         if model is not None:
             for la in layers:
                 runtime.check_layer(model, la)
@@ -120,8 +171,21 @@ class SteeringVector:
     def hook_names(self) -> list[str]:
         return [self.hook_template.format(layer=la) for la in self.layers]
 
+    def _check_hook_template(self) -> None:
+        if self.hook_template != runtime.HOOK_TEMPLATE:
+            raise SpecError(
+                f"this vector's hook_template is {self.hook_template!r}, but steerlens steers "
+                f"only at {runtime.HOOK_TEMPLATE!r}; used there it would steer another point of "
+                "the residual stream. Rebuild it for hook_resid_pre with "
+                "SteeringVector.from_tensor(...) (blocks.{l}.hook_resid_post is "
+                "blocks.{l+1}.hook_resid_pre)."
+            )
+
     def check_compatible(self, model: Any, *, allow_model_mismatch: bool = False) -> None:
-        """Refuse a model whose ``d_model`` or id differs from the one this vector was made on."""
+        """Refuse a model whose ``d_model`` or id differs from the one this vector was made on,
+        a layer the model lacks, or a ``hook_template`` other than steerlens's
+        ``blocks.{layer}.hook_resid_pre``."""
+        self._check_hook_template()
         d = runtime.d_model(model)
         if d != self.d_model:
             raise VectorShapeError(
@@ -154,6 +218,11 @@ class SteeringVector:
             return NotImplemented
         if self.affine or other.affine:
             raise SteerlensError("vectors with affine parts cannot be added or subtracted.")
+        if other.hook_template != self.hook_template:
+            raise SpecError(
+                f"cannot combine a vector at {self.hook_template!r} with one at "
+                f"{other.hook_template!r}; they steer different points of the residual stream."
+            )
         if other.model_id != self.model_id or other.d_model != self.d_model:
             raise ModelMismatchError(
                 f"cannot combine a vector of {self.model_id!r} (d_model {self.d_model}) with one "
@@ -165,10 +234,14 @@ class SteeringVector:
             la: self.directions.get(la, zero) + sign * other.directions.get(la, zero).to(zero)
             for la in layers
         }
-        return self._derived(directions, op)
+        return self._derived(directions, op, other)
 
-    def _derived(self, directions: Mapping[int, Tensor], op: str) -> SteeringVector:
+    def _derived(
+        self, directions: Mapping[int, Tensor], op: str, other: SteeringVector | None = None
+    ) -> SteeringVector:
         provenance = {"method": "arithmetic", "operation": op, "operand": dict(self.provenance)}
+        if other is not None:  # kept so that e.g. to_gguf sees how both were trained
+            provenance["other_operand"] = dict(other.provenance)
         return SteeringVector(
             directions=dict(directions),
             model_id=self.model_id,
@@ -184,8 +257,14 @@ class SteeringVector:
         return self._combine(other, -1.0, "sub")
 
     def __mul__(self, scalar: float) -> SteeringVector:
-        if not isinstance(scalar, (int, float)) or not math.isfinite(scalar):
+        if not isinstance(scalar, numbers.Real):
             return NotImplemented
+        scalar = float(scalar)
+        if not math.isfinite(scalar):
+            raise NonFiniteError(
+                f"cannot scale a steering vector by {scalar}: the result would hold NaN/inf. "
+                "Multiply by a finite number."
+            )
         if self.affine:
             raise SteerlensError("scale an affine vector with the strength= argument instead.")
         return self._derived({la: v * scalar for la, v in self.directions.items()}, f"mul {scalar}")
@@ -193,7 +272,14 @@ class SteeringVector:
     __rmul__ = __mul__
 
     def __truediv__(self, scalar: float) -> SteeringVector:
-        return self * (1.0 / scalar)
+        if not isinstance(scalar, numbers.Real):
+            return NotImplemented
+        if scalar == 0:
+            raise NonFiniteError(
+                "cannot divide a steering vector by 0: the result would hold inf/NaN. Divide by "
+                "a non-zero number."
+            )
+        return self * (1.0 / float(scalar))
 
     def __neg__(self) -> SteeringVector:
         return self * -1.0
@@ -210,33 +296,90 @@ class SteeringVector:
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write a safetensors file (metadata in its header); atomic, never pickle."""
+        """Write a safetensors file (metadata in its header); atomic, never pickle.
+
+        ``~`` is expanded and missing parent folders are created. Returns the path written.
+
+        Raises:
+            OutputPathError: ``path`` is a folder (or under a file), or cannot be written;
+                raised before anything is written.
+        """
         from steerlens.io.vector_file import save_vector
 
         return save_vector(self, path)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> SteeringVector:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by `save` (``~`` is expanded).
+
+        A file is read as saved: one made for another hook point loads, but is refused when
+        applied (`check_compatible`).
+
+        Raises:
+            VectorFileError: no such file, or one that is not a complete steerlens vector file.
+        """
         from steerlens.io.vector_file import load_vector
 
         return load_vector(path, device=device)
 
-    def to_gguf(self, path: str | Path, *, model_hint: str | None = None) -> Path:
-        """Write a llama.cpp control-vector file (``--control-vector``); see docs/llama_cpp.md."""
+    def to_gguf(
+        self,
+        path: str | Path,
+        *,
+        model_hint: str | None = None,
+        model: Any = None,
+        additive_ok: bool = False,
+    ) -> Path:
+        """Write a llama.cpp control-vector file (``--control-vector``); see docs/llama_cpp.md.
+
+        llama.cpp only adds its vectors (``x + a v``), so a vector trained with clamp or
+        ablate steering (``provenance["steering"]``) is refused unless ``additive_ok=True``
+        says to export its direction to be added anyway; affine parts are always refused.
+        With ``model``, the vector is checked against it (`check_compatible`: layers,
+        ``d_model``, model id). ``~`` is expanded and missing parent folders are created.
+        Returns the path written.
+
+        Raises:
+            SpecError: non-additive steering without ``additive_ok``, affine parts, layer 0 or
+                1 (llama.cpp cannot steer there), or another ``hook_template``.
+            LayerError, VectorShapeError, ModelMismatchError: ``model`` lacks a layer, has
+                another ``d_model`` or another id.
+            OutputPathError: ``path`` is a folder (or under a file), or cannot be written.
+        """
         from steerlens.io.gguf_format import write_control_vector
 
+        self._check_hook_template()
         if self.affine:
-            raise SteerlensError(
+            raise SpecError(
                 "llama.cpp control vectors hold only additive directions; this vector has "
                 "affine parts. Save it with .save() instead."
             )
+        kinds = _non_additive_steering(self.provenance)
+        if kinds and not additive_ok:
+            raise SpecError(
+                f"this vector was trained with {'/'.join(sorted(kinds))} steering, but llama.cpp "
+                "only adds control vectors (x + a v), so it would not act as trained. Pass "
+                "additive_ok=True to export its direction to be added anyway, or apply it with "
+                "steerlens in Python."
+            )
+        n_layers = None
+        if model is not None:
+            self.check_compatible(model)
+            n_layers = runtime.n_layers(model)
         hint = model_hint or self.model_id.rsplit("/", 1)[-1].lower()
-        write_control_vector(path, dict(self.directions), model_hint=hint)
-        return Path(path)
+        write_control_vector(path, dict(self.directions), model_hint=hint, n_layers=n_layers)
+        return Path(path).expanduser()
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the tensors, as JSON-ready data."""
+        try:
+            provenance = json.loads(json.dumps(self.provenance))
+        except (TypeError, ValueError) as exc:
+            raise SpecError(
+                f"the vector's provenance is not plain JSON data ({exc}); keep only dicts, "
+                "lists, strings, numbers, booleans and None in it (e.g. t.tolist() for a "
+                "tensor)."
+            ) from exc
         return {
             "model_id": self.model_id,
             "d_model": self.d_model,
@@ -245,7 +388,7 @@ class SteeringVector:
             "affine_rank": (
                 int(next(iter(self.affine.values()))[0].shape[0]) if self.affine else None
             ),
-            "provenance": json.loads(json.dumps(self.provenance)),
+            "provenance": provenance,
             "steerlens_version": self.steerlens_version,
             "created_at": self.created_at,
         }

@@ -198,3 +198,45 @@ def test_mean_activations_takes_the_reading_keywords_and_refuses_others(tiny):
     torch.testing.assert_close(means[1], acts[1].mean(0), atol=1e-5, rtol=0)
     with pytest.raises(SpecError, match=r"unknown keyword\(s\) 'pos'.*position"):
         mean_activations(tiny, prompts, 1, pos="mean")
+
+
+def test_bos_switch_matches_the_tokenizers_default_ids(tiny):
+    """With bos=True, diff_of_means is the mean difference of activations computed on
+    tokenizer(text).input_ids, the ids steering-vectors and repeng feed the model."""
+    pos, neg = ["the cat sat", "a dog ran"], ["in the end", "the end"]
+
+    def last_act(text, layer):
+        ids = torch.tensor([tiny.tokenizer(text).input_ids])
+        _, cache = tiny.run_with_cache(ids, names_filter=[f"blocks.{layer}.hook_resid_pre"])
+        return cache[f"blocks.{layer}.hook_resid_pre"][0, -1]
+
+    v = diff_of_means(tiny, pos, neg, 1, bos=True)
+    expected = torch.stack([last_act(t, 1) for t in pos]).mean(0) - torch.stack(
+        [last_act(t, 1) for t in neg]
+    ).mean(0)
+    torch.testing.assert_close(v.directions[1], expected, atol=1e-5, rtol=1e-5)
+    assert v.provenance["bos"] is True
+    plain = diff_of_means(tiny, pos, neg, 1)
+    assert plain.provenance["bos"] is False
+    assert not torch.allclose(plain.directions[1], v.directions[1])
+
+
+def test_peer_layer_convention_decoder_output_k_is_our_layer_k_plus_1(tiny):
+    """steering-vectors / repeng read the output of decoder block k (Hugging Face
+    hidden_states[k + 1]) on tokenizer(text).input_ids: that is our
+    blocks.{k+1}.hook_resid_pre with bos=True (docs/howto.md)."""
+    pos, neg = ["the cat sat", "a dog ran"], ["in the end", "the end"]
+    hf = tiny.original_model
+    k = 0
+
+    def block_output(text):
+        ids = torch.tensor([tiny.tokenizer(text).input_ids])
+        with torch.no_grad():
+            out = hf(ids, output_hidden_states=True)
+        return out.hidden_states[k + 1][0, -1]
+
+    expected = torch.stack([block_output(t) for t in pos]).mean(0) - torch.stack(
+        [block_output(t) for t in neg]
+    ).mean(0)
+    ours = diff_of_means(tiny, pos, neg, k + 1, bos=True)
+    torch.testing.assert_close(ours.directions[k + 1], expected, atol=1e-5, rtol=1e-5)

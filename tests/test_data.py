@@ -159,8 +159,8 @@ def test_tokenize_errors(tiny, monkeypatch):
         tokenize(tiny, ["the cat"])
     real_encode = tl.encode
 
-    def fake(m, text):
-        return [] if text.endswith("!") else real_encode(m, text)
+    def fake(m, text, **kw):
+        return [] if text.endswith("!") else real_encode(m, text, **kw)
 
     monkeypatch.setattr(tl, "encode", fake)
     monkeypatch.setattr("steerlens.runtime.tokens.encode", fake)

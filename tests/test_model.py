@@ -101,6 +101,7 @@ def test_hub_names_go_to_transformer_lens(monkeypatch):
         return Fake()
 
     monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(fake_boot))
+    monkeypatch.setattr(model_mod, "hub_unreachable", lambda timeout=5.0: None)
     model = steerlens.load_model("gpt2", device="cpu", dtype=torch.float32)
     assert isinstance(model, Fake)
     assert seen == {"name": "gpt2", "device": "cpu", "dtype": torch.float32}
@@ -116,7 +117,7 @@ def test_unwritable_cache_falls_back_to_a_scratch_folder(monkeypatch, tmp_path):
         raise RuntimeError("stop here")  # the fallback build was reached
 
     monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path / "ro"))
-    monkeypatch.setattr(model_mod, "_build_cache", fake_build)
+    monkeypatch.setattr(model_mod, "build_cache", fake_build)
     monkeypatch.setattr(model_mod, "_sha256", lambda path: "0" * 64)
     with pytest.raises(RuntimeError, match="stop here"):
         model_mod.load_embedded_model(device=torch.device("cpu"))

@@ -135,8 +135,8 @@ def test_no_completions_and_empty_completion(tiny):
 def test_completion_that_tokenises_to_nothing(tiny, monkeypatch):
     real = tl.encode
 
-    def fake(m, t):
-        return [] if t.endswith("~") else real(m, t)
+    def fake(m, t, **kw):
+        return [] if t.endswith("~") else real(m, t, **kw)
 
     monkeypatch.setattr(tl, "encode", fake)
     monkeypatch.setattr("steerlens.runtime.tokens.encode", fake)
@@ -179,7 +179,7 @@ def test_bad_numbers():
             NormCap(cap)
     with pytest.raises(SpecError, match="noise scale must be >= 0"):
         Noise(scale=-0.1)
-    with pytest.raises(SpecError, match="max_steps must be >= 0"):
+    with pytest.raises(SpecError, match="max_steps must be an int >= 0"):
         OptimizeConfig(max_steps=-1)
     with pytest.raises(SpecError, match="starting_norm must be > 0"):
         OptimizeConfig(starting_norm=0.0)
@@ -238,19 +238,35 @@ def test_non_finite_loss_at_the_first_step_is_an_error(tiny):
 
 
 def test_huge_learning_rate_keeps_the_vector_finite(tiny):
-    res = optimize_vector(tiny, datapoints(tiny)[0], 1, lr=1e30, max_steps=3)
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        res = optimize_vector(tiny, datapoints(tiny)[0], 1, lr=1e30, max_steps=3)
     assert torch.isfinite(res.vector.vector).all()
+    assert np.isfinite(res.vector.norm())
     assert np.isfinite(res.loss_history).all()
 
 
-def test_non_finite_gradient_stops_gracefully(tiny):
+def test_non_finite_gradient_stops_gracefully(tiny, monkeypatch):
     dp = datapoints(tiny)[0]
-    # The loss is finite at v = 3e38 (RMSNorm maps the overflow to 0) but its gradient is NaN.
+    real = Objective.losses
+
+    def nan_gradient(self, logits, layout):
+        out = real(self, logits, layout)
+        # The value stays finite; the gradient through the unused branch is 0 * NaN = NaN.
+        return torch.where(torch.ones_like(out, dtype=torch.bool), out, out * float("nan"))
+
+    monkeypatch.setattr(Objective, "losses", nan_gradient)
     with pytest.warns(UserWarning, match="non-finite loss"):
-        res = optimize_vector(tiny, dp, 1, init=torch.full((64,), 3e38), max_steps=5)
+        res = optimize_vector(tiny, dp, 1, max_steps=5)
     assert "non-finite" in res.stop_reason
     assert re.search(r"step \d+", res.stop_reason)
     assert torch.isfinite(res.vector.vector).all()
+
+
+def test_a_start_vector_whose_norm_overflows_is_refused(tiny):
+    dp = datapoints(tiny)[0]
+    # Every entry is finite but the norm is inf: no finite vector could be returned.
+    with pytest.raises(NonFiniteError, match="start point"):
+        optimize_vector(tiny, dp, 1, init=torch.full((64,), 3e38), max_steps=5)
 
 
 def test_boundary_merge_warns_and_scores_completion_tokens_alone(tiny):

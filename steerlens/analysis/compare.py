@@ -79,7 +79,7 @@ def _scores(scores: ScoresLike, name: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ComparisonResult:
-    """What :func:`compare_with_caa` returns; every array has one entry per layer.
+    """What `compare_with_caa` returns; every array has one entry per layer.
 
     Attributes:
         layers: the layers compared.
@@ -258,7 +258,7 @@ def compare_with_caa(
         model: a TransformerLens model.
         one_shot: the one-shot vector (its direction at each layer, or its single direction).
         positive, negative: the contrastive prompt sets (as in
-            :func:`steerlens.diff_of_means`).
+            `steerlens.diff_of_means`).
         layers: layers to compare (default: the one-shot vector's layers).
         datapoints: datapoints whose objective measures the effect per unit norm.
         generation_prompts: prompts for side-by-side steered generations (user messages when

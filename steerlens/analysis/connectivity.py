@@ -1,6 +1,6 @@
 """Linear mode connectivity of steering vectors (METHOD.md, "Mode connectivity").
 
-The path between two vectors ``v0`` and ``v1`` is the *geodesic* of :func:`geodesic`: the
+The path between two vectors ``v0`` and ``v1`` is the *geodesic* of `geodesic`: the
 straight line ``w(t) = (1 - t) v0 + t v1``, each point rescaled to the norm
 ``r(t) = (1 - t) ||v0|| + t ||v1||`` (the linear interpolation of the endpoints' norms), at
 ``n`` evenly spaced ``t`` in ``[0, 1]`` (``n = 20`` as in the paper; the endpoints are ``v0``
@@ -10,7 +10,7 @@ Verdict (METHOD.md's definition, followed exactly): the pair is **not** linearly
 iff some *interior* point (``0 < t < 1``) has a loss strictly lower than *both* endpoints' losses,
 i.e. lower than ``min(L(v0), L(v1))`` (by more than ``tol``, default 0). Otherwise it is
 connected. Note this is not the "loss barrier" reading common elsewhere (an interior loss
-*higher* than the endpoints); :attr:`ConnectivityResult.barrier` reports that quantity too.
+*higher* than the endpoints); `ConnectivityResult.barrier` reports that quantity too.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def mode_connectivity(
     labels: tuple[str, str] = ("v0", "v1"),
 ) -> ConnectivityResult:
     """The objective's loss at ``n`` points of the geodesic from ``v0`` to ``v1`` (each point
-    scored like :func:`steerlens.evaluate_objective` at ``layer``), and the verdict.
+    scored like `steerlens.evaluate_objective` at ``layer``), and the verdict.
 
     Args:
         model: a TransformerLens model.
@@ -201,7 +201,7 @@ def mode_connectivity(
         layer: the layer where each point is added.
         v0, v1: the endpoints (``[d_model]`` tensors or single-direction ``SteeringVector``\\ s).
         n: points on the path, endpoints included (paper: 20).
-        objective, positions, unit, fast: as in :func:`steerlens.evaluate_objective`.
+        objective, positions, unit, fast: as in `steerlens.evaluate_objective`.
         tol: an interior loss must be lower than both endpoints by more than this.
         labels: names of the endpoints (for plots).
 
@@ -241,7 +241,7 @@ class AllPairsConnectivity:
 
     Attributes:
         labels: the vectors' labels.
-        pairs: ``(label_i, label_j)`` -> its :class:`ConnectivityResult`.
+        pairs: ``(label_i, label_j)`` -> its `ConnectivityResult`.
         ordered: ``True`` when each vector had its own datapoints (pairs are ordered and
             ``(i, j)`` is scored on vector ``i``'s datapoints); ``False`` for shared datapoints
             (unordered pairs ``i < j``).
@@ -333,7 +333,7 @@ def all_pairs_connectivity(
     layer: int | None = None,
     **options: Any,
 ) -> AllPairsConnectivity:
-    """:func:`mode_connectivity` for every pair of ``vectors``; ``.n_connected`` counts the
+    """`mode_connectivity` for every pair of ``vectors``; ``.n_connected`` counts the
     connected ones (the paper: 529 of 552 ordered pairs of 24 vectors).
 
     Args:
@@ -345,7 +345,7 @@ def all_pairs_connectivity(
             was trained on).
         vectors: a dict label -> vector, or a list (labelled ``v0, v1, ...``).
         layer: the layer to apply at (inferred from single-layer ``SteeringVector``\\ s).
-        **options: keywords of :func:`mode_connectivity` (``n``, ``objective``,
+        **options: keywords of `mode_connectivity` (``n``, ``objective``,
             ``positions``, ``unit``, ``fast``, ``tol``); others are refused.
 
     Example:

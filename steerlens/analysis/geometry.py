@@ -213,7 +213,7 @@ def project_2d(
     Args:
         vectors: a dict label -> vector, or a list; tensors or ``SteeringVector``\\ s.
         activations: optional label -> ``[n, d_model]`` activations (e.g. from
-            :func:`steerlens.baselines.collect_activations`), drawn as point clouds.
+            `steerlens.baselines.collect_activations`), drawn as point clouds.
         layer: for multi-layer ``SteeringVector``\\ s, the layer to use.
         title: the figure title.
 

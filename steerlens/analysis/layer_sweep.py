@@ -52,7 +52,7 @@ _TITLES = {
 
 @dataclass(frozen=True)
 class LayerSweepResult:
-    """Per-layer measurements of :func:`layer_sweep`.
+    """Per-layer measurements of `layer_sweep`.
 
     Attributes:
         layers: the layers swept, in order.
@@ -351,14 +351,14 @@ def layer_sweep(
         vector: a ``[d_model]`` tensor or single-direction ``SteeringVector`` applied (added)
             at every layer. Give this or ``optimize=True``.
         layers: the layers to sweep (default: all).
-        optimize: optimize a vector at each layer with :func:`steerlens.optimize_vector`.
+        optimize: optimize a vector at each layer with `steerlens.optimize_vector`.
         config: an ``OptimizeConfig`` for ``optimize=True``; its objective (and positions,
             unless ``positions=`` is given) also define the measured loss in both modes.
         prompts: texts for the KL and behavior measures (default: the datapoints' prompts,
             de-duplicated); full prompt texts unless ``chat=True`` (user messages).
         metric: ``metric(texts) -> float``, e.g. the fraction of French answers, applied to
             greedy steered generations of the prompts (``max_new_tokens`` each).
-        positions: where to steer (as in :func:`steerlens.steer`).
+        positions: where to steer (as in `steerlens.steer`).
         unit: ``"nats"``, ``"bits"`` or ``"hartleys"`` for losses, log-probabilities and KL.
         batch_size: prompts per forward pass for the KL and generations.
 

@@ -1,12 +1,12 @@
 """The paper's evaluation framework (METHOD.md, "Evaluation framework").
 
-- :func:`completion_logprobs`: log-probabilities of any completions under any steering.
-- :func:`beam_search`: the ``k`` most likely ``n``-token continuations under steering.
-- :func:`behavior_change_rates`: how often a vector flips multiple-choice answers (Poser table).
-- :func:`success_rate` with :class:`StringMatchJudge` / :class:`ModelJudge`: behavior rates
-  of steered generations, with a Wilson interval (:func:`wilson_interval`).
-- :func:`mean_surprisal`, :func:`compare_samples`, :func:`compare_contexts`,
-  :func:`information_complexity`: base-model surprisal (section 2.2).
+- `completion_logprobs`: log-probabilities of any completions under any steering.
+- `beam_search`: the ``k`` most likely ``n``-token continuations under steering.
+- `behavior_change_rates`: how often a vector flips multiple-choice answers (Poser table).
+- `success_rate` with `StringMatchJudge` / `ModelJudge`: behavior rates
+  of steered generations, with a Wilson interval (`wilson_interval`).
+- `mean_surprisal`, `compare_samples`, `compare_contexts`,
+  `information_complexity`: base-model surprisal (section 2.2).
 
 Every result is a small frozen dataclass that prints as a short table and has ``to_dict()``.
 

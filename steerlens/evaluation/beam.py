@@ -1,4 +1,4 @@
-"""The most likely continuations under steering: :func:`beam_search`.
+"""The most likely continuations under steering: `beam_search`.
 
 Beam search keeps, after each new token, the ``k`` highest-scoring prefixes (score = summed
 log-probability) and extends only those. All beams of all prompts in a batch advance in one
@@ -8,7 +8,7 @@ so each step computes one token per beam.
 Beam search is a heuristic: a continuation whose prefix fell out of the beam is never
 reconsidered, so the result can miss one of the true ``k`` most likely continuations. Since
 adding tokens only lowers a log-probability, a pruned prefix's score bounds every continuation
-through it; :attr:`BeamSearchResult.provably_exact` is True when the ``k``-th result scores at
+through it; `BeamSearchResult.provably_exact` is True when the ``k``-th result scores at
 least as high as every pruned prefix, i.e. when the result is certainly the exact top ``k``.
 """
 
@@ -164,6 +164,7 @@ def beam_search(
     chat: bool = False,
     system: str | None = None,
     batch_size: int = 8,
+    bos: bool = False,
 ) -> BeamSearchResult | list[BeamSearchResult]:
     """The ``k`` most likely ``n_tokens``-token continuations of a prompt, by beam search.
 
@@ -175,16 +176,18 @@ def beam_search(
         prompt: a prompt, or a list of prompts (searched together, ``batch_size`` at a time).
         k: the beam width, which is also the number of continuations returned.
         n_tokens: the length of the continuations.
-        steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these
+        steering: a `steerlens.Steering` plan, a ``SteeringVector`` or a list of these
             (``"generated"`` positions are the continuation's tokens).
         coldness: log-probabilities are those of ``softmax(c * logits)``.
         unit: ``"nats"``, ``"bits"`` or ``"hartleys"`` for the reported log-probabilities.
         chat: format prompts with the chat template.
         system: a system message for ``chat=True``.
         batch_size: prompts per forward pass (each takes ``k`` rows).
+        bos: put the model's BOS token in front of each prompt (see
+            `steerlens.runtime.encode`; chat-formatted prompts never get a second one).
 
     Returns:
-        A :class:`BeamSearchResult` (a sequence of :class:`BeamHypothesis`, most likely first),
+        A `BeamSearchResult` (a sequence of `BeamHypothesis`, most likely first),
         or a list of them for a list of prompts.
 
     Raises:
@@ -204,7 +207,7 @@ def beam_search(
     runtime.check_batch_size(batch_size)
     convert_loss(0.0, unit)
     texts = runtime.format_prompts(model, prompts, chat=chat, system=system)
-    token_lists = [runtime.encode(model, t) for t in texts]
+    token_lists = [runtime.encode(model, t, bos=bos) for t in texts]
     for i, ids in enumerate(token_lists):
         runtime.check_fits(
             model,

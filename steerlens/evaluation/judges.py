@@ -3,8 +3,8 @@
 A judge is any callable ``judge(text) -> bool``; one that also has ``judge_all(texts)`` is
 called once for the whole batch. Two are provided:
 
-- :class:`StringMatchJudge`: True when the text contains any of a few phrases.
-- :class:`ModelJudge`: asks a model a Yes/No question about the text and compares the logits
+- `StringMatchJudge`: True when the text contains any of a few phrases.
+- `ModelJudge`: asks a model a Yes/No question about the text and compares the logits
   of its "Yes" and "No" tokens at the answer position.
 """
 
@@ -185,20 +185,20 @@ def success_rate(
     """Generate from each prompt (optionally steered) and count the texts the judge accepts.
 
     The steered generations are finished (and the steering removed) before the judge runs, so
-    a :class:`ModelJudge` may use the same model.
+    a `ModelJudge` may use the same model.
 
     Args:
         model: a TransformerLens model.
         prompts: a prompt or a list (user messages with ``chat=True``).
-        judge: a callable ``text -> bool`` (e.g. :class:`StringMatchJudge`,
-            :class:`ModelJudge`).
-        steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these.
+        judge: a callable ``text -> bool`` (e.g. `StringMatchJudge`,
+            `ModelJudge`).
+        steering: a `steerlens.Steering` plan, a ``SteeringVector`` or a list of these.
         z: normal quantile of the Wilson interval (1.96: 95%).
-        **generation: keywords of :func:`steerlens.generate` (``max_new_tokens``, ``chat``,
+        **generation: keywords of `steerlens.generate` (``max_new_tokens``, ``chat``,
             ``system``, ``temperature``, ``seed``, ``batch_size``); others are refused.
 
     Returns:
-        A :class:`RateResult` (``successes``, ``n``, ``rate``, ``ci_low``, ``ci_high``) that
+        A `RateResult` (``successes``, ``n``, ``rate``, ``ci_low``, ``ci_high``) that
         also keeps each prompt, generated text and verdict.
 
     Example:

@@ -1,11 +1,11 @@
-"""Log-probabilities of given completions under any steering: :func:`completion_logprobs`.
+"""Log-probabilities of given completions under any steering: `completion_logprobs`.
 
 Every completion is scored after every prompt (prompts x completions). Each ``prompt +
 completion`` is one row of a right-padded batch; the model unembeds only the positions that
 predict completion tokens (on a ``TransformerBridge``), and ``log softmax(c * logits)`` is taken
 in float32 at those positions only.
 
-Tokenisation is exact, as in the optimizer (:func:`steerlens.data.tokenize_completion`): a
+Tokenisation is exact, as in the optimizer (`steerlens.data.tokenize_completion`): a
 completion is scored on the tokens that follow the prompt's own tokens. When tokenising
 ``prompt + completion`` jointly merges a token across the boundary, the completion is scored
 tokenised on its own after the prompt's tokens, with a warning.
@@ -30,7 +30,7 @@ from steerlens.steer import SteeringLike, describe_steering, steer
 
 @dataclass(frozen=True)
 class CompletionLogprobs:
-    """Log-probabilities of completions after prompts; what :func:`completion_logprobs` returns.
+    """Log-probabilities of completions after prompts; what `completion_logprobs` returns.
 
     Attributes:
         prompts: the prompts as given (before any chat formatting).
@@ -108,10 +108,12 @@ def _check_completions(completions: str | Sequence[str]) -> list[str]:
     return items
 
 
-def _make_rows(model: Any, texts: Sequence[str], completions: Sequence[str]) -> list[_Row]:
+def _make_rows(
+    model: Any, texts: Sequence[str], completions: Sequence[str], bos: bool
+) -> list[_Row]:
     rows = []
     for i, text in enumerate(texts):
-        prompt_tokens = runtime.encode(model, text)
+        prompt_tokens = runtime.encode(model, text, bos=bos)
         for j, completion in enumerate(completions):
             tokens, merged = runtime.completion_tokens(
                 model, prompt_tokens, text, completion, where=f"prompt {i}"
@@ -139,6 +141,7 @@ def completion_logprobs(
     chat: bool = False,
     system: str | None = None,
     batch_size: int = 32,
+    bos: bool = False,
 ) -> CompletionLogprobs:
     """Log-probabilities of completions after prompts, per token and in total, under steering.
 
@@ -147,7 +150,7 @@ def completion_logprobs(
         prompts: a prompt or a list; with ``chat=True`` each is a user message formatted with
             the model's chat template.
         completions: a completion or a list; each is scored after every prompt.
-        steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these.
+        steering: a `steerlens.Steering` plan, a ``SteeringVector`` or a list of these.
             ``"prompt"`` positions are the prompt's tokens; ``"generated"`` positions are the
             completion's tokens.
         coldness: inverse temperature ``c``: log-probs of ``softmax(c * logits)``. 1 gives the
@@ -156,9 +159,11 @@ def completion_logprobs(
         chat: format prompts with the chat template (default: use them as written).
         system: a system message for ``chat=True``.
         batch_size: ``prompt + completion`` rows per forward pass.
+        bos: put the model's BOS token in front of each prompt (see
+            `steerlens.runtime.encode`; chat-formatted prompts never get a second one).
 
     Returns:
-        A :class:`CompletionLogprobs`; ``result.totals[i, j]`` is the log-probability of
+        A `CompletionLogprobs`; ``result.totals[i, j]`` is the log-probability of
         completion ``j`` after prompt ``i``.
 
     Example:
@@ -176,7 +181,7 @@ def completion_logprobs(
     coldness = runtime.check_coldness(coldness)
     runtime.check_batch_size(batch_size)
     texts = runtime.format_prompts(model, prompt_list, chat=chat, system=system)
-    rows = _make_rows(model, texts, completion_list)
+    rows = _make_rows(model, texts, completion_list, bos)
     with steer(model, steering) as handle:
         per_row = runtime.score_rows(
             model,

@@ -1,6 +1,6 @@
 """Rates with confidence intervals, and behavior-change rates on multiple-choice prompts.
 
-:func:`behavior_change_rates` gives the four numbers of the paper's Poser table: on a
+`behavior_change_rates` gives the four numbers of the paper's Poser table: on a
 *positive* prompt set (where adding the vector should change the answer) and a *negative* set
 (where subtracting it should), the fraction of prompts whose answer flips when the vector is
 added and when it is subtracted. A prompt's answer is the answer token with the highest logit
@@ -65,7 +65,7 @@ class RateResult:
         ci_low, ci_high: the Wilson interval (95% for ``z = 1.96``).
         z: the normal quantile of the interval.
         prompts, texts, outcomes: per-trial records where available (e.g. from
-            :func:`steerlens.evaluation.success_rate`: each prompt, the generated text and the
+            `steerlens.evaluation.success_rate`: each prompt, the generated text and the
             judge's verdict).
     """
 
@@ -245,7 +245,7 @@ def behavior_change_rates(
 
     Args:
         model: a TransformerLens model.
-        steering: a :class:`steerlens.Steering` plan, a ``SteeringVector`` or a list of these.
+        steering: a `steerlens.Steering` plan, a ``SteeringVector`` or a list of these.
         positive_prompts: prompts where adding the vector should change the answer.
         negative_prompts: prompts where subtracting it should.
         answers: the answer strings; each must be exactly one token.
@@ -254,8 +254,8 @@ def behavior_change_rates(
         batch_size: prompts per forward pass.
 
     Returns:
-        A :class:`BehaviorRates`: ``add_positive``, ``subtract_positive``, ``add_negative``
-        and ``subtract_negative`` are :class:`RateResult`\\ s (``k/n`` with an interval).
+        A `BehaviorRates`: ``add_positive``, ``subtract_positive``, ``add_negative``
+        and ``subtract_negative`` are `RateResult`\\ s (``k/n`` with an interval).
 
     Raises:
         AnswerTokenError: an answer that is not a single token.

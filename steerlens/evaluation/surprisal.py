@@ -2,12 +2,12 @@
 
 With a base model ``B`` and a context ``C`` of example texts of the desired behavior, a sample
 ``x`` (e.g. a steered generation) scores ``-log B(x | C) / |x|``: its surprisal per token when
-it follows ``C``. :func:`mean_surprisal` averages this over samples, each cut to its first
+it follows ``C``. `mean_surprisal` averages this over samples, each cut to its first
 ``max_tokens`` tokens (the paper uses 100) so that repetition loops, which a model finds ever
 more predictable, do not flatter a sample. Low surprisal means the samples look like what the
-context leads the base model to expect. :func:`compare_samples` scores two sample sets under one
-context, :func:`compare_contexts` one sample set under two contexts, and
-:func:`information_complexity` gives ``-log B(C)``, a bound on the information needed to
+context leads the base model to expect. `compare_samples` scores two sample sets under one
+context, `compare_contexts` one sample set under two contexts, and
+`information_complexity` gives ``-log B(C)``, a bound on the information needed to
 specify the behavior.
 
 How text is joined: a sample is tokenised on its own and its tokens follow the context's tokens
@@ -19,13 +19,13 @@ batch (``context_passes`` on the result says which happened).
 The first token and BOS: with ``bos=True`` the context is preceded by the tokenizer's BOS
 token (unless it already starts with it), so every context token has a prefix. With
 ``bos=False`` nothing is added and the context's first token, which has no prefix, is not
-scored by :func:`information_complexity`. ``bos=None`` (default) adds BOS when the model itself
+scored by `information_complexity`. ``bos=None`` (default) adds BOS when the model itself
 prepends one (TransformerLens's ``cfg.default_prepend_bos``) and the tokenizer has one; the
 embedded SmolLM2 does not (its BOS, ``<|im_start|>``, opens a chat turn), so there the first
 token is skipped.
 
 Too long: a sample that, after truncation to ``max_tokens``, does not fit in the model's
-context window together with the context is refused with :class:`ContextWindowError`
+context window together with the context is refused with `ContextWindowError`
 (cutting the context would change the condition; cutting the sample further would change the
 metric); lower ``max_tokens`` or shorten the context.
 
@@ -81,7 +81,7 @@ class SurprisalResult:
 
     @property
     def sem(self) -> float:
-        """Standard error of :attr:`mean` (0 for a single sample)."""
+        """Standard error of `mean` (0 for a single sample)."""
         n = len(self.per_sample)
         return statistics.stdev(self.per_sample) / math.sqrt(n) if n > 1 else 0.0
 
@@ -110,7 +110,7 @@ class SurprisalResult:
 
 @dataclass(frozen=True)
 class SurprisalComparison:
-    """Two :class:`SurprisalResult`\\ s side by side; ``difference = first - second``."""
+    """Two `SurprisalResult`\\ s side by side; ``difference = first - second``."""
 
     labels: tuple[str, str]
     first: SurprisalResult
@@ -178,19 +178,10 @@ def context_tokens(model: Any, context: str, bos: bool | None) -> tuple[list[int
             f"the context is empty ({context!r}); pass example texts of the behavior to "
             "condition the base model on."
         )
-    tokens = runtime.encode(model, context)
-    bos_id = runtime.tokenizer(model).bos_token_id
     if bos is None:
-        bos = bos_id is not None and bool(getattr(model.cfg, "default_prepend_bos", False))
-    if bos:
-        if bos_id is None:
-            raise SteerlensError(
-                "bos=True but the tokenizer has no BOS token; pass bos=False (the context's "
-                "first token is then not scored)."
-            )
-        if tokens[0] != bos_id:
-            tokens = [int(bos_id), *tokens]
-    return tokens, bool(bos)
+        has_bos = runtime.tokenizer(model).bos_token_id is not None
+        bos = has_bos and bool(getattr(model.cfg, "default_prepend_bos", False))
+    return runtime.encode(model, context, bos=bos), bool(bos)
 
 
 def sample_tokens(
@@ -391,7 +382,7 @@ def mean_surprisal(
         batch_size: samples per forward pass.
 
     Returns:
-        A :class:`SurprisalResult`.
+        A `SurprisalResult`.
 
     Raises:
         ContextWindowError: context plus a (truncated) sample longer than ``cfg.n_ctx``.

@@ -20,7 +20,7 @@ expressed: llama.cpp adds nothing there.
 
 llama.cpp's loader reads only the tensors. It ignores ``general.architecture``,
 ``controlvector.model_hint`` and ``controlvector.layer_count``, which we write as its
-cvector-generator does (``export_gguf``); :func:`read_control_vector` checks the architecture
+cvector-generator does (``export_gguf``); `read_control_vector` checks the architecture
 all the same, to tell a control vector from a model file.
 """
 
@@ -43,7 +43,7 @@ from steerlens.errors import (
     VectorFileError,
     VectorShapeError,
 )
-from steerlens.io.atomic import atomic_path
+from steerlens.io.atomic import atomic_path, output_path
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +93,7 @@ def tl_layer_to_gguf_index(layer: int) -> int:
 def gguf_index_to_tl_layer(index: int) -> int:
     """Map llama.cpp's ``direction.{index}`` to our layer (``blocks.{layer}.hook_resid_pre``).
 
-    The inverse of :func:`tl_layer_to_gguf_index`: ``layer = index + 1``. The last index a model
+    The inverse of `tl_layer_to_gguf_index`: ``layer = index + 1``. The last index a model
     uses, ``n_layers - 1``, comes back as ``n_layers``: the residual stream after the final block
     (TransformerLens ``blocks.{n_layers - 1}.hook_resid_post``).
 
@@ -152,7 +152,8 @@ def write_control_vector(
     The vector for our layer ``l`` becomes the float32 tensor ``direction.{l - 1}``. The file
     also holds ``general.architecture = "controlvector"``, ``controlvector.model_hint`` and
     ``controlvector.layer_count`` (int32, the number of direction tensors), as llama.cpp's
-    cvector-generator writes them. The write is atomic: on error the old file stays.
+    cvector-generator writes them. The write is atomic: on error the old file stays. ``~`` is
+    expanded and missing parent folders are created.
 
     Args:
         path: The file to write, conventionally ending in ``.gguf``.
@@ -168,6 +169,7 @@ def write_control_vector(
         LayerError: A negative layer, or one at or beyond ``n_layers``.
         VectorShapeError: A vector that is not 1-D, or vectors of different sizes.
         NonFiniteError: A vector with NaN or inf.
+        OutputPathError: ``path`` is a folder (or under a file), or cannot be written.
 
     Example:
         >>> import tempfile, numpy as np
@@ -177,6 +179,7 @@ def write_control_vector(
         ...     gguf.GGUFReader(path).tensors[0].name
         'direction.5'
     """
+    output_path(path, example_name="vector.gguf")  # a folder is reported before the vectors
     if not isinstance(model_hint, str):
         raise SpecError(f"model_hint must be a string, got {type(model_hint).__name__}.")
     if n_layers is not None and _layer_key(n_layers, "n_layers") < 1:
@@ -208,7 +211,7 @@ def write_control_vector(
             )
         tensors[index] = array
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, example_name="vector.gguf") as tmp:
         writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
         writer.add_string(MODEL_HINT_KEY, model_hint)
         writer.add_int32(LAYER_COUNT_KEY, len(tensors))
@@ -231,7 +234,7 @@ def read_control_vector(
 
     Args:
         path: A control-vector GGUF file, ours or another tool's (repeng, llama.cpp's
-            cvector-generator).
+            cvector-generator); ``~`` is expanded.
 
     Returns:
         ``(directions, metadata)``: float32 vectors keyed by our layer
@@ -240,8 +243,8 @@ def read_control_vector(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        VectorFileError: The file is not GGUF (or is cut short), is not a control vector, or has
-            a malformed direction tensor.
+        VectorFileError: ``path`` is a folder, or the file is not GGUF (or is cut short), is
+            not a control vector, or has a malformed direction tensor.
 
     Example:
         >>> import tempfile, numpy as np
@@ -252,7 +255,11 @@ def read_control_vector(
         >>> sorted(directions), metadata["controlvector.model_hint"]
         ([6], 'llama')
     """
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise VectorFileError(
+            f"{path} is a folder, not a control-vector file; pass the path of the .gguf file."
+        )
     try:
         reader = gguf.GGUFReader(path)
     except OSError:  # a missing or unreadable file is not a format problem

@@ -3,47 +3,75 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from steerlens.errors import VectorFileError
-from steerlens.io.atomic import atomic_path
+from steerlens.errors import SteerlensError, VectorFileError
+from steerlens.io.atomic import atomic_path, output_path
 
 FORMAT_NAME = "steerlens.steering_vector"
 FORMAT_VERSION = "1"
+_TENSOR_NAME = re.compile(r"(direction|affine_left|affine_right)\.([0-9]+)")
+_REQUIRED_KEYS = (
+    "model_id",
+    "d_model",
+    "layers",
+    "hook_template",
+    "provenance",
+    "steerlens_version",
+    "created_at",
+)
 
 
 def save_vector(vector: Any, path: str | Path) -> Path:
-    """Write ``vector`` (a ``SteeringVector``) to ``path`` atomically."""
+    """Write ``vector`` (a ``SteeringVector``) to ``path`` atomically; return the path written.
+
+    ``~`` is expanded and missing parent folders are created; a folder as ``path`` raises
+    `OutputPathError` before anything is written.
+    """
     from safetensors.torch import save_file
 
+    output_path(path, example_name="vector.safetensors")  # before any other work
+    # clone(): safetensors refuses tensors that share memory, and a vector at several layers
+    # (from_tensor(t, layer=[0, 1]), optimize_vector) holds one tensor object at each.
     tensors: dict[str, torch.Tensor] = {}
     for layer, v in vector.directions.items():
-        tensors[f"direction.{layer}"] = v.detach().to("cpu").contiguous()
+        tensors[f"direction.{layer}"] = (
+            v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        )
     for layer, (left, right) in vector.affine.items():
-        tensors[f"affine_left.{layer}"] = left.detach().to("cpu").contiguous()
-        tensors[f"affine_right.{layer}"] = right.detach().to("cpu").contiguous()
+        tensors[f"affine_left.{layer}"] = (
+            left.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        )
+        tensors[f"affine_right.{layer}"] = (
+            right.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        )
     meta = vector.metadata()
     header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "steerlens": json.dumps(meta, sort_keys=True),
     }
-    target = Path(path)
-    with atomic_path(target) as tmp:
+    with atomic_path(path, example_name="vector.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=header)
-    return target
+    return Path(path).expanduser()
 
 
 def load_vector(path: str | Path, *, device: str | torch.device | None = None) -> Any:
-    """Read a file written by :func:`save_vector`; clear errors for anything else."""
+    """Read a file written by `save_vector`; clear errors for anything else."""
     from safetensors import safe_open
 
     from steerlens.vector import SteeringVector
 
-    p = Path(path)
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise VectorFileError(
+            f"{str(p)!r} is a folder, not a vector file; pass the path of the .safetensors file "
+            "written by SteeringVector.save()."
+        )
     if not p.is_file():
         raise VectorFileError(f"no vector file at {str(p)!r}; check the path.")
     try:
@@ -66,31 +94,71 @@ def load_vector(path: str | Path, *, device: str | torch.device | None = None) -
             f"{str(p)!r} has vector format version {header.get('format_version')!r}; this "
             f"steerlens reads version {FORMAT_VERSION}. Upgrade steerlens."
         )
+
+    def damaged(problem: str) -> VectorFileError:
+        return VectorFileError(
+            f"{str(p)!r} is a damaged steerlens vector file: {problem}. Re-save the vector with "
+            "SteeringVector.save() (or restore the file from a copy)."
+        )
+
     try:
-        meta = json.loads(header["steerlens"])
-        directions = {
-            int(k.split(".")[1]): t for k, t in tensors.items() if k.startswith("direction.")
-        }
-        affine = {
-            int(k.split(".")[1]): (t, tensors[f"affine_right.{k.split('.')[1]}"])
-            for k, t in tensors.items()
-            if k.startswith("affine_left.")
-        }
-        if sorted(directions) != sorted(meta["layers"]):
-            raise ValueError(
-                f"tensors for layers {sorted(directions)}, header says {meta['layers']}"
+        meta = json.loads(header.get("steerlens", ""))
+    except json.JSONDecodeError as exc:
+        raise damaged(f"its 'steerlens' header is not JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise damaged(f"its metadata is a {type(meta).__name__}, not a JSON object")
+    missing = [k for k in _REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise damaged(f"its metadata lacks the key(s) {', '.join(map(repr, missing))}")
+    for key, kind in (("model_id", str), ("hook_template", str), ("provenance", dict)):
+        if not isinstance(meta[key], kind):
+            raise damaged(f"metadata {key!r} is {meta[key]!r}, not a {kind.__name__}")
+
+    parts: dict[str, dict[int, torch.Tensor]] = {
+        "direction": {},
+        "affine_left": {},
+        "affine_right": {},
+    }
+    for name, t in tensors.items():
+        match = _TENSOR_NAME.fullmatch(name)
+        if match is None:
+            raise damaged(
+                f"it holds a tensor named {name!r}; only direction.<layer>, "
+                "affine_left.<layer> and affine_right.<layer> belong in a vector file"
             )
+        parts[match.group(1)][int(match.group(2))] = t
+    directions = parts["direction"]
+    if sorted(directions) != meta["layers"]:
+        raise damaged(
+            f"it has direction tensors for layers {sorted(directions)} but its metadata lists "
+            f"layers {meta['layers']!r}"
+        )
+    if sorted(parts["affine_left"]) != sorted(parts["affine_right"]):
+        raise damaged(
+            f"affine_left tensors for layers {sorted(parts['affine_left'])} do not match "
+            f"affine_right tensors for layers {sorted(parts['affine_right'])}"
+        )
+    affine = {la: (t, parts["affine_right"][la]) for la, t in parts["affine_left"].items()}
+    try:
         vector = SteeringVector(
             directions=directions,
             model_id=meta["model_id"],
             affine=affine,
             hook_template=meta["hook_template"],
             provenance=meta["provenance"],
-            steerlens_version=meta["steerlens_version"],
-            created_at=meta["created_at"],
+            steerlens_version=str(meta["steerlens_version"]),
+            created_at=str(meta["created_at"]),
         )
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
-        raise VectorFileError(
-            f"{str(p)!r} is a damaged steerlens vector file ({exc}); re-save it."
-        ) from exc
+    except SteerlensError as exc:  # NaN/inf, a complex dtype, shapes that do not agree
+        raise damaged(str(exc).rstrip(".")) from exc
+    if meta["d_model"] != vector.d_model:
+        raise damaged(
+            f"its vectors have {vector.d_model} numbers but its metadata says d_model "
+            f"{meta['d_model']!r}"
+        )
+    if "affine_rank" in meta and meta["affine_rank"] != vector.metadata()["affine_rank"]:
+        raise damaged(
+            f"its affine tensors have rank {vector.metadata()['affine_rank']} but its metadata "
+            f"says affine_rank {meta.get('affine_rank')!r}"
+        )
     return vector.to(device) if device is not None else vector

@@ -1,18 +1,18 @@
 """The runtime: everything between steerlens and a TransformerLens model.
 
-- :mod:`~steerlens.runtime.model`: duck-typed access to the model (layers, hook names, device,
+- `model`: duck-typed access to the model (layers, hook names, device,
   tokenizer, special tokens, context window).
-- :mod:`~steerlens.runtime.tokens`: encoding (no BOS of its own), decoding, the chat rule, and
+- `tokens`: encoding (no BOS of its own), decoding, the chat rule, and
   the tokens of a completion after a prompt.
-- :mod:`~steerlens.runtime.batch`: padding and batching.
-- :mod:`~steerlens.runtime.context`: where the prompt lies in the forward call now running,
+- `batch`: padding and batching.
+- `context`: where the prompt lies in the forward call now running,
   published for steering hooks.
-- :mod:`~steerlens.runtime.forward`: logits at chosen positions, per-token log-probabilities of
+- `forward`: logits at chosen positions, per-token log-probabilities of
   token rows, next-token logits, one KV-cached decoding step.
-- :mod:`~steerlens.runtime.decoding`: the decoder (greedy or sampled, KV-cached).
-- :mod:`~steerlens.runtime.logprobs`: token log-probabilities and KL divergences.
+- `decoding`: the decoder (greedy or sampled, KV-cached).
+- `logprobs`: token log-probabilities and KL divergences.
 
-Nothing in the runtime imports the rest of steerlens (only :mod:`steerlens.errors`).
+Nothing in the runtime imports the rest of steerlens (only `steerlens.errors`).
 
 Example:
     >>> from steerlens import runtime

@@ -56,6 +56,8 @@ def check_batch_size(batch_size: int) -> int:
 
 
 def chunks(n: int, size: int) -> Iterator[range]:
-    """``range(0, size)``, ``range(size, 2 * size)``, ... covering ``n`` items."""
+    """``range(0, size)``, ``range(size, 2 * size)``, ... covering ``n`` items; ``size`` is a
+    batch size (an int >= 1, checked)."""
+    check_batch_size(size)
     for start in range(0, n, size):
         yield range(start, min(start + size, n))

@@ -2,7 +2,7 @@
 
 Position rules (``"prompt"``, ``"generated"``, ``"last:N"``...) need to know, for each row of a
 forward call, where its prompt starts and ends and how many tokens a KV cache already holds.
-The runtime's forward and decoding functions publish that as the *current* :class:`TokenContext`
+The runtime's forward and decoding functions publish that as the *current* `TokenContext`
 for the duration of each model call; every steering hook (an outer ``steer()`` block's as well
 as a function's own) reads it from here. Nothing else assigns it.
 """

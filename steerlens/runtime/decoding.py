@@ -22,13 +22,14 @@ def decode_tokens(
     *,
     max_new_tokens: int,
     temperature: float = 0.0,
-    generator: torch.Generator | None = None,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> list[list[int]]:
     """New token ids after each prompt, decoded together (left-padded, KV-cached).
 
     A row stops after its first end-of-turn token, which is kept; all rows stop at
     ``max_new_tokens`` or the model's context window. ``temperature`` 0 is greedy; otherwise
-    tokens are sampled from ``softmax(logits / temperature)`` with ``generator``. Steering hooks
+    row ``i``'s tokens are sampled from ``softmax(logits / temperature)`` with
+    ``generators[i]`` (one per row, so a row's sample does not depend on its batch). Steering hooks
     installed around the call see the prompt as "prompt" and each new token as "generated".
 
     Example:
@@ -38,8 +39,10 @@ def decode_tokens(
     """
     if max_new_tokens < 1:
         raise SpecError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    if not temperature >= 0:
-        raise SpecError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+    if not 0 <= temperature < float("inf"):
+        raise SpecError(f"temperature must be >= 0 and finite (0 = greedy), got {temperature}.")
+    if temperature > 0 and (generators is None or len(generators) != len(token_lists)):
+        raise SpecError("sampling (temperature > 0) needs one generator per prompt row.")
     window = n_ctx(model)
     longest = max(len(t) for t in token_lists)
     if window is not None and longest >= window:
@@ -60,9 +63,14 @@ def decode_tokens(
         ctx = TokenContext(n_pad, prompt_end, offset=n_cached)
         logits, cache = next_logits(model, tokens, mask, cache, n_cached, ctx)
         n_cached = tokens.shape[1] if cache is not None else 0
-        if temperature > 0:
+        if temperature > 0 and generators is not None:
             probs = torch.softmax(logits.float() / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            nxt = torch.cat(
+                [
+                    torch.multinomial(p, 1, generator=g)
+                    for p, g in zip(probs, generators, strict=True)
+                ]
+            )
         else:
             nxt = logits.argmax(dim=-1)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)

@@ -1,6 +1,6 @@
 """Forward passes: run the model on token rows and keep the logits that are asked for.
 
-Every forward here publishes where each row's prompt lies (:mod:`steerlens.runtime.context`), so
+Every forward here publishes where each row's prompt lies (`steerlens.runtime.context`), so
 steering hooks installed by any ``steer()`` block apply their position rules correctly. Steering
 itself is installed by the caller (``with steer(model, plan): ...``); this layer does not know
 about interventions.

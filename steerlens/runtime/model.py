@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from steerlens.errors import LayerError, ModelError
@@ -78,8 +80,12 @@ def supports_kv_cache(model: Any) -> bool:
 def check_layer(model: Any, layer: int, *, what: str = "layer") -> int:
     """Return ``layer`` if the model has a ``blocks.{layer}.hook_resid_pre``, else raise."""
     n = n_layers(model)
-    if isinstance(layer, bool) or not isinstance(layer, int):
+    # numpy and torch integers are ints too (e.g. a layer picked with argmax).
+    if isinstance(layer, torch.Tensor) and layer.ndim == 0 and not layer.is_floating_point():
+        layer = int(layer)
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
         raise LayerError(f"{what} must be an int, got {layer!r} ({type(layer).__name__}).")
+    layer = int(layer)
     if not 0 <= layer < n:
         raise LayerError(
             f"{what} {layer} is out of range: hook {hook_name(layer)!r} not found; the model "
@@ -108,9 +114,12 @@ def eos_token_ids(model: Any) -> set[int]:
 
 
 def check_layers(model: Any, layer: int | Sequence[int], *, what: str = "layer") -> list[int]:
-    """One layer or a list of layers, each checked by :func:`check_layer`, as a list."""
+    """One layer or a list of layers, each checked by `check_layer`, as a list."""
     # Anything that is not a list of layers goes to check_layer, which explains what is wrong.
-    layers: list[Any] = list(layer) if isinstance(layer, (list, tuple, range)) else [layer]
+    many = isinstance(layer, (list, tuple, range, np.ndarray)) or (
+        isinstance(layer, torch.Tensor) and layer.ndim == 1
+    )
+    layers: list[Any] = list(layer) if many else [layer]  # type: ignore[arg-type]
     if not layers:
         raise LayerError(f"no {what} given; pass {what}=<int> or a list of layers.")
     return [check_layer(model, la, what=what) for la in layers]

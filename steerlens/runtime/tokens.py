@@ -4,7 +4,7 @@ the tokens of a completion that follows a prompt."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,18 +13,35 @@ from steerlens.errors import AnswerTokenError, InputError, ModelError, SpecError
 from steerlens.runtime.model import tokenizer
 
 
-def encode(model: Any, text: str) -> list[int]:
-    """Tokenise ``text`` exactly as written: no BOS or other special tokens are added.
+def encode(model: Any, text: str, *, bos: bool = False) -> list[int]:
+    """Tokenise ``text``: exactly as written, or with the model's BOS token in front.
 
-    Chat prompts already carry their own start tokens; adding a BOS changes the model's output.
+    The BOS rule, the same wherever steerlens tokenises text: with ``bos=False`` (the default)
+    no BOS or other special token is added, since chat prompts carry their own start tokens and
+    a second one changes the model's output; with ``bos=True`` the tokenizer's BOS token is put
+    in front unless the text already starts with it (a chat template that opens with it never
+    gets a second one). ``bos=True`` reproduces what ``tokenizer(text)`` gives by default on
+    models whose tokenizer prepends a BOS (SmolLM2, Llama, Gemma), as steering-vectors and
+    repeng tokenise.
 
     Example:
         >>> from steerlens.testing import tiny_model
         >>> model = tiny_model()
         >>> decode(model, encode(model, "the cat"))
         'the cat'
+        >>> encode(model, "the cat", bos=True) == model.tokenizer("the cat").input_ids
+        True
     """
-    return list(tokenizer(model)(text, add_special_tokens=False)["input_ids"])
+    ids = list(tokenizer(model)(text, add_special_tokens=False)["input_ids"])
+    if bos:
+        bos_id = tokenizer(model).bos_token_id
+        if bos_id is None:
+            raise ModelError(
+                "bos=True but this model's tokenizer has no BOS token; pass bos=False."
+            )
+        if not ids or ids[0] != bos_id:
+            ids = [int(bos_id), *ids]
+    return ids
 
 
 def decode(
@@ -56,12 +73,25 @@ def chat_prompt(model: Any, user_message: str, *, system: str | None = None) -> 
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     """A list of non-empty prompts, or a clear error."""
+    if isinstance(prompts, (bytes, bytearray)) or prompts is None:
+        raise InputError(
+            f"prompts must be a str or a list of str, got {type(prompts).__name__}; "
+            + ("decode the bytes first." if prompts is not None else "pass some text.")
+        )
+    if isinstance(prompts, Mapping) or not isinstance(prompts, (str, Iterable)):
+        raise InputError(
+            f"prompts must be a str or a list of str, got {type(prompts).__name__}; pass "
+            "list(...) of your prompts."
+        )
     items = [prompts] if isinstance(prompts, str) else list(prompts)
     if not items:
         raise InputError("the prompt list is empty; pass at least one prompt.")
     for i, p in enumerate(items):
         if not isinstance(p, str):
-            raise InputError(f"prompt {i} is a {type(p).__name__}, not a str.")
+            raise InputError(
+                f"prompt {i} is a {type(p).__name__} ({p!r:.40}), not a str; pass text "
+                "(decode bytes first)."
+            )
         if not p.strip():
             raise InputError(f"prompt {i} is empty; pass some text to generate from.")
     return items
@@ -113,7 +143,9 @@ def completion_tokens(
         >>> decode(model, ids), merged
         (' cat', False)
     """
-    joint = encode(model, prompt + completion)
+    # prompt_tokens may carry a BOS that encode(prompt) does not (encode(..., bos=True)).
+    with_bos = len(prompt_tokens) == len(encode(model, prompt)) + 1
+    joint = encode(model, prompt + completion, bos=with_bos)
     n = len(prompt_tokens)
     if joint[:n] == prompt_tokens and len(joint) > n:
         return joint[n:], False

@@ -80,3 +80,14 @@ def test_kl_divergence_is_zero_for_equal_distributions_and_positive_otherwise():
 def test_format_prompts_refuses_a_system_message_without_chat(tiny):
     with pytest.raises(InputError, match="system= is only used with chat=True"):
         runtime.format_prompts(tiny, ["hi"], chat=False, system="be brief")
+
+
+def test_the_bos_rule(tiny):
+    text = "the cat"
+    assert runtime.encode(tiny, text) == tiny.tokenizer(text, add_special_tokens=False).input_ids
+    assert runtime.encode(tiny, text, bos=True) == tiny.tokenizer(text).input_ids
+    chat = runtime.chat_prompt(tiny, "Hi")  # opens with the BOS token itself
+    assert runtime.encode(tiny, chat, bos=True) == runtime.encode(tiny, chat)
+    ids = runtime.encode(tiny, text, bos=True)
+    tokens, merged = runtime.completion_tokens(tiny, ids, text, " sat")
+    assert not merged and tokens == runtime.encode(tiny, " sat")
