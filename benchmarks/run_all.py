@@ -74,12 +74,46 @@ def table() -> str:
             f"{best['second_load_model_s']:.2f} |",
             "",
         ]
+    coh = RESULTS / "coherence_refusal.json"
+    if coh.exists():
+        r = json.loads(coh.read_text())
+        c, rate = r["coherence"], r["refusal_rate"]
+        nll, dist, loops = c["nll"], c["distinct"], c["loops"]
+
+        def pct(x: dict) -> str:
+            return f"{x['successes']}/{x['n']} ({x['ci_low']:.0%}-{x['ci_high']:.0%})"
+
+        def ci(m: dict) -> str:
+            return f"{m['mean']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+
+        lines += [
+            "## A one-shot refusal vector: behavior vs coherence "
+            "(`benchmarks/coherence_refusal.py`)",
+            "",
+            f"{r['model']}, one training example ({r['train']['prompt']!r} promoting "
+            f"{r['train']['promote']!r}), layer {r['layer']}, norm cap {r['norm_cap']}, 40 Adam "
+            f"steps at lr 0.1; {r['n_held_out']} held-out benign requests never trained on, greedy "
+            f"replies, {r['threads']} CPU threads. Fluency is the unsteered model's per-token NLL "
+            "of the replies; intervals are 95% (Wilson for rates, bootstrap for means). This "
+            "plain vector is the baseline for side-effect-aware objectives.",
+            "",
+            "| replies | opens with a refusal | NLL (nats/token) | distinct-3 | loops |",
+            "| --- | --- | --- | --- | --- |",
+            f"| unsteered | {pct(rate['unsteered'])} | {ci(nll['unsteered'])} | "
+            f"{ci(dist['unsteered'])} | {pct(loops['unsteered'])} |",
+            f"| steered | {pct(rate['steered'])} | {ci(nll['steered'])} | "
+            f"{ci(dist['steered'])} | {pct(loops['steered'])} |",
+            "",
+            f"NLL ratio {r['nll_ratio']:.2f}; side-effect KL on {len(c['side_effect']['values'])} "
+            f"neutral prompts {ci(c['side_effect'])} nats.",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     if "--table-only" not in sys.argv:
-        for script in ("load_model.py", "optimize_step.py"):
+        for script in ("load_model.py", "optimize_step.py", "coherence_refusal.py"):
             subprocess.run([sys.executable, str(HERE / script)], check=True)
     DOC.write_text(table())
     print(DOC.read_text())

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import sys
 import tempfile
 import time
+from argparse import SUPPRESS
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from steerlens.errors import OutputPathError, SteerlensError
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+
+from steerlens.errors import InputError, OutputPathError, SteerlensError
+from steerlens.version import __version__
 
 DEMO_FILES = ("french_vector.safetensors", "demo_report.html")
 
@@ -93,10 +101,100 @@ def describe_os_error(exc: OSError) -> str:
     return f"{reason}{where}; {fix}."
 
 
+# The documented recipe (README, docs/howto.md), tuned on the embedded SmolLM2-135M-Instruct.
+DEFAULT_LAYER = 8
+DEFAULT_LR = 0.1
+DEFAULT_MAX_STEPS = 40
+DEFAULT_NORM_CAP = 40.0
+
+# The unconverged rule (see `convergence_note`).
+TAIL_FRACTION = 0.1
+STILL_FALLING = 0.05
+MIN_FALL_NATS = 0.01
+
+
+def convergence_note(loss_history: ArrayLike, steps: int) -> str | None:
+    """A one-line note when the loss was still falling steeply at the end, else ``None``.
+
+    The rule: over the last 10% of the updates (at least one), the total loss (summed over
+    completions, in nats) fell by more than 5% of its fall over the whole run, and by more than
+    0.01 nats. A run that converges geometrically spends far less of its fall at the end; one
+    whose loss is still falling about linearly spends about 10% there.
+
+    Args:
+        loss_history: ``[evaluations, completions]`` losses in nats (``OptimizeResult``'s).
+        steps: the number of updates made (for the message).
+
+    Example:
+        >>> convergence_note([[4.0], [3.0], [2.0], [1.0]], 3) is not None
+        True
+        >>> convergence_note([[4.0], [1.0], [0.999], [0.998]], 3) is None
+        True
+    """
+    losses = np.asarray(loss_history, dtype=float)
+    totals = losses.sum(axis=1) if losses.ndim == 2 else losses.reshape(-1)
+    updates = len(totals) - 1
+    if updates < 1 or not np.isfinite(totals).all():
+        return None
+    window = max(1, round(TAIL_FRACTION * updates))
+    recent = float(totals[-1 - window] - totals[-1])
+    overall = float(totals[0] - totals[-1])
+    if overall <= 0 or recent <= MIN_FALL_NATS or recent <= STILL_FALLING * overall:
+        return None
+    return (
+        f"note: the loss was still falling at the end ({recent:.3g} nats, {recent / overall:.0%}"
+        f" of the run's fall, in the last {window} of {steps} steps); more --max-steps or a "
+        "larger --lr may give a better vector."
+    )
+
+
+def banner(device: str | torch.device, threads: int) -> str:
+    """The one line long runs print on stderr before loading the model."""
+    return f"steerlens: device {device}, {threads} CPU thread{'' if threads == 1 else 's'}"
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _check_settings(args: argparse.Namespace) -> None:
+    """Refuse bad numeric options with the option's name (before the model loads)."""
+    if getattr(args, "layer", 0) < 0:
+        raise InputError(f"--layer must be >= 0, got {args.layer}.")
+    lr = getattr(args, "lr", 1.0)
+    if not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"--lr must be > 0 and finite, got {lr}.")
+    cap = getattr(args, "norm_cap", 0.0)
+    if not (math.isfinite(cap) and cap >= 0):
+        raise InputError(f"--norm-cap must be > 0 (or 0 for no cap), got {cap}.")
+    for name in ("max_steps", "seed"):
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {value}.")
+    if getattr(args, "max_new_tokens", 1) < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
+
+
+def _start(args: argparse.Namespace) -> None:
+    """Check the device, apply ``--threads`` and print the banner; all before the model loads."""
+    from steerlens.model import check_device
+
+    device = check_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(banner(device, torch.get_num_threads()), file=sys.stderr)
+
+
 def _load(args: argparse.Namespace):
     from steerlens.model import load_model
 
     return load_model(args.model, device=args.device)
+
+
+def _note_convergence(result) -> None:
+    note = convergence_note(result.loss_history, result.steps)
+    if note is not None:
+        print(f"steerlens: {note}", file=sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -105,11 +203,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steerlens.steer import Steering
     from steerlens.vector import SteeringVector
 
-    model = _load(args)
+    for i, prompt in enumerate(args.prompt, 1):
+        if not prompt.strip():
+            raise InputError(f"prompt {i} ({prompt!r}) is empty; give the text to answer.")
+    _check_settings(args)
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise InputError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
     plan = None
     if args.vector:
         vector = SteeringVector.load(args.vector)
-        plan = Steering(vector, strength=args.strength, kind=KINDS[args.mode])
+        strength = 1.0 if args.strength is None else args.strength
+        plan = Steering(vector, strength=strength, kind=KINDS[args.mode or "add"])
+    elif args.strength is not None or args.mode is not None:
+        raise InputError("--strength and --mode apply to a vector; pass --vector FILE too.")
+    _start(args)
+    model = _load(args)
     outputs = generate(
         model,
         args.prompt,
@@ -124,8 +232,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_LAYER = 8
-DEMO_NORM_CAP = 40.0
+DEMO_LAYER = DEFAULT_LAYER
+DEMO_NORM_CAP = DEFAULT_NORM_CAP
 DEMO_TRAIN = "What is your favorite food?"
 DEMO_COMPLETION = "Ma nourriture préférée est la pizza. J'adore"
 DEMO_HELD_OUT = [
@@ -146,6 +254,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from steerlens.optimize import optimize_vector
 
     out = check_output_folder(args.out, DEMO_FILES)
+    _check_settings(args)
+    _start(args)
     t0 = time.perf_counter()
     model = _load(args)
     print(f"Loaded {model.cfg.model_name} in {time.perf_counter() - t0:.1f} s")
@@ -158,13 +268,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model,
         dp,
         DEMO_LAYER,
-        lr=0.1,
-        max_steps=args.steps,
+        lr=DEFAULT_LR,
+        max_steps=args.max_steps,
         seed=args.seed,
         constraints=(NormCap(DEMO_NORM_CAP),),
         progress=args.progress,
     )
     print(result)
+    _note_convergence(result)
     prompts = [DEMO_TRAIN, *DEMO_HELD_OUT]
     plain = generate(model, prompts, max_new_tokens=args.max_new_tokens, chat=True)
     steered = generate(model, prompts, result.vector, max_new_tokens=args.max_new_tokens, chat=True)
@@ -182,18 +293,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optimize_datapoint(args: argparse.Namespace):
+    """The datapoint as the user wrote it, checked; errors quote the user's text."""
+    from steerlens.data import Datapoint
+
+    if not args.prompt.strip():
+        raise InputError(
+            f"--prompt {args.prompt!r} is empty; give the user message, e.g. "
+            "--prompt 'Tell me about cats.'."
+        )
+    if not args.promote and not args.suppress:
+        raise InputError(
+            f"no completion for --prompt {_quote(args.prompt)}: pass at least one --promote "
+            "(or --suppress) completion, e.g. --promote 'Arr, cats be fine beasts.'."
+        )
+    for option, texts in (("--promote", args.promote), ("--suppress", args.suppress)):
+        if any(text == "" for text in texts):
+            raise InputError(f"{option} '' is empty; every completion needs text.")
+    return Datapoint(args.prompt, promote=args.promote, suppress=args.suppress)
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     from steerlens.constraints import NormCap
     from steerlens.data import Datapoint
     from steerlens.optimize import optimize_vector
 
     output = check_output_file(args.output)
+    raw = _optimize_datapoint(args)
+    _check_settings(args)
+    constraints = (NormCap(args.norm_cap),) if args.norm_cap > 0 else ()
+    _start(args)
     model = _load(args)
     if args.raw_prompt:
-        dp = Datapoint(args.prompt, promote=args.promote, suppress=args.suppress)
+        dp = raw
     else:
         dp = Datapoint.chat(model, args.prompt, promote=args.promote, suppress=args.suppress)
-    constraints = (NormCap(args.norm_cap),) if args.norm_cap is not None else ()
     result = optimize_vector(
         model,
         dp,
@@ -207,55 +341,229 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(result)
     for label, loss in result.final_losses.items():
         print(f"  {label}: {loss:.4f} nats")
+    _note_convergence(result)
     path = result.vector.save(output)
     print(f"saved {path}")
     return 0
 
 
+DESCRIPTION = """\
+Optimize one-shot steering vectors on TransformerLens models, and generate with them.
+
+example (the embedded SmolLM2-135M-Instruct, offline, on a CPU):
+  steerlens optimize --prompt "Tell me about cats." \\
+      --promote "Arr, cats be fine beasts." -o pirate.safetensors
+  steerlens generate "Tell me about dogs." --vector pirate.safetensors
+
+'steerlens COMMAND --help' lists a command's options and their defaults."""
+
+OPTIMIZE_DESCRIPTION = f"""\
+Optimize one steering vector that makes --prompt's --promote completions more likely (and its
+--suppress completions less likely), and save it.
+
+The defaults (--layer {DEFAULT_LAYER} --lr {DEFAULT_LR} --max-steps {DEFAULT_MAX_STEPS} \
+--norm-cap {DEFAULT_NORM_CAP:g}) are the documented recipe for
+the embedded SmolLM2-135M-Instruct; other models may need other values."""
+
+STRENGTH_HELP = """\
+the strength s, by --mode: add: the multiple of the vector added (1 = as trained, negative
+subtracts); clamp: the component along the vector is set to s times the vector; ablate: the
+fraction of that component removed (1 = all of it, 0.5 = half) (default: 1)"""
+
+DEMO_DESCRIPTION = """\
+Train a one-shot 'answer in French' vector on the embedded model, compare unsteered and
+steered answers on the training prompt and four others, and save the vector and an HTML
+report."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one ``steerlens: error:`` line too, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        _error(f"{message} (see '{self.prog} --help')")
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steerlens", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="steerlens", description=DESCRIPTION, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--model", default=None, help="TransformerLens model name (default: embedded)"
+            "--model",
+            default=None,
+            help="TransformerLens model name, e.g. gpt2 (default: the embedded "
+            "SmolLM2-135M-Instruct, offline)",
         )
-        p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+        p.add_argument(
+            "--device", default=None, help="cpu, cuda, cuda:1 or mps (default: cuda if available)"
+        )
+        p.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=None,
+            metavar="N",
+            help=f"CPU threads for PyTorch (default: PyTorch's choice, {torch.get_num_threads()} "
+            "here)",
+        )
 
-    demo = sub.add_parser("demo", help="run the main demo on the embedded model")
+    def seed(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--seed", type=int, default=0, help=f"{what} (default: %(default)s)")
+
+    def max_steps(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--max-steps",
+            type=int,
+            default=DEFAULT_MAX_STEPS,
+            metavar="N",
+            help="Adam steps (default: %(default)s)",
+        )
+
+    def progress(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="show a progress bar (default: only when stderr is a terminal)",
+        )
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the main demo on the embedded model",
+        description=DEMO_DESCRIPTION,
+        formatter_class=fmt,
+    )
     common(demo)
-    demo.add_argument("--steps", type=int, default=40, help="optimizer steps")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--max-new-tokens", type=int, default=40)
-    demo.add_argument("--out", default="outputs/demo", help="folder for the vector and report")
-    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    max_steps(demo)
+    # The old name, kept working but not advertised: one name per option across commands.
+    demo.add_argument("--steps", dest="max_steps", type=int, default=SUPPRESS, help=SUPPRESS)
+    seed(demo, "seed of the random start vector")
+    demo.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=40,
+        metavar="N",
+        help="tokens generated per answer (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--out",
+        default="outputs/demo",
+        help="folder for the vector and report (default: %(default)s)",
+    )
+    progress(demo)
     demo.set_defaults(func=cmd_demo)
 
-    opt = sub.add_parser("optimize", help="optimize a one-shot steering vector")
+    opt = sub.add_parser(
+        "optimize",
+        help="optimize a one-shot steering vector",
+        description=OPTIMIZE_DESCRIPTION,
+        formatter_class=fmt,
+    )
     common(opt)
-    opt.add_argument("--prompt", required=True, help="the user message (or full prompt text)")
-    opt.add_argument("--raw-prompt", action="store_true", help="do not apply the chat template")
-    opt.add_argument("--promote", action="append", default=[], help="completion to promote")
-    opt.add_argument("--suppress", action="append", default=[], help="completion to suppress")
-    opt.add_argument("--layer", type=int, required=True)
-    opt.add_argument("--norm-cap", type=float, default=None)
-    opt.add_argument("--lr", type=float, default=0.01)
-    opt.add_argument("--max-steps", type=int, default=100)
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--output", "-o", required=True, help="where to save the .safetensors")
-    opt.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    opt.add_argument(
+        "--prompt",
+        required=True,
+        help="the user message, or the full prompt with --raw-prompt (required)",
+    )
+    opt.add_argument(
+        "--raw-prompt",
+        action="store_true",
+        help="use --prompt as written, without the chat template (default: off)",
+    )
+    opt.add_argument(
+        "--promote",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a completion to make likely; repeat for several (default: none; at least one "
+        "--promote or --suppress is needed)",
+    )
+    opt.add_argument(
+        "--suppress",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a completion to make unlikely; repeat for several (default: none)",
+    )
+    opt.add_argument(
+        "--layer",
+        type=int,
+        default=DEFAULT_LAYER,
+        metavar="L",
+        help="the layer whose residual stream input is steered (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--norm-cap",
+        type=float,
+        default=DEFAULT_NORM_CAP,
+        metavar="R",
+        help="the most the vector's norm may grow to; 0 for no cap (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--lr", type=float, default=DEFAULT_LR, help="Adam learning rate (default: %(default)s)"
+    )
+    max_steps(opt)
+    seed(opt, "seed of the random start vector")
+    opt.add_argument(
+        "--output", "-o", required=True, help="the .safetensors file to write (required)"
+    )
+    progress(opt)
     opt.set_defaults(func=cmd_optimize)
 
-    gen = sub.add_parser("generate", help="generate text, optionally steered by a vector file")
+    gen = sub.add_parser(
+        "generate",
+        help="generate text, optionally steered by a vector file",
+        description="Answer each prompt, unsteered or steered by a vector file.",
+        formatter_class=fmt,
+    )
     common(gen)
     gen.add_argument("prompt", nargs="+", help="one or more prompts (user messages)")
-    gen.add_argument("--vector", help="a .safetensors vector file written by steerlens")
-    gen.add_argument("--strength", type=float, default=1.0)
-    gen.add_argument("--mode", default="add", choices=["add", "clamp", "ablate"])
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    gen.add_argument(
+        "--vector", help="a .safetensors vector file written by steerlens (default: unsteered)"
+    )
+    gen.add_argument(
+        "--mode",
+        default=None,
+        choices=["add", "clamp", "ablate"],
+        help="how the vector is applied; see --strength (default: add)",
+    )
+    gen.add_argument("--strength", type=float, default=None, metavar="S", help=STRENGTH_HELP)
+    gen.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        metavar="N",
+        help="the most tokens generated per prompt (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature; 0 is greedy (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for sampling (default: a fresh one each run; unused when greedy)",
+    )
+    gen.add_argument(
+        "--no-chat",
+        action="store_true",
+        help="use the prompts as written, without the chat template (default: off)",
+    )
     gen.set_defaults(func=cmd_generate)
     return parser
 

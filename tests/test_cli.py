@@ -1,9 +1,13 @@
+import argparse
 import re
 
+import numpy as np
 import pytest
+import torch
 
 import steerlens
 from steerlens import cli
+from steerlens import model as model_mod
 from steerlens.constraints import NormCap
 from steerlens.data import Datapoint
 
@@ -14,8 +18,143 @@ def test_parser_knows_the_commands():
         ["optimize", "--prompt", "hi", "--promote", "a", "--layer", "3", "-o", "v.safetensors"]
     )
     assert args.layer == 3 and args.promote == ["a"] and args.suppress == []
-    assert parser.parse_args(["demo"]).steps == 40
+    assert parser.parse_args(["demo"]).max_steps == 40
     assert parser.parse_args(["generate", "hello", "--strength", "2"]).strength == 2.0
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["demo", "optimize", "generate"])
+def test_every_option_has_help_that_gives_its_default(command):
+    sub = _subparsers(cli.build_parser())[command]
+    for action in sub._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, action.option_strings
+        if action.option_strings:
+            assert "(default:" in action.help or "(required)" in action.help, action.help
+
+
+def test_optimize_defaults_are_the_documented_recipe(capsys):
+    args = cli.build_parser().parse_args(
+        ["optimize", "--prompt", "hi", "--promote", "a", "-o", "v"]
+    )
+    assert (args.layer, args.lr, args.max_steps, args.norm_cap) == (8, 0.1, 40, 40.0)
+    text = " ".join(_help(capsys, "optimize").split())
+    for default in ("(default: 8)", "(default: 0.1)", "(default: 40)", "(default: 40.0)"):
+        assert default in text
+    assert "--layer 8 --lr 0.1 --max-steps 40 --norm-cap 40" in text
+    assert "SmolLM2-135M-Instruct; other models may need other values" in text
+
+
+def test_the_description_is_plain_text_with_an_example(capsys):
+    text = _help(capsys)
+    assert "``" not in text and "steerlens optimize --prompt" in text
+    assert "steerlens generate" in text
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"steerlens {steerlens.version.__version__}\n"
+
+
+def test_demo_takes_max_steps_and_still_the_hidden_steps(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(["demo", "--max-steps", "5"]).max_steps == 5
+    assert parser.parse_args(["demo", "--steps", "7"]).max_steps == 7
+    text = _help(capsys, "demo")
+    assert "--max-steps" in text and "--steps" not in text
+
+
+def test_strength_help_says_what_it_means_in_each_mode(capsys):
+    text = " ".join(_help(capsys, "generate").split())
+    assert "add: the multiple of the vector added" in text
+    assert "clamp: the component along the vector is set to s times" in text
+    assert "ablate: the fraction of that component removed" in text
+
+
+def _history(totals, completions=1):
+    """A made-up ``[evals, completions]`` history whose rows sum to ``totals``."""
+    return np.repeat(np.asarray(totals, dtype=float)[:, None] / completions, completions, axis=1)
+
+
+STEPS = np.arange(41)
+
+
+@pytest.mark.parametrize(
+    ("totals", "unconverged"),
+    [
+        (10 - 0.2 * STEPS, True),  # still falling linearly: 10% of the fall in the last 10%
+        (10 * np.exp(-STEPS / 5), False),  # geometric convergence: almost nothing at the end
+        (2 + 8 * np.exp(-STEPS / 40), True),  # slow convergence: 6% of the fall at the end
+        (2 + 8 * np.exp(-STEPS / 20), False),  # faster: 3.5% of the fall at the end
+        (0.05 - 0.001 * STEPS, False),  # linear, but the recent fall is below 0.01 nats
+        (np.linspace(1, 3, 41), False),  # the loss rose
+        (np.full(41, 2.0), False),  # flat
+        ([5.0], False),  # no update
+        ([5.0, 4.0], True),  # one update: all of the fall is at the end
+        ([5.0, np.nan], False),  # not finite: the optimizer reports that itself
+    ],
+)
+def test_convergence_note_on_made_up_histories(totals, unconverged):
+    totals = np.asarray(totals, dtype=float)
+    for completions in (1, 3):
+        note = cli.convergence_note(_history(totals, completions), len(totals) - 1)
+        assert (note is not None) == unconverged, (totals, note)
+        if note is not None:
+            assert "\n" not in note and "--max-steps" in note
+
+
+def test_convergence_note_names_the_window_and_the_fall():
+    note = cli.convergence_note(_history(10 - 0.2 * STEPS), 40)
+    assert note is not None
+    assert "0.8 nats" in note and "10% of the run's fall" in note and "last 4 of 40 steps" in note
+
+
+@pytest.fixture
+def tiny_loaded(monkeypatch, tiny):
+    monkeypatch.setattr(model_mod, "load_model", lambda *a, **k: tiny)
+
+
+GENERATE = ["generate", "hi", "--no-chat", "--max-new-tokens", "1", "--device", "cpu"]
+
+
+def test_threads_sets_torch_threads_and_the_banner_says_so(tiny_loaded, capsys):
+    assert cli.main([*GENERATE, "--threads", "2"]) == 0
+    assert torch.get_num_threads() == 2
+    assert capsys.readouterr().err == "steerlens: device cpu, 2 CPU threads\n"
+
+
+def test_long_runs_print_one_banner_line_first(tiny_loaded, capsys, tmp_path):
+    threads = torch.get_num_threads()
+    assert cli.main(GENERATE) == 0
+    assert capsys.readouterr().err == cli.banner("cpu", threads) + "\n"
+    out = tmp_path / "v.safetensors"
+    argv = ["optimize", "--prompt", "hi", "--raw-prompt", "--promote", " a", "--layer", "1"]
+    assert cli.main([*argv, "--max-steps", "2", "--no-progress", "-o", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"steerlens: device cpu, {threads} CPU thread{'s' * (threads != 1)}"
+
+
+def test_optimize_notes_a_run_still_falling_at_the_end(tiny_loaded, capsys, tmp_path):
+    argv = ["optimize", "--prompt", "hi", "--raw-prompt", "--promote", " a", "--layer", "1"]
+    out = str(tmp_path / "v.safetensors")
+    assert cli.main([*argv, "--max-steps", "2", "--no-progress", "-o", out]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[1].startswith("steerlens: note: the loss was still falling")
+    assert "in the last 1 of 2 steps" in err[1]
 
 
 def test_cli_reports_steerlens_errors_cleanly(capsys, tmp_path):

@@ -5,6 +5,8 @@
 - `behavior_change_rates`: how often a vector flips multiple-choice answers (Poser table).
 - `success_rate` with `StringMatchJudge` / `ModelJudge`: behavior rates
   of steered generations, with a Wilson interval (`wilson_interval`).
+- `coherence`, `reply_nll`, `distinct_n`, `loop_rate`, `side_effect_kl`: whether steered
+  replies stay fluent and other prompts stay untouched, each with an interval.
 - `mean_surprisal`, `compare_samples`, `compare_contexts`,
   `information_complexity`: base-model surprisal (section 2.2).
 
@@ -19,6 +21,15 @@ Example:
 
 from steerlens.errors import AnswerTokenError, ContextWindowError, TemplateError
 from steerlens.evaluation.beam import BeamHypothesis, BeamSearchResult, beam_search
+from steerlens.evaluation.coherence import (
+    CoherenceReport,
+    MetricResult,
+    coherence,
+    distinct_n,
+    loop_rate,
+    reply_nll,
+    side_effect_kl,
+)
 from steerlens.evaluation.judges import (
     ModelJudge,
     StringMatchJudge,
@@ -48,9 +59,11 @@ __all__ = [
     "BeamHypothesis",
     "BeamSearchResult",
     "BehaviorRates",
+    "CoherenceReport",
     "CompletionLogprobs",
     "ContextWindowError",
     "InformationComplexity",
+    "MetricResult",
     "ModelJudge",
     "RateResult",
     "StringMatchJudge",
@@ -59,11 +72,16 @@ __all__ = [
     "TemplateError",
     "beam_search",
     "behavior_change_rates",
+    "coherence",
     "compare_contexts",
     "compare_samples",
     "completion_logprobs",
+    "distinct_n",
     "information_complexity",
+    "loop_rate",
     "mean_surprisal",
+    "reply_nll",
+    "side_effect_kl",
     "success_rate",
     "wilson_interval",
 ]

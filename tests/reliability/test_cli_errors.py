@@ -1,5 +1,5 @@
 """The command line: every error is one ``steerlens: error:`` line and a non-zero exit, and
-output paths are checked before any model is loaded."""
+output paths and every other input are checked before any model is loaded."""
 
 from __future__ import annotations
 
@@ -17,11 +17,16 @@ from steerlens import model as model_mod
 OPTIMIZE = ["optimize", "--prompt", "hi", "--raw-prompt", "--promote", " a", "--layer", "1"]
 
 
-def one_error_line(capsys) -> str:
+def one_error_line(capsys, *, before_loading: bool = False) -> str:
+    """The error line; only the device banner and notes (one line each) may come before it."""
     err = capsys.readouterr().err
-    assert err.startswith("steerlens: error: ") and err.endswith("\n"), err
-    assert err.count("\n") == 1, err
-    return err
+    assert err.endswith("\n"), err
+    *info, error = err.splitlines()
+    assert error.startswith("steerlens: error: "), err
+    assert all(line.startswith(("steerlens: device ", "steerlens: note: ")) for line in info), err
+    if before_loading:
+        assert not info, err  # refused before the banner, which comes just before loading
+    return error + "\n"
 
 
 @pytest.fixture
@@ -79,7 +84,76 @@ def test_optimize_creates_missing_folders_and_saves(tiny_loaded, tmp_path, capsy
     args = [*OPTIMIZE, "--max-steps", "2", "--no-progress", "-o", str(out)]
     assert cli.main(args) == 0
     assert steerlens.SteeringVector.load(out).layers == [1]
-    assert capsys.readouterr().err == ""
+    err = capsys.readouterr().err.splitlines()  # no warnings: the banner, then maybe a note
+    assert err[0].startswith("steerlens: device cpu, ") and len(err) <= 2
+    assert all(line.startswith("steerlens: note: ") for line in err[1:]), err
+
+
+# Every other input is checked before loading too, and errors quote the user's text.
+
+
+def test_optimize_without_a_completion_fails_before_loading(no_model, tmp_path, capsys):
+    argv = ["optimize", "--prompt", "Tell me about cats.", "-o", str(tmp_path / "v.safetensors")]
+    assert cli.main(argv) == 2
+    err = one_error_line(capsys, before_loading=True)
+    assert "--prompt 'Tell me about cats.'" in err and "--promote" in err
+    assert "<|im_start|>" not in err and "promote=[" not in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--prompt", "", "--promote", "a"], "--prompt '' is empty"),
+        (["--prompt", " \n", "--promote", "a"], "is empty; give the user message"),
+        (["--prompt", "hi", "--promote", ""], "--promote '' is empty"),
+        (["--prompt", "hi", "--promote", "a", "--suppress", ""], "--suppress '' is empty"),
+        (["--prompt", "hi", "--promote", "a", "--lr", "0"], "--lr must be > 0"),
+        (["--prompt", "hi", "--promote", "a", "--lr", "nan"], "--lr must be > 0"),
+        (["--prompt", "hi", "--promote", "a", "--max-steps", "-1"], "--max-steps must be >= 0"),
+        (["--prompt", "hi", "--promote", "a", "--seed", "-1"], "--seed must be >= 0"),
+        (["--prompt", "hi", "--promote", "a", "--layer", "-1"], "--layer must be >= 0"),
+        (["--prompt", "hi", "--promote", "a", "--norm-cap", "-1"], "--norm-cap must be > 0"),
+    ],
+)
+def test_optimize_inputs_fail_before_loading(no_model, tmp_path, capsys, options, message):
+    assert cli.main(["optimize", *options, "-o", str(tmp_path / "v.safetensors")]) == 2
+    assert message in one_error_line(capsys, before_loading=True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "hi", " "], "prompt 2 (' ') is empty"),
+        (["generate", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["generate", "hi", "--temperature", "-1"], "--temperature must be >= 0"),
+        (["generate", "hi", "--strength", "2"], "pass --vector FILE too"),
+        (["generate", "hi", "--vector", "no-such-file.safetensors"], "no-such-file"),
+        (["demo", "--max-steps", "-1"], "--max-steps must be >= 0"),
+    ],
+)
+def test_generate_and_demo_inputs_fail_before_loading(no_model, tmp_path, capsys, argv, message):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert cli.main(argv) != 0
+    assert message in one_error_line(capsys, before_loading=True)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["optimize"],
+        ["generate", "hi", "--threads", "0"],
+        ["generate", "hi", "--mode", "scale"],
+        ["optimize", "--prompt", "hi", "--layer", "eight", "-o", "v.safetensors"],
+        ["frobnicate"],
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(no_model, capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = one_error_line(capsys, before_loading=True)
+    assert "--help" in err
 
 
 # Case 2: errors that are not steerlens errors are one line too.
