@@ -21,6 +21,7 @@ GENERATE_OPTIONS = (
     "seed",
     "batch_size",
     "bos",
+    "progress",
 )
 
 
@@ -37,6 +38,7 @@ def generate(
     seed: int | None = None,
     batch_size: int = 16,
     bos: bool = False,
+    progress: bool | None = None,
 ) -> str | list[str]:
     """Generate from one or many prompts, optionally steered; returns only the new text.
 
@@ -52,6 +54,8 @@ def generate(
         seed: seed for sampling: prompt ``i`` of the list with the same seed gives the same
             text, whatever the batch size and the other prompts.
         batch_size: prompts per forward pass.
+        progress: a progress bar over the prompts when there is more than one batch (default:
+            in a terminal or a notebook).
         bos: put the model's BOS token in front of each prompt (see
             `steerlens.runtime.encode`; chat-formatted prompts never get a second one).
 
@@ -74,8 +78,10 @@ def generate(
     base = seed if seed is not None else secrets.randbits(63)
     dev = runtime.device(model)
     outputs: list[str] = []
+    several = len(texts) > runtime.check_batch_size(batch_size)
+    bar = runtime.progress(len(texts), "generate", progress if several else False)
     with steer(model, steering):
-        for rows in runtime.chunks(len(texts), runtime.check_batch_size(batch_size)):
+        for rows in runtime.chunks(len(texts), batch_size):
             new = runtime.decode_tokens(
                 model,
                 [runtime.encode(model, texts[i], bos=bos) for i in rows],
@@ -85,6 +91,8 @@ def generate(
             )
             # The reply ends before its end-of-turn token.
             outputs.extend(runtime.decode(model, [t for t in ids if t not in eos]) for ids in new)
+            bar.update(len(rows))
+        bar.close()
     return outputs[0] if isinstance(prompts, str) else outputs
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -210,7 +209,7 @@ class OptimizeConfig:
             or ``KLObjective(target_logprobs)``.
         positions: where to steer (datapoints may override).
         output_constraint: run the norm-minimising second phase after the first.
-        progress: show a progress bar (default: only when stderr is a terminal).
+        progress: show a progress bar (default: in a terminal or a notebook).
         fast: use the packed fast path when it reproduces the model (checked once).
     """
 
@@ -333,13 +332,6 @@ class ObjectiveEvaluation:
 
 
 # -- the steering function ----------------------------------------------------------------
-
-
-def _progress(enabled: bool | None, total: int) -> Any:
-    from tqdm.auto import tqdm
-
-    show = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(total=total, disable=not show, desc="optimize", leave=False)
 
 
 def _is_number(x: Any) -> bool:
@@ -490,7 +482,7 @@ def _adam_loop(
     history: list[Tensor] = []
     last_good = {k: p.detach().clone() for k, p in params.items()}
     stop_reason, steps = f"max steps ({config.max_steps})", 0
-    bar = _progress(config.progress, config.max_steps)
+    bar = runtime.progress(config.max_steps, "optimize", config.progress)
     for step in range(config.max_steps + 1):
         finite = _finite_params(params)
         losses = loss_fn() if finite else None

@@ -353,7 +353,8 @@ def layer_sweep(
         layers: the layers to sweep (default: all).
         optimize: optimize a vector at each layer with `steerlens.optimize_vector`.
         config: an ``OptimizeConfig`` for ``optimize=True``; its objective (and positions,
-            unless ``positions=`` is given) also define the measured loss in both modes.
+            unless ``positions=`` is given) also define the measured loss in both modes, and
+            its ``progress`` switches the sweep's progress bar (one bar over the layers).
         prompts: texts for the KL and behavior measures (default: the datapoints' prompts,
             de-duplicated); full prompt texts unless ``chat=True`` (user messages).
         metric: ``metric(texts) -> float``, e.g. the fraction of French answers, applied to
@@ -408,9 +409,13 @@ def layer_sweep(
     per_layer: list[dict[str, np.ndarray]] = []
     vectors: dict[int, SteeringVector] = {}
     generations: dict[int, list[str]] = {}
+    bar = runtime.progress(len(swept), "layer sweep", cfg.progress)
     for la in swept:
+        bar.set_postfix_str(f"layer {la}")
         if direction is None:
-            sv = optimize_vector(model, data, la, dataclasses.replace(cfg, positions=pos)).vector
+            # One bar for the sweep: the per-layer optimizations stay quiet.
+            layer_cfg = dataclasses.replace(cfg, positions=pos, progress=False)
+            sv = optimize_vector(model, data, la, layer_cfg).vector
         else:
             sv = SteeringVector.from_tensor(
                 direction,
@@ -423,6 +428,8 @@ def layer_sweep(
         per_layer.append(values)
         if metric is not None:
             generations[la] = gens
+        bar.update(1)
+    bar.close()
     names = list(per_layer[0])
     units = {"loss": unit, "logprob_change": unit, "kl": unit, "behavior_rate": "metric value"}
     labels = {

@@ -45,6 +45,7 @@ from steerlens.runtime.model import (
     tokenizer,
     vocab_size,
 )
+from steerlens.runtime.progress import progress, show_progress
 from steerlens.runtime.tokens import (
     answer_token_ids,
     chat_prompt,
@@ -87,8 +88,10 @@ __all__ = [
     "n_layers",
     "next_logits",
     "pad_token_id",
+    "progress",
     "right_pad",
     "score_rows",
+    "show_progress",
     "supports_kv_cache",
     "token_context",
     "token_logprobs",
