@@ -65,11 +65,7 @@ def generate(
         >>> len(out)
         2
     """
-    items = runtime.check_prompts(prompts)
-    if max_new_tokens < 1:
-        raise SpecError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    if not temperature >= 0:
-        raise SpecError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+    items = runtime.check_prompts(prompts)  # max_new_tokens and temperature: decode_tokens
     texts = runtime.format_prompts(model, items, chat=chat, system=system)
     eos = runtime.eos_token_ids(model)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
