@@ -33,15 +33,14 @@ class Intervention(Protocol):
     """Anything that maps a residual stream to a steered one, keeping its shape.
 
     ``strength`` is the plan's (`steerlens.Steering`): the intervention holds only the
-    tensors. ``negated()`` is the intervention of ``-v`` (used on negated datapoints).
+    tensors. Applying at ``-strength`` is applying the intervention of ``-v`` (``Ablate``
+    aside), which is how negated datapoints are steered.
     """
 
     @property
     def d_model(self) -> int: ...
 
     def apply(self, x: Residual, strength: float = 1.0) -> Residual: ...
-
-    def negated(self) -> Intervention: ...
 
 
 def check_vector(vector: Tensor, *, name: str = "vector", d_model: int | None = None) -> Tensor:
@@ -96,9 +95,6 @@ class Add:
     def apply(self, x: Residual, strength: float = 1.0) -> Residual:
         return x + strength * _cast(self.vector, x)
 
-    def negated(self) -> Add:
-        return Add(-self.vector)
-
 
 def _along(v: Tensor, x: Tensor) -> Tensor:
     """The coefficient of ``x``'s component along ``v``: ``(x . v) / (v . v)``."""
@@ -136,9 +132,6 @@ class Clamp:
         v = _cast(self.vector, x)
         return x + (strength - _along(v, x))[..., None] * v
 
-    def negated(self) -> Clamp:
-        return Clamp(-self.vector)
-
 
 @dataclass(frozen=True, eq=False)
 class Ablate:
@@ -162,9 +155,6 @@ class Ablate:
     def apply(self, x: Residual, strength: float = 1.0) -> Residual:
         v = _cast(self.vector, x)
         return x - (strength * _along(v, x))[..., None] * v
-
-    def negated(self) -> Ablate:
-        return self  # removing the component along -v removes the one along v
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,9 +194,6 @@ class Affine:
         if self.bias is not None:
             out = out + strength * _cast(self.bias, x)
         return out
-
-    def negated(self) -> Affine:
-        return Affine(-self.left, self.right, None if self.bias is None else -self.bias)
 
 
 KINDS: dict[str, type[Add] | type[Clamp] | type[Ablate]] = {

@@ -163,7 +163,8 @@ class RankOneSteering:
     def strength(self) -> float:
         return 1.0
 
-    def parameters(self, d_model: int, gen: torch.Generator, config: OptimizeConfig) -> Params:
+    def check(self, config: OptimizeConfig) -> None:
+        """Refuse the settings a rank-one map cannot use (before any work)."""
         set_fields = {
             "init": config.init is not None,
             "constraints": bool(config.constraints),
@@ -175,6 +176,9 @@ class RankOneSteering:
                 "RankOneSteering keeps ||u|| = ||v|| = 1 and starts from a random direction "
                 f"pair, so {'/'.join(bad)} cannot be used; leave them at their defaults."
             )
+
+    def parameters(self, d_model: int, gen: torch.Generator, config: OptimizeConfig) -> Params:
+        self.check(config)
         u = torch.randn(d_model, generator=gen, dtype=torch.float32)
         v = torch.randn(d_model, generator=gen, dtype=torch.float32)
         return {"left": (v / v.norm())[None], "right": (u / u.norm())[None]}

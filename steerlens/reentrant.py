@@ -368,19 +368,12 @@ def _check_inputs(
 
 
 def _check_rank_one_config(config: OptimizeConfig) -> None:
-    unsupported = {
-        "init": config.init is not None,
-        "constraints": bool(config.constraints),
-        "output_constraint": config.output_constraint is not None,
-        "steering": not isinstance(config.steering, AddSteering),
-    }
-    bad = [name for name, is_set in unsupported.items() if is_set]
-    if bad:
+    if not isinstance(config.steering, AddSteering):
         raise SpecError(
-            f"invasive='rank_one' keeps ||u|| = ||v|| = 1 and starts from a random direction "
-            f"pair, so early_config.{'/'.join(bad)} cannot be used; leave them at their "
-            "defaults (or use invasive='vector')."
+            "invasive='rank_one' trains its own rank-one map, so early_config.steering cannot be "
+            f"set (got {config.steering!r}); leave it at its default (or use invasive='vector')."
         )
+    RankOneSteering().check(config)
 
 
 __all__ = ["RankOneResult", "ReentrantResult", "reentrant_steering"]

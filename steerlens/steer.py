@@ -20,12 +20,20 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import SpecError, VectorShapeError
-from steerlens.interventions import Ablate, Add, Affine, Clamp, Intervention, check_vector
+from steerlens.interventions import (
+    KINDS,
+    Ablate,
+    Add,
+    Affine,
+    Clamp,
+    Intervention,
+    check_vector,
+)
 from steerlens.positions import Positions, PositionsLike, as_positions
 from steerlens.vector import SteeringVector
 
 Kind = type[Add] | type[Clamp] | type[Ablate]
-_KINDS = (Add, Clamp, Ablate)
+_KINDS = tuple(KINDS.values())
 
 
 @dataclass(frozen=True, eq=False)

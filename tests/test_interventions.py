@@ -90,11 +90,12 @@ def test_ablate_removes_a_fraction_of_the_component(seed, a):
     assert torch.allclose(Ablate(v).apply(x, a), expected, atol=1e-7)
 
 
-def test_negated_is_the_intervention_of_minus_v():
+def test_minus_strength_is_the_intervention_of_minus_v():
+    """Negated datapoints are steered at -strength; that must equal steering with -v."""
     v, x = _rand(0, D), _rand(1, 2, 3, D)
     left, right = _rand(2, 2, D), _rand(3, 2, D)
-    assert torch.allclose(Add(v).negated().apply(x, 2.0), Add(-v).apply(x, 2.0))
-    assert torch.allclose(Clamp(v).negated().apply(x, 2.0), Clamp(-v).apply(x, 2.0))
-    assert torch.allclose(Ablate(v).negated().apply(x), Ablate(v).apply(x))
-    neg = Affine(left, right, v).negated().apply(x)
+    assert torch.allclose(Add(v).apply(x, -2.0), Add(-v).apply(x, 2.0))
+    assert torch.allclose(Clamp(v).apply(x, -2.0), Clamp(-v).apply(x, 2.0), atol=1e-9)
+    neg = Affine(left, right, v).apply(x, -1.0)
+    assert torch.allclose(neg, Affine(-left, right, -v).apply(x), atol=1e-9)
     assert torch.allclose(neg, x - (x @ right.T) @ left - v, atol=1e-9)
