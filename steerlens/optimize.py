@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,11 +29,9 @@ from steerlens.constraints import (
     Noise,
     NormCap,
     OutputConstraint,
-    apply_constraints,
-    minimize_norm,
 )
 from steerlens.data import Datapoint, TokenizedDatapoint, tokenize
-from steerlens.engines import PackedEngine, SteerFn, make_engine, steering_function, unsteered
+from steerlens.engines import SteerFn, make_engine, steering_function, unsteered
 from steerlens.errors import NonFiniteError, SpecError, check_keywords
 from steerlens.interventions import Add, Affine, Clamp, Intervention, check_vector
 from steerlens.objectives import KLObjective, Objective, ObjectiveLike, convert_loss
@@ -384,149 +380,14 @@ def optimize_vector(
         (5, True)
     """
     config = with_overrides(OptimizeConfig() if config is None else config, overrides)
-    layers = runtime.check_layers(model, layer)
-    t0 = time.perf_counter()
-    data = tokenize(model, datapoints, config.positions)
-    spec = config.steering
-    gen = torch.Generator().manual_seed(config.seed)
-    # Float32 parameters (cast to the residual's dtype when applied): exact Adam state and unit
-    # norms in half-precision models too.
-    dev = runtime.device(model)
-    start = spec.parameters(runtime.d_model(model), gen, config)
-    params = {k: t.to(dev).requires_grad_(True) for k, t in start.items()}
-    engine = make_engine(model, data, layers, fast=config.fast)
-    any_negated = any(t.datapoint.negate for t in data)
-    caps = [c for c in config.constraints if isinstance(c, NormCap)]
-    v = params.get("v")
-    if v is not None:
-        with torch.no_grad():  # the start vector obeys the norm cap too
-            for cap in caps:
-                cap.apply(v)
+    # The loop lives in optimize_many (one vector is a batch of one); imported here because
+    # that module builds on this one's settings and results.
+    from steerlens.optimize_many import Job, optimize_many
 
-    def losses() -> Tensor:
-        fn = steering_function(spec.intervention(params), spec.strength, any_negated)
-        return config.objective.losses(engine.logits(fn), engine.layout)
-
-    noise_gen = torch.Generator().manual_seed(config.seed + 1)
-    noise_state: dict[int, Tensor] = {}
-
-    def after_step() -> None:
-        if v is not None:
-            apply_constraints(config.constraints, v, noise_gen, noise_state)
-        spec.after_step(params)
-
-    history, steps, stop_reason = _adam_loop(
-        params, losses, config, engine.layout.loss_targets, after_step
-    )
-    norm_phase = None
-    if config.output_constraint is not None and v is not None:
-        before = float(v.detach().norm())
-        bounds = history[-1].to(dev)
-        minimize_norm(v, _finite(params, losses), bounds, config.output_constraint, caps)
-        with torch.no_grad():
-            history.append(losses().float().cpu())
-        norm_phase = (before, float(v.detach().norm()))
-    wall = time.perf_counter() - t0
-    loss_history = torch.stack(history).numpy()
-    labels = engine.layout.labels
-    vector = _make_vector(
-        model, layers, params, config, data, loss_history, labels, steps, stop_reason
-    )
-    return OptimizeResult(
-        vector=vector,
-        loss_history=loss_history,
-        labels=labels,
-        steps=steps,
-        stop_reason=stop_reason,
-        wall_time_s=wall,
-        engine="packed" if isinstance(engine, PackedEngine) else "hooked",
-        norm_phase=norm_phase,
-    )
+    return optimize_many(model, [Job(datapoints, layer, config)])[0]
 
 
-def _finite_params(params: Params) -> bool:
-    """Finite entries and a finite norm (entries near 1e38 overflow the norm to inf)."""
-    return all(
-        bool(torch.isfinite(p).all()) and math.isfinite(float(p.detach().norm()))
-        for p in params.values()
-    )
-
-
-def _finite(params: Params, losses: Callable[[], Tensor]) -> Callable[[], Tensor | None]:
-    """``losses`` that returns ``None`` when the parameters or the losses are not finite."""
-
-    def call() -> Tensor | None:
-        if not _finite_params(params):
-            return None
-        values = losses()
-        return values if bool(torch.isfinite(values).all()) else None
-
-    return call
-
-
-def _adam_loop(
-    params: Params,
-    loss_fn: Callable[[], Tensor],
-    config: OptimizeConfig,
-    targets: Sequence[float | None],
-    after_step: Callable[[], None],
-) -> tuple[list[Tensor], int, str]:
-    """The optimizer loop.
-
-    Row ``t`` of the returned history is the loss before update ``t``; stop rules are checked
-    after each evaluation; ``after_step`` (constraints) runs after each update, without grad.
-    Only the steering parameters are differentiated: the model's weights get no gradient.
-    When the parameters or the loss stop being finite, the last finite parameters are restored
-    and the loop stops with a reason naming the step.
-
-    Returns:
-        ``(history, steps, stop_reason)``.
-    """
-    opt = torch.optim.Adam(list(params.values()), lr=config.lr, betas=config.betas)
-    history: list[Tensor] = []
-    last_good = {k: p.detach().clone() for k, p in params.items()}
-    stop_reason, steps = f"max steps ({config.max_steps})", 0
-    bar = runtime.progress(config.max_steps, "optimize", config.progress)
-    for step in range(config.max_steps + 1):
-        finite = _finite_params(params)
-        losses = loss_fn() if finite else None
-        if losses is None or not bool(torch.isfinite(losses).all()):
-            if not history:
-                raise NonFiniteError(
-                    "the loss is NaN/inf at the start point (before any update); "
-                    "check the model and the start vector (init=...)."
-                )
-            with torch.no_grad():
-                for k, p in params.items():
-                    p.copy_(last_good[k])
-            steps -= 1  # the update that produced the non-finite state is discarded
-            stop_reason = (
-                f"non-finite loss at step {step}; returned the last finite vector (step "
-                f"{step - 1}). Lower the learning rate or add a NormCap."
-            )
-            warnings.warn(f"steerlens: {stop_reason}", stacklevel=3)
-            break
-        history.append(losses.detach().float().cpu())
-        last_good = {k: p.detach().clone() for k, p in params.items()}
-        rule_reason = next((r for rule in config.stop if (r := rule.check(history, targets))), None)
-        if rule_reason is not None:
-            stop_reason = rule_reason
-            break
-        if step == config.max_steps:
-            break
-        opt.zero_grad(set_to_none=True)
-        losses.sum().backward(inputs=list(params.values()))
-        opt.step()
-        steps += 1
-        with torch.no_grad():
-            after_step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(losses.detach().sum()):.4f}")
-    bar.close()
-    return history, steps, stop_reason
-
-
-def _make_vector(
+def make_vector(
     model: Any,
     layers: list[int],
     params: dict[str, Tensor],
@@ -537,6 +398,7 @@ def _make_vector(
     steps: int,
     stop_reason: str,
 ) -> SteeringVector:
+    """The trained parameters as a ``SteeringVector`` with its provenance."""
     d = runtime.d_model(model)
     v = (
         params["v"].detach().clone()

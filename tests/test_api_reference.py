@@ -16,6 +16,7 @@ PUBLIC_MODULES = [
     "steerlens.baselines",
     "steerlens.evaluation",
     "steerlens.optimize",
+    "steerlens.optimize_many",
     "steerlens.reentrant",
     "steerlens.runtime",
     "steerlens.steer",
