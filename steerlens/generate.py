@@ -10,7 +10,14 @@ import torch
 
 from steerlens import runtime
 from steerlens.errors import SpecError
-from steerlens.steer import SteeringLike, steer
+from steerlens.steer import (
+    RowSteering,
+    SteeringLike,
+    check_row_steerings,
+    resolve_steering,
+    steer,
+    steer_rows,
+)
 
 # The keywords that shape a generation, for functions that generate on a caller's behalf.
 GENERATE_OPTIONS = (
@@ -90,6 +97,89 @@ def generate(
             bar.update(len(rows))
         bar.close()
     return outputs[0] if isinstance(prompts, str) else outputs
+
+
+@torch.no_grad()
+def generate_each(
+    model: Any,
+    prompts: str | Sequence[str],
+    steerings: Sequence[RowSteering],
+    *,
+    max_new_tokens: int = 64,
+    chat: bool = False,
+    system: str | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    batch_size: int = 16,
+    bos: bool = False,
+    progress: bool | None = None,
+) -> list[list[str]]:
+    """Generate from every prompt under every steering, many steerings per batch.
+
+    ``replies[s][p]`` is what ``generate(model, prompts, steerings[s], ...)[p]`` returns (the
+    same text for greedy decoding, and for sampling with the same ``seed``), but the
+    ``steerings x prompts`` rows are decoded together, each row under its own steering
+    (`steerlens.steer.steer_rows`), ``batch_size`` rows per forward pass.
+
+    Args:
+        model: a TransformerLens model.
+        prompts: a prompt or a list (user messages with ``chat=True``).
+        steerings: a list; each entry is a `steerlens.Steering` plan, a ``SteeringVector``,
+            a list of these (applied together), or ``None`` (unsteered).
+        max_new_tokens: the most tokens to add (stops early at the end-of-turn token).
+        chat: format each prompt as a user message with the model's chat template.
+        system: a system message for ``chat=True``.
+        temperature: 0 for greedy decoding; otherwise sampling from ``softmax(logits / T)``.
+        seed: seed for sampling; row ``(s, p)`` samples as prompt ``p`` does in `generate`.
+        batch_size: ``(steering, prompt)`` rows per forward pass.
+        bos: put the model's BOS token in front of each prompt.
+        progress: a progress bar over the rows when there is more than one batch.
+
+    Returns:
+        ``replies[s][p]``: the new text of prompt ``p`` under ``steerings[s]``.
+
+    Example:
+        >>> import torch
+        >>> from steerlens import Steering
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> plan = Steering(torch.ones(64), layer=1, strength=4.0)
+        >>> replies = generate_each(model, ["Hi", "Hello"], [None, plan], max_new_tokens=3)
+        >>> replies[1] == generate(model, ["Hi", "Hello"], plan, max_new_tokens=3)
+        True
+    """
+    items = runtime.check_prompts(prompts)
+    plans = check_row_steerings(steerings)
+    for plan in plans:  # refuse a bad steering before any decoding
+        resolve_steering(model, plan)
+    texts = runtime.format_prompts(model, items, chat=chat, system=system)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise SpecError(f"seed must be an int or None, got {seed!r}.")
+    base = seed if seed is not None else secrets.randbits(63)
+    eos = runtime.eos_token_ids(model)
+    dev = runtime.device(model)
+    encoded = [runtime.encode(model, t, bos=bos) for t in texts]
+    # Rows of similar length share a batch (less padding); row r is (steering, prompt).
+    cells = [(s, p) for s in range(len(plans)) for p in range(len(items))]
+    cells.sort(key=lambda sp: len(encoded[sp[1]]))
+    replies = [[""] * len(items) for _ in plans]
+    several = len(cells) > runtime.check_batch_size(batch_size)
+    bar = runtime.progress(len(cells), "generate", progress if several else False)
+    for rows in runtime.chunks(len(cells), batch_size):
+        batch = [cells[r] for r in rows]
+        with steer_rows(model, [plans[s] for s, _ in batch]):
+            new = runtime.decode_tokens(
+                model,
+                [encoded[p] for _, p in batch],
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                generators=[_prompt_generator(base, p, dev) for _, p in batch],
+            )
+        for (s, p), ids in zip(batch, new, strict=True):
+            replies[s][p] = runtime.decode(model, [t for t in ids if t not in eos])
+        bar.update(len(rows))
+    bar.close()
+    return replies
 
 
 def _prompt_generator(seed: int, index: int, device: torch.device) -> torch.Generator:

@@ -282,13 +282,174 @@ def steer(
         yield handle
 
 
+class RowSteeringHandle:
+    """Yielded by `steer_rows`: ``.rows[i]`` holds the applied interventions of batch row
+    ``i`` (an empty list for an unsteered row)."""
+
+    def __init__(self, rows: list[list[Applied]]) -> None:
+        self.rows = rows
+
+    def describe(self) -> str:
+        return " | ".join(f"row {i}: {describe_steering(r)}" for i, r in enumerate(self.rows))
+
+    def fwd_hooks(self) -> list[tuple[str, Callable[..., Tensor]]]:
+        layers = sorted({a.layer for row in self.rows for a in row})
+        hooks = []
+        for la in layers:
+            # Slot k holds each row's k-th intervention at this layer: applying the slots in
+            # order applies every row's interventions in the order steer() would.
+            per_row = [[a for a in row if a.layer == la] for row in self.rows]
+            depth = max(len(items) for items in per_row)
+            slots = [
+                _Slot([(r, items[k]) for r, items in enumerate(per_row) if len(items) > k])
+                for k in range(depth)
+            ]
+            hooks.append((runtime.hook_name(la), _row_hook(slots, len(self.rows))))
+        return hooks
+
+
+class _Slot:
+    """The interventions of some rows at one hook, applied in one pass: every ``Add`` as one
+    ``[batch, d_model]`` offset, other interventions once per group of rows that share them."""
+
+    def __init__(self, members: list[tuple[int, Applied]]) -> None:
+        self.members = members
+        self.adds = [(r, a) for r, a in members if type(a.intervention) is Add]
+        groups: dict[tuple[int, float], tuple[Applied, list[int]]] = {}
+        for r, a in members:
+            if type(a.intervention) is not Add:
+                groups.setdefault((id(a.intervention), a.strength), (a, []))[1].append(r)
+        self.groups = list(groups.values())
+        by_positions: dict[Positions, tuple[Applied, list[int]]] = {}
+        for r, a in members:
+            by_positions.setdefault(a.positions, (a, []))[1].append(r)
+        self.by_positions = list(by_positions.values())
+        self._offsets: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
+
+    def offsets(self, x: Tensor) -> Tensor:
+        """``[batch, d_model]``: ``strength * vector`` for the rows that add, 0 elsewhere, made
+        as ``Add.apply`` makes it (the vector in ``x``'s dtype times the strength)."""
+        key = (x.device, x.dtype, x.shape[0])
+        if key not in self._offsets:
+            out = torch.zeros(x.shape[0], x.shape[-1], device=x.device, dtype=x.dtype)
+            for r, a in self.adds:
+                vector = a.intervention.vector  # type: ignore[attr-defined]
+                out[r] = a.strength * vector.to(device=x.device, dtype=x.dtype)
+            self._offsets[key] = out
+        return self._offsets[key]
+
+    def steered(self, x: Tensor) -> Tensor:
+        y = x + self.offsets(x)[:, None, :] if self.adds else x.clone()
+        for a, rows in self.groups:
+            index = torch.tensor(rows, device=x.device)
+            y[index] = a.intervention.apply(x[index], a.strength)
+        return y
+
+    def mask(self, ctx: runtime.TokenContext, x: Tensor) -> Tensor:
+        """Which tokens of which rows this slot steers (rows outside it: none)."""
+        out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
+        for a, rows in self.by_positions:
+            index = torch.tensor(rows, device=x.device)
+            chosen = a.positions.mask(ctx, x.shape[1])
+            if chosen is None:
+                out[index] = True
+                continue
+            if ctx.offset == 0 and a.positions.kind != "generated":
+                hits = chosen[index].any(dim=1).tolist()
+                empty = [r for r, hit in zip(rows, hits, strict=True) if not hit]
+                if empty:
+                    raise SpecError(
+                        f"positions {a.positions.describe()!r} select no token of prompt "
+                        f"row(s) {empty} at layer {a.layer}, so nothing would be steered "
+                        "there; pick positions inside every prompt (indices count from its "
+                        "first token, negative ones from its end)."
+                    )
+            out[index] = chosen[index]
+        return out
+
+
+def _row_hook(slots: list[_Slot], n_rows: int) -> Callable[..., Tensor]:
+    def hook(x: Tensor, *, hook: Any) -> Tensor:
+        if x.shape[0] != n_rows:
+            raise SpecError(
+                f"steer_rows was given {n_rows} steerings but the forward call has "
+                f"{x.shape[0]} rows; pass one steering (or None) per row of each batch."
+            )
+        ctx = runtime.current_context(x.shape[0], x.shape[1], x.device)
+        for slot in slots:
+            x = torch.where(slot.mask(ctx, x)[..., None], slot.steered(x), x)
+        return x
+
+    return hook
+
+
+RowSteering = SteeringLike | Sequence[SteeringLike] | None
+
+
+def check_row_steerings(steerings: Sequence[RowSteering]) -> list[RowSteering]:
+    """``steerings`` as a list (one entry per row), or an error saying what to pass."""
+    if isinstance(steerings, (Steering, SteeringVector, Tensor, str)) or not isinstance(
+        steerings, Sequence
+    ):
+        raise SpecError(
+            f"steerings must be a list with one steering (or None) per row, got "
+            f"{type(steerings).__name__}; for one steering of every row use steer() instead, "
+            "or pass [plan] * n_rows."
+        )
+    if not steerings:
+        raise SpecError("steerings is empty; pass one steering (or None) per row.")
+    return list(steerings)
+
+
+@contextlib.contextmanager
+def steer_rows(model: Any, steerings: Sequence[RowSteering]) -> Iterator[RowSteeringHandle]:
+    """Steer each row of a batch with its own steering inside a ``with`` block: row ``i`` of
+    every forward call gets ``steerings[i]``; the hooks are removed on exit, even on error.
+
+    Rows may differ in vector, strength, layer, kind and positions. At each hook all the
+    rows' ``Add`` steerings are applied as one ``[batch, d_model]`` offset; other
+    interventions once per group of rows sharing them. Each row gets exactly what
+    `steer` would give it alone. Every forward call inside the block must have
+    ``len(steerings)`` rows.
+
+    Args:
+        model: a TransformerLens model.
+        steerings: one entry per batch row: a `Steering` plan, a ``SteeringVector``, a list
+            of these (applied together, in order), or ``None`` (unsteered).
+
+    Example:
+        >>> import torch
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> tokens = torch.tensor([[5, 6, 7], [5, 6, 7]])
+        >>> plan = Steering(torch.ones(64), layer=1, strength=3.0)
+        >>> with steer_rows(model, [plan, None]):
+        ...     both = model(tokens)
+        >>> with steer(model, plan):
+        ...     steered = model(tokens)
+        >>> torch.equal(both[0], steered[0]), torch.equal(both[1], model(tokens)[1])
+        (True, True)
+    """
+    rows = [resolve_steering(model, s) for s in check_row_steerings(steerings)]
+    handle = RowSteeringHandle(rows)
+    if not any(rows):
+        yield handle
+        return
+    with model.hooks(fwd_hooks=handle.fwd_hooks()):
+        yield handle
+
+
 __all__ = [
     "Applied",
+    "RowSteering",
+    "RowSteeringHandle",
     "Steering",
     "SteeringHandle",
     "SteeringLike",
     "as_plans",
+    "check_row_steerings",
     "describe_steering",
     "resolve_steering",
     "steer",
+    "steer_rows",
 ]
