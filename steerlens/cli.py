@@ -1,4 +1,4 @@
-"""The ``steerlens`` command: ``demo``, ``optimize`` and ``generate``."""
+"""The ``steerlens`` command: ``demo``, ``optimize``, ``generate`` and ``study run``."""
 
 from __future__ import annotations
 
@@ -347,6 +347,61 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_folder(args: argparse.Namespace) -> str:
+    if args.folder is not None:
+        return args.folder
+    return str(Path("outputs") / "studies" / Path(args.spec).stem)
+
+
+def cmd_study_run(args: argparse.Namespace) -> int:
+    """Train (and evaluate) every unit of a study spec, resuming in its folder."""
+    from steerlens.model import check_device
+    from steerlens.studies.folder import StudyFolder
+    from steerlens.studies.run import run_study
+    from steerlens.studies.spec import StudySpec
+
+    spec = StudySpec.from_toml(args.spec)
+    folder = _study_folder(args)
+    if Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
+        raise OutputPathError(
+            f"--folder {folder!r} is a file, but a folder is needed; pass a folder path (it is "
+            "created if missing)."
+        )
+    _check_writable_folder(Path(folder).expanduser(), what=f"--folder {folder!r}")
+    if args.backend == "ray":
+        from steerlens.studies.ray_backend import import_ray
+
+        import_ray()
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    check_device(args.device)
+    # A foreign, newer or changed folder is refused before the model loads.
+    StudyFolder.prepare(folder, spec, if_changed=args.if_changed)
+    _start(args)
+    units = spec.units()
+    print(
+        f"study {spec.name!r}: {len(units)} units ({len(spec.examples)} examples x "
+        f"{len(spec.layers)} layers x {len(spec.seeds)} seeds x {len(spec.objectives)} "
+        f"objectives) on model {spec.model!r}, in {folder}"
+    )
+    study = run_study(
+        spec,
+        folder,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        progress=args.progress,
+        if_changed=args.if_changed,
+        device=args.device,
+        evaluate=not args.no_evaluate,
+    )
+    table = study.table()
+    print(
+        f"done: {int((table['status'] == 'done').sum())} units saved in {study.path} "
+        f"(results.sqlite: tables 'units' and 'evaluations'; vectors/)"
+    )
+    return 0
+
+
 DESCRIPTION = """\
 Optimize one-shot steering vectors on TransformerLens models, and generate with them.
 
@@ -374,6 +429,15 @@ DEMO_DESCRIPTION = """\
 Train a one-shot 'answer in French' vector on the embedded model, compare unsteered and
 steered answers on the training prompt and four others, and save the vector and an HTML
 report."""
+
+
+STUDY_RUN_DESCRIPTION = """\
+Train one vector per unit of a study spec (examples x layers x seeds x objectives), then
+evaluate each (the generalization matrix). Every finished unit is saved at once in the study
+folder; running the same spec again skips them, so an interrupted run resumes where it stopped.
+
+example (see docs/howto.md, 'Run a generalization study', for the spec file):
+  steerlens study run french.toml --folder runs/french"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -565,6 +629,68 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the prompts as written, without the chat template (default: off)",
     )
     gen.set_defaults(func=cmd_generate)
+
+    study = sub.add_parser(
+        "study",
+        help="run a study: many vectors from a spec file, resumable",
+        description="Studies: many vectors (examples x layers x seeds x objectives) trained "
+        "from a spec file into a study folder that keeps every finished unit.",
+        formatter_class=fmt,
+    )
+    study_sub = study.add_subparsers(dest="study_command", required=True, metavar="COMMAND")
+    run = study_sub.add_parser(
+        "run",
+        help="train and evaluate every unit of a spec that its folder lacks",
+        description=STUDY_RUN_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    run.add_argument("spec", help="the study spec, a .toml file (required)")
+    run.add_argument(
+        "--folder",
+        default=None,
+        metavar="DIR",
+        help="the study folder, created if missing; re-running resumes in it (default: "
+        "outputs/studies/<spec file name>)",
+    )
+    run.add_argument(
+        "--backend",
+        choices=["serial", "ray"],
+        default="serial",
+        help="serial: in this process; ray: Ray tasks, on a cluster when RAY_ADDRESS is set "
+        "(pip install steerlens[ray]) (default: %(default)s)",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="units trained together in one batch (default: %(default)s)",
+    )
+    run.add_argument(
+        "--if-changed",
+        choices=["refuse", "versioned", "overwrite"],
+        default="refuse",
+        help="when the folder holds a study of another spec: refuse, run in DIR-v2, DIR-v3... "
+        "(versioned), or delete the old results (overwrite) (default: %(default)s)",
+    )
+    run.add_argument(
+        "--no-evaluate",
+        action="store_true",
+        help="train only; skip the generalization matrix (default: evaluate)",
+    )
+    run.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 or mps (default: cuda if available)"
+    )
+    run.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"CPU threads for PyTorch (default: PyTorch's choice, {torch.get_num_threads()} here)",
+    )
+    progress(run)
+    run.set_defaults(func=cmd_study_run)
+    # 'study report DIR' goes here.
     return parser
 
 

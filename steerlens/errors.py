@@ -71,6 +71,20 @@ class OutputPathError(SteerlensError):
     """An output path that cannot be written (a folder where a file is expected, no access)."""
 
 
+class MissingPackageError(SteerlensError):
+    """An optional package that a feature needs is not installed (e.g. ``ray``)."""
+
+
+class StudyError(SteerlensError):
+    """A study run that could not finish every unit (a unit failed, a judge raised); the
+    finished units are kept in the study folder."""
+
+
+class StudyFolderError(SteerlensError):
+    """A study folder that cannot be used: written by another tool or a newer steerlens, or
+    made for a different spec."""
+
+
 def check_keywords(given: Mapping[str, Any], valid: Iterable[str], *, where: str) -> None:
     """Raise a `SpecError` naming the valid keywords when ``given`` has others."""
     names = list(valid)

@@ -1,0 +1,208 @@
+"""The Ray backend: batches of units as Ray tasks (``pip install steerlens[ray]``).
+
+Each task trains one batch with `steerlens.studies.run.train_units` on a model its worker
+process builds once, from the spec's model name, and keeps (`worker_model`). Tasks ask
+for one GPU each when the cluster has GPUs, else one CPU. A task whose worker dies is retried
+(``max_retries``); one that still fails has each of its units recorded as failed with the
+error, and the other units are kept. The driver (the process calling
+`steerlens.studies.run.run_study`) alone writes to the study folder.
+
+To use a cluster, set ``RAY_ADDRESS`` (e.g. ``ray://head:10001``, or ``auto`` on a cluster
+node) or pass ``RayBackend(address=...)``; without either, a local Ray instance is started and
+shut down after the run. When Ray is already initialised (``ray.init(...)`` in your script),
+that instance is used and left running.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steerlens.errors import MissingPackageError, SpecError, SteerlensError
+from steerlens.studies.run import (
+    EvaluationOutcome,
+    Outcome,
+    describe_error,
+    evaluate_units,
+    train_units,
+)
+from steerlens.studies.spec import StudySpec, Unit, load_study_model
+from steerlens.vector import SteeringVector
+
+INSTALL = "pip install steerlens[ray]"
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a `MissingPackageError` saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingPackageError(
+            f"the Ray backend needs the ray package, which is not installed ({exc}); "
+            f"{INSTALL}, or use the serial backend (backend='serial', --backend serial)."
+        ) from exc
+    return ray
+
+
+@functools.lru_cache(maxsize=2)
+def worker_model(name: str, device: str | None) -> Any:
+    """The model ``name`` on ``device``, built once per process (each Ray worker keeps its own).
+
+    ``device=None`` is CUDA when this process sees a GPU, else the CPU.
+    """
+    return load_study_model(name, device=device)
+
+
+def train_on_worker(spec: StudySpec, units: Sequence[Unit], device: str | None) -> list[Outcome]:
+    """What one Ray task runs: ``units`` trained on this worker's model; vectors on the CPU
+    (so the driver needs no GPU to read them)."""
+    import dataclasses
+
+    from steerlens import runtime
+    from steerlens.optimize import OptimizeResult
+
+    model = worker_model(spec.model, device)
+    spec.check_layers(runtime.n_layers(model))
+    return [
+        dataclasses.replace(r, vector=r.vector.to("cpu")) if isinstance(r, OptimizeResult) else r
+        for r in train_units(model, spec, units)
+    ]
+
+
+def evaluate_on_worker(
+    spec: StudySpec,
+    items: Sequence[tuple[Unit, SteeringVector]],
+    device: str | None,
+    batch_size: int,
+) -> list[EvaluationOutcome]:
+    """What one Ray evaluation task runs: `steerlens.studies.run.evaluate_units` on this
+    worker's model."""
+    model = worker_model(spec.model, device)
+    return evaluate_units(model, spec, items, batch_size=batch_size)
+
+
+def model_layers(spec: StudySpec, device: str | None) -> int:
+    """The number of layers of the spec's model, as a worker builds it."""
+    from steerlens import runtime
+
+    return runtime.n_layers(worker_model(spec.model, device))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayBackend:
+    """Train batches of units as Ray tasks.
+
+    Attributes:
+        address: the Ray cluster to connect to (default: ``RAY_ADDRESS``, else a local
+            instance); ignored when Ray is already initialised.
+        max_retries: how many times a task whose worker died is run again.
+        num_gpus: GPUs per task (default: 1 when the cluster has GPUs, else 0).
+        num_cpus: CPUs per task.
+        device: where workers put the model (default: CUDA when the worker sees a GPU).
+        task: the function each task runs, ``(spec, units, device) -> outcomes`` in unit
+            order (default `train_on_worker`); a wrapper can add logging or profiling.
+
+    Example:
+        >>> from steerlens.studies.run import run_study
+        >>> backend = RayBackend(max_retries=5)  # doctest: +SKIP
+        >>> run_study("study.toml", "runs/study", backend=backend)  # doctest: +SKIP
+    """
+
+    address: str | None = None
+    max_retries: int = 3
+    num_gpus: float | None = None
+    num_cpus: float = 1
+    device: str | None = None
+    task: Callable[[StudySpec, Sequence[Unit], str | None], list[Outcome]] = train_on_worker
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
+            raise SpecError(f"max_retries must be an int >= 0, got {self.max_retries!r}.")
+        if self.max_retries < 0:
+            raise SpecError(f"max_retries must be an int >= 0, got {self.max_retries!r}.")
+        import_ray()  # a missing package is reported before any work
+
+    def train(
+        self, spec: StudySpec, units: Sequence[Unit], batch_size: int
+    ) -> Iterator[tuple[Unit, Outcome]]:
+        batches = [list(units[i : i + batch_size]) for i in range(0, len(units), batch_size)]
+        args = [(spec, batch, self.device) for batch in batches]
+        yield from self._run(self.task, spec, list(zip(batches, args, strict=True)))
+
+    def evaluate(
+        self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
+    ) -> Iterator[tuple[Unit, EvaluationOutcome]]:
+        work = []
+        for i in range(0, len(items), batch_size):
+            chunk = list(items[i : i + batch_size])
+            work.append(([u for u, _ in chunk], (spec, chunk, self.device, batch_size)))
+        yield from self._run(evaluate_on_worker, spec, work)
+
+    def _run(
+        self, fn: Callable[..., list[Any]], spec: StudySpec, work: list[tuple[list[Unit], tuple]]
+    ) -> Iterator[tuple[Unit, Any]]:
+        """Run ``fn(*args)`` as one task per ``(units, args)``; yield ``(unit, outcome)`` pairs
+        as tasks finish."""
+        ray = import_ray()
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False)
+        pending: dict[Any, list[Unit]] = {}
+        try:
+            num_gpus = self.num_gpus
+            if num_gpus is None:
+                num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+            options = {
+                "num_gpus": num_gpus,
+                "num_cpus": self.num_cpus,
+                "max_retries": self.max_retries,
+            }
+            check = ray.remote(model_layers).options(**options)
+            try:
+                n_layers = ray.get(check.remote(spec, self.device))
+            except ray.exceptions.RayTaskError as exc:
+                # A worker that cannot build the model: report steerlens's own error.
+                if isinstance(exc.cause, SteerlensError):
+                    raise exc.cause from None
+                raise
+            spec.check_layers(n_layers)
+            task = ray.remote(fn).options(**options)
+            for units, args in work:
+                pending[task.remote(*args)] = units
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    units = pending.pop(ref)
+                    yield from zip(units, self._outcomes(ray, ref, units), strict=True)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            if started:
+                ray.shutdown()
+
+    def _outcomes(self, ray: Any, ref: Any, batch: list[Unit]) -> list[Any]:
+        try:
+            outcomes = list(ray.get(ref))
+        except ray.exceptions.RayError as exc:
+            error = (
+                f"the Ray task failed after {self.max_retries} retries "
+                f"({describe_error(exc)[:500]})"
+            )
+            return [error] * len(batch)
+        if len(outcomes) != len(batch):
+            return [f"the Ray task returned {len(outcomes)} outcomes for {len(batch)} units"] * len(
+                batch
+            )
+        return outcomes
+
+
+__all__ = [
+    "INSTALL",
+    "RayBackend",
+    "evaluate_on_worker",
+    "import_ray",
+    "train_on_worker",
+    "worker_model",
+]

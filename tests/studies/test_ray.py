@@ -1,0 +1,113 @@
+"""The Ray backend on a local instance: equal to the serial run; dead workers retried; a unit
+whose worker keeps dying is recorded as failed, the others kept; missing ray is one clear error."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from steerlens.errors import MissingPackageError, StudyError
+from steerlens.studies.folder import StudyFolder
+from steerlens.studies.ray_backend import RayBackend, train_on_worker
+from steerlens.studies.run import run_study
+from steerlens.studies.spec import StudySpec
+
+ray = pytest.importorskip("ray")
+
+SPECS = Path(__file__).parent / "specs"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def spec() -> StudySpec:
+    return StudySpec.from_toml(SPECS / "tiny.toml")
+
+
+def _vectors(folder: StudyFolder) -> dict[str, torch.Tensor]:
+    return {name: folder.vector(name).vector for name in folder.finished()}
+
+
+def test_ray_results_equal_the_serial_run(local_ray, spec, tmp_path):
+    serial = run_study(spec, tmp_path / "serial", batch_size=2, progress=False)
+    parallel = run_study(spec, tmp_path / "ray", backend="ray", batch_size=2, progress=False)
+    a, b = _vectors(serial), _vectors(parallel)
+    assert sorted(a) == sorted(b) == sorted(u.name for u in spec.units())
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    ta, tb = serial.table(), parallel.table()
+    assert tb.unit.is_unique and (tb.status == "done").all()
+    ta, tb = ta.set_index("unit").sort_index(), tb.set_index("unit").sort_index()
+    assert (ta.steps == tb.steps).all()
+    assert torch.allclose(torch.tensor(ta.final_loss.values), torch.tensor(tb.final_loss.values))
+    ea = serial.evaluations().sort_values(["unit", "prompt_index"]).reset_index(drop=True)
+    eb = parallel.evaluations().sort_values(["unit", "prompt_index"]).reset_index(drop=True)
+    assert ea[["unit", "prompt", "own", "judged"]].equals(eb[["unit", "prompt", "own", "judged"]])
+
+
+def test_a_dead_worker_is_retried(local_ray, spec, tmp_path):
+    marker = tmp_path / "died-once"
+    victim = spec.units()[1].name
+
+    def dies_once(spec, units, device):
+        import os
+
+        if any(u.name == victim for u in units) and not marker.exists():
+            marker.write_text("x")
+            os._exit(1)  # the worker process dies
+        return train_on_worker(spec, units, device)
+
+    backend = RayBackend(max_retries=2, task=dies_once)
+    folder = run_study(spec, tmp_path / "s", backend=backend, batch_size=1, progress=False)
+    assert marker.exists()
+    table = folder.table()
+    assert len(table) == 4 and table.unit.is_unique and (table.status == "done").all()
+
+
+def test_a_unit_whose_worker_keeps_dying_is_failed_and_the_others_kept(local_ray, spec, tmp_path):
+    victim = spec.units()[2].name
+
+    def always_dies(spec, units, device):
+        import os
+
+        if any(u.name == victim for u in units):
+            os._exit(1)
+        return train_on_worker(spec, units, device)
+
+    backend = RayBackend(max_retries=1, task=always_dies)
+    with pytest.raises(StudyError, match=rf"1 of 4 units failed \(first: unit {victim!r}: the Ray"):
+        run_study(
+            spec, tmp_path / "s", backend=backend, batch_size=1, progress=False, evaluate=False
+        )
+    folder = StudyFolder.open(tmp_path / "s")
+    assert list(folder.failures()) == [victim]
+    assert "after 1 retries" in folder.failures()[victim]
+    assert len(folder.finished()) == 3
+
+    # The next run retries only the failed unit.
+    done = run_study(spec, tmp_path / "s", backend="ray", batch_size=1, progress=False)
+    table = done.table()
+    assert len(table) == 4 and table.unit.is_unique and (table.status == "done").all()
+
+
+def test_a_layer_out_of_range_is_refused_before_any_task(local_ray, spec, tmp_path):
+    bad = dataclasses.replace(spec, layers=(0, 9))
+    with pytest.raises(Exception, match=r"layer 9 .* is out of range"):
+        run_study(bad, tmp_path / "s", backend="ray", progress=False)
+    assert StudyFolder.open(tmp_path / "s").table().empty
+
+
+def test_missing_ray_is_one_clear_error(monkeypatch, spec, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(MissingPackageError, match=r"pip install steerlens\[ray\]"):
+        run_study(spec, tmp_path / "s", backend="ray", progress=False)
+    assert not (tmp_path / "s").exists()  # refused before any work

@@ -1,0 +1,246 @@
+"""run_study: resume after a crash loses nothing and duplicates nothing; failures are kept apart;
+the evaluation phase; ``steerlens study run``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from steerlens import cli
+from steerlens.errors import LayerError, StudyError, StudyFolderError
+from steerlens.evaluation.judges import StringMatchJudge
+from steerlens.studies import run as run_mod
+from steerlens.studies.folder import StudyFolder
+from steerlens.studies.run import SerialBackend, run_study
+from steerlens.studies.spec import OptimizerSettings, StudySpec
+
+SPECS = Path(__file__).parent / "specs"
+
+
+@pytest.fixture(scope="module")
+def spec() -> StudySpec:
+    return StudySpec.from_toml(SPECS / "tiny.toml")
+
+
+@pytest.fixture
+def backend(tiny):
+    return SerialBackend(model=tiny)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, spec):
+    """An uninterrupted run of the tiny spec."""
+    return run_study(spec, tmp_path_factory.mktemp("ref") / "study", progress=False)
+
+
+def _vectors(folder: StudyFolder) -> dict[str, torch.Tensor]:
+    return {name: folder.vector(name).vector for name in folder.finished()}
+
+
+def _count_calls(monkeypatch, *, fail_on: int | None = None, error: BaseException | None = None):
+    """Wrap optimize_many; raise ``error`` on call ``fail_on`` (1-based)."""
+    calls: list[int] = []
+    real = run_mod.optimize_many
+
+    def wrapped(model, jobs, *, progress=None):
+        calls.append(len(jobs))
+        if len(calls) == fail_on:
+            raise error  # type: ignore[misc]
+        return real(model, jobs, progress=progress)
+
+    monkeypatch.setattr(run_mod, "optimize_many", wrapped)
+    return calls
+
+
+def test_a_study_trains_every_unit_and_evaluates_it(reference, spec):
+    table = reference.table()
+    assert table.unit.tolist() == [u.name for u in spec.units()]
+    assert (table.status == "done").all() and (table.steps == 3).all()
+    assert len(list((reference.path / "vectors").iterdir())) == 4
+    ev = reference.evaluations()
+    # 2 example prompts + 1 held-out prompt per vector.
+    assert len(ev) == 4 * 3 and set(ev.unit) == set(table.unit)
+    own = ev[ev.own == 1]
+    assert sorted(own.unit) == sorted(table.unit)
+    assert ev.side_effect_kl.notna().all() and ev.reply.notna().all()
+
+
+def test_a_rerun_skips_every_finished_unit(reference, spec, monkeypatch):
+    calls = _count_calls(monkeypatch)
+    before = reference.table()
+    again = run_study(spec, reference.path, progress=False)
+    assert calls == [] and again.table().equals(before)
+
+
+def test_ctrl_c_mid_run_keeps_finished_units_and_a_rerun_finishes_the_rest(
+    tmp_path, spec, backend, reference, monkeypatch
+):
+    calls = _count_calls(monkeypatch, fail_on=3, error=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, tmp_path / "s", backend=backend, batch_size=1, progress=False)
+    folder = StudyFolder.open(tmp_path / "s")
+    done = [u.name for u in spec.units()[:2]]
+    assert sorted(folder.finished()) == sorted(done) and len(calls) == 3
+    files = sorted(p.name for p in (tmp_path / "s" / "vectors").iterdir())
+    assert files == sorted(f"{n}.safetensors" for n in done)  # no partial file
+    stamps = {n: folder.vector_path(n).stat().st_mtime_ns for n in done}
+
+    monkeypatch.undo()
+    calls = _count_calls(monkeypatch)
+    finished = run_study(spec, tmp_path / "s", backend=backend, batch_size=1, progress=False)
+    assert calls == [1, 1]  # only the two missing units
+    table = finished.table()
+    assert sorted(table.unit) == sorted(u.name for u in spec.units())
+    assert table.unit.is_unique and (table.status == "done").all()
+    assert {n: finished.vector_path(n).stat().st_mtime_ns for n in done} == stamps
+    ref = _vectors(reference)
+    for name, v in _vectors(finished).items():
+        assert torch.allclose(v, ref[name], atol=1e-5), name
+    assert len(finished.evaluations()) == len(reference.evaluations())
+
+
+def test_a_failing_unit_is_recorded_and_the_others_kept(tmp_path, spec, backend, monkeypatch):
+    _count_calls(monkeypatch, fail_on=3, error=RuntimeError("CUDA out of memory"))
+    with pytest.raises(StudyError) as info:
+        run_study(spec, tmp_path / "s", backend=backend, batch_size=1, progress=False)
+    third = spec.units()[2].name
+    message = str(info.value)
+    assert f"1 of 4 units failed (first: unit {third!r}: RuntimeError: CUDA out of memory)" in (
+        message
+    )
+    assert "3 finished units are saved" in message and "run the study again" in message
+    folder = StudyFolder.open(tmp_path / "s")
+    assert folder.failures() == {third: "RuntimeError: CUDA out of memory"}
+    assert len(folder.finished()) == 3
+
+    monkeypatch.undo()
+    calls = _count_calls(monkeypatch)
+    table = run_study(spec, tmp_path / "s", backend=backend, progress=False).table()
+    assert calls == [1] and len(table) == 4 and (table.status == "done").all()
+
+
+def test_one_bad_unit_in_a_batch_does_not_fail_the_batch(tmp_path, spec, backend, monkeypatch):
+    real = run_mod.optimize_many
+    bad_prompt = spec.examples[1].prompt
+
+    def optimize_many(model, jobs, *, progress=None):
+        if any(j.datapoints.prompt == bad_prompt and j.layer == 1 for j in jobs):
+            raise RuntimeError("bad unit")
+        return real(model, jobs, progress=progress)
+
+    monkeypatch.setattr(run_mod, "optimize_many", optimize_many)
+    with pytest.raises(StudyError, match="unit 'cats-L1-s0-promotion'"):
+        run_study(spec, tmp_path / "s", backend=backend, batch_size=4, progress=False)
+    assert len(StudyFolder.open(tmp_path / "s").finished()) == 3
+
+
+def test_a_layer_out_of_range_is_refused_before_any_training(tmp_path, spec, monkeypatch):
+    calls = _count_calls(monkeypatch)
+    bad = dataclasses.replace(spec, layers=(1, 4))
+    with pytest.raises(
+        LayerError, match=r"layer 4 in the spec's layers \[1, 4\] is out of range.*2 layers \(0-1\)"
+    ):
+        run_study(bad, tmp_path / "s", progress=False)
+    assert calls == [] and StudyFolder.open(tmp_path / "s").table().empty
+
+
+def test_a_changed_spec_is_refused_and_runs_nothing(reference, spec, monkeypatch):
+    calls = _count_calls(monkeypatch)
+    changed = dataclasses.replace(spec, optimizer=OptimizerSettings(lr=0.2, max_steps=3))
+    with pytest.raises(StudyFolderError, match=r"another spec \(changed: optimizer"):
+        run_study(changed, reference.path, progress=False)
+    assert calls == [] and len(reference.finished()) == 4
+
+
+def test_a_judge_that_raises_names_the_unit_and_keeps_everything(
+    tmp_path, spec, backend, monkeypatch
+):
+    def broken(self, texts):
+        raise RuntimeError("judge service down")
+
+    monkeypatch.setattr(StringMatchJudge, "judge_all", broken)
+    with pytest.raises(StudyError) as info:
+        run_study(spec, tmp_path / "s", backend=backend, progress=False)
+    message = str(info.value)
+    assert "evaluating 4 unit(s) failed (first: unit 'ex0-L0-s0-promotion'" in message
+    assert "judge service down" in message and "every trained vector" in message
+    folder = StudyFolder.open(tmp_path / "s")
+    assert len(folder.finished()) == 4 and folder.evaluations().empty
+
+    monkeypatch.undo()
+    calls = _count_calls(monkeypatch)
+    done = run_study(spec, tmp_path / "s", backend=backend, progress=False)
+    assert calls == [] and len(done.evaluations()) == 12  # evaluation only
+
+
+def test_evaluation_resumes_per_vector(tmp_path, spec, backend):
+    run_study(spec, tmp_path / "s", backend=backend, progress=False, evaluate=False)
+    folder = StudyFolder.open(tmp_path / "s")
+    assert len(folder.finished()) == 4 and folder.evaluations().empty
+    first = spec.units()[0]
+    rows = run_mod.evaluate_units(backend.model, spec, [(first, folder.vector(first))])[0]
+    assert not isinstance(rows, str)
+    folder.record_evaluation(first, rows)
+    seen: list[list[str]] = []
+    real = run_mod.evaluate_units
+
+    def evaluate_units(model, spec, items, *, batch_size=16):
+        seen.append([u.name for u, _ in items])
+        return real(model, spec, items, batch_size=batch_size)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_mod, "evaluate_units", evaluate_units)
+        run_study(spec, tmp_path / "s", backend=backend, progress=False)
+    assert seen == [[u.name for u in spec.units()[1:]]]
+    assert len(folder.evaluations()) == 12
+
+
+def test_an_unknown_backend_is_refused(tmp_path, spec):
+    with pytest.raises(Exception, match=r"unknown backend 'dask'.*'serial', 'ray'"):
+        run_study(spec, tmp_path / "s", backend="dask")
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def test_study_run_on_the_command_line_and_resume(tmp_path, capsys):
+    argv = ["study", "run", str(SPECS / "tiny.toml"), "--folder", str(tmp_path / "s")]
+    assert cli.main([*argv, "--no-progress", "--threads", "1"]) == 0
+    out = capsys.readouterr()
+    assert "4 units (2 examples x 2 layers x 1 seeds x 1 objectives)" in out.out
+    assert "done: 4 units saved in" in out.out and out.err.startswith("steerlens: device")
+    assert cli.main([*argv, "--no-progress"]) == 0
+    assert len(StudyFolder.open(tmp_path / "s").table()) == 4
+
+
+def test_study_run_errors_are_one_line(tmp_path, capsys):
+    other = tmp_path / "other.toml"
+    spec = StudySpec.from_toml(SPECS / "tiny.toml")
+    dataclasses.replace(spec, seeds=(1,)).save_toml(other)
+    folder = tmp_path / "s"
+    assert cli.main(["study", "run", str(SPECS / "tiny.toml"), "--folder", str(folder)]) == 0
+    capsys.readouterr()
+    assert cli.main(["study", "run", str(other), "--folder", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another spec (changed: seeds" in err
+    assert "--if-changed versioned" in err
+    assert cli.main(["study", "run", str(tmp_path / "missing.toml")]) == 2
+    assert "no study spec file" in capsys.readouterr().err
+    assert (
+        cli.main(["study", "run", str(other), "--folder", str(folder), "--if-changed", "versioned"])
+        == 0
+    )
+    assert (tmp_path / "s-v2" / "study.json").is_file()
+
+
+def test_study_run_help_gives_every_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["study", "run", "--help"])
+    out = capsys.readouterr().out
+    assert "resumes" in out
+    for option in ("--folder", "--backend", "--batch-size", "--if-changed", "--threads"):
+        assert option in out
+    assert out.count("(default:") >= 7
