@@ -20,6 +20,7 @@ PUBLIC_MODULES = [
     "steerlens.reentrant",
     "steerlens.runtime",
     "steerlens.steer",
+    "steerlens.studies",
 ]
 
 

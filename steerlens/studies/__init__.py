@@ -1,0 +1,43 @@
+"""Studies: the paper's question at scale. Does a vector trained on one example generalize,
+where, how strongly, and at what cost to coherence?
+
+- `generalization_matrix`: every vector applied to every example (and held-out prompts):
+  target log-prob change, judged behavior, side-effect KL, and which example transfers best.
+- `steerability`: per prompt, the effect as a function of strength; the anti-steerable
+  fraction (Tan et al., 2024).
+- `layer_strength_grid`: behavior and coherence on one layer x strength grid, and the best
+  behavior within a coherence budget (`GridResult.frontier`).
+- `StudySpec` / `run_study` / `StudyFolder`: a declarative study (Python or TOML) trained with
+  `steerlens.optimize_many.optimize_many`, written unit by unit to a folder that resumes and
+  loses nothing; serial by default, Ray with ``backend="ray"``.
+
+Example:
+    >>> from steerlens.studies import Example, StudySpec
+    >>> spec = StudySpec(examples=[Example(prompt="Hi", promote=[" there"])], layers=[0, 1],
+    ...                  model="tiny")
+    >>> [u.name for u in spec.units()]
+    ['ex0-L0-s0-promotion', 'ex0-L1-s0-promotion']
+"""
+
+from steerlens.studies.folder import StudyFolder
+from steerlens.studies.grid import FrontierPoint, GridResult, layer_strength_grid
+from steerlens.studies.matrix import GeneralizationMatrix, generalization_matrix
+from steerlens.studies.run import run_study
+from steerlens.studies.spec import EvaluationSettings, Example, OptimizerSettings, StudySpec
+from steerlens.studies.steerability import SteerabilityResult, steerability
+
+__all__ = [
+    "EvaluationSettings",
+    "Example",
+    "FrontierPoint",
+    "GeneralizationMatrix",
+    "GridResult",
+    "OptimizerSettings",
+    "StudyFolder",
+    "StudySpec",
+    "SteerabilityResult",
+    "generalization_matrix",
+    "layer_strength_grid",
+    "run_study",
+    "steerability",
+]
