@@ -1,4 +1,5 @@
-"""The ``steerlens`` command: ``demo``, ``optimize``, ``generate`` and ``study run``."""
+"""The ``steerlens`` command: ``demo``, ``optimize``, ``generate``, ``study run`` and
+``study report``."""
 
 from __future__ import annotations
 
@@ -402,6 +403,15 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_report(args: argparse.Namespace) -> int:
+    """Write a study folder's results as one self-contained HTML page."""
+    from steerlens.studies.report import write_report
+
+    path = write_report(args.folder, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
 DESCRIPTION = """\
 Optimize one-shot steering vectors on TransformerLens models, and generate with them.
 
@@ -438,6 +448,16 @@ folder; running the same spec again skips them, so an interrupted run resumes wh
 
 example (see docs/howto.md, 'Run a generalization study', for the spec file):
   steerlens study run french.toml --folder runs/french"""
+
+
+STUDY_REPORT_DESCRIPTION = """\
+Write one self-contained HTML page of a study folder's results, read from the folder alone (no
+model is loaded): the spec, unit counts and failures, the units table, the generalization
+matrix and transfer ranking, each vector's steerability and the layer x strength grid (where
+the study measured them). plotly.js is embedded, so the page opens offline.
+
+example:
+  steerlens study report runs/french      # writes runs/french/report.html"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -690,7 +710,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     progress(run)
     run.set_defaults(func=cmd_study_run)
-    # 'study report DIR' goes here.
+    report = study_sub.add_parser(
+        "report",
+        help="write a study folder's results as one HTML page",
+        description=STUDY_REPORT_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    report.add_argument("folder", metavar="DIR", help="the study folder (required)")
+    report.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        metavar="FILE",
+        help="the HTML file to write (default: DIR/report.html)",
+    )
+    report.set_defaults(func=cmd_study_report)
     return parser
 
 

@@ -348,20 +348,7 @@ class SteeringVector:
         """
         from steerlens.io.gguf_format import write_control_vector
 
-        self._check_hook_template()
-        if self.affine:
-            raise SpecError(
-                "llama.cpp control vectors hold only additive directions; this vector has "
-                "affine parts. Save it with .save() instead."
-            )
-        kinds = _non_additive_steering(self.provenance)
-        if kinds and not additive_ok:
-            raise SpecError(
-                f"this vector was trained with {'/'.join(sorted(kinds))} steering, but llama.cpp "
-                "only adds control vectors (x + a v), so it would not act as trained. Pass "
-                "additive_ok=True to export its direction to be added anyway, or apply it with "
-                "steerlens in Python."
-            )
+        self._check_exportable("llama.cpp control vectors", additive_ok=additive_ok)
         n_layers = None
         if model is not None:
             self.check_compatible(model)
@@ -369,6 +356,63 @@ class SteeringVector:
         hint = model_hint or self.model_id.rsplit("/", 1)[-1].lower()
         write_control_vector(path, dict(self.directions), model_hint=hint, n_layers=n_layers)
         return Path(path).expanduser()
+
+    @classmethod
+    def from_gguf(
+        cls,
+        path: str | Path,
+        model: Any,
+        *,
+        layers: Iterable[int] | None = None,
+        allow_model_mismatch: bool = False,
+    ) -> SteeringVector:
+        """Read a llama.cpp control-vector file (ours, repeng's, llama.cpp's) for ``model``.
+
+        ``direction.{k}`` becomes our layer ``k + 1``; see docs/llama_cpp.md. The file's
+        ``controlvector.model_hint`` must name ``model`` (its architecture, e.g. ``"llama"``,
+        or the hint `to_gguf` writes) unless ``allow_model_mismatch=True``. ``layers`` keeps
+        only those of our layers (e.g. to leave out a last-block vector). Details:
+        `steerlens.io.gguf_format.load_gguf_vector`.
+
+        Example:
+            >>> import tempfile
+            >>> from steerlens.testing import tiny_model
+            >>> model = tiny_model(n_layers=3)
+            >>> v = SteeringVector.from_tensor(torch.randn(64), layer=2, model=model)
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     back = SteeringVector.from_gguf(v.to_gguf(f"{tmp}/v.gguf"), model)
+            >>> torch.equal(back.directions[2], v.directions[2])
+            True
+
+        Raises:
+            VectorFileError: not a readable control-vector file.
+            ModelMismatchError: the file's model hint names another model.
+            VectorShapeError, LayerError: vectors of another ``d_model``, or a layer the model
+                lacks (a file's last-block vector has no ``hook_resid_pre``).
+        """
+        from steerlens.io.gguf_format import load_gguf_vector
+
+        return load_gguf_vector(
+            path, model, layers=layers, allow_model_mismatch=allow_model_mismatch
+        )
+
+    def _check_exportable(self, target: str, *, additive_ok: bool) -> None:
+        """Refuse what an add-only tool (``target``) cannot express: another hook point,
+        affine parts, and (unless ``additive_ok``) non-additive steering."""
+        self._check_hook_template()
+        if self.affine:
+            raise SpecError(
+                f"{target} hold only additive directions; this vector has affine parts. Save "
+                "it with .save() instead."
+            )
+        kinds = _non_additive_steering(self.provenance)
+        if kinds and not additive_ok:
+            raise SpecError(
+                f"this vector was trained with {'/'.join(sorted(kinds))} steering, but "
+                f"{target} are only added (x + a v), so it would not act as trained. Pass "
+                "additive_ok=True to export its direction to be added anyway, or apply it with "
+                "steerlens in Python."
+            )
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the tensors, as JSON-ready data."""

@@ -4,6 +4,7 @@ tables results print."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -77,3 +78,26 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, max_rows: int
     if len(rows) > max_rows:
         lines.append(f"... ({len(rows) - max_rows} more rows)")
     return "\n".join(lines)
+
+
+# The last user turn of the common chat templates: ChatML (SmolLM2, Qwen), Llama 3, Gemma.
+_USER_TURN = re.compile(
+    r"(?:<\|im_start\|>user\n|<\|start_header_id\|>user<\|end_header_id\|>\n\n"
+    r"|<start_of_turn>user\n)(.*?)(?:<\|im_end\|>|<\|eot_id\|>|<end_of_turn>)",
+    re.S,
+)
+
+
+def prompt_label(text: str) -> str:
+    r"""What to show for a prompt in tables and plots: the last user message of a
+    chat-formatted prompt (a prompt shown by its start would be all system message), else the
+    text itself.
+
+    Example:
+        >>> prompt_label("<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\nHi!<|im_end|>")
+        'Hi!'
+        >>> prompt_label("The cat sat")
+        'The cat sat'
+    """
+    turns = _USER_TURN.findall(text)
+    return turns[-1].strip() if turns else text

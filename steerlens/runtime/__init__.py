@@ -36,6 +36,7 @@ from steerlens.runtime.model import (
     device,
     dtype,
     eos_token_ids,
+    final_norm,
     hook_name,
     model_id,
     n_ctx,
@@ -43,6 +44,7 @@ from steerlens.runtime.model import (
     pad_token_id,
     supports_kv_cache,
     tokenizer,
+    unembed_matrix,
     vocab_size,
 )
 from steerlens.runtime.progress import progress, show_progress
@@ -77,6 +79,7 @@ __all__ = [
     "dtype",
     "encode",
     "eos_token_ids",
+    "final_norm",
     "format_prompts",
     "hook_name",
     "kl_divergence",
@@ -96,5 +99,6 @@ __all__ = [
     "token_context",
     "token_logprobs",
     "tokenizer",
+    "unembed_matrix",
     "vocab_size",
 ]

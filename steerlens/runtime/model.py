@@ -123,3 +123,55 @@ def check_layers(model: Any, layer: int | Sequence[int], *, what: str = "layer")
     if not layers:
         raise LayerError(f"no {what} given; pass {what}=<int> or a list of layers.")
     return [check_layer(model, la, what=what) for la in layers]
+
+
+def unembed_matrix(model: Any) -> torch.Tensor:
+    """The unembedding ``W_U``, ``[d_model, d_vocab]``: ``model.W_U`` (TransformerBridge,
+    HookedTransformer), else ``model.unembed.W_U``, else the weight of a plain
+    ``nn.Linear`` ``model.unembed``.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> tuple(unembed_matrix(tiny_model()).shape)
+        (64, 265)
+    """
+    unembed = getattr(model, "unembed", None)
+    for owner in (model, unembed):
+        w = getattr(owner, "W_U", None) if owner is not None else None
+        if isinstance(w, torch.Tensor):
+            return w
+    weight = getattr(unembed, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+        return weight.T  # nn.Linear(d_model, d_vocab) stores [d_vocab, d_model]
+    raise ModelError(
+        f"cannot find the unembedding of this {type(model).__name__}: it has no W_U and no "
+        "unembed.W_U or unembed.weight; steerlens needs the [d_model, d_vocab] unembedding "
+        "matrix (a TransformerLens model has model.W_U)."
+    )
+
+
+def final_norm(model: Any) -> tuple[str | None, torch.Tensor | None]:
+    """The final norm before the unembedding: its kind (the config's ``normalization_type``:
+    ``"RMS"``, ``"LN"``, ``"RMSPre"``, ``"LNPre"`` or ``None``) and its effective elementwise
+    weight ``[d_model]`` (``None`` when it has none, e.g. folded into ``W_U``). Models that
+    store an RMSNorm weight as an offset from 1 (Gemma: ``cfg.rmsnorm_uses_offset``) get
+    ``1 + w``.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> kind, weight = final_norm(tiny_model())
+        >>> kind, tuple(weight.shape)
+        ('RMS', (64,))
+    """
+    kind = getattr(model.cfg, "normalization_type", None)
+    norm = getattr(model, "ln_final", None)
+    if norm is None:
+        return (str(kind) if kind else None), None
+    weight = getattr(norm, "w", None)
+    if not isinstance(weight, torch.Tensor):
+        weight = getattr(norm, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return (str(kind) if kind else None), None
+    if getattr(model.cfg, "rmsnorm_uses_offset", False):
+        weight = 1.0 + weight
+    return (str(kind) if kind else None), weight

@@ -9,7 +9,8 @@ where, how strongly, and at what cost to coherence?
   behavior within a coherence budget (`GridResult.frontier`).
 - `StudySpec` / `run_study` / `StudyFolder`: a declarative study (Python or TOML) trained with
   `steerlens.optimize_many.optimize_many`, written unit by unit to a folder that resumes and
-  loses nothing; serial by default, Ray with ``backend="ray"``.
+  loses nothing; serial by default, Ray with ``backend="ray"``; `write_report` makes one
+  self-contained HTML page of a study folder.
 
 Example:
     >>> from steerlens.studies import Example, StudySpec
@@ -22,8 +23,15 @@ Example:
 from steerlens.studies.folder import StudyFolder
 from steerlens.studies.grid import FrontierPoint, GridResult, layer_strength_grid
 from steerlens.studies.matrix import GeneralizationMatrix, generalization_matrix
+from steerlens.studies.report import write_report
 from steerlens.studies.run import run_study
-from steerlens.studies.spec import EvaluationSettings, Example, OptimizerSettings, StudySpec
+from steerlens.studies.spec import (
+    EvaluationSettings,
+    Example,
+    GridSettings,
+    OptimizerSettings,
+    StudySpec,
+)
 from steerlens.studies.steerability import SteerabilityResult, steerability
 
 __all__ = [
@@ -32,12 +40,14 @@ __all__ = [
     "FrontierPoint",
     "GeneralizationMatrix",
     "GridResult",
+    "GridSettings",
     "OptimizerSettings",
+    "SteerabilityResult",
     "StudyFolder",
     "StudySpec",
-    "SteerabilityResult",
     "generalization_matrix",
     "layer_strength_grid",
     "run_study",
     "steerability",
+    "write_report",
 ]

@@ -7,14 +7,20 @@ Layout::
     DIR/spec.toml                   the spec, for people
     DIR/results.sqlite              table ``units``: one row per finished (or failed) unit;
                                     table ``evaluations``: the generalization matrix's rows
-                                    of every evaluated unit
+                                    of every evaluated unit;
+                                    table ``steerability``: one row per unit x example prompt
+                                    x multiplier (with the prompt's slope);
+                                    table ``grid``: one row per (layer, strength) cell of the
+                                    layer x strength grid (with its source unit)
     DIR/vectors/<unit>.safetensors  each finished unit's `SteeringVector`
 
 A unit is written in two steps: its vector file (atomically: a temporary file renamed into
 place), then its row, in one SQLite transaction. So a row always has its file. A crash between
 the two steps leaves a file without a row; that unit is simply trained again (the file is
 replaced), and a row whose file is missing (a file deleted by hand) is dropped and its unit
-redone. A unit is never recorded twice: the unit name is the table's primary key.
+redone. A unit is never recorded twice: the unit name is the table's primary key. A unit's
+evaluation and steerability rows are replaced together in one transaction, and dropped when the
+unit is trained again; the grid is written whole, and dropped when one of its source units is.
 
 Read the table with pandas: `StudyFolder.table`, or
 ``pd.read_sql("SELECT * FROM units", sqlite3.connect("DIR/results.sqlite"))``.
@@ -26,12 +32,13 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import math
 import shutil
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from steerlens.errors import SpecError, StudyFolderError
 from steerlens.io.atomic import atomic_path
@@ -39,6 +46,11 @@ from steerlens.optimize import OptimizeResult
 from steerlens.studies.spec import StudySpec, Unit
 from steerlens.vector import SteeringVector
 from steerlens.version import __version__
+
+if TYPE_CHECKING:
+    from steerlens.studies.grid import GridResult
+    from steerlens.studies.matrix import GeneralizationMatrix
+    from steerlens.studies.steerability import SteerabilityResult
 
 FORMAT = "steerlens-study"
 FORMAT_VERSION = 1
@@ -82,6 +94,42 @@ _EVALUATION_COLUMNS = {
     "reply": "TEXT",
     "side_effect_kl": "REAL",
 }
+
+_STEERABILITY_COLUMNS = {
+    "unit": "TEXT NOT NULL",
+    "prompt_index": "INTEGER NOT NULL",  # the example prompts with promote completions
+    "prompt": "TEXT NOT NULL",
+    "strength_index": "INTEGER NOT NULL",
+    "strength": "REAL NOT NULL",  # the multiplier of the vector as trained
+    "effect": "REAL",  # target log-prob change (nats)
+    "slope": "REAL",  # the prompt's least-squares slope (nats per unit multiplier)
+    "unsteered_logprob": "REAL",
+}
+_GRID_METRICS = ("behavior", "kl", "nll", "distinct")
+_GRID_COLUMNS = {
+    "layer": "INTEGER NOT NULL",
+    "strength": "REAL NOT NULL",
+    "source_unit": "TEXT NOT NULL",  # the unit whose vector was applied at this layer
+    **{f"{m}{end}": "REAL" for m in _GRID_METRICS for end in ("", "_low", "_high")},
+    "successes": "INTEGER NOT NULL",
+    "n_prompts": "INTEGER NOT NULL",
+    "replies": "TEXT",  # JSON: one steered reply per held-out prompt
+    "baseline_behavior": "REAL",  # the unsteered model's, the same in every row
+    "baseline_nll": "REAL",
+    "baseline_distinct": "REAL",
+    "n": "INTEGER NOT NULL",  # the n of distinct-n
+}
+
+
+def _create(con: sqlite3.Connection, table: str, columns: dict[str, str], key: str) -> None:
+    body = ", ".join(f'"{k}" {v}' for k, v in columns.items())
+    con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body}, PRIMARY KEY ({key}))")
+
+
+def _insert(con: sqlite3.Connection, table: str, names: list[str], values: list[list[Any]]) -> None:
+    quoted = ", ".join(f'"{k}"' for k in names)
+    marks = ", ".join("?" for _ in names)
+    con.executemany(f"INSERT INTO {table} ({quoted}) VALUES ({marks})", values)
 
 
 def _now() -> str:
@@ -311,9 +359,14 @@ class StudyFolder:
             for unit, rel in rows:
                 if not rel or not (self.path / rel).is_file():
                     con.execute("DELETE FROM units WHERE unit = ?", (unit,))
+            for table in ("evaluations", "steerability"):
+                con.execute(
+                    f"DELETE FROM {table} WHERE unit NOT IN "
+                    "(SELECT unit FROM units WHERE status = 'done')"
+                )
             con.execute(
-                "DELETE FROM evaluations WHERE unit NOT IN "
-                "(SELECT unit FROM units WHERE status = 'done')"
+                "DELETE FROM grid WHERE EXISTS (SELECT 1 FROM grid WHERE source_unit NOT IN "
+                "(SELECT unit FROM units WHERE status = 'done'))"
             )
 
     # -- the database -----------------------------------------------------------------------
@@ -328,6 +381,8 @@ class StudyFolder:
         con.execute(
             f"CREATE TABLE IF NOT EXISTS evaluations ({columns}, PRIMARY KEY (unit, prompt_index))"
         )
+        _create(con, "steerability", _STEERABILITY_COLUMNS, "unit, prompt_index, strength_index")
+        _create(con, "grid", _GRID_COLUMNS, "layer, strength")
         con.commit()
         return con
 
@@ -379,6 +434,95 @@ class StudyFolder:
         """The names of the units whose evaluation rows are saved."""
         with self.transaction() as con:
             return {r[0] for r in con.execute("SELECT DISTINCT unit FROM evaluations")}
+
+    def steerability_table(self) -> Any:
+        """The ``steerability`` table as a pandas ``DataFrame``: one row per unit x example
+        prompt x multiplier (``effect``, and the prompt's ``slope`` repeated on its rows)."""
+        import pandas as pd
+
+        with self.transaction() as con:
+            return pd.read_sql(
+                "SELECT * FROM steerability ORDER BY unit, prompt_index, strength_index", con
+            )
+
+    def steerability_measured(self) -> set[str]:
+        """The names of the units whose steerability rows are saved."""
+        with self.transaction() as con:
+            return {r[0] for r in con.execute("SELECT DISTINCT unit FROM steerability")}
+
+    def grid_table(self) -> Any:
+        """The ``grid`` table as a pandas ``DataFrame``: one row per (layer, strength) cell,
+        with the unit whose vector was applied at that layer (empty: no grid yet)."""
+        import pandas as pd
+
+        with self.transaction() as con:
+            return pd.read_sql("SELECT * FROM grid ORDER BY layer, strength", con)
+
+    def has_grid(self) -> bool:
+        """Whether the layer x strength grid is saved."""
+        with self.transaction() as con:
+            return con.execute("SELECT 1 FROM grid LIMIT 1").fetchone() is not None
+
+    def _rows(self, query: str) -> list[dict[str, Any]]:
+        with self.transaction() as con:
+            con.row_factory = sqlite3.Row
+            return [dict(r) for r in con.execute(query)]
+
+    def matrix(self) -> GeneralizationMatrix | None:
+        """The generalization matrix of the evaluated units (in unit order), rebuilt from the
+        ``evaluations`` table, or ``None`` when no unit is evaluated (see
+        `steerlens.studies.matrix.GeneralizationMatrix.from_rows`)."""
+        from steerlens.studies.matrix import GeneralizationMatrix
+
+        spec = self.spec
+        order = {u.name: i for i, u in enumerate(spec.units())}
+        rows = self._rows("SELECT * FROM evaluations")
+        if not rows:
+            return None
+        rows.sort(key=lambda r: (order.get(r["unit"], len(order)), r["prompt_index"]))
+        for row in rows:
+            row["vector"] = row["unit"]
+        return GeneralizationMatrix.from_rows(rows, strength=spec.evaluation.strength)
+
+    def steerability_results(self) -> dict[str, SteerabilityResult]:
+        """Unit name -> its `steerlens.studies.steerability.SteerabilityResult`, rebuilt from
+        the ``steerability`` table, in unit order."""
+        from steerlens.studies.steerability import SteerabilityResult
+
+        rows = self._rows("SELECT * FROM steerability ORDER BY prompt_index, strength_index")
+        out = {}
+        for unit in self.spec.units():
+            mine = [r for r in rows if r["unit"] == unit.name]
+            if mine:
+                unsteered = [r["unsteered_logprob"] for r in mine if r["strength_index"] == 0]
+                out[unit.name] = SteerabilityResult.from_rows(
+                    mine, unsteered_logprob=[math.nan if u is None else u for u in unsteered]
+                )
+        return out
+
+    def grid(self) -> GridResult | None:
+        """The layer x strength grid, rebuilt from the ``grid`` table (without its vectors and
+        unsteered replies), or ``None`` when it is not saved."""
+        from steerlens.studies.grid import GridResult
+
+        rows = self._rows("SELECT * FROM grid ORDER BY layer, strength")
+        if not rows:
+            return None
+        spec = self.spec
+        for row in rows:
+            row["replies"] = json.loads(row["replies"] or "[]")
+        if all(row["kl"] is None for row in rows):
+            for row in rows:
+                for end in ("", "_low", "_high"):
+                    del row[f"kl{end}"]
+        first = rows[0]
+        return GridResult.from_rows(
+            rows,
+            prompts=spec.evaluation.prompts,
+            neutral_prompts=spec.evaluation.neutral_prompts if "kl" in first else (),
+            baseline={m: first[f"baseline_{m}"] for m in ("behavior", "nll", "distinct")},
+            n=int(first["n"]),
+        )
 
     def failures(self) -> dict[str, str]:
         """Unit name -> error, for the units that failed (they are retried by the next run)."""
@@ -448,6 +592,30 @@ class StudyFolder:
                 values,
             )
 
+    def record_steerability(self, unit: Unit, rows: list[dict[str, Any]]) -> None:
+        """Save ``unit``'s steerability rows (dicts with the ``steerability`` columns but
+        ``unit``), replacing any earlier ones, in one transaction."""
+        names = list(_STEERABILITY_COLUMNS)
+        values = [[unit.name, *(row.get(k) for k in names[1:])] for row in rows]
+        with self.transaction() as con:
+            con.execute("DELETE FROM steerability WHERE unit = ?", (unit.name,))
+            _insert(con, "steerability", names, values)
+
+    def record_grid(self, rows: list[dict[str, Any]]) -> None:
+        """Save the grid's cells (dicts with the ``grid`` columns; ``replies`` a list),
+        replacing any earlier grid, in one transaction."""
+        names = list(_GRID_COLUMNS)
+        values = [
+            [
+                json.dumps(row.get(k), ensure_ascii=False) if k == "replies" else row.get(k)
+                for k in names
+            ]
+            for row in rows
+        ]
+        with self.transaction() as con:
+            con.execute("DELETE FROM grid")
+            _insert(con, "grid", names, values)
+
     @staticmethod
     def _unit_columns(unit: Unit) -> dict[str, Any]:
         return {
@@ -464,8 +632,14 @@ class StudyFolder:
         names = ", ".join(full)
         marks = ", ".join("?" for _ in full)
         with self.transaction() as con:
-            # A unit trained again loses its old evaluation (it was of the old vector).
-            con.execute("DELETE FROM evaluations WHERE unit = ?", (full["unit"],))
+            # A unit trained again loses its old evaluation (it was of the old vector), and
+            # the grid loses its cells when the unit was one of its sources.
+            for table in ("evaluations", "steerability"):
+                con.execute(f"DELETE FROM {table} WHERE unit = ?", (full["unit"],))
+            con.execute(
+                "DELETE FROM grid WHERE EXISTS (SELECT 1 FROM grid WHERE source_unit = ?)",
+                (full["unit"],),
+            )
             con.execute(
                 f"INSERT OR REPLACE INTO units ({names}) VALUES ({marks})", list(full.values())
             )

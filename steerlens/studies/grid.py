@@ -260,6 +260,72 @@ class GridResult:
                 rows.append(row)
         return rows
 
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        prompts: Sequence[str],
+        baseline: Mapping[str, float],
+        neutral_prompts: Sequence[str] = (),
+        n: int = 3,
+    ) -> GridResult:
+        """The grid back from its cells (`to_rows` dicts, e.g. read from a study folder), one
+        per (layer, strength); a row's ``"replies"`` (a list, one per prompt) is kept when
+        present. ``baseline`` holds the unsteered ``"behavior"``, ``"nll"`` and
+        ``"distinct"``; the vectors and unsteered replies are not in the rows (empty).
+
+        Example:
+            >>> rows = [{"layer": 0, "strength": s, "behavior": b, "behavior_low": 0.0,
+            ...          "behavior_high": 1.0, "nll": 2.0, "nll_low": 1.0, "nll_high": 3.0,
+            ...          "distinct": 1.0, "distinct_low": 1.0, "distinct_high": 1.0,
+            ...          "successes": int(b)} for s, b in ((0, 0.0), (2, 1.0))]
+            >>> res = GridResult.from_rows(rows, prompts=["a"],
+            ...     baseline={"behavior": 0.0, "nll": 2.0, "distinct": 1.0})
+            >>> res.frontier(max_nll_ratio=1.0).strength
+            2.0
+        """
+        if not rows:
+            raise InputError("no grid rows; pass the rows of at least one (layer, strength).")
+        layers = sorted({int(r["layer"]) for r in rows})
+        strengths = sorted({float(r["strength"]) for r in rows})
+        cells = {(int(r["layer"]), float(r["strength"])): r for r in rows}
+        missing = [(la, s) for la in layers for s in strengths if (la, s) not in cells]
+        if missing:
+            raise InputError(
+                f"the grid rows lack the cells (layer, strength) {missing[:5]}; pass one row "
+                "per (layer, strength) of the grid."
+            )
+        table = [[cells[la, s] for s in strengths] for la in layers]
+
+        def grid(key: str) -> np.ndarray:
+            return np.array(
+                [[math.nan if r.get(key) is None else float(r[key]) for r in row] for row in table],
+                dtype=np.float64,
+            )
+
+        measured = [m for m in ("behavior", "kl", "nll", "distinct") if m in rows[0]]
+        return cls(
+            layers=tuple(layers),
+            strengths=tuple(strengths),
+            prompts=tuple(prompts),
+            neutral_prompts=tuple(neutral_prompts),
+            values={m: grid(m) for m in measured},
+            low={m: grid(f"{m}_low") for m in measured},
+            high={m: grid(f"{m}_high") for m in measured},
+            successes=np.array(
+                [[int(r["successes"]) for r in row] for row in table], dtype=np.int64
+            ),
+            replies=tuple(tuple(tuple(r.get("replies") or ()) for r in row) for row in table),
+            baseline={
+                k: math.nan if baseline.get(k) is None else float(baseline[k])
+                for k in ("behavior", "nll", "distinct")
+            },
+            baseline_replies=(),
+            vectors={},
+            n=n,
+        )
+
     def to_pandas(self) -> pd.DataFrame:
         """`to_rows` as a ``pandas.DataFrame`` (needs pandas)."""
         import pandas as pd

@@ -33,7 +33,7 @@ from steerlens.data import Datapoint
 from steerlens.errors import InputError, SpecError
 from steerlens.evaluation.judges import Judge, judge_texts
 from steerlens.generate import generate_each
-from steerlens.io.plain import short, table, to_plain
+from steerlens.io.plain import prompt_label, short, table, to_plain
 from steerlens.steer import (
     RowSteering,
     Steering,
@@ -280,6 +280,77 @@ class GeneralizationMatrix:
         """The tidy table as plain dicts (one per vector x prompt), ready for JSON or CSV."""
         return [to_plain(r) for r in self.rows]
 
+    @classmethod
+    def from_rows(
+        cls, rows: Sequence[MatrixRow | Mapping[str, Any]], *, strength: float = 1.0
+    ) -> GeneralizationMatrix:
+        """The matrix back from its tidy table (`rows` / `to_rows`, e.g. read from a study
+        folder): vector-major, every vector with the same prompts in the same order.
+
+        The unsteered log-probs and replies are not in the table: ``unsteered_logprob`` is
+        NaN and ``baseline_judged`` / ``baseline_replies`` are ``None``.
+
+        Example:
+            >>> row = dict(vector="v", prompt="Hi", kind="example", own=True,
+            ...            logprob_change=0.5, judged=None, reply=None, side_effect_kl=None)
+            >>> GeneralizationMatrix.from_rows([row]).ranking()
+            [('v', nan)]
+        """
+        plain = [to_plain(r) if isinstance(r, MatrixRow) else dict(r) for r in rows]
+        if not plain:
+            raise InputError("no matrix rows; pass the rows of at least one (vector, prompt).")
+        names: list[str] = []
+        by_vector: dict[str, list[dict[str, Any]]] = {}
+        for row in plain:
+            missing = [f for f in ("vector", "prompt", "kind", "own") if f not in row]
+            if missing:
+                raise InputError(
+                    f"a matrix row lacks {missing}; pass MatrixRow objects or to_rows() dicts."
+                )
+            if row["vector"] not in by_vector:
+                names.append(row["vector"])
+                by_vector[row["vector"]] = []
+            by_vector[row["vector"]].append(row)
+        first = by_vector[names[0]]
+        prompts = [r["prompt"] for r in first]
+        for name in names[1:]:
+            if [r["prompt"] for r in by_vector[name]] != prompts:
+                raise InputError(
+                    f"vector {name!r} has other prompts than vector {names[0]!r}; every vector "
+                    "needs a row for each prompt, in the same order (sort by prompt index)."
+                )
+        table = [by_vector[name] for name in names]
+
+        def column(key: str) -> list[list[Any]]:
+            return [[r.get(key) for r in vector_rows] for vector_rows in table]
+
+        def nan(x: Any) -> float:
+            return math.nan if x is None else float(x)
+
+        judged, replies = column("judged"), column("reply")
+        has_judge = any(j is not None for row in judged for j in row)
+        kl = [nan(vector_rows[0].get("side_effect_kl")) for vector_rows in table]
+        return cls(
+            vectors=tuple(names),
+            prompts=tuple(prompts),
+            kinds=tuple(r["kind"] for r in first),
+            own=torch.tensor([[bool(o) for o in row] for row in column("own")]),
+            logprob_change=torch.tensor(
+                [[nan(x) for x in row] for row in column("logprob_change")], dtype=torch.float64
+            ),
+            unsteered_logprob=torch.full((len(prompts),), torch.nan, dtype=torch.float64),
+            judged=torch.tensor([[bool(j) for j in row] for row in judged]) if has_judge else None,
+            replies=tuple(tuple(str(t or "") for t in row) for row in replies)
+            if has_judge
+            else None,
+            baseline_judged=None,
+            baseline_replies=None,
+            side_effect_kl=None
+            if any(math.isnan(k) for k in kl)
+            else torch.tensor(kl, dtype=torch.float64),
+            strength=float(strength),
+        )
+
     def to_pandas(self) -> pd.DataFrame:
         """The tidy table as a ``pandas.DataFrame`` (one row per vector x prompt)."""
         import pandas as pd
@@ -332,7 +403,7 @@ class GeneralizationMatrix:
 
         values = self._values(metric)
         labels = [
-            f"{p}: {short(text, 28)}" + (" (held out)" if kind == "held_out" else "")
+            f"{p}: {short(prompt_label(text), 28)}" + (" (held out)" if kind == "held_out" else "")
             for p, (text, kind) in enumerate(zip(self.prompts, self.kinds, strict=True))
         ]
         z = [[None if math.isnan(x) else x for x in row] for row in values.tolist()]

@@ -1,8 +1,9 @@
 """The Ray backend: batches of units as Ray tasks (``pip install steerlens[ray]``).
 
-Each task trains one batch with `steerlens.studies.run.train_units` on a model its worker
-process builds once, from the spec's model name, and keeps (`worker_model`). Tasks ask
-for one GPU each when the cluster has GPUs, else one CPU. A task whose worker dies is retried
+Each task trains one batch with `steerlens.studies.run.train_units` (or evaluates one,
+measures its steerability, or measures the grid) on a model its worker process builds once,
+from the spec's model name, and keeps (`worker_model`). Tasks ask for one GPU each when the
+cluster has GPUs, else one CPU. A task whose worker dies is retried
 (``max_retries``); one that still fails has each of its units recorded as failed with the
 error, and the other units are kept. The driver (the process calling
 `steerlens.studies.run.run_study`) alone writes to the study folder.
@@ -16,7 +17,7 @@ that instance is used and left running.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,11 @@ from steerlens.errors import MissingPackageError, SpecError, SteerlensError
 from steerlens.studies.run import (
     EvaluationOutcome,
     Outcome,
+    PhaseOutcome,
     describe_error,
     evaluate_units,
+    measure_grid,
+    measure_steerability,
     train_units,
 )
 from steerlens.studies.spec import StudySpec, Unit, load_study_model
@@ -83,6 +87,30 @@ def evaluate_on_worker(
     return evaluate_units(model, spec, items, batch_size=batch_size)
 
 
+def steerability_on_worker(
+    spec: StudySpec,
+    items: Sequence[tuple[Unit, SteeringVector]],
+    device: str | None,
+    batch_size: int,
+) -> list[PhaseOutcome]:
+    """What one Ray steerability task runs: `steerlens.studies.run.measure_steerability` on
+    this worker's model."""
+    model = worker_model(spec.model, device)
+    return measure_steerability(model, spec, items, batch_size=batch_size)
+
+
+def grid_on_worker(
+    spec: StudySpec,
+    sources: Mapping[int, tuple[Unit, SteeringVector]],
+    device: str | None,
+    batch_size: int,
+) -> list[PhaseOutcome]:
+    """What the Ray grid task runs: `steerlens.studies.run.measure_grid` on this worker's
+    model (a list of one outcome)."""
+    model = worker_model(spec.model, device)
+    return [measure_grid(model, spec, sources, batch_size=batch_size)]
+
+
 def model_layers(spec: StudySpec, device: str | None) -> int:
     """The number of layers of the spec's model, as a worker builds it."""
     from steerlens import runtime
@@ -92,7 +120,7 @@ def model_layers(spec: StudySpec, device: str | None) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class RayBackend:
-    """Train batches of units as Ray tasks.
+    """Train (and evaluate) batches of units as Ray tasks.
 
     Attributes:
         address: the Ray cluster to connect to (default: ``RAY_ADDRESS``, else a local
@@ -140,16 +168,32 @@ class RayBackend:
             work.append(([u for u, _ in chunk], (spec, chunk, self.device, batch_size)))
         yield from self._run(evaluate_on_worker, spec, work)
 
+    def steerability(
+        self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
+    ) -> Iterator[tuple[Unit, PhaseOutcome]]:
+        work = []
+        for i in range(0, len(items), batch_size):
+            chunk = list(items[i : i + batch_size])
+            work.append(([u for u, _ in chunk], (spec, chunk, self.device, batch_size)))
+        yield from self._run(steerability_on_worker, spec, work)
+
+    def grid(
+        self, spec: StudySpec, sources: Mapping[int, tuple[Unit, SteeringVector]], batch_size: int
+    ) -> PhaseOutcome:
+        work = [(["grid"], (spec, dict(sources), self.device, batch_size))]
+        [(_, outcome)] = list(self._run(grid_on_worker, spec, work))
+        return outcome  # type: ignore[no-any-return]
+
     def _run(
-        self, fn: Callable[..., list[Any]], spec: StudySpec, work: list[tuple[list[Unit], tuple]]
-    ) -> Iterator[tuple[Unit, Any]]:
+        self, fn: Callable[..., list[Any]], spec: StudySpec, work: list[tuple[list[Any], tuple]]
+    ) -> Iterator[tuple[Any, Any]]:
         """Run ``fn(*args)`` as one task per ``(units, args)``; yield ``(unit, outcome)`` pairs
-        as tasks finish."""
+        as tasks finish (a task returns one outcome per unit, in order)."""
         ray = import_ray()
         started = not ray.is_initialized()
         if started:
             ray.init(address=self.address, include_dashboard=False)
-        pending: dict[Any, list[Unit]] = {}
+        pending: dict[Any, list[Any]] = {}
         try:
             num_gpus = self.num_gpus
             if num_gpus is None:
@@ -182,7 +226,7 @@ class RayBackend:
             if started:
                 ray.shutdown()
 
-    def _outcomes(self, ray: Any, ref: Any, batch: list[Unit]) -> list[Any]:
+    def _outcomes(self, ray: Any, ref: Any, batch: list[Any]) -> list[Any]:
         try:
             outcomes = list(ray.get(ref))
         except ray.exceptions.RayError as exc:
@@ -202,7 +246,9 @@ __all__ = [
     "INSTALL",
     "RayBackend",
     "evaluate_on_worker",
+    "grid_on_worker",
     "import_ray",
+    "steerability_on_worker",
     "train_on_worker",
     "worker_model",
 ]

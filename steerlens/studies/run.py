@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from steerlens import runtime
 from steerlens.data import Datapoint
@@ -23,6 +23,9 @@ from steerlens.optimize_many import Job, optimize_many
 from steerlens.studies.folder import IfChanged, StudyFolder
 from steerlens.studies.spec import StudySpec, Unit, load_study_model
 from steerlens.vector import SteeringVector
+
+if TYPE_CHECKING:
+    from steerlens.studies.matrix import GeneralizationMatrix
 
 Outcome = OptimizeResult | str
 """What training one unit gave: its result, or the one-line error it failed with."""
@@ -41,6 +44,14 @@ class Backend(Protocol):
     def evaluate(
         self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
     ) -> Iterator[tuple[Unit, EvaluationOutcome]]: ...
+
+    def steerability(
+        self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
+    ) -> Iterator[tuple[Unit, PhaseOutcome]]: ...
+
+    def grid(
+        self, spec: StudySpec, sources: Mapping[int, tuple[Unit, SteeringVector]], batch_size: int
+    ) -> PhaseOutcome: ...
 
 
 def describe_error(exc: BaseException) -> str:
@@ -170,6 +181,155 @@ def evaluate_units(
     return outcomes
 
 
+PhaseOutcome = list[dict[str, Any]] | str
+"""What measuring one vector's steerability (or the grid) gave: its table rows, or the
+one-line error it failed with."""
+
+
+def measure_steerability(
+    model: Any,
+    spec: StudySpec,
+    items: Sequence[tuple[Unit, SteeringVector]],
+    *,
+    batch_size: int = 16,
+) -> list[PhaseOutcome]:
+    """The steerability rows of each vector, in item order: one
+    `steerlens.studies.steerability.steerability` call per vector, at the spec's
+    ``evaluation.steerability_strengths``, on every example prompt with promote completions
+    (`StudySpec.steerability_examples`). One row per prompt x multiplier: ``prompt_index``,
+    ``prompt``, ``strength_index``, ``strength``, ``effect``, the prompt's ``slope`` and its
+    ``unsteered_logprob``. A vector whose call fails gets its one-line error instead.
+
+    Example:
+        >>> from steerlens.studies.spec import Example, OptimizerSettings
+        >>> spec = StudySpec(examples=[Example(prompt="Hi", promote=[" there"])], layers=[1],
+        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2))
+        >>> model = load_study_model("tiny")
+        >>> unit = spec.units()[0]
+        >>> [result] = train_units(model, spec, [unit])
+        >>> rows = measure_steerability(model, spec, [(unit, result.vector)])[0]
+        >>> [(r["prompt"], r["strength"]) for r in rows]
+        [('Hi', -1.0), ('Hi', 0.0), ('Hi', 1.0), ('Hi', 2.0)]
+    """
+    from steerlens.studies.steerability import steerability
+
+    examples = spec.steerability_examples(model)
+    outcomes: list[PhaseOutcome] = []
+    for _, vector in items:
+        try:
+            result = steerability(
+                model,
+                vector,
+                examples,
+                strengths=spec.evaluation.steerability_strengths,
+                batch_size=batch_size,
+                progress=False,
+            )
+        except Exception as exc:
+            outcomes.append(describe_error(exc))
+            continue
+        strengths = result.strengths.tolist()
+        outcomes.append(
+            [
+                {
+                    "prompt_index": p,
+                    "prompt": prompt,
+                    "strength_index": k,
+                    "strength": strength,
+                    "effect": float(result.effects[p, k]),
+                    "slope": float(result.slopes[p]),
+                    "unsteered_logprob": float(result.unsteered_logprob[p]),
+                }
+                for p, prompt in enumerate(result.prompts)
+                for k, strength in enumerate(strengths)
+            ]
+        )
+    return outcomes
+
+
+def grid_sources(spec: StudySpec, matrix: GeneralizationMatrix) -> dict[int, str]:
+    """Layer -> the unit whose vector the grid applies there: of the units trained at that
+    layer, the one that transfers best by ``matrix.ranking()`` (mean target log-prob change on
+    the prompts it was not trained on). With a single example no vector has other prompts;
+    then the layer's first unit is used.
+
+    Example:
+        >>> import torch
+        >>> from steerlens.studies.matrix import GeneralizationMatrix
+        >>> from steerlens.studies.spec import Example
+        >>> spec = StudySpec(examples=[Example(prompt="a", promote=" b"),
+        ...                            Example(prompt="c", promote=" d")], layers=[1],
+        ...                  model="tiny")
+        >>> rows = [dict(vector=v, prompt=p, kind="example", own=v[:3] == e,
+        ...              logprob_change=x, judged=None, reply=None, side_effect_kl=None)
+        ...         for v, e in (("ex0-L1-s0-promotion", "ex0"), ("ex1-L1-s0-promotion", "ex1"))
+        ...         for p, x in (("a", 1.0), ("c", 2.0 if e == "ex0" else 0.5))]
+        >>> grid_sources(spec, GeneralizationMatrix.from_rows(rows))
+        {1: 'ex0-L1-s0-promotion'}
+    """
+    ranked = [name for name, _ in matrix.ranking()]
+    rank = {name: i for i, name in enumerate(ranked)}
+    sources = {}
+    for layer in spec.layers:
+        mine = [u.name for u in spec.units() if u.layer == layer and u.name in rank]
+        if mine:
+            sources[layer] = min(mine, key=rank.__getitem__)
+    return sources
+
+
+def measure_grid(
+    model: Any,
+    spec: StudySpec,
+    sources: Mapping[int, tuple[Unit, SteeringVector]],
+    *,
+    batch_size: int = 16,
+) -> PhaseOutcome:
+    """The grid rows of the study: `steerlens.studies.grid.layer_strength_grid` over the
+    ``sources``' layers (each applying its unit's vector) at ``evaluation.grid.strengths``,
+    on the held-out prompts with the judge (and the neutral prompts for the KL). One row per
+    (layer, strength): `GridResult.to_rows`'s columns with the ``source_unit``, the
+    ``replies``, the unsteered ``baseline_*`` and ``n``; or the one-line error it failed with.
+    """
+    from steerlens.studies.grid import layer_strength_grid
+
+    ev, settings = spec.evaluation, spec.evaluation.grid
+    if settings is None or ev.judge is None:
+        raise SpecError(  # pragma: no cover - the runner asks only when a grid is configured
+            "the spec has no [evaluation.grid] (or no judge); add one to measure the grid."
+        )
+    try:
+        result = layer_strength_grid(
+            model,
+            {layer: vector for layer, (_, vector) in sources.items()},
+            layers=sorted(sources),
+            strengths=settings.strengths,
+            prompts=ev.prompts,
+            judge=ev.judge.build(),
+            neutral_prompts=ev.neutral_prompts or None,
+            max_new_tokens=settings.max_new_tokens or ev.max_new_tokens,
+            chat=spec.chat,
+            batch_size=batch_size,
+            progress=False,
+        )
+    except Exception as exc:
+        return describe_error(exc)
+    base = {f"baseline_{k}": v for k, v in result.baseline.items()}
+    rows = []
+    for row in result.to_rows():
+        i = result.layers.index(row["layer"])
+        j = result.strengths.index(row["strength"])
+        rows.append(
+            row
+            | base
+            | {
+                "source_unit": sources[row["layer"]][0].name,
+                "replies": list(result.replies[i][j]),
+                "n": result.n,
+            }
+        )
+    return rows
+
+
 @dataclass(frozen=True, kw_only=True)
 class SerialBackend:
     """Train in this process, ``batch_size`` units per `optimize_many` call.
@@ -210,6 +370,18 @@ class SerialBackend:
             outcomes = evaluate_units(model, spec, chunk, batch_size=batch_size)
             yield from zip([u for u, _ in chunk], outcomes, strict=True)
 
+    def steerability(
+        self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
+    ) -> Iterator[tuple[Unit, PhaseOutcome]]:
+        model = self._model(spec)
+        for item in items:
+            yield item[0], measure_steerability(model, spec, [item], batch_size=batch_size)[0]
+
+    def grid(
+        self, spec: StudySpec, sources: Mapping[int, tuple[Unit, SteeringVector]], batch_size: int
+    ) -> PhaseOutcome:
+        return measure_grid(self._model(spec), spec, sources, batch_size=batch_size)
+
 
 def _backend(backend: str | Backend, device: Any) -> Backend:
     if backend == "serial":
@@ -239,10 +411,11 @@ def run_study(
 ) -> StudyFolder:
     """Train every unit of ``spec`` that ``folder`` lacks, saving each as soon as it is done.
 
-    Two phases, each resumable: training (re-running the same spec skips finished units),
-    then evaluation (the generalization matrix of each vector, skipped for vectors already
-    evaluated). Ctrl-C or a crash keeps every finished unit. A unit that fails is recorded
-    with its error (the others go on) and retried by the next run.
+    Phases, each resumable: training (re-running the same spec skips finished units), then
+    evaluation (the generalization matrix of each vector), steerability (per vector) and the
+    grid (once), each skipped where its results are saved. Ctrl-C or a crash keeps every
+    finished unit. A unit that fails is recorded with its error (the others go on) and retried
+    by the next run.
 
     Args:
         spec: a `StudySpec` or the path of its TOML file.
@@ -254,8 +427,12 @@ def run_study(
         if_changed: when ``folder`` holds another spec's study: ``"refuse"``,
             ``"versioned"`` or ``"overwrite"`` (see `StudyFolder.prepare`).
         device: where the model goes (``"serial"`` and ``"ray"`` backends).
-        evaluate: after training, compute the generalization matrix of every vector that
-            lacks it (`evaluate_units`), stored in the folder's ``evaluations`` table.
+        evaluate: after training, run the evaluation phases: the generalization matrix of
+            every vector that lacks it (`evaluate_units`, table ``evaluations``), its
+            steerability (`measure_steerability`, table ``steerability``; with
+            ``evaluation.steerability_strengths``), then the layer x strength grid
+            (`measure_grid`, table ``grid``; with ``[evaluation.grid]``, once every unit is
+            trained and evaluated).
 
     Returns:
         The `StudyFolder` (``.table()`` is a pandas DataFrame of the results).
@@ -303,6 +480,36 @@ def run_study(
                     else:
                         study.record_evaluation(unit, rows)
                     bar.update(1)
+    steer_failures: dict[str, str] = {}
+    if evaluate and spec.measures_steerability:
+        finished, measured = study.finished(), study.steerability_measured()
+        todo = [u for u in units if u.name in finished and u.name not in measured]
+        if todo:
+            items = [(u, study.vector(u)) for u in todo]
+            with _bar(len(finished), len(finished) - len(todo), "steerability", progress) as bar:
+                for unit, rows in worker.steerability(spec, items, batch_size):
+                    if isinstance(rows, str):
+                        steer_failures[unit.name] = rows
+                    else:
+                        study.record_steerability(unit, rows)
+                    bar.update(1)
+    grid_failure = None
+    if evaluate and spec.evaluation.grid is not None and not study.has_grid():
+        names = {u.name for u in units}
+        matrix = study.matrix()
+        # Only once every unit is trained and evaluated: the sources are then final.
+        if matrix is not None and study.finished() == names and set(matrix.vectors) == names:
+            sources = {
+                layer: (next(u for u in units if u.name == name), study.vector(name))
+                for layer, name in grid_sources(spec, matrix).items()
+            }
+            with _bar(1, 0, "grid", progress) as bar:
+                cells = worker.grid(spec, sources, batch_size)
+                if isinstance(cells, str):
+                    grid_failure = cells
+                else:
+                    study.record_grid(cells)
+                bar.update(1)
     failures = study.failures()
     if failures:
         first, error = next(iter(failures.items()))
@@ -318,6 +525,20 @@ def run_study(
             f"every trained vector and the other evaluations are saved in {str(study.path)!r}. "
             "Fix the cause (the judge, the evaluation prompts) and run the study again: it "
             "redoes only the missing evaluations."
+        )
+    if steer_failures:
+        first, error = next(iter(steer_failures.items()))
+        raise StudyError(
+            f"measuring the steerability of {len(steer_failures)} unit(s) failed (first: unit "
+            f"{first!r}: {error}); every trained vector and the other results are saved in "
+            f"{str(study.path)!r}. Fix the cause (evaluation.steerability_strengths, the "
+            "examples) and run the study again: it redoes only the missing steerability."
+        )
+    if grid_failure is not None:
+        raise StudyError(
+            f"the layer x strength grid failed ({grid_failure}); every other result is saved "
+            f"in {str(study.path)!r}. Fix the cause ([evaluation.grid], the judge, the "
+            "evaluation prompts) and run the study again: it redoes only the grid."
         )
     return study
 
@@ -338,6 +559,9 @@ __all__ = [
     "SerialBackend",
     "describe_error",
     "evaluate_units",
+    "grid_sources",
+    "measure_grid",
+    "measure_steerability",
     "run_study",
     "train_units",
 ]

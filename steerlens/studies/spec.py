@@ -273,9 +273,59 @@ class JudgeSpec:
         return StringMatchJudge(self.any_of, case_insensitive=self.case_insensitive)
 
 
+def _strengths(value: Any, what: str) -> tuple[float, ...]:
+    items = (value,) if isinstance(value, numbers.Real) else value
+    if not isinstance(items, (list, tuple)):
+        raise SpecError(f"{what} must be a list of numbers, got {value!r:.80}; e.g. [-1, 0, 1, 2].")
+    out = tuple(_number(s, what) for s in items)
+    bad = [s for s in out if not math.isfinite(s)]
+    if bad:
+        raise SpecError(f"{what} must be finite numbers, got {bad[0]} in {list(out)}; drop it.")
+    return out
+
+
+def _max_new_tokens(n: Any, what: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise SpecError(f"{what} must be an int >= 1, got {n!r}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridSettings:
+    """The layer x strength grid of a study (``[evaluation.grid]``): at each of the spec's
+    layers, that layer's best-transferring vector is applied at every strength to the held-out
+    prompts (`steerlens.studies.grid.layer_strength_grid`).
+
+    Attributes:
+        strengths: the strengths (multipliers of the vector as trained; 0 is unsteered).
+        max_new_tokens: tokens generated per prompt (default: ``evaluation.max_new_tokens``).
+
+    Example:
+        >>> GridSettings(strengths=[0, 2, 4]).strengths
+        (0.0, 2.0, 4.0)
+    """
+
+    strengths: tuple[float, ...]
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        strengths = _strengths(self.strengths, "evaluation.grid.strengths")
+        if not strengths:
+            raise SpecError(
+                "evaluation.grid.strengths is empty; give e.g. strengths = [0, 2, 4, 8], or "
+                "remove [evaluation.grid]."
+            )
+        object.__setattr__(self, "strengths", strengths)
+        if self.max_new_tokens is not None:
+            _max_new_tokens(self.max_new_tokens, "evaluation.grid.max_new_tokens")
+
+
+DEFAULT_STEERABILITY_STRENGTHS = (-1.0, 0.0, 1.0, 2.0)
+"""The multipliers of each vector the steerability phase measures by default."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvaluationSettings:
-    """What the evaluation phase measures each vector on.
+    """What the evaluation phases measure each vector on.
 
     Attributes:
         prompts: held-out prompts (user messages when the spec's ``chat`` is true).
@@ -283,6 +333,15 @@ class EvaluationSettings:
         judge: decides whether a steered text shows the behavior.
         max_new_tokens: tokens generated per prompt.
         strength: the strength the vectors are applied at.
+        steerability_strengths: the multipliers of each vector (as trained) at which the
+            steerability phase measures the target log-prob change on every example prompt
+            with promote completions (`steerlens.studies.steerability.steerability`); empty
+            skips the phase, otherwise at least two different values.
+        grid: the layer x strength grid (`GridSettings`), or ``None`` to skip it.
+
+    Example:
+        >>> EvaluationSettings(steerability_strengths=[]).steerability_strengths
+        ()
     """
 
     prompts: tuple[str, ...] = ()
@@ -290,6 +349,8 @@ class EvaluationSettings:
     judge: JudgeSpec | None = None
     max_new_tokens: int = 32
     strength: float = 1.0
+    steerability_strengths: tuple[float, ...] = DEFAULT_STEERABILITY_STRENGTHS
+    grid: GridSettings | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", _texts(self.prompts, "evaluation.prompts"))
@@ -298,13 +359,22 @@ class EvaluationSettings:
         )
         if self.judge is not None and not isinstance(self.judge, JudgeSpec):
             raise SpecError(f"evaluation.judge must be a JudgeSpec, got {self.judge!r:.60}.")
-        n = self.max_new_tokens
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise SpecError(f"evaluation.max_new_tokens must be an int >= 1, got {n!r}.")
+        _max_new_tokens(self.max_new_tokens, "evaluation.max_new_tokens")
         strength = _number(self.strength, "evaluation.strength")
         if not math.isfinite(strength):
             raise SpecError(f"evaluation.strength must be finite, got {strength}.")
         object.__setattr__(self, "strength", strength)
+        what = "evaluation.steerability_strengths"
+        multipliers = _strengths(self.steerability_strengths, what)
+        if len(multipliers) == 1 or len(set(multipliers)) < len(multipliers):
+            raise SpecError(
+                f"{what} = {list(multipliers)} needs at least two different multipliers, none "
+                f"repeated, to fit a slope; e.g. {what} = [-1, 0, 1, 2], or [] to skip the "
+                "steerability phase."
+            )
+        object.__setattr__(self, "steerability_strengths", multipliers)
+        if self.grid is not None and not isinstance(self.grid, GridSettings):
+            raise SpecError(f"evaluation.grid must be a GridSettings, got {self.grid!r:.60}.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -336,7 +406,7 @@ class StudySpec:
             ``"suppression"`` (suppress only) and ``"mixed"`` (both).
         model: ``"embedded"``, ``"tiny"`` or ``"hub:<name>"`` (see `load_study_model`).
         optimizer: the settings of every unit's optimization.
-        evaluation: held-out and neutral prompts and the judge.
+        evaluation: held-out and neutral prompts, the judge, steerability and the grid.
         chat: format the prompts as user messages with the model's chat template.
         name: a label for people (it is part of the spec, so changing it changes the hash).
 
@@ -400,6 +470,17 @@ class StudySpec:
                 'the spec has no judge; add [evaluation.judge] (type = "string_match", '
                 "any_of = [...]) or remove evaluation.prompts."
             )
+        if self.evaluation.grid is not None and not self.evaluation.prompts:
+            raise SpecError(
+                "[evaluation.grid] steers the held-out prompts, but evaluation.prompts is empty; "
+                "add evaluation.prompts (and [evaluation.judge]) or remove [evaluation.grid]."
+            )
+        if self.evaluation.grid is not None and not self.evaluates:
+            raise SpecError(
+                "[evaluation.grid] uses each layer's best-transferring vector by the "
+                "generalization matrix, which needs an example with promote completions; add "
+                "promote = [...] to an example or remove [evaluation.grid]."
+            )
         self.units()  # duplicate names are refused here
 
     def _check_completions(self) -> None:
@@ -459,6 +540,21 @@ class StudySpec:
         one example with promote completions."""
         return any(ex.promote for ex in self.examples)
 
+    @property
+    def measures_steerability(self) -> bool:
+        """Whether the study has a steerability phase: ``evaluation.steerability_strengths``
+        is set and some example has promote completions."""
+        return self.evaluates and bool(self.evaluation.steerability_strengths)
+
+    def steerability_examples(self, model: Any) -> list[Datapoint]:
+        """The datapoints the evaluation phases score: every example with promote completions
+        (chat-formatted with ``model`` when ``chat``)."""
+        return [
+            Datapoint(self.prompt(model, ex.prompt), promote=ex.promote)
+            for ex in self.examples
+            if ex.promote
+        ]
+
     def prompt(self, model: Any, text: str) -> str:
         """``text`` as the model sees it: chat-formatted when ``chat`` is true."""
         if not self.chat:
@@ -514,6 +610,8 @@ class StudySpec:
             ev = _drop_none(_table(kwargs["evaluation"], "evaluation"))
             if "judge" in ev:
                 ev["judge"] = _build(JudgeSpec, ev["judge"], "evaluation.judge")
+            if "grid" in ev:
+                ev["grid"] = _build(GridSettings, ev["grid"], "evaluation.grid")
             kwargs["evaluation"] = _build(EvaluationSettings, ev, "evaluation")
         return cls(**kwargs)
 
@@ -564,8 +662,22 @@ class StudySpec:
 # -- plain data and TOML --------------------------------------------------------------------
 
 
+# Settings added after studies were first written are left out of the plain data (and so of
+# the hash) while at their defaults, so folders of earlier specs keep matching them.
+_LATER_DEFAULTS: Mapping[str, Any] = {
+    "steerability_strengths": DEFAULT_STEERABILITY_STRENGTHS,
+    "grid": None,
+}
+
+
 def _plain(x: Any) -> Any:
-    if isinstance(x, (Example, OptimizerSettings, JudgeSpec, EvaluationSettings, StudySpec)):
+    if isinstance(x, EvaluationSettings):
+        return {
+            f.name: _plain(getattr(x, f.name))
+            for f in fields(x)
+            if f.name not in _LATER_DEFAULTS or getattr(x, f.name) != _LATER_DEFAULTS[f.name]
+        }
+    if isinstance(x, (Example, OptimizerSettings, JudgeSpec, GridSettings, StudySpec)):
         return {f.name: _plain(getattr(x, f.name)) for f in fields(x)}
     if isinstance(x, (list, tuple)):
         return [_plain(i) for i in x]
@@ -645,11 +757,13 @@ def _toml_table(data: Mapping[str, Any], prefix: str) -> str:
 
 
 __all__ = [
+    "DEFAULT_STEERABILITY_STRENGTHS",
     "JUDGE_TYPES",
     "MODEL_NAMES",
     "OBJECTIVES",
     "EvaluationSettings",
     "Example",
+    "GridSettings",
     "JudgeSpec",
     "OptimizerSettings",
     "StudySpec",

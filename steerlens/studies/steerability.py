@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +23,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens.data import Datapoint
-from steerlens.errors import SpecError
-from steerlens.io.plain import short, table, to_plain
+from steerlens.errors import InputError, SpecError
+from steerlens.io.plain import prompt_label, short, table, to_plain
 from steerlens.steer import SteeringLike, as_plans
 from steerlens.studies.matrix import check_examples, target_logprobs
 
@@ -97,6 +97,68 @@ class SteerabilityResult:
             for k, s in enumerate(self.strengths.tolist())
         ]
 
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        unsteered_logprob: Sequence[float] | None = None,
+    ) -> SteerabilityResult:
+        """The result back from its rows (`to_rows`, e.g. read from a study folder):
+        prompt-major, every prompt with the same multipliers in the same order. The slopes are
+        fitted again from the effects; ``unsteered_logprob`` is NaN unless given.
+
+        Example:
+            >>> rows = [{"prompt": "a", "strength": s, "effect": 2 * s} for s in (0, 1)]
+            >>> SteerabilityResult.from_rows(rows).slopes.tolist()
+            [2.0]
+        """
+        by_prompt: list[list[Mapping[str, Any]]] = []
+        for row in rows:
+            missing = [k for k in ("prompt", "strength", "effect") if k not in row]
+            if missing:
+                raise InputError(
+                    f"a steerability row lacks {missing}; pass to_rows() dicts "
+                    "(prompt, strength, effect)."
+                )
+            # A prompt's rows end where the prompt (or its index) changes or a multiplier repeats.
+            last = by_prompt[-1] if by_prompt else []
+            if (
+                not last
+                or _key(row) != _key(last[0])
+                or any(float(r["strength"]) == float(row["strength"]) for r in last)
+            ):
+                by_prompt.append([])
+            by_prompt[-1].append(row)
+        if not by_prompt:
+            raise InputError("no steerability rows; pass the rows of at least one prompt.")
+        prompts = [prompt_rows[0]["prompt"] for prompt_rows in by_prompt]
+        strengths = [float(r["strength"]) for r in by_prompt[0]]
+        for p, prompt_rows in enumerate(by_prompt):
+            if [float(r["strength"]) for r in prompt_rows] != strengths:
+                raise InputError(
+                    f"prompt {p} ({short(prompt_label(prompts[p]), 40)!r}) has other multipliers "
+                    f"than prompt 0 ({strengths}); every prompt needs a row per multiplier, in "
+                    "the same order (sort by prompt, then multiplier)."
+                )
+        x = torch.tensor(strengths, dtype=torch.float64)
+        effects = torch.tensor(
+            [[float(r["effect"]) for r in prompt_rows] for prompt_rows in by_prompt],
+            dtype=torch.float64,
+        )
+        unsteered = (
+            torch.full((len(prompts),), torch.nan, dtype=torch.float64)
+            if unsteered_logprob is None
+            else torch.tensor([float(u) for u in unsteered_logprob], dtype=torch.float64)
+        )
+        return cls(
+            prompts=tuple(prompts),
+            strengths=x,
+            effects=effects,
+            unsteered_logprob=unsteered,
+            slopes=_slopes(x, effects),
+        )
+
     def to_pandas(self) -> pd.DataFrame:
         """`to_rows` as a ``pandas.DataFrame``."""
         import pandas as pd
@@ -130,7 +192,9 @@ class SteerabilityResult:
                     name=group,
                     legendgroup=group,
                     showlegend=anti not in shown,
-                    hovertext=f"{short(prompt, 40)}<br>slope {float(self.slopes[p]):+.3f}",
+                    hovertext=(
+                        f"{short(prompt_label(prompt), 40)}<br>slope {float(self.slopes[p]):+.3f}"
+                    ),
                     hoverinfo="text+x+y",
                 )
             )
@@ -158,11 +222,15 @@ class SteerabilityResult:
         )
         order = sorted(range(len(self.prompts)), key=lambda p: float(self.slopes[p]))
         rows = [
-            [short(self.prompts[p], 40), f"{float(self.slopes[p]):+.4f}"]
+            [short(prompt_label(self.prompts[p]), 40), f"{float(self.slopes[p]):+.4f}"]
             + (["anti-steerable"] if self.slopes[p] < 0 else [""])
             for p in order
         ]
         return head + table(["prompt", f"slope ({self.unit}/unit)", ""], rows)
+
+
+def _key(row: Mapping[str, Any]) -> Any:
+    return row.get("prompt_index", row["prompt"])
 
 
 def _check_strengths(strengths: Sequence[float]) -> list[float]:

@@ -265,7 +265,7 @@ def test_clamp_vector_is_not_exported_as_additive_without_opt_in(tmp_path, deep)
     dp = Datapoint("the cat", promote=[" in"])
     v = optimize_vector(deep, dp, 2, max_steps=2, steering=ClampSteering(strength=2.0)).vector
     assert v.provenance["steering"] == "clamp"
-    with pytest.raises(SpecError, match=r"clamp.*only adds.*additive_ok=True"):
+    with pytest.raises(SpecError, match=r"clamp.*only added.*additive_ok=True"):
         v.to_gguf(tmp_path / "v.gguf")
     with pytest.raises(SpecError, match="clamp"):  # arithmetic keeps the record
         (2 * v).to_gguf(tmp_path / "v.gguf")

@@ -52,6 +52,33 @@ def test_ray_results_equal_the_serial_run(local_ray, spec, tmp_path):
     ea = serial.evaluations().sort_values(["unit", "prompt_index"]).reset_index(drop=True)
     eb = parallel.evaluations().sort_values(["unit", "prompt_index"]).reset_index(drop=True)
     assert ea[["unit", "prompt", "own", "judged"]].equals(eb[["unit", "prompt", "own", "judged"]])
+    # The steerability phase ran as Ray tasks too, with the same results.
+    sa, sb = serial.steerability_table(), parallel.steerability_table()
+    assert len(sa) == len(sb) == 4 * 2 * 4 and sa.unit.tolist() == sb.unit.tolist()
+    assert torch.allclose(torch.tensor(sa.effect.values), torch.tensor(sb.effect.values), atol=1e-5)
+
+
+def test_the_grid_as_a_ray_task_equals_the_serial_grid(local_ray, tmp_path):
+    from steerlens.studies.run import grid_sources
+
+    spec = StudySpec.from_toml(SPECS / "report.toml")
+    serial = run_study(spec, tmp_path / "serial", progress=False)
+    sources = {
+        layer: (next(u for u in spec.units() if u.name == name), serial.vector(name))
+        for layer, name in grid_sources(spec, serial.matrix()).items()
+    }
+    rows = RayBackend().grid(spec, sources, 16)
+    assert not isinstance(rows, str)
+    stored = serial.grid_table()
+    assert [(r["layer"], r["strength"], r["source_unit"]) for r in rows] == list(
+        zip(stored.layer, stored.strength, stored.source_unit, strict=True)
+    )
+    assert [r["behavior"] for r in rows] == stored.behavior.tolist()
+    assert torch.allclose(
+        torch.tensor([r["nll"] for r in rows], dtype=torch.float64),
+        torch.tensor(stored.nll.values),
+        atol=1e-5,
+    )
 
 
 def test_a_dead_worker_is_retried(local_ray, spec, tmp_path):

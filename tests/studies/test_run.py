@@ -198,6 +198,162 @@ def test_evaluation_resumes_per_vector(tmp_path, spec, backend):
     assert len(folder.evaluations()) == 12
 
 
+# -- the steerability and grid phases --------------------------------------------------------
+
+
+def test_the_steerability_phase_equals_a_direct_call(reference, spec, tiny):
+    from steerlens.studies.steerability import steerability
+
+    results = reference.steerability_results()
+    assert list(results) == [u.name for u in spec.units()]
+    examples = spec.steerability_examples(tiny)
+    table = reference.steerability_table()
+    assert len(table) == 4 * 2 * 4  # units x example prompts x multipliers
+    for name, stored in results.items():
+        direct = steerability(
+            tiny, reference.vector(name), examples, strengths=(-1, 0, 1, 2), progress=False
+        )
+        assert stored.prompts == direct.prompts
+        assert torch.equal(stored.strengths, direct.strengths)
+        assert torch.allclose(stored.effects, direct.effects, atol=1e-9)
+        assert torch.allclose(stored.slopes, direct.slopes, atol=1e-9)
+        assert torch.allclose(stored.unsteered_logprob, direct.unsteered_logprob)
+        mine = table[table.unit == name]
+        assert mine.slope.tolist() == pytest.approx(direct.slopes.repeat_interleave(4).tolist())
+
+
+def test_steerability_resumes_per_unit(tmp_path, spec, backend):
+    run_study(spec, tmp_path / "s", backend=backend, progress=False, evaluate=False)
+    folder = StudyFolder.open(tmp_path / "s")
+    assert folder.steerability_table().empty
+    first = spec.units()[0]
+    [rows] = run_mod.measure_steerability(backend.model, spec, [(first, folder.vector(first))])
+    assert not isinstance(rows, str)
+    folder.record_steerability(first, rows)
+    seen: list[list[str]] = []
+    real = run_mod.measure_steerability
+
+    def measure_steerability(model, spec, items, *, batch_size=16):
+        seen.append([u.name for u, _ in items])
+        return real(model, spec, items, batch_size=batch_size)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_mod, "measure_steerability", measure_steerability)
+        run_study(spec, tmp_path / "s", backend=backend, progress=False)
+        assert seen == [[u.name] for u in spec.units()[1:]]
+        seen.clear()
+        run_study(spec, tmp_path / "s", backend=backend, progress=False)
+        assert seen == []  # everything is saved
+    assert folder.steerability_measured() == {u.name for u in spec.units()}
+
+
+def test_a_failing_steerability_unit_is_reported_and_the_others_kept(
+    tmp_path, spec, backend, monkeypatch
+):
+    import importlib
+
+    steer_mod = importlib.import_module("steerlens.studies.steerability")
+    victim = spec.units()[1].name
+    real = steer_mod.steerability
+
+    def steerability(model, vector, examples, **kwargs):
+        if vector.provenance["study"]["unit"] == victim:
+            raise RuntimeError("NaN in the forward pass")
+        return real(model, vector, examples, **kwargs)
+
+    monkeypatch.setattr(steer_mod, "steerability", steerability)
+    with pytest.raises(StudyError) as info:
+        run_study(spec, tmp_path / "s", backend=backend, progress=False)
+    message = str(info.value)
+    assert f"steerability of 1 unit(s) failed (first: unit {victim!r}: RuntimeError" in message
+    assert "redoes only the missing steerability" in message
+    folder = StudyFolder.open(tmp_path / "s")
+    assert folder.steerability_measured() == {u.name for u in spec.units()} - {victim}
+    assert len(folder.evaluations()) == 12
+
+    monkeypatch.undo()
+    run_study(spec, tmp_path / "s", backend=backend, progress=False)
+    assert victim in folder.steerability_measured()
+
+
+def test_a_unit_trained_again_loses_its_old_steerability(reference, spec, tmp_path):
+    import shutil
+
+    copy = tmp_path / "s"
+    shutil.copytree(reference.path, copy)
+    folder = StudyFolder.open(copy)
+    name = spec.units()[0].name
+    folder.vector_path(name).unlink()  # a vector deleted by hand: its unit is redone
+    StudyFolder.prepare(copy, spec)
+    assert name not in folder.steerability_measured() and name not in folder.finished()
+
+
+@pytest.fixture(scope="module")
+def grid_study(tmp_path_factory, tiny):
+    spec = StudySpec.from_toml(SPECS / "report.toml")
+    path = tmp_path_factory.mktemp("grid") / "study"
+    return spec, run_study(spec, path, backend=SerialBackend(model=tiny), progress=False)
+
+
+def test_the_grid_phase_uses_each_layers_best_transferring_vector(grid_study, tiny):
+    from steerlens.studies.grid import layer_strength_grid
+
+    spec, folder = grid_study
+    matrix = folder.matrix()
+    sources = run_mod.grid_sources(spec, matrix)
+    best = [name for name, _ in matrix.ranking()]
+    for layer, name in sources.items():
+        mine = [u.name for u in spec.units() if u.layer == layer]
+        assert name == min(mine, key=best.index)
+    table = folder.grid_table()
+    assert len(table) == 2 * 2 and dict(zip(table.layer, table.source_unit, strict=True)) == sources
+    stored = folder.grid()
+    ev = spec.evaluation
+    direct = layer_strength_grid(
+        tiny,
+        {layer: folder.vector(name) for layer, name in sources.items()},
+        layers=list(sources),
+        strengths=ev.grid.strengths,
+        prompts=ev.prompts,
+        judge=ev.judge.build(),
+        neutral_prompts=ev.neutral_prompts,
+        max_new_tokens=ev.max_new_tokens,
+        progress=False,
+    )
+    assert stored.layers == direct.layers and stored.strengths == direct.strengths
+    assert stored.replies == direct.replies
+    for metric in direct.metrics:
+        assert stored.get(metric) == pytest.approx(direct.get(metric), nan_ok=True), metric
+    assert stored.frontier(max_kl=0.1).summary() == direct.frontier(max_kl=0.1).summary()
+
+
+def test_the_grid_is_measured_once(grid_study, monkeypatch):
+    spec, folder = grid_study
+    calls: list[object] = []
+    monkeypatch.setattr(run_mod, "measure_grid", lambda *a, **k: calls.append(a))
+    run_study(spec, folder.path, progress=False)
+    assert calls == [] and folder.has_grid()
+
+
+def test_phase_settings_are_checked(spec):
+    from steerlens.errors import SpecError
+    from steerlens.studies.spec import EvaluationSettings, GridSettings
+
+    with pytest.raises(SpecError, match=r"at least two different multipliers.*or \[\] to skip"):
+        EvaluationSettings(steerability_strengths=[1])
+    with pytest.raises(SpecError, match="none repeated"):
+        EvaluationSettings(steerability_strengths=[0, 1, 1])
+    with pytest.raises(SpecError, match=r"grid\.strengths is empty"):
+        GridSettings(strengths=[])
+    with pytest.raises(SpecError, match=r"held-out prompts, but evaluation\.prompts is empty"):
+        dataclasses.replace(
+            spec, evaluation=EvaluationSettings(grid=GridSettings(strengths=[0, 1]))
+        )
+    # Settings at their defaults leave the hash of specs written before them unchanged.
+    assert "steerability_strengths" not in spec.to_dict()["evaluation"]
+    assert "grid" not in spec.to_dict()["evaluation"]
+
+
 def test_an_unknown_backend_is_refused(tmp_path, spec):
     with pytest.raises(Exception, match=r"unknown backend 'dask'.*'serial', 'ray'"):
         run_study(spec, tmp_path / "s", backend="dask")

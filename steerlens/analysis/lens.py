@@ -1,0 +1,414 @@
+"""The logit lens of a steering vector: the tokens it promotes and suppresses most when read
+through the model's unembedding.
+
+Views (rows of `LogitLensResult.scores`):
+
+- ``"unembed"``: ``W_U^T v``, the vector read straight through the unembedding.
+- ``"final_norm"``: ``W_U^T (g * v)`` (for a LayerNorm, ``v`` is centred first), the vector
+  read through the final norm and then the unembedding. The final norm maps a residual ``x``
+  to ``g * x / rms(x)``: for a *direction* the division by ``rms(x)`` is one positive number
+  set by the residual it is added to, so it rescales every token's score alike and leaves
+  their order unchanged; the elementwise weight ``g`` (and the LayerNorm's centring) do change
+  the order, and are what this view applies. This is also the *direct path* through the
+  blocks above the vector's hook: the residual connections carry ``v`` unchanged to the final
+  norm, so what the blocks add on top is not a direct effect.
+- ``"steered"`` (with ``prompts=``): what the blocks above the hook do with it, measured: the
+  mean change in next-token log-probability (nats) over every position of the prompts when the
+  vector is added at its layer.
+
+The difference of two vectors is a vector: ``logit_lens(model, a - b, label="a - b")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float, Int
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+from steerlens import runtime
+from steerlens.analysis.plots import style_figure
+from steerlens.errors import InputError, LayerError, SpecError, SteerlensError
+from steerlens.interventions import check_vector
+from steerlens.io.plain import table, to_plain
+from steerlens.steer import Steering, steer
+from steerlens.vector import SteeringVector
+
+VectorLike = SteeringVector | Tensor
+VIEWS = ("unembed", "final_norm", "steered")
+_TITLES = {
+    "unembed": "through the unembedding",
+    "final_norm": "through the final norm and unembedding (direct path)",
+    "steered": "steered: mean change in next-token log-prob",
+}
+
+
+# -- shared inputs (also used by the per-token view, scale and card) ------------------------
+
+
+def _direction_at(
+    model: Any, vector: VectorLike, layer: int | None, *, name: str = "vector"
+) -> tuple[Float[Tensor, " d_model"], int | None]:
+    """A checked ``[d_model]`` direction of ``vector`` and the layer it belongs to.
+
+    A ``SteeringVector`` is checked against the model (`SteeringVector.check_compatible`);
+    with one layer that layer is used, with several ``layer=`` picks one. ``layer=`` given
+    for a vector without that layer uses its shared direction, as `steerlens.Steering` does.
+    A bare tensor has the layer given (or ``None``).
+    """
+    if isinstance(vector, SteeringVector):
+        vector.check_compatible(model)
+        if layer is None:
+            if len(vector.layers) > 1:
+                raise LayerError(
+                    f"{name} has directions at layers {vector.layers}; pass layer= to choose "
+                    "the one to look at."
+                )
+            layer = vector.layers[0]
+        layer = runtime.check_layer(model, layer)
+        direction = vector.directions.get(layer)
+        return (vector.vector if direction is None else direction), layer
+    if not isinstance(vector, Tensor):
+        raise SpecError(
+            f"{name} is a {type(vector).__name__}; pass a SteeringVector or a [d_model] tensor."
+        )
+    check_vector(vector, name=name, d_model=runtime.d_model(model))
+    return vector, (None if layer is None else runtime.check_layer(model, layer))
+
+
+def _check_nonzero(direction: Tensor, name: str) -> None:
+    if float(direction.norm()) == 0.0:
+        raise SteerlensError(
+            f"{name} has norm 0, so it points nowhere and promotes no token; pass a non-zero "
+            "vector."
+        )
+
+
+def _prompt_tokens(
+    model: Any, prompts: str | Sequence[str], *, chat: bool, bos: bool
+) -> list[list[int]]:
+    """Each prompt's tokens (chat rule and BOS rule as everywhere), refusing empty ones."""
+    texts = runtime.format_prompts(model, runtime.check_prompts(prompts), chat=chat)
+    rows = []
+    for i, text in enumerate(texts):
+        ids = runtime.encode(model, text, bos=bos)
+        if not ids:
+            raise InputError(f"prompt {i} ({text!r}) tokenises to nothing; pass a non-empty one.")
+        runtime.check_fits(model, len(ids), f"prompt {i}", "use a shorter prompt")
+        rows.append(ids)
+    return rows
+
+
+def _token_text(model: Any, token_id: int) -> str:
+    """A token as text; a byte token that is part of a character shows as its raw token
+    string (e.g. ``'Ã'``), not as a replacement character."""
+    text = runtime.decode(model, [token_id], skip_special_tokens=False)
+    if "\ufffd" in text:
+        raw = runtime.tokenizer(model).convert_ids_to_tokens(int(token_id))
+        if isinstance(raw, str) and raw:
+            return raw
+    return text
+
+
+# -- result --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogitLensResult:
+    """The tokens a vector promotes and suppresses most, per view (see the module docs).
+
+    Attributes:
+        label: the vector's name in tables and figures.
+        layer: the layer whose direction was read (``None``: a bare tensor, no layer).
+        views: the views computed, in order: ``"unembed"``, ``"final_norm"`` (when the model
+            has a final norm), ``"steered"`` (with ``prompts=``).
+        units: one unit per view (``"logit"``: logit change per unit of the vector added
+            right before the final norm's ``1/rms``; ``"nats"``: measured log-prob change).
+        norm: the final norm's kind (``"RMS"``, ``"LN"``, ...; ``None``: none).
+        scores: ``[views, vocab]`` every token's score in each view (float32, CPU).
+        top_ids: ``[views, k]`` the most promoted tokens' ids, highest score first.
+        bottom_ids: ``[views, k]`` the most suppressed tokens' ids, lowest score first.
+        top_tokens: per view, the promoted tokens as text.
+        bottom_tokens: per view, the suppressed tokens as text.
+    """
+
+    label: str
+    layer: int | None
+    views: tuple[str, ...]
+    units: tuple[str, ...]
+    norm: str | None
+    scores: Float[Tensor, "views vocab"]
+    top_ids: Int[Tensor, "views k"]
+    bottom_ids: Int[Tensor, "views k"]
+    top_tokens: tuple[tuple[str, ...], ...]
+    bottom_tokens: tuple[tuple[str, ...], ...]
+
+    @property
+    def k(self) -> int:
+        return int(self.top_ids.shape[1])
+
+    def _index(self, view: str) -> int:
+        if view not in self.views:
+            raise SpecError(f"this lens has no view {view!r}; it has {list(self.views)}.")
+        return self.views.index(view)
+
+    @property
+    def main_view(self) -> str:
+        """``"final_norm"`` when computed, else ``"unembed"``: the view summaries show."""
+        return "final_norm" if "final_norm" in self.views else "unembed"
+
+    def promoted(self, view: str | None = None) -> list[tuple[str, float]]:
+        """``(token, score)`` of the most promoted tokens in ``view`` (default `main_view`)."""
+        i = self._index(view or self.main_view)
+        ids = self.top_ids[i].tolist()
+        return [(t, float(self.scores[i, j])) for t, j in zip(self.top_tokens[i], ids, strict=True)]
+
+    def suppressed(self, view: str | None = None) -> list[tuple[str, float]]:
+        """``(token, score)`` of the most suppressed tokens in ``view`` (lowest first)."""
+        i = self._index(view or self.main_view)
+        ids = self.bottom_ids[i].tolist()
+        return [
+            (t, float(self.scores[i, j])) for t, j in zip(self.bottom_tokens[i], ids, strict=True)
+        ]
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One row per view, direction (``"promoted"``/``"suppressed"``) and rank."""
+        rows = []
+        for i, view in enumerate(self.views):
+            for direction, ids, tokens in (
+                ("promoted", self.top_ids[i], self.top_tokens[i]),
+                ("suppressed", self.bottom_ids[i], self.bottom_tokens[i]),
+            ):
+                for rank, (j, tok) in enumerate(zip(ids.tolist(), tokens, strict=True)):
+                    rows.append(
+                        {
+                            "view": view,
+                            "direction": direction,
+                            "rank": rank + 1,
+                            "token": tok,
+                            "token_id": int(j),
+                            "score": float(self.scores[i, j]),
+                            "unit": self.units[i],
+                        }
+                    )
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready), without the full ``scores``."""
+        out: dict[str, Any] = to_plain(self)
+        out.pop("scores")
+        return out
+
+    def __repr__(self) -> str:
+        where = "" if self.layer is None else f" at layer {self.layer}"
+        parts = [f"LogitLensResult({self.label!r}{where}, top {self.k} of {self.views})"]
+        for i, view in enumerate(self.views):
+            rows = [
+                [
+                    repr(a),
+                    f"{float(self.scores[i, ja]):+.3g}",
+                    repr(b),
+                    f"{float(self.scores[i, jb]):+.3g}",
+                ]
+                for a, ja, b, jb in zip(
+                    self.top_tokens[i],
+                    self.top_ids[i].tolist(),
+                    self.bottom_tokens[i],
+                    self.bottom_ids[i].tolist(),
+                    strict=True,
+                )
+            ]
+            parts.append(f"{view} ({self.units[i]}):")
+            parts.append(table(["promoted", "score", "suppressed", "score"], rows, max_rows=5))
+        return "\n".join(parts)
+
+    def plot(self) -> go.Figure:
+        """Horizontal bars per view: the promoted tokens (right) and the suppressed (left).
+
+        Example:
+            >>> import torch
+            >>> from steerlens.testing import tiny_model
+            >>> lens = logit_lens(tiny_model(), torch.ones(64), k=3)
+            >>> [t.name for t in lens.plot().data]
+            ['promoted', 'suppressed', 'promoted', 'suppressed']
+        """
+        fig = make_subplots(
+            rows=1,
+            cols=len(self.views),
+            subplot_titles=[
+                f"{_TITLES[v]} ({u})" for v, u in zip(self.views, self.units, strict=True)
+            ],
+            horizontal_spacing=0.12,
+        )
+        for i in range(len(self.views)):
+            for name, ids, tokens, colour in (
+                ("promoted", self.top_ids[i], self.top_tokens[i], "#d6604d"),
+                ("suppressed", self.bottom_ids[i], self.bottom_tokens[i], "#4393c3"),
+            ):
+                labels = _unique_labels(tokens, ids.tolist())
+                fig.add_trace(
+                    go.Bar(
+                        x=[float(self.scores[i, j]) for j in ids.tolist()],
+                        y=labels,
+                        orientation="h",
+                        name=name,
+                        marker_color=colour,
+                        showlegend=i == 0,
+                        legendgroup=name,
+                        hovertemplate="%{y}: %{x:.4g}<extra>" + name + "</extra>",
+                    ),
+                    row=1,
+                    col=i + 1,
+                )
+            fig.update_yaxes(autorange="reversed", row=1, col=i + 1)
+        where = "" if self.layer is None else f" (layer {self.layer})"
+        fig = style_figure(
+            fig, f"Logit lens of {self.label}{where}: top {self.k} tokens", "score", "token"
+        )
+        fig.update_layout(height=max(350, 40 + 36 * self.k), barmode="overlay")
+        return fig
+
+
+def _unique_labels(tokens: Sequence[str], ids: Sequence[int]) -> list[str]:
+    """``repr(token)``, with the id appended where two tokens read alike."""
+    labels = [repr(t) for t in tokens]
+    return [
+        f"{lab} #{j}" if labels.count(lab) > 1 else lab for lab, j in zip(labels, ids, strict=True)
+    ]
+
+
+# -- computation ---------------------------------------------------------------------------
+
+
+def _normed(
+    direction: Float[Tensor, " d_model"], kind: str | None, weight: Tensor | None
+) -> Float[Tensor, " d_model"]:
+    """What the final norm does to a direction, up to its positive ``1 / rms`` factor."""
+    out = direction
+    if kind is not None and kind.upper().startswith("LN"):
+        out = out - out.mean()
+    if weight is not None:
+        out = out * weight.to(out)
+    return out
+
+
+@torch.no_grad()
+def _steered_change(
+    model: Any,
+    rows: Sequence[Sequence[int]],
+    direction: Tensor,
+    layer: int,
+    strength: float,
+    n_vocab: int,
+    batch_size: int,
+) -> Float[Tensor, " vocab"]:
+    """Mean over every position of ``rows`` of steered minus unsteered next-token log-probs."""
+    total = torch.zeros(n_vocab, dtype=torch.float64)
+    count = 0
+    plan = Steering(direction, layer=layer, strength=strength)
+    for batch in runtime.chunks(len(rows), batch_size):
+        tokens, mask = runtime.right_pad(model, [rows[b] for b in batch])
+        lengths = mask.sum(dim=1)
+        r, c = mask.nonzero(as_tuple=True)
+        ctx = runtime.TokenContext.prompts(lengths)
+        base = runtime.logits_at(model, tokens, mask, r, c, ctx)
+        with steer(model, plan):
+            steered = runtime.logits_at(model, tokens, mask, r, c, ctx)
+        change = steered.float().log_softmax(-1) - base.float().log_softmax(-1)
+        total += change[:, :n_vocab].sum(0).double().cpu()
+        count += int(r.shape[0])
+    return (total / count).float()
+
+
+def logit_lens(
+    model: Any,
+    vector: VectorLike,
+    *,
+    layer: int | None = None,
+    k: int = 10,
+    label: str = "vector",
+    prompts: str | Sequence[str] | None = None,
+    strength: float = 1.0,
+    chat: bool = False,
+    batch_size: int = 8,
+) -> LogitLensResult:
+    """The tokens ``vector`` promotes and suppresses most through the unembedding.
+
+    Args:
+        model: a TransformerLens model.
+        vector: a ``SteeringVector`` (checked against the model) or a ``[d_model]`` tensor. For
+            the difference of two vectors pass ``a - b``.
+        layer: for a vector with several layers, the one to read; for a tensor, where to add
+            it for the ``"steered"`` view.
+        k: how many tokens to keep each way.
+        label: the vector's name in tables and figures.
+        prompts: also measure the ``"steered"`` view on these prompts (every position).
+        strength: the vector's multiplier in the ``"steered"`` view.
+        chat: format ``prompts`` with the chat template.
+        batch_size: prompts per forward pass.
+
+    Raises:
+        LayerError: a layer out of range, or a multi-layer vector without ``layer=``.
+        ModelMismatchError, VectorShapeError: a vector made on another model.
+        SteerlensError: a zero vector.
+        InputError: an empty prompt.
+
+    Example:
+        >>> import torch
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> lens = logit_lens(model, torch.ones(64), k=3)
+        >>> lens.views, len(lens.promoted())
+        (('unembed', 'final_norm'), 3)
+        >>> w_u = model.W_U.detach()
+        >>> lens.top_ids[0].tolist() == (torch.ones(64) @ w_u).topk(3).indices.tolist()
+        True
+    """
+    direction, layer = _direction_at(model, vector, layer)
+    _check_nonzero(direction, label)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SpecError(f"k must be an int >= 1, got {k!r}.")
+    w_u = runtime.unembed_matrix(model).detach()
+    n_vocab = min(int(w_u.shape[1]), len(runtime.tokenizer(model)))
+    w_u = w_u[:, :n_vocab].float()
+    v = direction.detach().to(device=w_u.device, dtype=torch.float32)
+    views, units, scores = ["unembed"], ["logit"], [v @ w_u]
+    kind, weight = runtime.final_norm(model)
+    if kind is not None or weight is not None:
+        views.append("final_norm")
+        units.append("logit")
+        scores.append(_normed(v, kind, None if weight is None else weight.detach()) @ w_u)
+    if prompts is not None:
+        if layer is None:
+            raise LayerError(
+                "the steered view adds the vector at a layer; pass layer= with a bare tensor."
+            )
+        rows = _prompt_tokens(model, prompts, chat=chat, bos=False)
+        change = _steered_change(model, rows, direction, layer, strength, n_vocab, batch_size)
+        views.append("steered")
+        units.append("nats")
+        scores.append(change.to(w_u.device))
+    matrix = torch.stack(scores).float().cpu()
+    k = min(k, n_vocab)
+    top = matrix.topk(k, dim=1).indices
+    bottom = (-matrix).topk(k, dim=1).indices
+    return LogitLensResult(
+        label=label,
+        layer=layer,
+        views=tuple(views),
+        units=tuple(units),
+        norm=kind,
+        scores=matrix,
+        top_ids=top,
+        bottom_ids=bottom,
+        top_tokens=tuple(tuple(_token_text(model, j) for j in row.tolist()) for row in top),
+        bottom_tokens=tuple(tuple(_token_text(model, j) for j in row.tolist()) for row in bottom),
+    )
+
+
+__all__ = ["LogitLensResult", "logit_lens"]

@@ -1,0 +1,108 @@
+"""The vector card: what it summarises, its HTML, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from steerlens import Datapoint, diff_of_means, optimize_vector
+from steerlens.analysis import VectorCard, layer_sweep, vector_card
+from steerlens.analysis.card import DEFAULT_PROMPTS
+from steerlens.errors import (
+    LayerError,
+    ModelMismatchError,
+    OutputPathError,
+    SpecError,
+)
+from steerlens.vector import SteeringVector
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    return optimize_vector(tiny, Datapoint("the cat", promote=[" sat"]), 1, max_steps=2).vector
+
+
+def test_card_of_an_optimized_vector(tiny, trained):
+    caa = diff_of_means(tiny, ["the cat", "the dog"], ["a cat", "a dog"], 1)
+    card = vector_card(tiny, trained, compare_to={"self": trained, "minus": -trained}, caa=caa, k=4)
+    fields = dict(card.provenance)
+    assert fields["method"] == "one_shot_optimization"
+    assert fields["steps"].startswith("2")
+    assert "' sat'" in fields["datapoints"]
+    assert any(k.startswith("final losses") for k in fields)
+    assert card.prompts == ("the cat",)  # the vector's own prompt
+    assert card.layer == 1 and card.norms == {1: pytest.approx(trained.norm())}
+    cos = {label: c for label, c, _ in card.cosines}
+    assert cos["self"] == pytest.approx(1.0) and cos["minus"] == pytest.approx(-1.0)
+    assert -1.0 <= cos["CAA"] <= 1.0
+    assert card.lens.k == 4 and card.lens.layer == 1
+    assert card.scale_summary == card.scale.describe(trained)
+    assert "promotes:" in repr(card)
+    json.dumps(card.to_dict())
+    assert isinstance(card, VectorCard)
+
+
+def test_prompts_come_from_the_vector_or_the_defaults(tiny):
+    caa = diff_of_means(tiny, ["the cat", "the dog"], ["a cat", "a dog"], 1)
+    assert set(vector_card(tiny, caa).prompts) == {"the cat", "the dog", "a cat", "a dog"}
+    bare = SteeringVector.from_tensor(torch.ones(64), 0, model=tiny)
+    assert vector_card(tiny, bare).prompts == DEFAULT_PROMPTS
+    assert vector_card(tiny, bare, prompts="x y z").prompts == ("x y z",)
+
+
+def test_cosine_with_a_vector_at_another_layer_is_noted(tiny):
+    v = SteeringVector.from_tensor(torch.ones(64), 1, model=tiny)
+    other = SteeringVector.from_tensor(torch.ones(64), 0, model=tiny)
+    zero = torch.zeros(64)
+    card = vector_card(tiny, v, prompts=["the cat"], compare_to={"other": other, "zero": zero})
+    (_, c, note), (_, cz, zero_note) = card.cosines
+    assert c == pytest.approx(1.0) and "layer 0" in note
+    assert math.isnan(cz) and "norm 0" in zero_note
+
+
+def test_layer_effect_from_a_sweep_or_the_provenance(tiny, trained):
+    data = Datapoint("the cat", promote=[" sat"])
+    sweep = layer_sweep(tiny, data, vector=trained.vector, prompts=["x y"])
+    card = vector_card(tiny, trained, sweep=sweep)
+    assert sorted(card.layer_effect) == [0, 1] and "logprob_change" in card.layer_effect_label
+    assert "Layer effect" in card.html()
+    recorded = SteeringVector.from_tensor(
+        torch.ones(64), 1, model=tiny, provenance={"layer_effect": {"1": 0.5, "0": 0.25}}
+    )
+    card = vector_card(tiny, recorded, prompts=["the cat"])
+    assert card.layer_effect == {0: 0.25, 1: 0.5}
+    with pytest.raises(SpecError, match="LayerSweepResult"):
+        vector_card(tiny, recorded, prompts=["the cat"], sweep={1: 0.5})  # type: ignore[arg-type]
+
+
+def test_html_page(tiny, trained, tmp_path):
+    card = vector_card(tiny, trained, title="<mine>")
+    fragment = card._repr_html_()
+    assert fragment == card.html() and "&lt;mine&gt;" in fragment and "<script" not in fragment
+    for section in ("Provenance", "Scale", "Logit lens"):
+        assert section in fragment
+    path = card.save_html(tmp_path / "sub" / "card.html")
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("<!doctype html>") and "Logit lens" in text
+    assert [p.name for p in path.parent.iterdir()] == ["card.html"]  # no temporary left
+    with_figures = card.save_html(tmp_path / "fig.html", figures=True).read_text(encoding="utf-8")
+    assert "plotly" in with_figures and len(with_figures) > len(text)
+    with pytest.raises(OutputPathError):
+        card.save_html(tmp_path)
+
+
+def test_errors(tiny, trained):
+    with pytest.raises(SpecError, match="SteeringVector"):
+        vector_card(tiny, torch.ones(64))  # type: ignore[arg-type]
+    other = SteeringVector.from_tensor(torch.ones(64), 1, model_id="someone/else")
+    with pytest.raises(ModelMismatchError):
+        vector_card(tiny, other, prompts=["the cat"])
+    with pytest.raises(ModelMismatchError):
+        vector_card(tiny, trained, prompts=["the cat"], compare_to={"x": other})
+    two = SteeringVector({0: torch.ones(64), 1: -torch.ones(64)}, model_id=trained.model_id)
+    with pytest.raises(LayerError, match="pass layer="):
+        vector_card(tiny, two, prompts=["the cat"])
+    assert vector_card(tiny, two, prompts=["the cat"], layer=0).layer == 0

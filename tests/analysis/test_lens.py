@@ -1,0 +1,205 @@
+"""The logit lens of a vector: exact against the unembedding, linear in the vector, the final
+norm applied as documented, the steered view against a direct computation, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from steerlens import runtime
+from steerlens.analysis import LogitLensResult, logit_lens
+from steerlens.errors import (
+    InputError,
+    LayerError,
+    ModelError,
+    ModelMismatchError,
+    SpecError,
+    SteerlensError,
+    VectorShapeError,
+)
+from steerlens.steer import Steering, steer
+from steerlens.testing import tiny_model, tiny_tokenizer
+from steerlens.vector import SteeringVector
+
+
+@pytest.fixture(scope="module")
+def normed():
+    """A tiny model whose final RMSNorm has a non-trivial weight (so the views differ)."""
+    model = tiny_model(seed=3)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.ln_final.w.copy_(torch.rand(64, generator=g) * 2 + 0.1)
+    return model
+
+
+def test_unembed_view_is_the_vector_times_w_u(tiny):
+    v = torch.randn(64)
+    lens = logit_lens(tiny, v, k=5)
+    expected = v @ tiny.W_U.detach()
+    assert lens.views == ("unembed", "final_norm")
+    assert torch.allclose(lens.scores[0], expected, atol=1e-5)
+    assert lens.top_ids[0].tolist() == expected.topk(5).indices.tolist()
+    assert lens.bottom_ids[0].tolist() == (-expected).topk(5).indices.tolist()
+    scores = [s for _, s in lens.promoted("unembed")]
+    assert scores == sorted(scores, reverse=True)
+    low = [s for _, s in lens.suppressed("unembed")]
+    assert low == sorted(low)
+
+
+def test_final_norm_view_applies_the_norm_weight(normed):
+    v = torch.randn(64)
+    lens = logit_lens(normed, v, k=3)
+    kind, weight = runtime.final_norm(normed)
+    assert kind == "RMS" and lens.norm == "RMS"
+    expected = (v * weight.detach()) @ normed.W_U.detach()
+    assert torch.allclose(lens.scores[1], expected, atol=1e-5)
+    assert not torch.allclose(lens.scores[0], lens.scores[1])
+    assert lens.main_view == "final_norm"
+
+
+def test_a_planted_unembedding_direction_promotes_its_token(tiny):
+    w_u = tiny.W_U.detach()
+    t = int(w_u.norm(dim=0).argmax())  # w_j . w_t <= |w_j||w_t| <= |w_t|^2
+    lens = logit_lens(tiny, w_u[:, t].clone(), k=1)
+    assert lens.top_ids[0].tolist() == [t]
+    assert lens.bottom_ids[0].tolist() != [t]
+    assert logit_lens(tiny, -w_u[:, t].clone(), k=1).bottom_ids[0].tolist() == [t]
+
+
+def test_the_lens_of_a_difference_is_the_difference_of_lenses(normed):
+    a = SteeringVector.from_tensor(torch.randn(64), 1, model=normed)
+    b = SteeringVector.from_tensor(torch.randn(64), 1, model=normed)
+    diff = logit_lens(normed, a - b, label="a - b")
+    assert diff.label == "a - b" and diff.layer == 1
+    la, lb = logit_lens(normed, a), logit_lens(normed, b)
+    assert torch.allclose(diff.scores, la.scores - lb.scores, atol=1e-4)
+
+
+def test_steered_view_matches_a_direct_computation(tiny):
+    v = torch.randn(64) * 3
+    prompts = ["the cat sat", "a dog"]
+    lens = logit_lens(tiny, v, layer=1, prompts=prompts, k=4)
+    assert lens.views == ("unembed", "final_norm", "steered")
+    assert lens.units == ("logit", "logit", "nats")
+    changes = []
+    for p in prompts:
+        tokens = torch.tensor([runtime.encode(tiny, p)])
+        with torch.no_grad():
+            base = tiny(tokens)[0].log_softmax(-1)
+            with steer(tiny, Steering(v, layer=1)):
+                steered = tiny(tokens)[0].log_softmax(-1)
+        changes.append(steered - base)
+    expected = torch.cat(changes).mean(0)
+    assert torch.allclose(lens.scores[2], expected, atol=1e-4)
+
+
+def test_steered_view_at_strength_zero_is_zero(tiny):
+    lens = logit_lens(tiny, torch.randn(64), layer=0, prompts="the cat", strength=0.0)
+    assert torch.count_nonzero(lens.scores[2]) == 0
+
+
+def test_table_figure_and_plain_data(tiny):
+    lens = logit_lens(tiny, torch.randn(64), k=3, label="mine")
+    rows = lens.to_rows()
+    assert len(rows) == 2 * 2 * 3
+    assert {r["direction"] for r in rows} == {"promoted", "suppressed"}
+    assert rows[0]["rank"] == 1 and rows[0]["token_id"] == int(lens.top_ids[0, 0])
+    text = repr(lens)
+    assert "LogitLensResult('mine'" in text and "suppressed" in text
+    fig = lens.plot()
+    assert len(fig.data) == 4 and "mine" in fig.layout.title.text
+    json.dumps(lens.to_dict())
+    assert isinstance(lens, LogitLensResult)
+    with pytest.raises(SpecError, match="no view 'steered'"):
+        lens.promoted("steered")
+
+
+def test_byte_tokens_show_their_raw_token(tiny):
+    lens = logit_lens(tiny, torch.randn(64), k=50)
+    assert all("\ufffd" not in t for row in lens.top_tokens for t in row)
+
+
+def test_a_multi_layer_vector_needs_a_layer(tiny):
+    v = SteeringVector({0: torch.randn(64), 1: torch.randn(64)}, model_id=runtime.model_id(tiny))
+    with pytest.raises(LayerError, match="pass layer="):
+        logit_lens(tiny, v)
+    assert logit_lens(tiny, v, layer=0).layer == 0
+    assert torch.allclose(
+        logit_lens(tiny, v, layer=0).scores[0], v.directions[0] @ tiny.W_U.detach(), atol=1e-5
+    )
+
+
+def test_errors(tiny):
+    other = SteeringVector.from_tensor(torch.randn(64), 1, model_id="someone/else")
+    with pytest.raises(ModelMismatchError, match="someone/else"):
+        logit_lens(tiny, other)
+    with pytest.raises(LayerError, match="out of range"):
+        logit_lens(tiny, torch.randn(64), layer=5)
+    with pytest.raises(LayerError, match="pass layer="):
+        logit_lens(tiny, torch.randn(64), prompts=["the cat"])
+    with pytest.raises(InputError):
+        logit_lens(tiny, torch.randn(64), layer=1, prompts=[""])
+    with pytest.raises(InputError):
+        logit_lens(tiny, torch.randn(64), layer=1, prompts=[])
+    with pytest.raises(VectorShapeError, match="d_model"):
+        logit_lens(tiny, torch.randn(32))
+    with pytest.raises(SteerlensError, match="norm 0"):
+        logit_lens(tiny, torch.zeros(64))
+    with pytest.raises(SpecError, match="k must be"):
+        logit_lens(tiny, torch.randn(64), k=0)
+
+
+# -- duck-typed models (TL 3 HookedTransformer-like) ---------------------------------------
+
+
+def _fake(normalization_type, w=None, offset=False, unembed=None):
+    tok = tiny_tokenizer()
+    d = 8
+    g = torch.Generator().manual_seed(0)
+    model = SimpleNamespace(
+        cfg=SimpleNamespace(
+            d_model=d,
+            n_layers=2,
+            model_name="fake",
+            normalization_type=normalization_type,
+            rmsnorm_uses_offset=offset,
+        ),
+        tokenizer=tok,
+    )
+    if unembed is None:
+        model.W_U = torch.randn(d, len(tok), generator=g)
+    else:
+        model.unembed = unembed
+    if w is not None:
+        model.ln_final = SimpleNamespace(w=w)
+    return model
+
+
+def test_layer_norm_centres_the_direction_first():
+    w = torch.linspace(0.5, 2.0, 8)
+    model = _fake("LN", w=w)
+    v = torch.randn(8)
+    lens = logit_lens(model, v, k=2)
+    assert lens.norm == "LN"
+    assert torch.allclose(lens.scores[1], ((v - v.mean()) * w) @ model.W_U, atol=1e-5)
+
+
+def test_offset_rms_weight_and_missing_norm():
+    w = torch.linspace(-0.5, 0.5, 8)
+    assert torch.allclose(runtime.final_norm(_fake("RMS", w=w, offset=True))[1], 1 + w)
+    plain = _fake(None)
+    assert runtime.final_norm(plain) == (None, None)
+    assert logit_lens(plain, torch.randn(8), k=2).views == ("unembed",)
+
+
+def test_unembed_matrix_of_a_plain_linear_and_of_nothing():
+    linear = nn.Linear(8, len(tiny_tokenizer()))
+    model = _fake(None, unembed=linear)
+    assert torch.equal(runtime.unembed_matrix(model), linear.weight.T)
+    del model.unembed
+    with pytest.raises(ModelError, match="unembedding"):
+        runtime.unembed_matrix(model)

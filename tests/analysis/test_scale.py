@@ -1,0 +1,97 @@
+"""Residual-stream norms per layer and position class, and a vector's scale against them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from steerlens import runtime
+from steerlens.analysis import ResidualNorms, residual_norms
+from steerlens.errors import InputError, LayerError, ModelMismatchError
+from steerlens.vector import SteeringVector
+
+
+def test_matches_a_direct_computation(tiny):
+    prompts = ["the cat sat on the mat", "a dog"]
+    norms = residual_norms(tiny, prompts)
+    assert norms.layers == (0, 1) and norms.n_prompts == 2
+    names = [runtime.hook_name(la) for la in (0, 1)]
+    first, other = {0: [], 1: []}, {0: [], 1: []}
+    for p in prompts:
+        with torch.no_grad():
+            _, cache = tiny.run_with_cache(torch.tensor([runtime.encode(tiny, p)]))
+        for la, name in zip((0, 1), names, strict=True):
+            n = cache[name][0].norm(dim=-1)
+            first[la].append(float(n[0]))
+            other[la] += n[1:].tolist()
+    for i, la in enumerate(norms.layers):
+        assert norms.first_token[i] == pytest.approx(np.mean(first[la]), rel=1e-5)
+        assert norms.typical[i] == pytest.approx(np.median(other[la]), rel=1e-5)
+        assert norms.other_mean[i] == pytest.approx(np.mean(other[la]), rel=1e-5)
+    assert norms.n_other_tokens == len(other[0])
+
+
+def test_padding_is_never_counted(tiny):
+    prompts = ["the cat sat on the mat", "a dog", "x y z"]
+    one = residual_norms(tiny, prompts, batch_size=1)
+    many = residual_norms(tiny, prompts, batch_size=3)
+    assert np.allclose(one.typical, many.typical, rtol=1e-5)
+    assert np.allclose(one.first_token, many.first_token, rtol=1e-5)
+
+
+def test_fraction_and_summary(tiny):
+    norms = residual_norms(tiny, ["the cat sat"], layers=[1])
+    v = SteeringVector.from_tensor(torch.ones(64), 1, model=tiny)
+    expected = 8.0 / norms.at(1)
+    assert norms.fraction(v) == pytest.approx(expected)
+    assert norms.fraction(torch.ones(64), layer=1) == pytest.approx(expected)
+    line = norms.describe(v)
+    assert "typical residual norm at layer 1" in line and "first token" in line
+    assert "\n" not in line
+
+
+def test_table_figure_and_plain_data(tiny):
+    norms = residual_norms(tiny, ["the cat sat"])
+    assert [r["layer"] for r in norms.to_rows()] == [0, 1]
+    assert "first token" in repr(norms)
+    fig = norms.plot(torch.ones(64), layer=0)
+    assert [t.name for t in fig.data] == ["first token", "other tokens (median)", "vector"]
+    assert fig.layout.yaxis.type == "log"
+    json.dumps(norms.to_dict())
+    assert isinstance(norms, ResidualNorms)
+
+
+def test_errors(tiny):
+    with pytest.raises(InputError):
+        residual_norms(tiny, [])
+    with pytest.raises(InputError):
+        residual_norms(tiny, ["the cat", ""])
+    with pytest.raises(InputError, match="two tokens"):
+        residual_norms(tiny, ["a", "b"])
+    with pytest.raises(LayerError, match="out of range"):
+        residual_norms(tiny, ["the cat"], layers=[7])
+    norms = residual_norms(tiny, ["the cat"], layers=[0])
+    with pytest.raises(LayerError, match="measured at layers"):
+        norms.at(1)
+    with pytest.raises(LayerError, match="pass layer="):
+        norms.fraction(torch.ones(64))
+    with pytest.raises(ModelMismatchError):
+        norms.fraction(SteeringVector.from_tensor(torch.ones(64), 0, model_id="someone/else"))
+
+
+@pytest.mark.slow
+def test_the_first_token_is_a_huge_norm_sink_on_smollm2(smol):
+    norms = residual_norms(
+        smol,
+        [
+            "The weather today is mild, with a light breeze.",
+            "Please summarise the meeting in a few sentences.",
+        ],
+    )
+    ratios = norms.first_token / norms.typical
+    # The sink grows over the first blocks and stays many times the typical norm after that.
+    assert float(np.median(ratios)) > 10.0, ratios.round(1).tolist()
+    assert float(ratios.max()) > 50.0, ratios.round(1).tolist()
