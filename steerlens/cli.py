@@ -377,13 +377,15 @@ def cmd_study_run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}.")
     check_device(args.device)
     # A foreign, newer or changed folder is refused before the model loads.
-    StudyFolder.prepare(folder, spec, if_changed=args.if_changed)
+    before = StudyFolder.prepare(folder, spec, if_changed=args.if_changed)
+    finished = len(before.finished())
     _start(args)
     units = spec.units()
     print(
         f"study {spec.name!r}: {len(units)} units ({len(spec.examples)} examples x "
         f"{len(spec.layers)} layers x {len(spec.seeds)} seeds x {len(spec.objectives)} "
-        f"objectives) on model {spec.model!r}, in {folder}"
+        f"objectives) on model {spec.model!r}, in {before.path}"
+        + (f"; {finished} already finished, resuming" if finished else "")
     )
     study = run_study(
         spec,
@@ -395,10 +397,11 @@ def cmd_study_run(args: argparse.Namespace) -> int:
         device=args.device,
         evaluate=not args.no_evaluate,
     )
-    table = study.table()
+    done = len(study.finished())
     print(
-        f"done: {int((table['status'] == 'done').sum())} units saved in {study.path} "
-        f"(results.sqlite: tables 'units' and 'evaluations'; vectors/)"
+        f"done: {done} units in {study.path} ({done - finished} trained now); results in "
+        "results.sqlite (StudyFolder(...).table()), vectors in vectors/; "
+        f"steerlens study report {study.path} writes the HTML report"
     )
     return 0
 

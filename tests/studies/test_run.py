@@ -367,8 +367,11 @@ def test_study_run_on_the_command_line_and_resume(tmp_path, capsys):
     assert cli.main([*argv, "--no-progress", "--threads", "1"]) == 0
     out = capsys.readouterr()
     assert "4 units (2 examples x 2 layers x 1 seeds x 1 objectives)" in out.out
-    assert "done: 4 units saved in" in out.out and out.err.startswith("steerlens: device")
+    assert "done: 4 units in" in out.out and "(4 trained now)" in out.out
+    assert out.err.startswith("steerlens: device")
     assert cli.main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "4 already finished, resuming" in out and "(0 trained now)" in out
     assert len(StudyFolder.open(tmp_path / "s").table()) == 4
 
 
