@@ -64,8 +64,11 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def train_units(model: Any, spec: StudySpec, units: Sequence[Unit]) -> list[Outcome]:
-    """Train ``units`` on ``model`` in one `optimize_many` call; the outcomes in unit order.
+def train_units(
+    model: Any, spec: StudySpec, units: Sequence[Unit], *, progress: bool | None = False
+) -> list[Outcome]:
+    """Train ``units`` on ``model`` in one `optimize_many` call (``progress``: its bar over
+    the vectors' steps); the outcomes in unit order.
 
     When the batch fails, each unit is trained alone, so that one unit's error is recorded
     against that unit only (a ``KeyboardInterrupt`` is not caught).
@@ -85,7 +88,7 @@ def train_units(model: Any, spec: StudySpec, units: Sequence[Unit]) -> list[Outc
         ]
 
     try:
-        results: list[Outcome] = list(optimize_many(model, jobs(units), progress=False))
+        results: list[Outcome] = list(optimize_many(model, jobs(units), progress=progress))
     except Exception as exc:
         if len(units) == 1:
             return [describe_error(exc)]
@@ -338,10 +341,12 @@ class SerialBackend:
         device: where the model goes (default: CUDA when available, else the CPU).
         model: an already-built model to use instead of building the spec's (it must be the
             model the spec names).
+        progress: a bar over each batch's optimization steps (under the bar over units).
     """
 
     device: Any = None
     model: Any = None
+    progress: bool | None = False
     _built: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _model(self, spec: StudySpec) -> Any:
@@ -359,7 +364,8 @@ class SerialBackend:
         spec.check_layers(runtime.n_layers(model))
         for batch in runtime.chunks(len(units), batch_size):
             chunk = [units[i] for i in batch]
-            yield from zip(chunk, train_units(model, spec, chunk), strict=True)
+            outcomes = train_units(model, spec, chunk, progress=self.progress)
+            yield from zip(chunk, outcomes, strict=True)
 
     def evaluate(
         self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
@@ -383,9 +389,9 @@ class SerialBackend:
         return measure_grid(self._model(spec), spec, sources, batch_size=batch_size)
 
 
-def _backend(backend: str | Backend, device: Any) -> Backend:
+def _backend(backend: str | Backend, device: Any, progress: bool | None) -> Backend:
     if backend == "serial":
-        return SerialBackend(device=device)
+        return SerialBackend(device=device, progress=progress)
     if backend == "ray":
         from steerlens.studies.ray_backend import RayBackend
 
@@ -423,7 +429,8 @@ def run_study(
         backend: ``"serial"`` (this process), ``"ray"`` (``pip install steerlens[ray]``;
             a cluster via ``RAY_ADDRESS``), or a `SerialBackend` / ``RayBackend`` object.
         batch_size: the most units trained together in one `optimize_many` call.
-        progress: show a progress bar over units (default: in a terminal or a notebook).
+        progress: show progress bars over units, and over optimization steps within each
+            batch (serial backend); default: in a terminal or a notebook.
         if_changed: when ``folder`` holds another spec's study: ``"refuse"``,
             ``"versioned"`` or ``"overwrite"`` (see `StudyFolder.prepare`).
         device: where the model goes (``"serial"`` and ``"ray"`` backends).
@@ -454,7 +461,7 @@ def run_study(
     if not isinstance(spec, StudySpec):
         spec = StudySpec.from_toml(spec)
     runtime.check_batch_size(batch_size)
-    worker = _backend(backend, device)
+    worker = _backend(backend, device, progress)
     study = StudyFolder.prepare(folder, spec, if_changed=if_changed)
     units = spec.units()
     finished = study.finished()
