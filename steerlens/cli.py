@@ -1,5 +1,5 @@
-"""The ``steerlens`` command: ``demo``, ``optimize``, ``generate``, ``study run`` and
-``study report``."""
+"""The ``steerlens`` command: ``demo``, ``optimize``, ``generate``, ``caa``, ``sweep``,
+``report``, ``study run`` and ``study report``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 from argparse import SUPPRESS
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -415,6 +415,134 @@ def cmd_study_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _texts(given: Sequence[str] | None, file: str | None, option: str) -> list[str]:
+    """Prompts from repeated ``--option TEXT`` and/or ``--option-file FILE`` (one per line),
+    checked before the model loads."""
+    texts = list(given or [])
+    if file is not None:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise InputError(
+                f"--{option}-file {file!r} is not a file; give a text file with "
+                "one prompt per line."
+            )
+        texts += [line for line in path.read_text().splitlines() if line.strip()]
+    empty = [i for i, t in enumerate(texts, 1) if not t.strip()]
+    if empty:
+        raise InputError(f"--{option} {empty[0]} is empty; give the text of each prompt.")
+    if not texts:
+        raise InputError(
+            f"no --{option} prompts; pass --{option} TEXT (repeat it) or --{option}-file FILE."
+        )
+    return texts
+
+
+def _numbers(text: str, option: str, kind: type = float) -> list:
+    """A comma-separated list of numbers (``--layers 4,8,12``)."""
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(
+            f"{option} takes comma-separated numbers, e.g. {option} "
+            f"{'4,8,12' if kind is int else '0.5,1,2'}; got {text!r}."
+        ) from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise InputError(f"{option} needs finite numbers, got {text!r}.")
+    return values
+
+
+def _load_vector_file(path: str) -> Any:
+    from steerlens.vector import SteeringVector
+
+    if not Path(path).expanduser().is_file():
+        raise InputError(f"no vector file {path!r}; pass a .safetensors file written by steerlens.")
+    return SteeringVector.load(path)
+
+
+def cmd_caa(args: argparse.Namespace) -> int:
+    """A contrastive (difference of means) vector from two prompt sets, saved to a file."""
+    from steerlens.baselines import diff_of_means
+
+    output = check_output_file(args.output)
+    positive = _texts(args.positive, args.positive_file, "positive")
+    negative = _texts(args.negative, args.negative_file, "negative")
+    _check_settings(args)
+    _start(args)
+    model = _load(args)
+    vector = diff_of_means(
+        model, positive, negative, args.layer, position=args.position, chat=args.chat
+    )
+    print(
+        f"difference of means of {len(positive)} positive and {len(negative)} negative "
+        f"prompts at layer {args.layer} ({args.position} token): norm {vector.norm():.4g}"
+    )
+    print(f"saved {vector.save(output)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """A layer x strength grid of a vector file: behaviour and coherence, and the frontier."""
+    from steerlens.evaluation.judges import StringMatchJudge
+    from steerlens.io.atomic import atomic_path
+    from steerlens.studies.grid import layer_strength_grid
+
+    output = check_output_file(args.output)
+    vector = _load_vector_file(args.vector)
+    prompts = _texts(args.prompt, args.prompt_file, "prompt")
+    if not args.judge_any_of:
+        raise InputError(
+            "the sweep needs a judge: pass --judge-any-of TEXT (repeat it), e.g. "
+            "--judge-any-of ' la ' --judge-any-of ' le ' for French replies."
+        )
+    layers = _numbers(args.layers, "--layers", int) if args.layers else list(vector.layers)
+    strengths = _numbers(args.strengths, "--strengths")
+    _check_settings(args)
+    _start(args)
+    model = _load(args)
+    if not args.no_chat:
+        from steerlens.runtime import chat_prompt
+
+        prompts = [chat_prompt(model, p) for p in prompts]
+    grid = layer_strength_grid(
+        model,
+        vector,
+        layers=layers,
+        strengths=strengths,
+        prompts=prompts,
+        judge=StringMatchJudge(args.judge_any_of),
+        neutral_prompts=args.neutral or None,
+        max_new_tokens=args.max_new_tokens,
+        progress=args.progress,
+    )
+    print(grid)
+    best = grid.frontier(max_nll_ratio=args.max_nll_ratio)
+    page = grid.plot_all().to_html(include_plotlyjs=True, full_html=False) + grid.plot_frontier(
+        "nll_ratio"
+    ).to_html(include_plotlyjs=False, full_html=False)
+    with atomic_path(output) as tmp:
+        Path(tmp).write_text(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>steerlens sweep</title>"
+            f"</head><body><h1>Layer x strength: {args.vector}</h1><p>{best.summary()}</p>"
+            f"{page}</body></html>"
+        )
+    print(f"wrote {output}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """A vector card: what a vector file is and does, as one HTML page."""
+    from steerlens.analysis.card import vector_card
+
+    output = check_output_file(args.output)
+    vector = _load_vector_file(args.vector)
+    _start(args)
+    model = _load(args)
+    card = vector_card(model, vector, prompts=args.prompt or None)
+    card.save_html(output, figures=args.figures)
+    print(f"wrote {output}")
+    return 0
+
+
 DESCRIPTION = """\
 Optimize one-shot steering vectors on TransformerLens models, and generate with them.
 
@@ -461,6 +589,33 @@ the study measured them). plotly.js is embedded, so the page opens offline.
 
 example:
   steerlens study report runs/french      # writes runs/french/report.html"""
+
+
+CAA_DESCRIPTION = """\
+Contrastive activation addition: the mean residual activation over prompts with a behavior minus
+the mean over prompts without it, at one layer; saved as a steerlens vector file.
+
+example:
+  steerlens caa --positive "I love this" --positive "What a great day" \\
+      --negative "I hate this" --negative "What an awful day" --layer 8 -o sentiment.safetensors"""
+
+SWEEP_DESCRIPTION = """\
+Steer held-out prompts with a vector at every layer x strength, and put the behavior rate (a
+string-match judge) beside coherence: the unsteered model's NLL of the replies (and its ratio to
+the unsteered replies'), distinct-3, and the side-effect KL on --neutral prompts. Prints the
+best cell and the frontier (the best behavior within --max-nll-ratio), and writes the heatmaps.
+
+example:
+  steerlens sweep french.safetensors --prompt "Tell me about dogs." \\
+      --prompt "Why is the sky blue?" --judge-any-of " la " --judge-any-of " le " \\
+      --layers 4,8,12 --strengths 0.5,1,2"""
+
+REPORT_DESCRIPTION = """\
+A vector card: provenance, norms and their scale against the residual stream, the tokens the
+vector promotes and suppresses through the unembedding (logit lens), as one HTML page.
+
+example:
+  steerlens report french.safetensors -o french_card.html"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -652,6 +807,142 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the prompts as written, without the chat template (default: off)",
     )
     gen.set_defaults(func=cmd_generate)
+
+    caa = sub.add_parser(
+        "caa",
+        help="a difference-of-means (CAA) vector from two prompt sets",
+        description=CAA_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    common(caa)
+    for side in ("positive", "negative"):
+        caa.add_argument(
+            f"--{side}",
+            action="append",
+            metavar="TEXT",
+            help=f"a prompt {'with' if side == 'positive' else 'without'} the behavior; repeat "
+            f"it (default: none; give --{side} or --{side}-file)",
+        )
+        caa.add_argument(
+            f"--{side}-file",
+            metavar="FILE",
+            default=None,
+            help=f"a text file of {side} prompts, one per line (default: none)",
+        )
+    caa.add_argument(
+        "--layer",
+        type=int,
+        default=DEFAULT_LAYER,
+        help="the layer whose hook_resid_pre is read (default: %(default)s)",
+    )
+    caa.add_argument(
+        "--position",
+        choices=["last", "mean"],
+        default="last",
+        help="read the last prompt token or the mean over the prompt (default: %(default)s)",
+    )
+    caa.add_argument(
+        "--chat",
+        action="store_true",
+        help="format the prompts as user messages with the chat template (default: as written)",
+    )
+    caa.add_argument(
+        "--output", "-o", required=True, help="the .safetensors file to write (required)"
+    )
+    caa.set_defaults(func=cmd_caa)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="a layer x strength grid of a vector: behavior beside coherence",
+        description=SWEEP_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    common(sweep)
+    sweep.add_argument("vector", help="a .safetensors vector file (required)")
+    sweep.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="a held-out prompt (user message) to answer; repeat it (default: none; give "
+        "--prompt or --prompt-file)",
+    )
+    sweep.add_argument(
+        "--prompt-file", metavar="FILE", default=None, help="prompts, one per line (default: none)"
+    )
+    sweep.add_argument(
+        "--judge-any-of",
+        action="append",
+        metavar="TEXT",
+        help="a reply showing the behavior contains one of these; repeat it (required)",
+    )
+    sweep.add_argument(
+        "--layers",
+        default=None,
+        metavar="L1,L2",
+        help="comma-separated layers (default: the vector's own layers)",
+    )
+    sweep.add_argument(
+        "--strengths",
+        default="0.5,1,1.5,2",
+        metavar="S1,S2",
+        help="comma-separated multiples of the vector (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--neutral",
+        action="append",
+        metavar="TEXT",
+        help="a neutral prompt for the side-effect KL; repeat it (default: none, no KL)",
+    )
+    sweep.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=32,
+        metavar="N",
+        help="tokens per reply (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--max-nll-ratio",
+        type=float,
+        default=1.5,
+        metavar="R",
+        help="the coherence budget of the frontier: steered replies' NLL at most R times the "
+        "unsteered replies' (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--no-chat",
+        action="store_true",
+        help="use the prompts as written, without the chat template (default: off)",
+    )
+    sweep.add_argument(
+        "--output", "-o", default="sweep.html", help="the HTML page to write (default: %(default)s)"
+    )
+    progress(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    card = sub.add_parser(
+        "report",
+        help="a vector card: what a vector file is and does, as one HTML page",
+        description=REPORT_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    common(card)
+    card.add_argument("vector", help="a .safetensors vector file (required)")
+    card.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="a prompt to measure the residual stream's scale on; repeat it (default: the "
+        "vector's own training prompts)",
+    )
+    card.add_argument(
+        "--figures",
+        action="store_true",
+        help="embed the plotly figures too (a page of a few MB) (default: tables only)",
+    )
+    card.add_argument(
+        "--output", "-o", default="vector_card.html", help="the HTML page (default: %(default)s)"
+    )
+    card.set_defaults(func=cmd_report)
 
     study = sub.add_parser(
         "study",

@@ -34,7 +34,7 @@ def _help(capsys, *argv: str) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["demo", "optimize", "generate"])
+@pytest.mark.parametrize("command", ["demo", "optimize", "generate", "caa", "sweep", "report"])
 def test_every_option_has_help_that_gives_its_default(command):
     sub = _subparsers(cli.build_parser())[command]
     for action in sub._actions:
@@ -204,3 +204,71 @@ def test_demo_behavior_appears_on_held_out_prompts(smol):
     assert all(_frenchness(t) < 0.3 for t in plain), plain
     french = [t for t in steered if _frenchness(t) > 0.6]
     assert len(french) >= 3, steered
+
+
+# --- caa, sweep, report ----------------------------------------------------------------------
+
+
+def test_caa_writes_the_difference_of_means(tiny_loaded, tiny, capsys, tmp_path):
+    from steerlens import diff_of_means
+    from steerlens.vector import SteeringVector
+
+    out = tmp_path / "caa.safetensors"
+    prompts = tmp_path / "neg.txt"
+    prompts.write_text("a dog\n\na cat\n")
+    argv = ["caa", "--positive", "the dog", "--positive", "the cat", "--negative-file"]
+    assert cli.main([*argv, str(prompts), "--layer", "1", "-o", str(out)]) == 0
+    assert "2 positive and 2 negative prompts at layer 1" in capsys.readouterr().out
+    expected = diff_of_means(tiny, ["the dog", "the cat"], ["a dog", "a cat"], 1)
+    assert torch.allclose(SteeringVector.load(out).vector, expected.vector)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["caa", "--negative", "a", "-o", "v.safetensors"], "no --positive prompts"),
+        (["caa", "--positive", " ", "--negative", "a", "-o", "v.safetensors"], "--positive 1 is"),
+        (
+            ["caa", "--positive", "a", "--negative-file", "nope.txt", "-o", "v.safetensors"],
+            "--negative-file 'nope.txt' is not a file",
+        ),
+        (["sweep", "nope.safetensors", "--prompt", "hi", "--judge-any-of", "x"], "no vector file"),
+        (["report", "nope.safetensors"], "no vector file"),
+    ],
+)
+def test_caa_sweep_report_check_their_input_before_loading(argv, message, capsys, monkeypatch):
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(model_mod, "load_model", no_load)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_sweep_writes_the_grid_and_prints_the_frontier(tiny_loaded, tiny, capsys, tmp_path):
+    vector = steerlens.SteeringVector.from_tensor(torch.ones(64), layer=1, model=tiny)
+    path = vector.save(tmp_path / "v.safetensors")
+    page = tmp_path / "sweep.html"
+    argv = ["sweep", str(path), "--prompt", "hi", "--prompt", "the cat", "--judge-any-of", "a"]
+    argv += ["--layers", "0,1", "--strengths", "0,2", "--max-new-tokens", "3", "--no-progress"]
+    assert cli.main([*argv, "--neutral", "in the", "-o", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "GridResult: 2 layers x 2 strengths" in out and f"wrote {page}" in out
+    html = page.read_text()
+    assert html.count("Plotly.newPlot(") == 2 and '<script src="http' not in html
+    missing_judge = ["sweep", str(path), "--prompt", "hi"]
+    assert cli.main(missing_judge) == 2
+    assert "needs a judge" in capsys.readouterr().err
+    assert cli.main([*missing_judge, "--judge-any-of", "a", "--layers", "1,x"]) == 2
+    assert "comma-separated numbers" in capsys.readouterr().err
+
+
+def test_report_writes_a_vector_card(tiny_loaded, tiny, capsys, tmp_path):
+    dp = Datapoint("the cat", promote=[" in"])
+    vector = steerlens.optimize_vector(tiny, dp, 1, max_steps=2, progress=False).vector
+    path = vector.save(tmp_path / "v.safetensors")
+    page = tmp_path / "card.html"
+    assert cli.main(["report", str(path), "-o", str(page)]) == 0
+    assert f"wrote {page}" in capsys.readouterr().out
+    assert "one_shot_optimization" in page.read_text()
