@@ -7,6 +7,8 @@ where, how strongly, and at what cost to coherence?
   fraction (Tan et al., 2024).
 - `layer_strength_grid`: behavior and coherence on one layer x strength grid, and the best
   behavior within a coherence budget (`GridResult.frontier`).
+- `calibrate`: the strength (and layer) with the best behavior within a coherence budget,
+  with the curve that justifies it and the vector's size next to the residual stream.
 - `StudySpec` / `run_study` / `StudyFolder`: a declarative study (Python or TOML) trained with
   `steerlens.optimize_many.optimize_many`, written unit by unit to a folder that resumes and
   loses nothing; serial by default, Ray with ``backend="ray"``; `write_report` makes one
@@ -20,6 +22,7 @@ Example:
     ['ex0-L0-s0-promotion', 'ex0-L1-s0-promotion']
 """
 
+from steerlens.studies.calibrate import Calibration, calibrate
 from steerlens.studies.folder import StudyFolder
 from steerlens.studies.grid import FrontierPoint, GridResult, layer_strength_grid
 from steerlens.studies.matrix import GeneralizationMatrix, generalization_matrix
@@ -35,6 +38,7 @@ from steerlens.studies.spec import (
 from steerlens.studies.steerability import SteerabilityResult, steerability
 
 __all__ = [
+    "Calibration",
     "EvaluationSettings",
     "Example",
     "FrontierPoint",
@@ -45,6 +49,7 @@ __all__ = [
     "SteerabilityResult",
     "StudyFolder",
     "StudySpec",
+    "calibrate",
     "generalization_matrix",
     "layer_strength_grid",
     "run_study",
