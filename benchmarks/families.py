@@ -1,0 +1,150 @@
+"""Seconds per optimization step, per model family: the packed engine (through the family's
+adapter) vs the hooked engine, on random models of a realistic shape.
+
+Per family: a random model built from the family's Hugging Face config (8 layers, d_model 512,
+8 heads, vocabulary 32,000; `steerlens.testing.tiny_family_model`), one chat prompt with 2
+promote + 2 suppress completions, steering at the middle layer. A step is one forward and one
+backward into the vector only, as `optimize_vector` runs it; both engines are built once
+(set-up not timed). Equal losses are checked before timing.
+
+Run: .venv/bin/python benchmarks/families.py [--steps 5] [--threads 2] [--device cpu]
+Writes benchmarks/results/families_{device}.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import steerlens
+from steerlens.data import tokenize
+from steerlens.engines import HookedEngine, PackedEngine, make_engine, steering_function
+from steerlens.engines.families import architecture
+from steerlens.interventions import Add
+from steerlens.objectives import Objective
+from steerlens.testing import TINY_FAMILIES, tiny_family_model
+
+PROMPT = "Write a short sentence about the weather today."
+PROMOTE = ["Arr, the skies be grey, matey!", "Ahoy! The sun be shinin' bright."]
+SUPPRESS = ["The weather today is sunny and warm.", "Today it is cloudy with light rain."]
+N_LAYERS, D_MODEL, VOCAB = 8, 512, 32_000
+
+
+def _shape(family: str) -> dict[str, Any]:
+    """Config overrides for 8 heads of 64 (GQA 2:1 where the family has it), MLP 4x."""
+    if family == "gpt2":
+        return {"n_head": 8}
+    if family == "opt":
+        return {"num_attention_heads": 8, "ffn_dim": 4 * D_MODEL}
+    out = {"num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 4 * D_MODEL}
+    if family == "gpt_neox":
+        out["num_key_value_heads"] = 8
+    if family in ("gemma", "gemma2", "gemma3", "qwen3"):
+        out["head_dim"] = 64
+    return out
+
+
+def _step(engine: Any, v: torch.Tensor, objective: Objective) -> list[float]:
+    losses = objective.losses(engine.logits(steering_function(Add(v))), engine.layout)
+    losses.sum().backward(inputs=[v])
+    v.grad = None
+    return losses.detach().cpu().tolist()
+
+
+def _seconds_per_step(engine: Any, v: torch.Tensor, objective: Objective, steps: int) -> float:
+    _step(engine, v, objective)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _step(engine, v, objective)
+    return (time.perf_counter() - t0) / steps
+
+
+def measure(family: str, steps: int, device: str) -> dict[str, Any]:
+    model = tiny_family_model(
+        family,
+        n_layers=N_LAYERS,
+        d_model=D_MODEL,
+        device=None if device == "cpu" else device,
+        vocab_size=VOCAB,
+        **_shape(family),
+    )
+    model.requires_grad_(False)
+    layer = N_LAYERS // 2
+    dp = steerlens.Datapoint.chat(model, PROMPT, promote=PROMOTE, suppress=SUPPRESS)
+    data = tokenize(model, [dp])
+    objective = Objective()
+    t0 = time.perf_counter()
+    fast = make_engine(model, data, [layer])
+    setup_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hooked = make_engine(model, data, [layer], fast=False)
+    setup_hooked = time.perf_counter() - t0
+    assert isinstance(hooked, HookedEngine)
+    gen = torch.Generator().manual_seed(0)
+    v = (torch.randn(D_MODEL, generator=gen) * 0.5).to(device).requires_grad_(True)
+    a, b = _step(fast, v, objective), _step(hooked, v, objective)
+    rel = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True))
+    assert rel < 1e-4, (family, a, b)
+    s_fast = _seconds_per_step(fast, v, objective, steps)
+    s_hooked = _seconds_per_step(hooked, v, objective, steps)
+    return {
+        "family": family,
+        "architecture": architecture(model),
+        "fast_path": isinstance(fast, PackedEngine),
+        "engine": type(fast).__name__,
+        "layer": layer,
+        "tokens": {
+            "prompt": len(data[0].prompt_tokens),
+            "completions": [len(c.tokens) for c in data[0].completions],
+        },
+        "max_relative_loss_difference": rel,
+        "engine_setup_s": {"fast": setup_fast, "hooked": setup_hooked},
+        "seconds_per_step_fast": s_fast,
+        "seconds_per_step_hooked": s_hooked,
+        "speedup": s_hooked / s_fast,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--families", nargs="*", default=list(TINY_FAMILIES))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for family in args.families:
+        rows.append(measure(family, args.steps, args.device))
+        r = rows[-1]
+        print(
+            f"{family:10s} {r['engine']:13s} fast {r['seconds_per_step_fast']:.4f} s  "
+            f"hooked {r['seconds_per_step_hooked']:.4f} s  {r['speedup']:.2f}x  "
+            f"(loss rel diff {r['max_relative_loss_difference']:.1e})",
+            flush=True,
+        )
+    result = {
+        "benchmark": "families",
+        "shape": {"n_layers": N_LAYERS, "d_model": D_MODEL, "n_heads": 8, "vocab": VOCAB},
+        "steps": args.steps,
+        "threads": args.threads,
+        "device": args.device,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "completions": {"promote": len(PROMOTE), "suppress": len(SUPPRESS)},
+        "families": rows,
+    }
+    out = Path(__file__).parent / "results" / f"families_{args.device}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

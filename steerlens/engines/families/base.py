@@ -1,0 +1,179 @@
+"""The adapter contract and the registry of model families.
+
+An adapter is one small object per Hugging Face model family: it tells the packed engine how
+to run that family's decoder one piece at a time (embedding, position embeddings, one block
+under a given 4-D additive attention mask, final norm, unembedding). Everything inside a block
+(q/k norms, attention soft-capping, partial rotary, parallel residuals) is the family's own
+module, called as the family's own forward calls it, so it needs no adapter code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+# Per-layer-type position embeddings (e.g. rotary ``(cos, sin)``), batch first.
+PositionEmbeddings = dict[str, Any]
+
+_REGISTRY: dict[str, type[FamilyAdapter]] = {}
+
+A = TypeVar("A", bound="type[FamilyAdapter]")
+
+
+def register(cls: A) -> A:
+    """Class decorator: the adapter serves every name in its ``architectures``."""
+    for name in cls.architectures:
+        _REGISTRY[name] = cls
+    return cls
+
+
+def registered() -> dict[str, type[FamilyAdapter]]:
+    """Architecture name -> adapter class, for every family with a packed-engine adapter."""
+    return dict(_REGISTRY)
+
+
+def hf_model(model: Any) -> Any | None:
+    """The Hugging Face model under a ``TransformerBridge`` (``None`` for other models)."""
+    hf = getattr(model, "original_model", None)
+    return hf if isinstance(hf, torch.nn.Module) and hasattr(hf, "config") else None
+
+
+def architecture(model: Any) -> str:
+    """The Hugging Face architecture name of a bridged model (its class name, e.g.
+    ``"Gemma2ForCausalLM"``), or the model's own class name when it is not a bridged HF model."""
+    hf = hf_model(model)
+    return type(hf if hf is not None else model).__name__
+
+
+def adapter_for(model: Any) -> FamilyAdapter | None:
+    """The packed-engine adapter for this model's family, or ``None`` when the family has none
+    or its adapter cannot serve this configuration (e.g. Gemma 3 with bidirectional attention)."""
+    hf = hf_model(model)
+    if hf is None:
+        return None
+    names = [type(hf).__name__, *(getattr(hf.config, "architectures", None) or [])]
+    cls = next((_REGISTRY[n] for n in names if n in _REGISTRY), None)
+    if cls is None:
+        return None
+    try:
+        return cls(hf)
+    except NotImplementedError:
+        return None
+
+
+def soft_cap(x: Tensor, cap: float | None) -> Tensor:
+    """``cap * tanh(x / cap)`` (Gemma's logit soft-capping); ``x`` unchanged without a cap."""
+    return x if not cap else torch.tanh(x / cap) * cap
+
+
+def _first(out: Any) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+class FamilyAdapter:
+    """How the packed engine runs one family's decoder, piece by piece.
+
+    Subclasses set ``family`` (a short name for docs and notices) and ``architectures`` (the
+    Hugging Face class names they serve) and register with `register`.
+    """
+
+    family: ClassVar[str] = ""
+    architectures: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, hf: Any) -> None:
+        self.hf = hf
+        self.config = hf.config
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    def embed(self, ids: Tensor, position_ids: Tensor) -> Tensor:
+        """The residual stream entering block 0 (``[batch, pos, d_model]``)."""
+        raise NotImplementedError
+
+    def positions(self, h: Tensor, position_ids: Tensor) -> PositionEmbeddings:
+        """Position embeddings the blocks take, per layer type (empty when none)."""
+        return {}
+
+    def window(self, layer: int) -> int | None:
+        """The sliding-window length of ``layer``'s attention (``None``: full attention). A
+        query at position ``q`` sees keys at ``k`` with ``q - window < k <= q``."""
+        return None
+
+    def block(
+        self,
+        layer: int,
+        h: Tensor,
+        mask: Tensor,
+        position_ids: Tensor,
+        positions: PositionEmbeddings,
+    ) -> Tensor:
+        """Block ``layer`` with the 4-D additive attention ``mask`` ``[batch, 1, pos, pos]``."""
+        raise NotImplementedError
+
+    def final_norm(self, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def unembed(self, h: Tensor) -> Tensor:
+        """Logits from the final-normed residual stream."""
+        return self.hf.get_output_embeddings()(h)
+
+
+class RotaryDecoder(FamilyAdapter):
+    """A Llama-shaped decoder: ``model.{embed_tokens, layers, norm, rotary_emb}`` and an LM
+    head; blocks take ``position_embeddings=(cos, sin)``. Layer types (full or sliding-window
+    attention) come from ``config.layer_types``, else from ``config.sliding_window`` (every
+    layer), as the Hugging Face forward picks its masks."""
+
+    def __init__(self, hf: Any) -> None:
+        super().__init__(hf)
+        base = hf.base_model
+        needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+        if not all(hasattr(base, n) for n in needed):
+            raise NotImplementedError(f"{type(hf).__name__} lacks model.{{{', '.join(needed)}}}")
+        self.embed_tokens, self.layers = base.embed_tokens, base.layers
+        self.norm, self.rotary_emb = base.norm, base.rotary_emb
+
+    def layer_type(self, layer: int) -> str:
+        types = getattr(self.config, "layer_types", None)
+        if types:
+            return str(types[layer])
+        sliding = getattr(self.config, "sliding_window", None)
+        return "sliding_attention" if sliding else "full_attention"
+
+    def window(self, layer: int) -> int | None:
+        if self.layer_type(layer) != "sliding_attention":
+            return None
+        return int(self.config.sliding_window)
+
+    def embed(self, ids: Tensor, position_ids: Tensor) -> Tensor:
+        return self.embed_tokens(ids)
+
+    def positions(self, h: Tensor, position_ids: Tensor) -> PositionEmbeddings:
+        return {"rope": self.rotary_emb(h, position_ids=position_ids)}
+
+    def rotary(self, positions: PositionEmbeddings, layer: int) -> Any:
+        """The ``(cos, sin)`` block ``layer`` takes."""
+        return positions["rope"]
+
+    def block(
+        self,
+        layer: int,
+        h: Tensor,
+        mask: Tensor,
+        position_ids: Tensor,
+        positions: PositionEmbeddings,
+    ) -> Tensor:
+        out = self.layers[layer](
+            h,
+            attention_mask=mask,
+            position_ids=position_ids,
+            position_embeddings=self.rotary(positions, layer),
+        )
+        return _first(out)
+
+    def final_norm(self, h: Tensor) -> Tensor:
+        return self.norm(h)
