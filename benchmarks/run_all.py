@@ -110,55 +110,11 @@ def table() -> str:
         ]
     for device in ("cpu", "cuda"):
         many = RESULTS / f"optimize_many_{device}.json"
-        r = json.loads(many.read_text()) if many.exists() else None
-        lines += (
-            []
-            if r is None
-            else [
-                f"## Many one-shot vectors at once, {device.upper()} (`benchmarks/optimize_many.py`)",
-                "",
-                f"{r['model']}, {r['vectors']} vectors (one chat example each, layer {r['layer']}), "
-                f"{r['steps_per_vector']} Adam steps each, norm cap 32, {r['threads']} CPU threads, "
-                f"torch {r['torch']}. The baseline is a loop of `optimize_vector` calls, the way a "
-                "study is written without batching: steerlens's own single-vector optimizer "
-                f"(packed engine, weights frozen), so the speed-up is what batching adds on top of "
-                f"it. Same losses: max relative difference {r['max_relative_loss_difference']:.1e}, "
-                f"vectors {r['max_relative_vector_difference']:.1e} (relative to their norm).",
-                "",
-                "| implementation | seconds | vectors / minute | speed-up |",
-                "| --- | --- | --- | --- |",
-                f"| loop of `optimize_vector` | {r['seconds_loop']:.1f} | "
-                f"{r['vectors_per_minute_loop']:.1f} | 1.0x |",
-                f"| `optimize_many` | {r['seconds_batched']:.1f} | "
-                f"{r['vectors_per_minute_batched']:.1f} | {r['speedup']:.1f}x |",
-                "",
-            ]
-        )
+        if many.exists():
+            lines += _many_rows(device, json.loads(many.read_text()))
         matrix = RESULTS / f"generalization_matrix_{device}.json"
-        r = json.loads(matrix.read_text()) if matrix.exists() else None
-        lines += (
-            []
-            if r is None
-            else [
-                f"## A generalization matrix, {device.upper()} (`benchmarks/generalization_matrix.py`)",
-                "",
-                f"{r['model']}, {r['vectors']} vectors x {r['prompts']} chat prompts, "
-                f"{r['new_tokens']} greedy tokens each, judged, plus each example's target "
-                f"log-probability under every vector; batch size {r['batch_size']} on both sides, "
-                f"{r['threads']} CPU threads. The baseline calls `generate` (and "
-                "`completion_logprobs`) once per vector; `generalization_matrix` decodes every "
-                "(vector, prompt) row in shared batches, each row under its own steering. "
-                f"Replies differing between the two: {r['reply_mismatches']}.",
-                "",
-                "| implementation | seconds | prompts / second | speed-up |",
-                "| --- | --- | --- | --- |",
-                f"| `generate` per vector | {r['seconds_loop']:.1f} | "
-                f"{r['prompts_per_second_loop']:.1f} | 1.0x |",
-                f"| `generalization_matrix` | {r['seconds_matrix']:.1f} | "
-                f"{r['prompts_per_second_matrix']:.1f} | {r['speedup']:.1f}x |",
-                "",
-            ]
-        )
+        if matrix.exists():
+            lines += _matrix_rows(device, json.loads(matrix.read_text()))
     for device in ("cpu", "cuda"):
         fam = RESULTS / f"families_{device}.json"
         r = json.loads(fam.read_text()) if fam.exists() else None
@@ -189,6 +145,50 @@ def table() -> str:
         ]
         lines += [""]
     return "\n".join(lines)
+
+
+def _many_rows(device: str, r: dict) -> list[str]:
+    return [
+        f"## Many one-shot vectors at once, {device.upper()} (`benchmarks/optimize_many.py`)",
+        "",
+        f"{r['model']}, {r['vectors']} vectors (one chat example each, layer {r['layer']}), "
+        f"{r['steps_per_vector']} Adam steps each, norm cap 32, {r['threads']} CPU threads, "
+        f"torch {r['torch']}. The baseline is a loop of `optimize_vector` calls, the way a "
+        "study is written without batching: steerlens's own single-vector optimizer "
+        "(packed engine, weights frozen), so the speed-up is what batching adds on top of it. "
+        f"Same losses: max relative difference {r['max_relative_loss_difference']:.1e}, "
+        f"vectors {r['max_relative_vector_difference']:.1e} (relative to their norm).",
+        "",
+        "| implementation | seconds | vectors / minute | speed-up |",
+        "| --- | --- | --- | --- |",
+        f"| loop of `optimize_vector` | {r['seconds_loop']:.1f} | "
+        f"{r['vectors_per_minute_loop']:.1f} | 1.0x |",
+        f"| `optimize_many` | {r['seconds_batched']:.1f} | "
+        f"{r['vectors_per_minute_batched']:.1f} | {r['speedup']:.1f}x |",
+        "",
+    ]
+
+
+def _matrix_rows(device: str, r: dict) -> list[str]:
+    return [
+        f"## A generalization matrix, {device.upper()} (`benchmarks/generalization_matrix.py`)",
+        "",
+        f"{r['model']}, {r['vectors']} vectors x {r['prompts']} chat prompts, "
+        f"{r['new_tokens']} greedy tokens each, judged, plus each example's target "
+        f"log-probability under every vector; batch size {r['batch_size']} on both sides, "
+        f"{r['threads']} CPU threads. The baseline calls `generate` (and "
+        "`completion_logprobs`) once per vector; `generalization_matrix` decodes every "
+        "(vector, prompt) row in shared batches, each row under its own steering. "
+        f"Replies differing between the two: {r['reply_mismatches']}.",
+        "",
+        "| implementation | seconds | prompts / second | speed-up |",
+        "| --- | --- | --- | --- |",
+        f"| `generate` per vector | {r['seconds_loop']:.1f} | "
+        f"{r['prompts_per_second_loop']:.1f} | 1.0x |",
+        f"| `generalization_matrix` | {r['seconds_matrix']:.1f} | "
+        f"{r['prompts_per_second_matrix']:.1f} | {r['speedup']:.1f}x |",
+        "",
+    ]
 
 
 def main() -> None:

@@ -86,7 +86,7 @@ class ComparisonResult:
         cosine: cosine similarity of the one-shot and CAA vectors.
         norms: ``"one_shot"``/``"caa"`` -> each vector's norm.
         auc: ``"one_shot"``/``"caa"`` -> dot-product classifier ROC-AUC (positives vs
-            negatives).
+            negatives), on the held-out sets when given, else on the CAA prompts themselves.
         effect_per_unit_norm: ``"one_shot"``/``"caa"`` -> objective loss change (in ``unit``)
             when the vector, rescaled to norm ``effect_norm``, is added, divided by
             ``effect_norm``; empty without datapoints.
@@ -96,6 +96,8 @@ class ComparisonResult:
         caa: the CAA vector (one direction per layer).
         score_position: how prompts were reduced for the classifier (``"mean"``: over tokens).
         generations: layer -> rows ``{"prompt", "unsteered", "one_shot", "caa"}``.
+        auc_on: ``"held-out"`` (``held_out=`` sets no vector was built from) or
+            ``"in-sample"`` (the CAA prompts, which flatters CAA).
     """
 
     layers: list[int]
@@ -109,6 +111,7 @@ class ComparisonResult:
     caa: SteeringVector
     score_position: str
     generations: dict[int, list[dict[str, str]]] = field(default_factory=dict)
+    auc_on: str = "in-sample"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready); ``caa`` is the CAA vector's metadata and norm."""
@@ -119,7 +122,7 @@ class ComparisonResult:
         against the layer, one panel each."""
         panels = [
             ("cosine(one-shot, CAA)", "cosine similarity"),
-            ("dot-product classifier", "ROC-AUC (0.5 = chance)"),
+            (f"dot-product classifier ({self.auc_on})", "ROC-AUC (0.5 = chance)"),
         ]
         if self.effect_per_unit_norm:
             panels.append(("effect on the objective", f"Δ loss per unit norm ({self.unit})"))
@@ -247,6 +250,7 @@ def compare_with_caa(
     score_position: Position | None = None,
     chat: bool = False,
     completions: tuple[Sequence[str], Sequence[str]] | None = None,
+    held_out: tuple[Sequence[PromptItem], Sequence[PromptItem]] | None = None,
     effect_norm: float = 1.0,
     objective: Objective | None = None,
     unit: str = "nats",
@@ -269,6 +273,8 @@ def compare_with_caa(
             over the prompt's tokens, or ``"completion"`` when ``position="completion"``).
         chat: format the prompt sets and generation prompts with the chat template.
         completions: ``(positive, negative)`` completions for ``position="completion"``.
+        held_out: ``(positive, negative)`` prompts (items as in ``positive``) the classifier
+            is scored on instead of the CAA prompts, for an out-of-sample ROC-AUC.
         effect_norm: the common norm both vectors are rescaled to for the effect (1: unit).
         objective, unit: the objective's settings and loss unit.
         batch_size: prompts per forward pass.
@@ -310,8 +316,16 @@ def compare_with_caa(
     )
     pos_c, neg_c = completions if completions is not None else (None, None)
     sc_kw = {"position": score_pos, **kw}
-    acts_pos = collect_activations(model, positive, la, completions=pos_c, **sc_kw)
-    acts_neg = collect_activations(model, negative, la, completions=neg_c, **sc_kw)
+    if held_out is not None:
+        if len(held_out) != 2 or not held_out[0] or not held_out[1]:
+            raise SpecError(
+                "held_out must be (positive prompts, negative prompts), both non-empty."
+            )
+        scored, pos_c, neg_c = held_out, None, None
+    else:
+        scored = (positive, negative)
+    acts_pos = collect_activations(model, scored[0], la, completions=pos_c, **sc_kw)
+    acts_neg = collect_activations(model, scored[1], la, completions=neg_c, **sc_kw)
     auc = {
         name: np.asarray(
             [
@@ -357,6 +371,7 @@ def compare_with_caa(
         caa=caa,
         score_position=score_pos,
         generations=gens,
+        auc_on="held-out" if held_out is not None else "in-sample",
     )
 
 

@@ -35,7 +35,8 @@ from steerlens.generate import generate
 from steerlens.interventions import check_vector
 from steerlens.io.plain import to_plain
 from steerlens.objectives import Objective, convert_loss
-from steerlens.optimize import OptimizeConfig, evaluate_objective, optimize_vector
+from steerlens.optimize import OptimizeConfig, evaluate_objective
+from steerlens.optimize_many import Job, optimize_many
 from steerlens.positions import PositionsLike
 from steerlens.steer import Steering, steer
 from steerlens.vector import SteeringVector
@@ -351,7 +352,9 @@ def layer_sweep(
         vector: a ``[d_model]`` tensor or single-direction ``SteeringVector`` applied (added)
             at every layer. Give this or ``optimize=True``.
         layers: the layers to sweep (default: all).
-        optimize: optimize a vector at each layer with `steerlens.optimize_vector`.
+        optimize: optimize a vector at each layer (all layers in one batched
+            `steerlens.optimize_many.optimize_many` run, each as `steerlens.optimize_vector`
+            would train it).
         config: an ``OptimizeConfig`` for ``optimize=True``; its objective (and positions,
             unless ``positions=`` is given) also define the measured loss in both modes, and
             its ``progress`` switches the sweep's progress bar (one bar over the layers).
@@ -409,13 +412,17 @@ def layer_sweep(
     per_layer: list[dict[str, np.ndarray]] = []
     vectors: dict[int, SteeringVector] = {}
     generations: dict[int, list[str]] = {}
+    trained: dict[int, SteeringVector] = {}
+    if direction is None:
+        # Every layer's vector in one batched optimization (one bar over all their steps).
+        layer_cfg = dataclasses.replace(cfg, positions=pos)
+        results = optimize_many(model, [Job(data, la, layer_cfg) for la in swept])
+        trained = {la: r.vector for la, r in zip(swept, results, strict=True)}
     bar = runtime.progress(len(swept), "layer sweep", cfg.progress)
     for la in swept:
         bar.set_postfix_str(f"layer {la}")
         if direction is None:
-            # One bar for the sweep: the per-layer optimizations stay quiet.
-            layer_cfg = dataclasses.replace(cfg, positions=pos, progress=False)
-            sv = optimize_vector(model, data, la, layer_cfg).vector
+            sv = trained[la]
         else:
             sv = SteeringVector.from_tensor(
                 direction,

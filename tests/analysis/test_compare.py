@@ -14,7 +14,7 @@ from steerlens import Datapoint, NormCap, SteeringVector, evaluate_objective, op
 from steerlens.analysis.compare import compare_with_caa, roc_auc
 from steerlens.analysis.plots import save_html
 from steerlens.baselines import collect_activations, diff_of_means
-from steerlens.errors import LayerError, NonFiniteError, SteerlensError
+from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
 
 
 def _brute_auc(pos, neg):
@@ -100,7 +100,22 @@ def test_comparison_numbers_match_direct_computations(tiny, compared):
             loss = evaluate_objective(tiny, dp, layer, v / v.norm() * 2.0).total
             assert res.effect_per_unit_norm[name][i] == pytest.approx((loss - base) / 2.0)
             assert res.norms[name][i] == pytest.approx(float(v.norm()), rel=1e-6)
-    assert res.score_position == "mean"
+    assert res.score_position == "mean" and res.auc_on == "in-sample"
+
+
+def test_held_out_auc_scores_other_prompts_than_the_caa_ones(tiny, compared):
+    one_shot, _, _ = compared
+    held = (["the cat ran", "my cat"], ["the dog ran", "my dog", "P dog"])
+    res = compare_with_caa(tiny, one_shot, POS, NEG, held_out=held)
+    caa = diff_of_means(tiny, POS, NEG, [0, 1])
+    acts_pos = collect_activations(tiny, held[0], [0, 1], position="mean")
+    acts_neg = collect_activations(tiny, held[1], [0, 1], position="mean")
+    for i, layer in enumerate(res.layers):
+        v = caa.directions[layer]
+        assert res.auc["caa"][i] == pytest.approx(roc_auc(acts_pos[layer] @ v, acts_neg[layer] @ v))
+    assert res.auc_on == "held-out" and "held-out" in res.plot().layout.annotations[1].text
+    with pytest.raises(SpecError, match="held_out"):
+        compare_with_caa(tiny, one_shot, POS, NEG, held_out=(["a"], []))
 
 
 def test_generations_side_by_side(compared):
