@@ -166,10 +166,17 @@ def _reduce(acts: Float[Tensor, "b pos d"], span: Tensor) -> Float[Tensor, "b d"
 
 
 def _batches(
-    model: Any, rows: Sequence[_Row], layers: Sequence[int], batch_size: int
+    model: Any,
+    rows: Sequence[_Row],
+    layers: Sequence[int],
+    batch_size: int,
+    progress: bool | None = None,
 ) -> Iterator[dict[int, Float[Tensor, "b d_model"]]]:
-    """Per batch, layer -> the reduced activations ``[b, d_model]`` (float32)."""
+    """Per batch, layer -> the reduced activations ``[b, d_model]`` (float32); a bar over the
+    prompts when there is more than one batch."""
     runtime.check_batch_size(batch_size)
+    several = len(rows) > batch_size
+    bar = runtime.progress(len(rows), "activations", progress if several else False)
     names = [runtime.hook_name(la) for la in layers]
     kwargs: dict[str, Any] = {}
     stop = max(layers) + 1
@@ -191,11 +198,13 @@ def _batches(
                 )
             out[la] = reduced
         del cache
+        bar.update(len(tokens))
         yield out
+    bar.close()
 
 
 # How activations are read: the keywords of collect_activations after the layer.
-READING_OPTIONS = ("position", "batch_size", "chat", "completions", "bos")
+READING_OPTIONS = ("position", "batch_size", "chat", "completions", "bos", "progress")
 
 
 def collect_activations(
@@ -208,6 +217,7 @@ def collect_activations(
     chat: bool = False,
     completions: Sequence[str] | None = None,
     bos: bool = False,
+    progress: bool | None = None,
 ) -> dict[int, Float[Tensor, "n d_model"]]:
     """One activation vector per prompt at ``blocks.{layer}.hook_resid_pre``, for each layer.
 
@@ -222,6 +232,8 @@ def collect_activations(
         completions: one completion per prompt (instead of pairs) for ``"completion"``.
         bos: put the model's BOS token in front of each prompt (the tokenizer's default, as
             steering-vectors and repeng tokenise; see :func:`steerlens.runtime.encode`).
+        progress: a bar over the prompts when there is more than one batch (default: in a
+            terminal or a notebook).
 
     Returns:
         layer -> ``[n_prompts, d_model]`` float32 tensor on the model's device, in prompt order.
@@ -235,7 +247,7 @@ def collect_activations(
     la = sorted(set(runtime.check_layers(model, layer)))
     rows = _rows(model, prompts, position=position, chat=chat, completions=completions, bos=bos)
     parts: dict[int, list[Tensor]] = {layer: [] for layer in la}
-    for batch in _batches(model, rows, la, batch_size):
+    for batch in _batches(model, rows, la, batch_size, progress):
         for layer, acts in batch.items():
             parts[layer].append(acts)
     return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
@@ -247,7 +259,7 @@ def mean_activations(
     """The mean of `collect_activations` over prompts, streamed with running sums
     (float64), so memory does not grow with the number of prompts. ``reading`` takes the
     keywords of `collect_activations` (``position``, ``batch_size``, ``chat``,
-    ``completions``).
+    ``completions``, ``bos``, ``progress``).
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -262,7 +274,8 @@ def mean_activations(
     bos = reading.get("bos", False)
     rows = _rows(model, prompts, position=position, chat=chat, completions=completions, bos=bos)
     sums: dict[int, Tensor] = {}
-    for batch in _batches(model, rows, la, reading.get("batch_size", 16)):
+    batch_size, progress = reading.get("batch_size", 16), reading.get("progress")
+    for batch in _batches(model, rows, la, batch_size, progress):
         for layer, acts in batch.items():
             part = acts.double().sum(dim=0)
             sums[layer] = sums[layer] + part if layer in sums else part
@@ -350,6 +363,7 @@ def diff_of_means(
     chat: bool = False,
     completions: tuple[Sequence[str], Sequence[str]] | None = None,
     bos: bool = False,
+    progress: bool | None = None,
 ) -> SteeringVector:
     """Contrastive activation addition (CAA): mean activation over the positive prompts minus
     the mean over the negative prompts, at ``blocks.{layer}.hook_resid_pre`` of each layer.
@@ -368,6 +382,8 @@ def diff_of_means(
         bos: put the model's BOS token in front of each prompt, as ``tokenizer(text)`` does by
             default and as steering-vectors and repeng tokenise (see
             `steerlens.runtime.encode`); recorded in the provenance.
+        progress: a bar over each prompt set when it takes more than one batch (default: in a
+            terminal or a notebook).
 
     Returns:
         A ``SteeringVector`` with provenance: method ``"diff_of_means"``, the prompt counts,
@@ -385,8 +401,8 @@ def diff_of_means(
     kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat, "bos": bos}
     la = sorted(set(runtime.check_layers(model, layer)))
     _check_sets(model, positive, negative, completions=(pos_c, neg_c), **kw)
-    mean_pos = mean_activations(model, positive, la, completions=pos_c, **kw)
-    mean_neg = mean_activations(model, negative, la, completions=neg_c, **kw)
+    mean_pos = mean_activations(model, positive, la, completions=pos_c, progress=progress, **kw)
+    mean_neg = mean_activations(model, negative, la, completions=neg_c, progress=progress, **kw)
     directions = {layer: mean_pos[layer] - mean_neg[layer] for layer in la}
     provenance = _provenance(
         "diff_of_means", positive, negative, position=position, chat=chat, paired=paired, bos=bos
@@ -444,13 +460,15 @@ def pca_direction(
     completions: tuple[Sequence[str], Sequence[str]] | None = None,
     center: bool = False,
     bos: bool = False,
+    progress: bool | None = None,
 ) -> SteeringVector:
     """RepE-style direction: the first principal component of the paired differences
     ``positive_i - negative_i`` at each layer (see `principal_direction`).
 
     The sign makes positives project higher than negatives on average. The direction is
     scaled by the mean projection of the differences onto it (the mean difference's
-    component along it), so its norm is comparable with `diff_of_means`.
+    component along it), so its norm is comparable with `diff_of_means`. The keywords are
+    those of `diff_of_means` (``progress``: a bar over each prompt set).
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -463,8 +481,8 @@ def pca_direction(
     kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat, "bos": bos}
     la = sorted(set(runtime.check_layers(model, layer)))
     _check_sets(model, positive, negative, completions=(pos_c, neg_c), **kw)
-    acts_pos = collect_activations(model, positive, la, completions=pos_c, **kw)
-    acts_neg = collect_activations(model, negative, la, completions=neg_c, **kw)
+    acts_pos = collect_activations(model, positive, la, completions=pos_c, progress=progress, **kw)
+    acts_neg = collect_activations(model, negative, la, completions=neg_c, progress=progress, **kw)
     directions = {}
     for layer in la:
         diffs = acts_pos[layer] - acts_neg[layer]

@@ -240,3 +240,16 @@ def test_peer_layer_convention_decoder_output_k_is_our_layer_k_plus_1(tiny):
     ).mean(0)
     ours = diff_of_means(tiny, pos, neg, k + 1, bos=True)
     torch.testing.assert_close(ours.directions[k + 1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_long_readings_show_progress_and_short_ones_do_not(tiny, capsys):
+    from steerlens.baselines import diff_of_means, pca_direction
+
+    pos, neg = ["the cat", "the dog", "a cat"], ["a dog", "in the", "the"]
+    diff_of_means(tiny, pos, neg, 1, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert err.count("activations") >= 2 and "3/3" in err
+    pca_direction(tiny, pos, neg, 1, batch_size=2, progress=True)
+    assert "activations" in capsys.readouterr().err
+    diff_of_means(tiny, pos, neg, 1, batch_size=4, progress=True)  # one batch: no bar
+    assert "activations" not in capsys.readouterr().err

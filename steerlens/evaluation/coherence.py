@@ -120,8 +120,10 @@ def reply_nll(
     chat: bool = False,
     bos: bool = False,
     batch_size: int = 32,
+    progress: bool | None = None,
 ) -> MetricResult:
-    """The model's mean per-token negative log-likelihood of each reply after its prompt.
+    """The model's mean per-token negative log-likelihood of each reply after its prompt
+    (``progress``: a bar over the replies when there is more than one batch).
 
     Run it on the *unsteered* model to score fluency: ``reply_nll(model, prompts,
     steered_replies)`` beside ``reply_nll(model, prompts, unsteered_replies)``. Empty replies
@@ -142,7 +144,9 @@ def reply_nll(
         ids = runtime.encode(model, prompt, bos=bos)
         tokens, _ = runtime.completion_tokens(model, ids, prompt, text, label="reply")
         rows.append((ids + tokens, len(ids)))
-    logprobs = runtime.score_rows(model, rows, batch_size=batch_size) if rows else []
+    logprobs = (
+        runtime.score_rows(model, rows, batch_size=batch_size, progress=progress) if rows else []
+    )
     values = [float(-lp.double().mean()) for lp in logprobs]
     return MetricResult.of("reply NLL", "nats/token", values, skipped)
 
@@ -214,10 +218,12 @@ def side_effect_kl(
     chat: bool = False,
     bos: bool = False,
     batch_size: int = 16,
+    progress: bool | None = None,
 ) -> MetricResult:
     """``KL(unsteered || steered)`` of the next-token distribution after each prompt (nats):
     how much the vector changes the model where the behavior should not change (neutral
-    prompts). 0 means untouched.
+    prompts). 0 means untouched. ``progress``: bars over the prompts when there is more than
+    one batch.
 
     Example:
         >>> import torch
@@ -231,9 +237,10 @@ def side_effect_kl(
     rows = [
         runtime.encode(model, t, bos=bos) for t in runtime.format_prompts(model, items, chat=chat)
     ]
-    base = runtime.last_logits(model, rows, batch_size=batch_size).log_softmax(-1)
+    kw: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
+    base = runtime.last_logits(model, rows, **kw).log_softmax(-1)
     with steer(model, steering):
-        steered = runtime.last_logits(model, rows, batch_size=batch_size)
+        steered = runtime.last_logits(model, rows, **kw)
     kl = runtime.kl_divergence(base, steered).clamp_min(0.0)
     return MetricResult.of("side-effect KL", "nats", kl.double().tolist())
 

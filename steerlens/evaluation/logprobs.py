@@ -142,6 +142,7 @@ def completion_logprobs(
     system: str | None = None,
     batch_size: int = 32,
     bos: bool = False,
+    progress: bool | None = None,
 ) -> CompletionLogprobs:
     """Log-probabilities of completions after prompts, per token and in total, under steering.
 
@@ -161,6 +162,8 @@ def completion_logprobs(
         batch_size: ``prompt + completion`` rows per forward pass.
         bos: put the model's BOS token in front of each prompt (see
             `steerlens.runtime.encode`; chat-formatted prompts never get a second one).
+        progress: a bar over the rows when there is more than one batch (default: in a
+            terminal or a notebook).
 
     Returns:
         A `CompletionLogprobs`; ``result.totals[i, j]`` is the log-probability of
@@ -188,6 +191,7 @@ def completion_logprobs(
             [(r.prompt_tokens + r.completion_tokens, len(r.prompt_tokens)) for r in rows],
             coldness=coldness,
             batch_size=batch_size,
+            progress=progress,
         )
         described = describe_steering(handle.steerings)
     n_c = len(completion_list)

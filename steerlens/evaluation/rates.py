@@ -236,6 +236,7 @@ def behavior_change_rates(
     chat: bool = False,
     system: str | None = None,
     batch_size: int = 16,
+    progress: bool | None = None,
 ) -> BehaviorRates:
     """How often adding / subtracting a vector flips a multiple-choice answer (Poser table).
 
@@ -252,6 +253,8 @@ def behavior_change_rates(
         chat: format prompts with the chat template.
         system: a system message for ``chat=True``.
         batch_size: prompts per forward pass.
+        progress: a bar over the prompts of each pass when there is more than one batch
+            (default: in a terminal or a notebook).
 
     Returns:
         A `BehaviorRates`: ``add_positive``, ``subtract_positive``, ``add_negative``
@@ -296,7 +299,9 @@ def behavior_change_rates(
     described = ""
     for label, sign in (("unsteered", 0.0), ("added", 1.0), ("subtracted", -1.0)):
         with steer(model, [p.scaled(sign) for p in plans] if sign else None) as handle:
-            logits = runtime.last_logits(model, everything, batch_size=batch_size)
+            logits = runtime.last_logits(
+                model, everything, batch_size=batch_size, progress=progress
+            )
             if sign > 0:
                 described = describe_steering(handle.steerings)
         chosen[label] = [answer_list[i] for i in choose_answers(logits, answer_ids).tolist()]

@@ -20,6 +20,7 @@ from steerlens.runtime.batch import chunks, right_pad
 from steerlens.runtime.context import TokenContext, token_context
 from steerlens.runtime.logprobs import token_logprobs
 from steerlens.runtime.model import device, n_ctx, supports_kv_cache
+from steerlens.runtime.progress import progress as progress_bar
 
 
 def check_fits(model: Any, n_tokens: int, what: str, fix: str) -> None:
@@ -80,12 +81,14 @@ def score_rows(
     *,
     coldness: float = 1.0,
     batch_size: int = 32,
+    progress: bool | None = False,
 ) -> list[Float[Tensor, " scored"]]:
     """Per-token log-probabilities (nats, float32, CPU) of each row's tokens after its prompt.
 
     Each row is ``(tokens, n_prompt)``: ``tokens[n_prompt:]`` are scored, token ``k`` at the
     position before it. The first ``n_prompt`` tokens of each row are its "prompt" for position
-    rules, the rest are "generated". Rows are right-padded in batches of similar length.
+    rules, the rest are "generated". Rows are right-padded in batches of similar length;
+    ``progress`` shows a bar over the rows when there is more than one batch.
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -102,6 +105,7 @@ def score_rows(
     dev = device(model)
     order = sorted(range(len(rows)), key=lambda r: len(rows[r][0]))  # less padding per batch
     out: list[Tensor] = [torch.zeros(0)] * len(rows)
+    bar = progress_bar(len(rows), "score", progress if len(rows) > batch_size else False)
     for batch in chunks(len(order), batch_size):
         members = [rows[order[b]] for b in batch]
         padded, mask = right_pad(model, [list(t) for t, _ in members])
@@ -123,13 +127,20 @@ def score_rows(
         sizes = [len(seq) - p for seq, p in members]
         for b, piece in zip(batch, lp.split(sizes), strict=True):
             out[order[b]] = piece.detach().float().cpu()
+        bar.update(len(batch))
+    bar.close()
     return out
 
 
 def last_logits(
-    model: Any, token_lists: Sequence[Sequence[int]], *, batch_size: int = 16
+    model: Any,
+    token_lists: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 16,
+    progress: bool | None = False,
 ) -> Float[Tensor, "n vocab"]:
-    """The next-token logits after each prompt, in float32.
+    """The next-token logits after each prompt, in float32 (``progress``: a bar over the
+    prompts when there is more than one batch).
 
     Rows are right-padded, so every token keeps the position it has when run alone (exact for
     learned position embeddings too); each row's tokens are its prompt for position rules.
@@ -140,6 +151,8 @@ def last_logits(
         2
     """
     out = []
+    several = len(token_lists) > batch_size
+    bar = progress_bar(len(token_lists), "forward", progress if several else False)
     for rows in chunks(len(token_lists), batch_size):
         tokens, mask = right_pad(model, [token_lists[i] for i in rows])
         lengths = mask.sum(dim=1)
@@ -152,6 +165,8 @@ def last_logits(
             TokenContext.prompts(lengths),
         )
         out.append(logits.float())
+        bar.update(len(rows))
+    bar.close()
     return torch.cat(out)
 
 
