@@ -108,6 +108,35 @@ def table() -> str:
             f"neutral prompts {ci(c['side_effect'])} nats.",
             "",
         ]
+    coherent = RESULTS / "coherent_refusal.json"
+    if coherent.exists():
+        r = json.loads(coherent.read_text())
+        base = r["unsteered"]
+        lines += [
+            "## A coherent one-shot refusal vector: plain vs side-effect-aware "
+            "(`benchmarks/coherent_refusal.py`)",
+            "",
+            f"{r['model']}, one training example ({r['train']['prompt']!r} promoting "
+            f"{r['train']['promote']!r}), {len(r['held_out'])} held-out benign requests never "
+            f"trained on, greedy replies of {r['decoding']['max_new_tokens']} tokens. Goal: >= 85% "
+            "open with a refusal, NLL ratio <= 1.5 (the unsteered model's per-token NLL of the "
+            "steered replies over that of its own), distinct-3 drop <= 0.05. Side-effect KL on "
+            "neutral prompts not used in training. Timings are not the point (shared CPU).",
+            "",
+            "| vector | refusals | NLL ratio | distinct-3 drop | side-effect KL (nats) | goal |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| unsteered | 0% | 1.00 (NLL {base['nll']:.3f}) | 0.000 (distinct-3 "
+            f"{base['distinct3']:.3f}) | 0 | - |",
+        ]
+        for v in r["variants"]:
+            if v["name"] == "unsteered":
+                continue
+            lines.append(
+                f"| {v['name']} | {v['refusal_rate']:.0%} | {v['nll_ratio']:.2f} | "
+                f"{v['distinct3_drop']:+.3f} | {v['side_effect_kl_nats']:.3f} | "
+                f"{'met' if v['goal_met'] else 'not met'} |"
+            )
+        lines.append("")
     for device in ("cpu", "cuda"):
         many = RESULTS / f"optimize_many_{device}.json"
         if many.exists():
@@ -199,6 +228,8 @@ def main() -> None:
             "coherence_refusal.py",
             "optimize_many.py",
             "generalization_matrix.py",
+            "families.py",
+            "coherent_refusal.py",
         ):
             subprocess.run([sys.executable, str(HERE / script)], check=True)
     DOC.write_text(table())

@@ -231,3 +231,72 @@ def score_layout(data: Sequence[TokenizedDatapoint], device: torch.device) -> Sc
         loss_targets,
         dp_of,
     )
+
+
+NEXT_TOKEN_LABEL = "<next token>"
+
+
+def next_token_rows(
+    model: Any,
+    text: str,
+    scored: PositionsLike = "last:1",
+    positions: PositionsLike = None,
+) -> list[TokenizedDatapoint]:
+    """Rows whose scored positions lie in ``text`` itself: the next-token distribution after
+    each chosen prefix of ``text`` (for `steerlens.regularizers.SideEffect`).
+
+    ``scored`` picks positions of ``text``'s tokens with the grammar of a prompt position rule
+    (``"last:1"``: the next token after the whole text; ``"all"``: after every token; a slice or
+    indices). Each chosen position ``j`` becomes one row: the prefix ``text[:j+1]`` as the prompt
+    and one placeholder completion token, so an engine returns the logits after that prefix
+    (the placeholder is never an input to a scored position). ``positions`` says where to steer,
+    each prefix taken as the prompt, as when generating after it. With ``"all"`` or ``"prompt"``
+    that equals one forward of the whole text, so contiguous scored positions share one row
+    (the text up to the first of them as the prompt, the rest as the completion, every token
+    steered); ``len(rows)`` may thus be less than the number of scored positions.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> rows = next_token_rows(model, "the cat sat", scored="all", positions="last:1")
+        >>> [len(r.prompt_tokens) for r in rows] == list(range(1, len(rows) + 1))
+        True
+        >>> len(next_token_rows(model, "the cat sat", scored="all"))
+        1
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"a side-effect prompt must be non-empty text, got {text!r:.60}.")
+    ids = runtime.encode(model, text)
+    if not ids:
+        raise InputError(f"prompt {text!r} tokenises to nothing.")
+    runtime.check_fits(model, len(ids) + 1, f"the prompt {text[:40]!r}", "use a shorter prompt")
+    rule = as_positions(scored)
+    if rule.kind == "generated":
+        raise SpecError(
+            "scored='generated' selects no token of the prompt itself; use 'last:N', 'all', a "
+            "slice or indices."
+        )
+    ctx = runtime.TokenContext.prompts(torch.tensor([len(ids)]))
+    mask = rule.mask(ctx, len(ids))
+    chosen = list(range(len(ids))) if mask is None else mask[0].nonzero()[:, 0].tolist()
+    if not chosen:
+        raise SpecError(
+            f"scored={rule.describe()!r} selects none of the {len(ids)} tokens of the prompt "
+            f"{text[:40]!r}; pick positions inside it."
+        )
+    steer_at = as_positions(positions)
+    point = Datapoint(text, promote=[NEXT_TOKEN_LABEL])
+    first, last = chosen[0], chosen[-1]
+    if steer_at.kind in ("all", "prompt") and last - first + 1 == len(chosen):
+        # Every token of every prefix is steered and the scored positions are contiguous: one
+        # row scores them all (prefix up to the first, then the rest and a placeholder as the
+        # "completion", steered everywhere like the prompt).
+        completion = [*ids[first + 1 : last + 1], ids[last]]
+        comp = TokenizedCompletion(NEXT_TOKEN_LABEL, "promote", completion, None, False)
+        return [TokenizedDatapoint(point, ids[: first + 1], [comp], Positions.all())]
+    rows = []
+    for j in chosen:
+        placeholder = ids[j + 1] if j + 1 < len(ids) else ids[j]
+        comp = TokenizedCompletion(NEXT_TOKEN_LABEL, "promote", [placeholder], None, False)
+        rows.append(TokenizedDatapoint(point, ids[: j + 1], [comp], steer_at))
+    return rows

@@ -36,6 +36,7 @@ from steerlens.errors import NonFiniteError, SpecError, check_keywords
 from steerlens.interventions import Add, Affine, Clamp, Intervention, check_vector
 from steerlens.objectives import KLObjective, Objective, ObjectiveLike, convert_loss
 from steerlens.positions import PositionsLike
+from steerlens.regularizers import SideEffect
 from steerlens.stopping import StopRule
 from steerlens.vector import SteeringVector
 
@@ -207,6 +208,8 @@ class OptimizeConfig:
         stop: extra stop rules: ``Plateau(eps, patience)``, ``TargetLoss(...)``.
         objective: ``Objective(...)`` (coldness, suppression variant, length normalisation)
             or ``KLObjective(target_logprobs)``.
+        regularizers: terms added to the objective, e.g. ``SideEffect(prompts, weight=...)``
+            (KL to the unsteered model on neutral prompts); one loss-history column each.
         positions: where to steer (datapoints may override).
         output_constraint: run the norm-minimising second phase after the first.
         progress: show a progress bar (default: in a terminal or a notebook).
@@ -225,6 +228,7 @@ class OptimizeConfig:
     constraints: tuple[Constraint, ...] = ()
     stop: tuple[StopRule, ...] = ()
     objective: ObjectiveLike = field(default_factory=Objective)
+    regularizers: tuple[SideEffect, ...] = ()
     positions: PositionsLike = None
     output_constraint: OutputConstraint | None = None
     progress: bool | None = None
@@ -245,6 +249,16 @@ class OptimizeConfig:
             raise SpecError(
                 f"objective must be Objective(...) or KLObjective(...), got {self.objective!r}."
             )
+        if isinstance(self.regularizers, SideEffect):
+            object.__setattr__(self, "regularizers", (self.regularizers,))
+        if not isinstance(self.regularizers, (list, tuple)) or not all(
+            isinstance(r, SideEffect) for r in self.regularizers
+        ):
+            raise SpecError(
+                "regularizers must be a tuple of SideEffect(...) terms, got "
+                f"{self.regularizers!r:.80}."
+            )
+        object.__setattr__(self, "regularizers", tuple(self.regularizers))
         for c in self.constraints:
             if not isinstance(c, (NormCap, Noise)):
                 raise SpecError(f"constraints must be NormCap(...) or Noise(...), got {c!r}.")

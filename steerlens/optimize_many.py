@@ -6,6 +6,13 @@ constraints and stop rules. What is shared is the work: jobs steering the same l
 engine whose lower blocks are computed once, every step runs one forward and one backward for all
 of its jobs (each vector steers only its own batch row), and a job that has stopped leaves the
 batch, so a finished vector stops costing compute.
+
+A job's regularizers (`steerlens.regularizers.SideEffect`) add their scored rows (the neutral
+prompts) to the job's batch row, so the same forward scores them; their unsteered targets are
+recorded once, by one unsteered forward of the group, before the first step. Each adds one
+loss-history column (the weighted term). Stop rules: ``TargetLoss`` reads the objective's
+columns only (the behavior target), ``Plateau`` the total with the terms; the output-constrained
+phase keeps every column, the terms included, at or below its first-phase value.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from steerlens.optimize import (
     Params,
     make_vector,
 )
+from steerlens.regularizers import unsteered_logprobs
+from steerlens.stopping import TargetLoss
 
 DatapointsLike = Datapoint | TokenizedDatapoint | Sequence[Datapoint | TokenizedDatapoint]
 
@@ -90,6 +99,16 @@ class _Run:
                     cap.apply(self.v)
         self.any_negated = any(t.datapoint.negate for t in self.data)
         self.layout: ScoreLayout = score_layout(self.data, runtime.device(model))
+        self.n_scored = int(self.layout.targets.numel())
+        self.terms = config.regularizers
+        # The regularizers' scored rows follow the datapoints in this job's engine rows.
+        self.term_rows = [term.rows(model, config.positions) for term in self.terms]
+        self.term_sizes = [
+            sum(len(c.tokens) for row in rows for c in row.completions) for rows in self.term_rows
+        ]
+        self.term_targets: list[Tensor] = []  # recorded by _Group before the first step
+        self.labels = self.layout.labels + [term.label for term in self.terms]
+        self.n_completions = len(self.layout.labels)
         self.opt = torch.optim.Adam(list(self.params.values()), lr=config.lr, betas=config.betas)
         self.noise_gen = torch.Generator().manual_seed(config.seed + 1)
         self.noise_state: dict[int, Tensor] = {}
@@ -111,8 +130,26 @@ class _Run:
             self.spec.intervention(self.params), self.spec.strength, self.any_negated
         )
 
+    @property
+    def engine_data(self) -> list[TokenizedDatapoint]:
+        """This job's engine rows: its datapoints, then each regularizer's rows."""
+        return self.data + [row for rows in self.term_rows for row in rows]
+
+    @property
+    def size(self) -> int:
+        """Scored positions of this job in the engine's logits."""
+        return self.n_scored + sum(self.term_sizes)
+
     def losses(self, logits: Tensor) -> Tensor:
-        return self.config.objective.losses(logits, self.layout)
+        """Per-completion losses, then each regularizer's weighted term (one history row)."""
+        values = self.config.objective.losses(logits[: self.n_scored], self.layout)
+        if not self.terms:
+            return values
+        start, extra = self.n_scored, []
+        for term, n, target in zip(self.terms, self.term_sizes, self.term_targets, strict=True):
+            extra.append(term.loss(logits[start : start + n], target))
+            start += n
+        return torch.cat([values, torch.stack(extra).to(values.dtype)])
 
     def observe(self, losses: Tensor | None) -> bool:
         """Record the loss before the next update; ``True`` if the job goes on to update."""
@@ -137,8 +174,18 @@ class _Run:
         self.history.append(losses.detach().float().cpu())
         self.last_good = {k: p.detach().clone() for k, p in self.params.items()}
         targets = self.layout.loss_targets
+        behavior = [h[: self.n_completions] for h in self.history] if self.terms else self.history
         reason = next(
-            (r for rule in self.config.stop if (r := rule.check(self.history, targets))), None
+            (
+                r
+                for rule in self.config.stop
+                if (
+                    r := rule.check(
+                        behavior if isinstance(rule, TargetLoss) else self.history, targets
+                    )
+                )
+            ),
+            None,
         )
         if reason is not None:
             self.stop_reason, self.done = reason, True
@@ -162,13 +209,30 @@ class _Group:
 
     def __init__(self, model: Any, runs: list[_Run]) -> None:
         self.runs = runs
-        data = [t for r in runs for t in r.data]
-        groups = [k for k, r in enumerate(runs) for _ in r.data]
+        data = [t for r in runs for t in r.engine_data]
+        groups = [k for k, r in enumerate(runs) for _ in r.engine_data]
         layers, fast = runs[0].key
         with torch.no_grad():
             self.engine = make_engine(model, data, list(layers), fast=fast, groups=groups)
         self.engine_name = "packed" if isinstance(self.engine, PackedEngine) else "hooked"
-        self.sizes = [int(r.layout.targets.numel()) for r in runs]
+        self.sizes = [r.size for r in runs]
+        self._record_unsteered()
+
+    @torch.no_grad()
+    def _record_unsteered(self) -> None:
+        """The regularizers' targets: one unsteered forward of the jobs that have any."""
+        slots = [k for k, r in enumerate(self.runs) if r.terms]
+        if not slots:
+            return
+        logits = self.engine.logits({k: _unsteered for k in slots})
+        start = 0
+        for k in slots:
+            run = self.runs[k]
+            at = start + run.n_scored
+            for n in run.term_sizes:
+                run.term_targets.append(unsteered_logprobs(logits[at : at + n]))
+                at += n
+            start += self.sizes[k]
 
     def losses(self, slots: Sequence[int]) -> list[Tensor]:
         """Each chosen job's per-completion losses, from one forward pass."""
@@ -271,9 +335,14 @@ def _norm_phase(group: _Group, slot: int, run: _Run) -> None:
     run.norm_phase = (before, float(run.v.detach().norm()))
 
 
+def _unsteered(layer: int, x: Tensor, mask: Tensor, sign: Tensor) -> Tensor:
+    """The steering function that steers nothing."""
+    return x
+
+
 def _result(model: Any, run: _Run, engine: str) -> OptimizeResult:
     loss_history = torch.stack(run.history).numpy()
-    labels = run.layout.labels
+    labels = run.labels
     vector = make_vector(
         model,
         run.layers,
