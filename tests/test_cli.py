@@ -1,5 +1,5 @@
 import argparse
-import re
+import html
 
 import numpy as np
 import pytest
@@ -8,7 +8,6 @@ import torch
 import steerlens
 from steerlens import cli
 from steerlens import model as model_mod
-from steerlens.constraints import NormCap
 from steerlens.data import Datapoint
 
 
@@ -182,28 +181,48 @@ def test_optimize_then_generate_from_the_command_line(tmp_path, capsys, smol):
     assert code == 0 and "### Name a color." in capsys.readouterr().out
 
 
-FRENCH = re.compile(r"\b(le|la|les|est|une|des|je|et|de|du|pour|en)\b", re.IGNORECASE)
-ENGLISH = re.compile(r"\b(the|is|and|of|to|for|you|are)\b", re.IGNORECASE)
+def test_the_demo_judge_wants_french_words_not_a_loop():
+    assert cli.answers_in_french("Le chien est un animal fidèle et très affectueux.")
+    assert not cli.answers_in_french("La la la la la la la la")
+    assert not cli.answers_in_french("The capital of Japan is Tokyo.")
 
 
-def _frenchness(text: str) -> float:
-    fr, en = len(FRENCH.findall(text)), len(ENGLISH.findall(text))
-    return fr / max(fr + en, 1)
+def test_the_demo_report_shows_settings_training_example_and_held_out_labels(tiny, tmp_path):
+    from steerlens.analysis.report import write_report
+
+    res = steerlens.optimize_vector(tiny, Datapoint("a", promote=[" b"]), 1, max_steps=2)
+    rows = [("a", "x", "y"), ("c", "u", "v")]
+    page = write_report(
+        tmp_path / "r.html",
+        res,
+        rows,
+        settings={"lr": 0.1, "norm cap": 40, "decoding": "greedy"},
+        training=("a", " b"),
+        row_labels=["training prompt", "held-out prompt"],
+        findings=["No strength kept the replies within the budget."],
+        curve=[{"strength": "1", "French": "0/2", "NLL ratio": "2.10"}],
+    ).read_text()
+    for text in ("norm cap", "greedy", "target completion", "held-out prompt", "NLL ratio"):
+        assert text in page
+    with pytest.raises(steerlens.errors.InputError, match="one label per row"):
+        write_report(tmp_path / "s.html", res, rows, row_labels=["training prompt"])
 
 
 @pytest.mark.slow
-def test_demo_behavior_appears_on_held_out_prompts(smol):
-    dp = Datapoint.chat(smol, cli.DEMO_TRAIN, promote=[cli.DEMO_COMPLETION])
-    result = steerlens.optimize_vector(
-        smol, dp, cli.DEMO_LAYER, lr=0.1, max_steps=40, constraints=(NormCap(cli.DEMO_NORM_CAP),)
-    )
-    assert result.loss_history[-1].sum() < 0.3 * result.loss_history[0].sum()
-    held_out = cli.DEMO_HELD_OUT
-    plain = steerlens.generate(smol, held_out, max_new_tokens=30, chat=True)
-    steered = steerlens.generate(smol, held_out, result.vector, max_new_tokens=30, chat=True)
-    assert all(_frenchness(t) < 0.3 for t in plain), plain
-    french = [t for t in steered if _frenchness(t) > 0.6]
-    assert len(french) >= 3, steered
+def test_demo_states_rate_coherence_and_calibrated_strength(smol, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(model_mod, "load_model", lambda *a, **k: smol)
+    argv = ["demo", "--out", str(tmp_path), "--max-new-tokens", "24", "--no-progress"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "held-out prompts (never trained on)" in out and "(unsteered)" in out
+    assert "NLL ratio" in out and "distinct-3" in out and "95% CI" in out
+    assert out.count("(held-out prompt)") == len(cli.DEMO_HELD_OUT)
+    assert out.count("(training prompt)") == 1
+    # The verdict is one of the three plain sentences.
+    assert any(s in out for s in ("Calibrated strength", "does not transfer coherently")), out
+    page = (tmp_path / cli.DEMO_FILES[1]).read_text()
+    assert html.escape(cli.DEMO_COMPLETION) in page  # the page escapes its apostrophe
+    assert "held-out prompt" in page and "norm cap" in page
 
 
 # --- caa, sweep, report ----------------------------------------------------------------------

@@ -1,14 +1,27 @@
-"""An HTML report of one optimization: settings, loss curve, and generations side by side."""
+"""An HTML report of one optimization: settings, training example, loss curve, what the vector
+did on held-out prompts, and generations side by side."""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from steerlens.analysis.plots import plot_loss_history
+from steerlens.errors import InputError
 from steerlens.io.atomic import atomic_path
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>\n{body}\n</table>"
 
 
 def write_report(
@@ -18,40 +31,85 @@ def write_report(
     *,
     title: str = "steerlens report",
     unit: str = "nats",
+    settings: Mapping[str, Any] | None = None,
+    training: tuple[str, str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    findings: Sequence[str] = (),
+    curve: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write ``result``'s loss curve and ``(prompt, unsteered, steered)`` rows as one HTML page.
+
+    Args:
+        path: the HTML file to write.
+        result: an ``OptimizeResult``.
+        rows: ``(prompt, unsteered reply, steered reply)`` per prompt.
+        title: the page title.
+        unit: the loss unit.
+        settings: name -> value (lr, norm cap, strength, decoding, ...), shown as a table.
+        training: ``(prompt, target completion)`` the vector was trained on.
+        row_labels: one label per row, e.g. ``"training prompt"`` or ``"held-out prompt"``.
+        findings: plain sentences on what the vector did, shown first.
+        curve: one mapping per strength (column -> value), shown as a table.
 
     Example:
         >>> import tempfile, pathlib
         >>> from steerlens.testing import tiny_model
         >>> from steerlens import Datapoint, optimize_vector
         >>> res = optimize_vector(tiny_model(), Datapoint("a", promote=[" b"]), 1, max_steps=2)
-        >>> p = write_report(pathlib.Path(tempfile.mkdtemp()) / "r.html", res, [("a", "x", "y")])
+        >>> p = write_report(pathlib.Path(tempfile.mkdtemp()) / "r.html", res, [("a", "x", "y")],
+        ...                  settings={"lr": 0.01}, training=("a", " b"), row_labels=["training"])
         >>> p.stat().st_size > 1000
         True
     """
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise InputError(
+            f"got {len(row_labels)} row labels for {len(rows)} rows; give one label per row."
+        )
+    labels = list(row_labels) if row_labels is not None else None
     fig = plot_loss_history(result, unit)
     figure_html = fig.to_html(include_plotlyjs=True, full_html=False)
     meta = result.vector.metadata()
+    label_head = "<th>set</th>" if labels is not None else ""
     table = "\n".join(
-        f"<tr><td>{html.escape(p)}</td><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>"
-        for p, a, b in rows
+        "<tr>"
+        + (f"<td>{html.escape(labels[i])}</td>" if labels is not None else "")
+        + f"<td>{html.escape(p)}</td><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>"
+        for i, (p, a, b) in enumerate(rows)
     )
     final = "".join(
         f"<li>{html.escape(k)}: {v:.4g} nats</li>" for k, v in result.final_losses.items()
     )
+    parts = []
+    if findings:
+        items = "".join(f"<li>{html.escape(f)}</li>" for f in findings)
+        parts.append(f"<h2>What happened</h2><ul>{items}</ul>")
+    if training is not None:
+        parts.append(
+            "<h2>Training example (the only one)</h2><table><tr><th>training prompt</th>"
+            f"<th>target completion</th></tr><tr><td>{html.escape(training[0])}</td>"
+            f"<td>{html.escape(training[1])}</td></tr></table>"
+        )
+    if settings:
+        parts.append(
+            "<h2>Settings</h2>" + _table([{"setting": k, "value": v} for k, v in settings.items()])
+        )
+    if curve:
+        parts.append("<h2>Held-out prompts by strength</h2>" + _table(list(curve)))
+    extra = "\n".join(parts)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
 td,th{{border:1px solid #ccc;padding:6px;vertical-align:top}}table{{border-collapse:collapse}}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
+{extra}
+<h2>Optimization</h2>
 <p>Model {html.escape(meta["model_id"])}, layers {meta["layers"]}, norm {result.vector.norm():.4g},
 {result.steps} steps, stop: {html.escape(result.stop_reason)}, {result.wall_time_s:.1f} s.</p>
 <ul>{final}</ul>
 {figure_html}
 <h2>Generations</h2>
-<table><tr><th>prompt</th><th>unsteered</th><th>steered</th></tr>
+<table><tr>{label_head}<th>prompt</th><th>unsteered</th><th>steered</th></tr>
 {table}
 </table></body></html>
 """
