@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -476,30 +476,26 @@ def run_study(
                 bar.update(1)
     eval_failures: dict[str, str] = {}
     if evaluate and spec.evaluates:
-        finished, evaluated = study.finished(), study.evaluated()
-        todo = [u for u in units if u.name in finished and u.name not in evaluated]
-        if todo:
-            items = [(u, study.vector(u)) for u in todo]
-            with _bar(len(finished), len(finished) - len(todo), "evaluate", progress) as bar:
-                for unit, rows in worker.evaluate(spec, items, batch_size):
-                    if isinstance(rows, str):
-                        eval_failures[unit.name] = rows
-                    else:
-                        study.record_evaluation(unit, rows)
-                    bar.update(1)
+        eval_failures = _per_vector_phase(
+            study,
+            units,
+            study.evaluated(),
+            "evaluate",
+            progress,
+            lambda items: worker.evaluate(spec, items, batch_size),
+            study.record_evaluation,
+        )
     steer_failures: dict[str, str] = {}
     if evaluate and spec.measures_steerability:
-        finished, measured = study.finished(), study.steerability_measured()
-        todo = [u for u in units if u.name in finished and u.name not in measured]
-        if todo:
-            items = [(u, study.vector(u)) for u in todo]
-            with _bar(len(finished), len(finished) - len(todo), "steerability", progress) as bar:
-                for unit, rows in worker.steerability(spec, items, batch_size):
-                    if isinstance(rows, str):
-                        steer_failures[unit.name] = rows
-                    else:
-                        study.record_steerability(unit, rows)
-                    bar.update(1)
+        steer_failures = _per_vector_phase(
+            study,
+            units,
+            study.steerability_measured(),
+            "steerability",
+            progress,
+            lambda items: worker.steerability(spec, items, batch_size),
+            study.record_steerability,
+        )
     grid_failure = None
     if evaluate and spec.evaluation.grid is not None and not study.has_grid():
         names = {u.name for u in units}
@@ -548,6 +544,33 @@ def run_study(
             "evaluation prompts) and run the study again: it redoes only the grid."
         )
     return study
+
+
+def _per_vector_phase(
+    study: StudyFolder,
+    units: Sequence[Unit],
+    done: set[str],
+    desc: str,
+    progress: bool | None,
+    run: Callable[[list[tuple[Unit, SteeringVector]]], Iterator[tuple[Unit, PhaseOutcome]]],
+    record: Callable[[Unit, list[dict[str, Any]]], None],
+) -> dict[str, str]:
+    """Run one per-vector phase on the trained units not yet in ``done``, recording each
+    unit's rows as they come; the one-line errors of the units that failed."""
+    finished = study.finished()
+    todo = [u for u in units if u.name in finished and u.name not in done]
+    failures: dict[str, str] = {}
+    if not todo:
+        return failures
+    items = [(u, study.vector(u)) for u in todo]
+    with _bar(len(finished), len(finished) - len(todo), desc, progress) as bar:
+        for unit, rows in run(items):
+            if isinstance(rows, str):
+                failures[unit.name] = rows
+            else:
+                record(unit, rows)
+            bar.update(1)
+    return failures
 
 
 @contextlib.contextmanager
