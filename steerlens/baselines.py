@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import NonFiniteError, SpecError, SteerlensError, check_keywords
+from steerlens.errors import InputError, NonFiniteError, SpecError, check_keywords
 from steerlens.vector import SteeringVector
 
 Position = Literal["last", "mean", "completion"]
@@ -59,7 +59,7 @@ def _pairs(
 ) -> list[tuple[str, str]]:
     if completions is not None:
         if len(completions) != len(prompts):
-            raise SteerlensError(
+            raise InputError(
                 f"{what}: {len(prompts)} prompts but {len(completions)} completions; give one "
                 "completion per prompt."
             )
@@ -67,7 +67,7 @@ def _pairs(
     out = []
     for i, item in enumerate(prompts):
         if not (isinstance(item, tuple) and len(item) == 2):
-            raise SteerlensError(
+            raise InputError(
                 f"{what}: item {i} is {item!r}, but position='completion' needs (prompt, "
                 "completion) pairs; pass pairs or completions=[...]."
             )
@@ -89,9 +89,9 @@ def _rows(
     over."""
     _check_position(position)
     if isinstance(prompts, str):
-        raise SteerlensError(f"{what} must be a list of prompts, got one str; wrap it: [prompt].")
+        raise InputError(f"{what} must be a list of prompts, got one str; wrap it: [prompt].")
     if len(prompts) == 0:
-        raise SteerlensError(f"the {what} set is empty; pass at least one prompt.")
+        raise InputError(f"the {what} set is empty; pass at least one prompt.")
     if position != "completion":
         if completions is not None:
             raise SpecError(
@@ -100,7 +100,7 @@ def _rows(
             )
         bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
         if bad is not None:
-            raise SteerlensError(
+            raise InputError(
                 f"{what}: item {bad} is {prompts[bad]!r}, not a str; (prompt, completion) "
                 "pairs need position='completion'."
             )
@@ -112,11 +112,11 @@ def _rows(
     rows = []
     for i, (prompt, completion) in enumerate(items):
         if not isinstance(prompt, str) or not prompt.strip():
-            raise SteerlensError(f"{what}: prompt {i} is empty ({prompt!r}); pass some text.")
+            raise InputError(f"{what}: prompt {i} is empty ({prompt!r}); pass some text.")
         text = runtime.chat_prompt(model, prompt) if chat else prompt
         ids = runtime.encode(model, text, bos=bos)
         if not ids:
-            raise SteerlensError(f"{what}: prompt {i} ({prompt!r}) tokenises to nothing.")
+            raise InputError(f"{what}: prompt {i} ({prompt!r}) tokenises to nothing.")
         if position == "last":
             rows.append(_Row(ids, len(ids) - 1, len(ids)))
         elif position == "mean":
@@ -130,7 +130,7 @@ def _completion_row(
     model: Any, ids: list[int], text: str, completion: str, what: str, i: int
 ) -> _Row:
     if not isinstance(completion, str) or completion == "":
-        raise SteerlensError(f"{what}: completion {i} is empty ({completion!r}); pass some text.")
+        raise InputError(f"{what}: completion {i} is empty ({completion!r}); pass some text.")
     comp, _ = runtime.completion_tokens(
         model, ids, text, completion, label=f"{what}: completion {i}"
     )
@@ -344,7 +344,7 @@ def _check_sets(
 
 def _check_paired(positive: Sequence[Any], negative: Sequence[Any]) -> None:
     if len(positive) != len(negative):
-        raise SteerlensError(
+        raise InputError(
             f"paired prompt sets must have the same length; got {len(positive)} positive and "
             f"{len(negative)} negative prompts. Pair each positive with one negative (or pass "
             "paired=False to diff_of_means)."
@@ -427,19 +427,19 @@ def principal_direction(
         ([1.0, 0.0], -1.0)
     """
     if differences.ndim != 2 or differences.shape[0] == 0:
-        raise SteerlensError(
+        raise InputError(
             f"differences must be a non-empty [n, d_model] matrix, got shape "
             f"{tuple(differences.shape)}."
         )
     if center and differences.shape[0] < 2:
-        raise SteerlensError("center=True needs at least two pairs; pass center=False for one.")
+        raise InputError("center=True needs at least two pairs; pass center=False for one.")
     x = differences.float()
     if center:
         x = x - x.mean(dim=0, keepdim=True)
     if not bool(torch.isfinite(x).all()):
         raise NonFiniteError("differences contain NaN/inf; check the activations.")
     if float(x.abs().max()) == 0.0:
-        raise SteerlensError(
+        raise InputError(
             "all differences are zero, so they have no principal component; the positive and "
             "negative prompts give identical activations at this layer."
         )

@@ -175,6 +175,9 @@ def _check_settings(args: argparse.Namespace) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {value}.")
     if getattr(args, "max_new_tokens", 1) < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
+    ratio = getattr(args, "max_nll_ratio", 1.0)
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise InputError(f"--max-nll-ratio must be > 0 and finite, got {ratio}.")
 
 
 def _start(args: argparse.Namespace) -> None:
@@ -605,7 +608,20 @@ def _texts(given: Sequence[str] | None, file: str | None, option: str) -> list[s
                 f"--{option}-file {file!r} is not a file; give a text file with "
                 "one prompt per line."
             )
-        texts += [line for line in path.read_text().splitlines() if line.strip()]
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"--{option}-file {file!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                "give a text file with one prompt per line."
+            ) from exc
+        lines = [line for line in content.splitlines() if line.strip()]
+        if not lines:
+            raise InputError(
+                f"--{option}-file {file!r} has no prompts (it is empty or only blank lines); "
+                "give one prompt per line."
+            )
+        texts += lines
     empty = [i for i, t in enumerate(texts, 1) if not t.strip()]
     if empty:
         raise InputError(f"--{option} {empty[0]} is empty; give the text of each prompt.")

@@ -7,6 +7,8 @@ merges tokens across the boundary, the completion is tokenised on its own, with 
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,17 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.errors import InputError, SpecError
 from steerlens.positions import Positions, PositionsLike, as_positions
+
+
+def _check_target(value: Any, what: str) -> None:
+    # None means "no target for this completion" (the stop rule's value= is used instead).
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise InputError(
+            f"{what} must hold finite numbers (target losses in nats) or None, got {value!r}; "
+            "e.g. promote_targets=[0.5]."
+        )
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,13 @@ class Datapoint:
                     f"{name}_targets has {len(targets)} values for {len(comps)} {name} "
                     "completions; give one target per completion."
                 )
+            for t in targets or ():
+                _check_target(t, f"{name}_targets")
+        if not isinstance(self.negate, bool):
+            # A truthy string such as "no" would otherwise flip the vector's sign.
+            raise InputError(
+                f"negate must be True or False, got {self.negate!r} ({type(self.negate).__name__})."
+            )
         as_positions(self.positions)  # validate early
 
     @classmethod

@@ -16,6 +16,7 @@ masks are handled by the caller. The optimizer trains the same objects
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -64,9 +65,21 @@ def check_vector(vector: Tensor, *, name: str = "vector", d_model: int | None = 
             f"{name} has size {vector.shape[0]} but the model's d_model is {d_model}; "
             "the vector was made for a different model."
         )
+    if vector.device.type == "meta":
+        raise VectorShapeError(
+            f"{name} is on the 'meta' device, which holds no values; build it on a real device "
+            "(e.g. torch.zeros(d_model)) or load its values first."
+        )
     if not torch.isfinite(vector).all():
         bad = int((~torch.isfinite(vector)).sum())
         raise NonFiniteError(f"{name} has {bad} NaN/inf entries; steering needs finite values.")
+    norm = float(vector.detach().norm())
+    if not math.isfinite(norm):
+        # Finite entries can still overflow the norm; such a vector turns activations into inf.
+        raise NonFiniteError(
+            f"{name} has norm {norm} (largest entry {float(vector.detach().abs().max()):.3g}) in "
+            f"{vector.dtype}; steering needs a finite norm. Scale it down."
+        )
     return vector
 
 

@@ -49,6 +49,12 @@ class Objective:
             raise SpecError(
                 f"unknown suppression {self.suppression!r}; use 'one_minus' or 'logprob'."
             )
+        if not isinstance(self.length_normalize, bool):
+            # A truthy string such as "no" would otherwise switch normalization on.
+            raise SpecError(
+                f"length_normalize must be True or False, got {self.length_normalize!r} "
+                f"({type(self.length_normalize).__name__})."
+            )
 
     def losses(
         self, logits: Float[Tensor, "n vocab"], layout: ScoreLayout

@@ -35,7 +35,7 @@ from steerlens.engines import SteerFn, make_engine, steering_function, unsteered
 from steerlens.errors import NonFiniteError, SpecError, check_keywords
 from steerlens.interventions import Add, Affine, Clamp, Intervention, check_vector
 from steerlens.objectives import KLObjective, Objective, ObjectiveLike, convert_loss
-from steerlens.positions import PositionsLike
+from steerlens.positions import PositionsLike, as_positions
 from steerlens.regularizers import SideEffect
 from steerlens.stopping import StopRule
 from steerlens.vector import SteeringVector
@@ -96,6 +96,13 @@ class ClampSteering:
 
     strength: float = 1.0
     name: str = "clamp"
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.strength) or not math.isfinite(self.strength):
+            raise SpecError(
+                f"ClampSteering strength must be a finite number, got {self.strength!r}; it is "
+                "the value the component along v is clamped to, e.g. ClampSteering(strength=4.0)."
+            )
 
     def parameters(self, d_model: int, gen: torch.Generator, config: OptimizeConfig) -> Params:
         return {"v": _start_vector(d_model, gen, config.init, config.starting_norm)}
@@ -262,6 +269,17 @@ class OptimizeConfig:
         for c in self.constraints:
             if not isinstance(c, (NormCap, Noise)):
                 raise SpecError(f"constraints must be NormCap(...) or Noise(...), got {c!r}.")
+        if callable(getattr(self.stop, "check", None)):  # one rule, as with regularizers
+            object.__setattr__(self, "stop", (self.stop,))
+        if not isinstance(self.stop, (list, tuple)):
+            raise SpecError(f"stop must be a tuple of stop rules, got {self.stop!r:.80}.")
+        for rule in self.stop:
+            if not callable(getattr(rule, "check", None)):
+                raise SpecError(
+                    f"stop must be a tuple of stop rules (Plateau(...), TargetLoss(...)), got "
+                    f"{rule!r:.80}."
+                )
+        as_positions(self.positions)  # a bad spec fails here, not after the model is prepared
         if not isinstance(self.steering, _KINDS):
             raise SpecError(
                 f"steering must be AddSteering(), ClampSteering(...), AffineSteering(...) or "

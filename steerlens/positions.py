@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from jaxtyping import Bool
@@ -37,6 +37,15 @@ class Positions:
     indices: tuple[int, ...] = ()
     start: int | None = None
     stop: int | None = None
+
+    def __post_init__(self) -> None:
+        # mask() treats any kind it does not know as an (empty) index list: steering nothing.
+        kinds = get_args(PositionKind)
+        if self.kind not in kinds:
+            raise SpecError(
+                f"unknown positions kind {self.kind!r}; use one of {', '.join(kinds)} (or build "
+                "one with Positions.last(n), Positions.at([...]), Positions.prompt(), ...)."
+            )
 
     @classmethod
     def all(cls) -> Positions:

@@ -7,6 +7,8 @@ reason string or ``None``. They hold no state, so they can be tested on made-up 
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,12 +18,27 @@ from torch import Tensor
 from steerlens.errors import SpecError
 
 
+def _finite_number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_patience(patience: object, rule: str) -> None:
+    # patience 0 would stop before the first step (an empty window always "holds").
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise SpecError(f"{rule} patience must be an int >= 1 (steps), got {patience!r}.")
+
+
 @dataclass(frozen=True)
 class Plateau:
     """Stop when ``|loss_t - loss_{t-1}| < eps`` (total loss) for ``patience`` steps in a row."""
 
     eps: float = 1e-6
     patience: int = 1
+
+    def __post_init__(self) -> None:
+        if not _finite_number(self.eps) or self.eps <= 0:
+            raise SpecError(f"Plateau eps must be a finite number > 0, got {self.eps!r}.")
+        _check_patience(self.patience, "Plateau")
 
     def check(self, history: Sequence[Tensor], targets: Sequence[float | None] = ()) -> str | None:
         if len(history) <= self.patience:
@@ -48,6 +65,12 @@ class TargetLoss:
     def __post_init__(self) -> None:
         if self.value is None and not self.per_completion:
             raise SpecError("TargetLoss needs value= or per_completion=True.")
+        if self.value is not None and not _finite_number(self.value):
+            # A NaN target is never met: the run would go on silently to max_steps.
+            raise SpecError(
+                f"TargetLoss value must be a finite number (a loss in nats), got {self.value!r}."
+            )
+        _check_patience(self.patience, "TargetLoss")
 
     def _met(self, losses: Tensor, targets: Sequence[float | None]) -> bool:
         if not self.per_completion:

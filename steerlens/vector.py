@@ -22,7 +22,6 @@ from steerlens.errors import (
     ModelMismatchError,
     NonFiniteError,
     SpecError,
-    SteerlensError,
     VectorShapeError,
 )
 from steerlens.interventions import Affine, check_vector
@@ -94,7 +93,7 @@ class SteeringVector:
 
     def __post_init__(self) -> None:
         if not self.directions:
-            raise SteerlensError("a SteeringVector needs at least one layer's direction.")
+            raise SpecError("a SteeringVector needs at least one layer's direction.")
         if not isinstance(self.model_id, str) or not self.model_id:
             raise SpecError(
                 f"model_id must be a non-empty string, got {self.model_id!r}; pass the name of "
@@ -117,7 +116,7 @@ class SteeringVector:
             raise VectorShapeError(f"all directions must have one size, got sizes {sorted(sizes)}.")
         for layer, (left, right) in self.affine.items():
             if layer not in self.directions:
-                raise SteerlensError(f"affine part at layer {layer} has no direction (bias).")
+                raise SpecError(f"affine part at layer {layer} has no direction (bias).")
             Affine(left, right, self.directions[layer])  # validates shapes and values
 
     # -- construction ----------------------------------------------------------------------
@@ -134,7 +133,7 @@ class SteeringVector:
         """One vector at one layer (or the same vector at several layers)."""
         if model_id is None:
             if model is None:
-                raise SteerlensError("pass model= or model_id= so the vector knows its model.")
+                raise SpecError("pass model= or model_id= so the vector knows its model.")
             model_id = runtime.model_id(model)
         layers = [_layer_key(la) for la in ([layer] if hasattr(layer, "__index__") else layer)]
         if model is not None:
@@ -158,7 +157,7 @@ class SteeringVector:
         """The direction, for a vector that has the same direction at every layer."""
         first = self.directions[self.layers[0]]
         if any(not torch.equal(first, self.directions[la]) for la in self.layers[1:]):
-            raise SteerlensError(
+            raise SpecError(
                 f"this vector has different directions at layers {self.layers}; "
                 "use .directions[layer]."
             )
@@ -203,6 +202,10 @@ class SteeringVector:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
         """A copy with every tensor moved/cast."""
+        if device is not None:
+            from steerlens.model import check_device
+
+            device = check_device(device)  # a clear error for a device this machine lacks
         return replace(
             self,
             directions={la: v.to(device=device, dtype=dtype) for la, v in self.directions.items()},
@@ -217,7 +220,7 @@ class SteeringVector:
         if not isinstance(other, SteeringVector):
             return NotImplemented
         if self.affine or other.affine:
-            raise SteerlensError("vectors with affine parts cannot be added or subtracted.")
+            raise SpecError("vectors with affine parts cannot be added or subtracted.")
         if other.hook_template != self.hook_template:
             raise SpecError(
                 f"cannot combine a vector at {self.hook_template!r} with one at "
@@ -266,7 +269,7 @@ class SteeringVector:
                 "Multiply by a finite number."
             )
         if self.affine:
-            raise SteerlensError("scale an affine vector with the strength= argument instead.")
+            raise SpecError("scale an affine vector with the strength= argument instead.")
         return self._derived({la: v * scalar for la, v in self.directions.items()}, f"mul {scalar}")
 
     __rmul__ = __mul__

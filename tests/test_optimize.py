@@ -265,7 +265,7 @@ def test_non_finite_gradient_stops_gracefully(tiny, monkeypatch):
 def test_a_start_vector_whose_norm_overflows_is_refused(tiny):
     dp = datapoints(tiny)[0]
     # Every entry is finite but the norm is inf: no finite vector could be returned.
-    with pytest.raises(NonFiniteError, match="start point"):
+    with pytest.raises(NonFiniteError, match="init vector has norm inf"):
         optimize_vector(tiny, dp, 1, init=torch.full((64,), 3e38), max_steps=5)
 
 

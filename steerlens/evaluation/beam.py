@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import SpecError, SteerlensError
+from steerlens.errors import InputError, SpecError
 from steerlens.io.plain import short, table, to_plain
 from steerlens.objectives import convert_loss
 from steerlens.runtime import TokenContext
@@ -237,5 +237,5 @@ def beam_search(
                     )
                 )
     if not results:  # pragma: no cover - check_prompts refuses an empty list
-        raise SteerlensError("no prompts to search.")
+        raise InputError("no prompts to search.")
     return results[0] if isinstance(prompt, str) else results

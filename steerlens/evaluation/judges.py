@@ -10,16 +10,18 @@ called once for the whole batch. Two are provided:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import AnswerTokenError, SteerlensError, TemplateError, check_keywords
+from steerlens.errors import AnswerTokenError, SpecError, TemplateError, check_keywords
 from steerlens.evaluation.rates import RateResult
 from steerlens.generate import GENERATE_OPTIONS, generate
 from steerlens.io.plain import short
@@ -45,7 +47,7 @@ class StringMatchJudge:
     def __post_init__(self) -> None:
         items = (self.phrases,) if isinstance(self.phrases, str) else tuple(self.phrases)
         if not items or not all(isinstance(p, str) and p for p in items):
-            raise SteerlensError(
+            raise SpecError(
                 f"StringMatchJudge needs a non-empty list of non-empty phrases, got {items!r}."
             )
         object.__setattr__(self, "phrases", items)
@@ -161,16 +163,38 @@ class ModelJudge:
         )
 
 
+def check_judge(judge: Any) -> None:
+    """Refuse a judge that is neither callable nor has ``judge_all`` (before any generation)."""
+    if not callable(judge) and not callable(getattr(judge, "judge_all", None)):
+        raise SpecError(
+            f"judge must be a callable text -> bool (e.g. StringMatchJudge([...]) or "
+            f"ModelJudge(...)), got {judge!r:.60} ({type(judge).__name__})."
+        )
+
+
+def _verdict(value: Any) -> bool:
+    # bool("no") is True: a judge that answers in words would count every text as a success.
+    if isinstance(value, (bool, np.bool_)) or (
+        isinstance(value, numbers.Integral) and value in (0, 1)
+    ):
+        return bool(value)
+    raise SpecError(
+        f"the judge returned {value!r:.60} ({type(value).__name__}); a judge must return True "
+        "or False for each text."
+    )
+
+
 def judge_texts(judge: Judge, texts: Sequence[str]) -> list[bool]:
     """Apply ``judge`` to every text (in one batch when it has ``judge_all``)."""
+    check_judge(judge)
     batch = getattr(judge, "judge_all", None)
     verdicts = list(batch(texts)) if callable(batch) else [judge(t) for t in texts]
     if len(verdicts) != len(texts):
-        raise SteerlensError(
+        raise SpecError(
             f"the judge returned {len(verdicts)} verdicts for {len(texts)} texts; "
             "judge_all must return one bool per text."
         )
-    return [bool(v) for v in verdicts]
+    return [_verdict(v) for v in verdicts]
 
 
 def success_rate(
@@ -210,6 +234,7 @@ def success_rate(
     """
     items = runtime.check_prompts(prompts)
     check_keywords(generation, GENERATE_OPTIONS, where="success_rate")
+    check_judge(judge)
     texts = generate(model, items, steering, **generation)
     outputs = [texts] if isinstance(texts, str) else texts
     return RateResult.from_outcomes(judge_texts(judge, outputs), z=z, prompts=items, texts=outputs)

@@ -22,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import SteerlensError
+from steerlens.errors import InputError
 from steerlens.io.plain import short, table, to_plain
 from steerlens.objectives import convert_loss
 from steerlens.steer import SteeringLike, describe_steering, steer
@@ -99,10 +99,10 @@ class _Row:
 def _check_completions(completions: str | Sequence[str]) -> list[str]:
     items = [completions] if isinstance(completions, str) else list(completions)
     if not items:
-        raise SteerlensError("the completion list is empty; pass at least one completion.")
+        raise InputError("the completion list is empty; pass at least one completion.")
     for j, c in enumerate(items):
         if not isinstance(c, str) or c == "":
-            raise SteerlensError(
+            raise InputError(
                 f"completion {j} is {c!r}; every completion must be a non-empty string."
             )
     return items

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import SpecError, SteerlensError
+from steerlens.errors import InputError, SpecError, SteerlensError
 from steerlens.io.plain import short, table, to_plain
 from steerlens.steer import SteeringLike, as_plans, describe_steering, steer
 
@@ -38,13 +38,13 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """
     for name, value in (("k", k), ("n", n)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SteerlensError(f"{name} must be an int, got {value!r}.")
+            raise SpecError(f"{name} must be an int, got {value!r}.")
     if n < 1:
-        raise SteerlensError(f"a rate needs at least one trial, got n={n}.")
+        raise SpecError(f"a rate needs at least one trial, got n={n}.")
     if not 0 <= k <= n:
-        raise SteerlensError(f"successes must be between 0 and n={n}, got k={k}.")
+        raise SpecError(f"successes must be between 0 and n={n}, got k={k}.")
     if not z > 0:
-        raise SteerlensError(f"z must be > 0 (1.96 for a 95% interval), got {z}.")
+        raise SpecError(f"z must be > 0 (1.96 for a 95% interval), got {z}.")
     p, z2 = k / n, z * z
     denom = 1 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
@@ -140,7 +140,7 @@ class AnswerChoices:
     def flipped(self, which: str) -> tuple[bool, ...]:
         """Per prompt: did the answer change when the vector was ``"added"``/``"subtracted"``?"""
         if which not in ("added", "subtracted"):
-            raise SteerlensError(f"which must be 'added' or 'subtracted', got {which!r}.")
+            raise SpecError(f"which must be 'added' or 'subtracted', got {which!r}.")
         steered = self.added if which == "added" else self.subtracted
         return tuple(a != b for a, b in zip(self.unsteered, steered, strict=True))
 
@@ -283,7 +283,7 @@ def behavior_change_rates(
         try:
             sets[name] = runtime.check_prompts(prompts)
         except SteerlensError as err:
-            raise SteerlensError(f"{name}_prompts: {err}") from None
+            raise InputError(f"{name}_prompts: {err}") from None
     answer_list = list(answers) if not isinstance(answers, str) else [answers]
     answer_ids = runtime.answer_token_ids(model, answer_list)
     tokens = {}

@@ -47,7 +47,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import SpecError, SteerlensError
+from steerlens.errors import InputError, SpecError
 from steerlens.io.plain import short, table, to_plain
 from steerlens.objectives import convert_loss
 from steerlens.runtime import token_logprobs
@@ -174,7 +174,7 @@ class InformationComplexity:
 def context_tokens(model: Any, context: str, bos: bool | None) -> tuple[list[int], bool]:
     """The context's tokens, with BOS in front when ``bos`` says so (see module docstring)."""
     if not isinstance(context, str) or not context.strip():
-        raise SteerlensError(
+        raise InputError(
             f"the context is empty ({context!r}); pass example texts of the behavior to "
             "condition the base model on."
         )
@@ -190,7 +190,7 @@ def sample_tokens(
     """Each sample's tokens cut to ``max_tokens``, and how many were cut."""
     items = [samples] if isinstance(samples, str) else list(samples)
     if not items:
-        raise SteerlensError("the sample list is empty; pass at least one text to score.")
+        raise InputError("the sample list is empty; pass at least one text to score.")
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
@@ -198,10 +198,10 @@ def sample_tokens(
     out, n_cut = [], 0
     for i, text in enumerate(items):
         if not isinstance(text, str):
-            raise SteerlensError(f"sample {i} is a {type(text).__name__}, not a str.")
+            raise InputError(f"sample {i} is a {type(text).__name__}, not a str.")
         tokens = runtime.encode(model, text)
         if not tokens:
-            raise SteerlensError(
+            raise InputError(
                 f"sample {i} ({text!r}) has no tokens; surprisal per token needs at least one."
             )
         if max_tokens is not None and len(tokens) > max_tokens:
@@ -489,7 +489,7 @@ def information_complexity(
     convert_loss(0.0, unit)
     tokens, _ = context_tokens(base_model, context, bos)
     if len(tokens) < 2:
-        raise SteerlensError(
+        raise InputError(
             f"the context {short(context)} is one token and has no BOS before it, so no token "
             "has a prefix to be predicted from; pass bos=True or a longer context."
         )

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from steerlens.errors import OutputPathError
+from steerlens.errors import OutputPathError, SteerlensError
 
 
 def _umask() -> int:
@@ -23,6 +23,26 @@ def _umask() -> int:
     return mask
 
 
+def path_text(
+    path: object, *, what: str = "the path", error: type[SteerlensError] = OutputPathError
+) -> str:
+    """``path`` as a non-empty string; a clear ``error`` for ``None``, numbers or ``""``.
+
+    Raises:
+        OutputPathError: (or ``error``) ``path`` is not a ``str`` or ``os.PathLike``, or is
+            empty.
+    """
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise error(
+            f"{what} must be a str or pathlib.Path, got {path!r} ({type(path).__name__}); pass "
+            "a file path such as 'vector.safetensors'."
+        )
+    raw = os.fspath(path)
+    if not isinstance(raw, str) or not raw.strip():
+        raise error(f"{what} is empty ({raw!r}); pass a file path such as 'vector.safetensors'.")
+    return raw
+
+
 def output_path(path: str | os.PathLike[str], *, example_name: str = "output") -> Path:
     """``path`` with ``~`` expanded, checked to be usable as a file before anything is written.
 
@@ -30,7 +50,7 @@ def output_path(path: str | os.PathLike[str], *, example_name: str = "output") -
         OutputPathError: ``path`` is an existing folder, ends with a path separator, or lies
             under something that is not a folder.
     """
-    raw = os.fspath(path)
+    raw = path_text(path, what="the output path")
     target = Path(raw).expanduser()
     if target.is_dir() or raw.endswith(("/", os.sep)):
         raise OutputPathError(

@@ -43,7 +43,7 @@ from steerlens.errors import (
     VectorFileError,
     VectorShapeError,
 )
-from steerlens.io.atomic import atomic_path, output_path
+from steerlens.io.atomic import atomic_path, output_path, path_text
 
 if TYPE_CHECKING:
     import torch
@@ -257,15 +257,19 @@ def read_control_vector(
         >>> sorted(directions), metadata["controlvector.model_hint"]
         ([6], 'llama')
     """
-    path = Path(path).expanduser()
+    path = Path(path_text(path, what="the GGUF file path", error=VectorFileError)).expanduser()
     if path.is_dir():
         raise VectorFileError(
             f"{path} is a folder, not a control-vector file; pass the path of the .gguf file."
         )
+    if not path.is_file():
+        raise VectorFileError(f"no control-vector file at {str(path)!r}; check the path.")
     try:
         reader = gguf.GGUFReader(path)
-    except OSError:  # a missing or unreadable file is not a format problem
-        raise
+    except OSError as err:  # unreadable (permissions), not a format problem
+        raise VectorFileError(
+            f"cannot read {str(path)!r}: {err.strerror or err}; check the file's permissions."
+        ) from err
     except Exception as err:  # the reader raises ValueError, IndexError, ... on bad bytes
         raise VectorFileError(
             f"{path} is not a readable GGUF file ({err}); it may be truncated or another format."

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from steerlens.errors import SteerlensError, VectorFileError
-from steerlens.io.atomic import atomic_path, output_path
+from steerlens.io.atomic import atomic_path, output_path, path_text
 
 FORMAT_NAME = "steerlens.steering_vector"
 FORMAT_VERSION = "1"
@@ -66,7 +66,11 @@ def load_vector(path: str | Path, *, device: str | torch.device | None = None) -
 
     from steerlens.vector import SteeringVector
 
-    p = Path(path).expanduser()
+    p = Path(path_text(path, what="the vector file path", error=VectorFileError)).expanduser()
+    if device is not None:
+        from steerlens.model import check_device
+
+        device = check_device(device)  # before reading: a device this machine lacks
     if p.is_dir():
         raise VectorFileError(
             f"{str(p)!r} is a folder, not a vector file; pass the path of the .safetensors file "

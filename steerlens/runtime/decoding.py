@@ -3,6 +3,7 @@ reentrant steering."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,10 +38,24 @@ def decode_tokens(
         >>> [len(ids) for ids in decode_tokens(tiny_model(), [[5, 6], [7]], max_new_tokens=3)]
         [3, 3]
     """
-    if max_new_tokens < 1:
-        raise SpecError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    if not 0 <= temperature < float("inf"):
-        raise SpecError(f"temperature must be >= 0 and finite (0 = greedy), got {temperature}.")
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, numbers.Integral)
+        or max_new_tokens < 1
+    ):
+        raise SpecError(
+            f"max_new_tokens must be an int >= 1, got {max_new_tokens!r} "
+            f"({type(max_new_tokens).__name__})."
+        )
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, numbers.Real)
+        or not 0 <= temperature < float("inf")
+    ):
+        raise SpecError(
+            f"temperature must be >= 0 and finite (0 = greedy), got {temperature!r} "
+            f"({type(temperature).__name__})."
+        )
     if temperature > 0 and (generators is None or len(generators) != len(token_lists)):
         raise SpecError("sampling (temperature > 0) needs one generator per prompt row.")
     window = n_ctx(model)

@@ -117,6 +117,11 @@ def format_prompts(
                 "pass chat=True or drop system=."
             )
         return list(prompts)
+    if system is not None and not isinstance(system, str):
+        raise InputError(
+            f"system must be a str (the chat's system message) or None, got {system!r:.60} "
+            f"({type(system).__name__})."
+        )
     return [chat_prompt(model, p, system=system) for p in prompts]
 
 

@@ -643,12 +643,29 @@ class StudySpec:
             SpecError: not TOML, or unknown or bad settings (the message names them).
         """
         target = Path(path).expanduser()
+        if target.is_dir():
+            raise InputError(
+                f"{str(path)!r} is a folder, not a study spec file; pass the path of the .toml "
+                "file (the study folder is run_study's second argument)."
+            )
         if not target.is_file():
             raise InputError(
                 f"no study spec file at {str(path)!r}; check the path (a .toml file, see "
                 "docs/howto.md, 'Run a generalization study')."
             )
-        return cls.from_toml_text(target.read_text(encoding="utf-8"), source=repr(str(path)))
+        try:
+            text = target.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(
+                f"{str(path)!r} is not a TOML text file (not UTF-8: {exc.reason} at byte "
+                f"{exc.start}); pass the study's .toml spec."
+            ) from exc
+        except OSError as exc:
+            raise InputError(
+                f"cannot read the study spec {str(path)!r}: {exc.strerror or exc}; check its "
+                "permissions."
+            ) from exc
+        return cls.from_toml_text(text, source=repr(str(path)))
 
     def save_toml(self, path: str | Path) -> Path:
         """Write `to_toml` to ``path`` atomically; returns the path."""

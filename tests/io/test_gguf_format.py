@@ -220,8 +220,8 @@ def test_truncated_file_is_refused(tmp_path: Path, keep: float) -> None:
         read_control_vector(cut)
 
 
-def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+def test_missing_file_is_a_vector_file_error(tmp_path: Path) -> None:
+    with pytest.raises(VectorFileError, match=r"no control-vector file at .*absent\.gguf"):
         read_control_vector(tmp_path / "absent.gguf")
 
 

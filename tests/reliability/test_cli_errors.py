@@ -217,3 +217,27 @@ def test_an_unexpected_error_is_one_line(monkeypatch, capsys):
     err = one_error_line(capsys)
     assert "unexpected RuntimeError: first line second line" in err
     assert "STEERLENS_TRACEBACK=1" in err
+
+
+# Found by benchmarks/reliability_sweep.py: inputs checked before loading, named precisely.
+
+
+def test_sweep_refuses_a_non_finite_coherence_budget_before_loading(no_model, tmp_path, capsys):
+    vector = steerlens.SteeringVector({1: torch.ones(64)}, "steerlens/tiny-llama")
+    path = vector.save(tmp_path / "v.safetensors")
+    argv = ["sweep", str(path), "--prompt", "x", "--judge-any-of", "y", "--max-nll-ratio", "nan"]
+    assert cli.main(argv) == 2
+    assert "--max-nll-ratio must be > 0 and finite, got nan" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"\n  \n", "has no prompts (it is empty or only blank lines)"), (b"\xff\xfe", "not UTF-8")],
+)
+def test_caa_names_a_prompt_file_without_prompts(no_model, tmp_path, capsys, content, message):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(content)
+    argv = ["caa", "--positive-file", str(prompts), "--negative", "x"]
+    assert cli.main([*argv, "-o", str(tmp_path / "v.safetensors")]) == 2
+    err = one_error_line(capsys, before_loading=True)
+    assert message in err and "prompts.txt" in err

@@ -466,3 +466,17 @@ def test_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
         _vec(seed=5).save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["v.safetensors"]
+
+
+# --- paths that are not paths, and missing GGUF files (found by the reliability sweep) -------
+
+
+@pytest.mark.parametrize(("path", "match"), [(None, "got None"), (5, "got 5"), ("", "is empty")])
+def test_save_paths_that_are_not_paths_are_refused(path, match):
+    with pytest.raises(OutputPathError, match=match):
+        _vec().save(path)
+
+
+def test_from_gguf_of_a_missing_file_is_a_vector_file_error(tmp_path, deep):
+    with pytest.raises(VectorFileError, match="no control-vector file at"):
+        SteeringVector.from_gguf(tmp_path / "none.gguf", deep)

@@ -60,7 +60,7 @@ def test_coldness_must_be_finite_and_positive(coldness):
 
 def test_the_returned_vector_always_has_a_finite_norm(tiny):
     # Entries near the float32 limit are finite, but their norm is inf.
-    with pytest.raises(NonFiniteError, match="start point"):
+    with pytest.raises(NonFiniteError, match="init vector has norm inf"):
         optimize_vector(tiny, DP, 1, init=torch.full((64,), 3e38), max_steps=3)
     with pytest.warns(UserWarning, match="non-finite loss"):
         res = optimize_vector(tiny, DP, 1, lr=1e30, max_steps=3)
