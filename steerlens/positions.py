@@ -19,7 +19,7 @@ from torch import Tensor
 from steerlens.errors import SpecError
 from steerlens.runtime.context import TokenContext
 
-PositionKind = Literal["all", "prompt", "generated", "last", "indices", "slice"]
+PositionKind = Literal["all", "prompt", "generated", "opening", "last", "indices", "slice"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,15 @@ class Positions:
         return cls("generated")
 
     @classmethod
+    def opening(cls, n: int) -> Positions:
+        """The prompt and the first ``n`` generated tokens: steer how a reply opens, then let
+        the model go on unsteered (a vector left on for the whole reply tends to repeat its
+        behaviour in a loop)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise SpecError(f"Positions.opening(n) needs an int n >= 1, got {n!r}.")
+        return cls("opening", n=n)
+
+    @classmethod
     def last(cls, n: int) -> Positions:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise SpecError(f"Positions.last(n) needs an int n >= 1, got {n!r}.")
@@ -90,6 +99,8 @@ class Positions:
             return in_prompt
         if self.kind == "generated":
             return pos >= end
+        if self.kind == "opening":
+            return (pos >= start) & (pos < end + self.n)
         if self.kind == "last":
             return in_prompt & (pos >= end - self.n)
         length = end - start
@@ -107,6 +118,8 @@ class Positions:
     def describe(self) -> str:
         if self.kind == "last":
             return f"last {self.n} prompt tokens"
+        if self.kind == "opening":
+            return f"prompt and first {self.n} generated tokens"
         if self.kind == "indices":
             return f"prompt indices {list(self.indices)}"
         if self.kind == "slice":
@@ -148,7 +161,7 @@ _NAMED = {"all": Positions.all, "prompt": Positions.prompt, "generated": Positio
 
 def as_positions(spec: PositionsLike) -> Positions:
     """Read a position spec: ``None``/``"all"``, ``"prompt"``, ``"generated"``,
-    ``"last:N"``, a ``slice``, a list of ints, or a `Positions`.
+    ``"last:N"``, ``"opening:N"``, a ``slice``, a list of ints, or a `Positions`.
 
     Example:
         >>> as_positions("last:3")
@@ -163,9 +176,11 @@ def as_positions(spec: PositionsLike) -> Positions:
             return _NAMED[spec]()
         if spec.startswith("last:") and spec[5:].isdigit():
             return Positions.last(int(spec[5:]))
+        if spec.startswith("opening:") and spec[8:].isdigit():
+            return Positions.opening(int(spec[8:]))
         raise SpecError(
             f"unknown position spec {spec!r}; use 'all', 'prompt', 'generated', 'last:N', "
-            "a slice, a list of ints, or a steerlens.Positions."
+            "'opening:N', a slice, a list of ints, or a steerlens.Positions."
         )
     if isinstance(spec, slice):
         return Positions.at(spec)

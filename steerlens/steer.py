@@ -49,8 +49,9 @@ class Steering:
         layer: layer(s) whose ``blocks.{layer}.hook_resid_pre`` gets the steering.
         strength: the ``a`` in ``x + a v`` (negative subtracts), the clamp value, or the
             fraction of the component an ablation removes. Must be finite.
-        positions: ``"all"`` (default), ``"prompt"``, ``"generated"``, ``"last:N"``, a slice or
-            list of prompt indices, or a ``Positions``.
+        positions: ``"all"`` (default), ``"prompt"``, ``"generated"``, ``"opening:N"`` (the
+            prompt and the reply's first N tokens), ``"last:N"``, a slice or list of prompt
+            indices, or a ``Positions``.
         kind: how a vector or tensor is applied: ``Add`` (default), ``Clamp`` or ``Ablate``.
         allow_model_mismatch: apply a vector made on a model with another id.
 

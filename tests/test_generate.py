@@ -19,7 +19,7 @@ def _reference_greedy(model, prompt_ids, n_new, **steer_kwargs):
     return ids[len(prompt_ids) :]
 
 
-@pytest.mark.parametrize("positions", ["all", "prompt", "generated", "last:2", [0, 3]])
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated", "opening:2", "last:2", [0, 3]])
 def test_cached_generation_respects_positions(tiny, positions):
     prompt = runtime.chat_prompt(tiny, "the cat")
     ids = runtime.encode(tiny, prompt)

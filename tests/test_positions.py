@@ -20,6 +20,17 @@ def test_prompt_and_generated_with_left_padding_and_cache():
     assert Positions.all().mask(cached, 1) is None
 
 
+def test_opening_is_the_prompt_and_the_first_generated_tokens():
+    # Row 0 has 2 pads; the prompt ends at 4; the first step sees the prompt and one token.
+    ctx = _ctx([2, 0], [4, 4])
+    assert Positions.opening(2).mask(ctx, 5).int().tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    # With 5 tokens cached, the 2nd generated token (position 5) is steered, the 3rd is not.
+    assert Positions.opening(2).mask(_ctx([2, 0], [4, 4], offset=5), 1).tolist() == [[True]] * 2
+    assert Positions.opening(2).mask(_ctx([2, 0], [4, 4], offset=6), 1).tolist() == [[False]] * 2
+    assert as_positions("opening:3") == Positions.opening(3)
+    assert Positions.opening(3).describe() == "prompt and first 3 generated tokens"
+
+
 def test_last_n_slice_and_indices_are_relative_to_each_prompt():
     ctx = _ctx([2, 0], [6, 6])
     assert Positions.last(2).mask(ctx, 6).int().tolist() == [[0, 0, 0, 0, 1, 1]] * 2
@@ -44,7 +55,7 @@ def test_as_positions_reads_all_forms():
     assert Positions.from_dict(p.to_dict()) == p
 
 
-@pytest.mark.parametrize("bad", ["middle", "last:x", "last:0", 3.5, [], [1.5]])
+@pytest.mark.parametrize("bad", ["middle", "last:x", "last:0", "opening:0", 3.5, [], [1.5]])
 def test_unknown_position_specs_are_refused(bad):
     with pytest.raises(SpecError):
         as_positions(bad)

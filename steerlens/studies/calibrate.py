@@ -19,6 +19,7 @@ from torch import Tensor
 
 from steerlens.errors import InputError, SpecError
 from steerlens.evaluation.judges import Judge
+from steerlens.positions import PositionsLike
 from steerlens.steer import Steering
 from steerlens.studies.grid import (
     DEFAULT_MAX_NLL_RATIO,
@@ -98,7 +99,12 @@ class Calibration:
                 f"no strength is within the budget, so there is no plan: {self.point.note}"
             )
         if self.source is not None:
-            return Steering(self.source, layer=self.point.layer, strength=self.point.strength)
+            return Steering(
+                self.source,
+                layer=self.point.layer,
+                strength=self.point.strength,
+                positions=self.grid.positions,
+            )
         return self.point.steering
 
     def fraction_of_residual(self, layer: int | None = None, strength: float = 1.0) -> float:
@@ -316,6 +322,7 @@ def calibrate(
     chat: bool = False,
     batch_size: int = 16,
     n: int = 3,
+    positions: PositionsLike = "all",
     progress: bool | None = None,
 ) -> Calibration:
     """The strength (and layer) with the best judged behavior rate whose replies stay within
@@ -342,7 +349,9 @@ def calibrate(
             may be, over that of its own replies (``None``: no limit).
         max_kl: the most side-effect KL (nats) on the neutral prompts (``None``: no limit).
         min_distinct: the least distinct-n of the replies (``None``: no limit).
-        max_new_tokens, chat, batch_size, n, progress: as in `layer_strength_grid`.
+        max_new_tokens, chat, batch_size, n, positions, progress: as in
+            `layer_strength_grid` (``positions="opening:2"`` calibrates a vector that steers
+            only the prompt and how the reply opens).
 
     Returns:
         A `Calibration`: ``.strength``/``.layer``, ``.steering`` (a ready plan), ``.curve()``,
@@ -379,6 +388,7 @@ def calibrate(
         chat=chat,
         batch_size=batch_size,
         n=n,
+        positions=positions,
         progress=progress,
     )
     point = grid.frontier(max_kl=max_kl, max_nll_ratio=max_nll_ratio, min_distinct=min_distinct)

@@ -36,6 +36,7 @@ from steerlens.evaluation.rates import RateResult
 from steerlens.generate import generate, generate_each
 from steerlens.interventions import check_vector
 from steerlens.io.plain import short, to_plain
+from steerlens.positions import Positions, PositionsLike, as_positions
 from steerlens.steer import Steering
 from steerlens.vector import SteeringVector
 
@@ -94,6 +95,7 @@ class FrontierPoint:
     within_budget: int
     note: str = ""
     vector: Tensor | None = field(default=None, repr=False, compare=False)
+    positions: Positions = field(default_factory=Positions.all)
 
     @property
     def found(self) -> bool:
@@ -105,7 +107,9 @@ class FrontierPoint:
         """The cell as a `steerlens.Steering` plan, ready for ``generate(..., steering=)``."""
         if self.layer is None or self.strength is None or self.vector is None:
             raise SpecError(f"no cell is within the budget, so there is no plan: {self.note}")
-        return Steering(self.vector, layer=self.layer, strength=self.strength)
+        return Steering(
+            self.vector, layer=self.layer, strength=self.strength, positions=self.positions
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready), without the vector."""
@@ -167,6 +171,7 @@ class GridResult:
     baseline_replies: tuple[str, ...]
     vectors: dict[int, Tensor] = field(repr=False)
     n: int = 3
+    positions: Positions = field(default_factory=Positions.all)
 
     # -- access ------------------------------------------------------------------------------
 
@@ -404,6 +409,7 @@ class GridResult:
                 coherence={},
                 within_budget=0,
                 note=self._why_none(budget),
+                positions=self.positions,
             )
         ratio = np.nan_to_num(self.nll_ratio, nan=np.inf)
         candidates = [
@@ -432,6 +438,7 @@ class GridResult:
             coherence={m: float(self.get(m)[i, j]) for m in costs},
             within_budget=int(ok.sum()),
             vector=self.vectors.get(layer),
+            positions=self.positions,
         )
 
     def _why_none(self, budget: dict[str, float]) -> str:
@@ -790,6 +797,7 @@ def layer_strength_grid(
     chat: bool = False,
     batch_size: int = 16,
     n: int = 3,
+    positions: PositionsLike = "all",
     progress: bool | None = None,
 ) -> GridResult:
     """Steer at every (layer, strength) and measure behavior and coherence side by side.
@@ -817,6 +825,8 @@ def layer_strength_grid(
         chat: format prompts with the model's chat template.
         batch_size: prompts per forward pass.
         n: the ``n`` of distinct-n.
+        positions: where each cell steers (`steerlens.Positions` or its spec), e.g.
+            ``"opening:2"``: the prompt and the reply's first 2 tokens.
         progress: a progress bar over the cells (default: in a terminal or a notebook).
 
     Returns:
@@ -850,6 +860,7 @@ def layer_strength_grid(
     judge = _check_judge(judge)
     n = _check_n(n)
     runtime.check_batch_size(batch_size)
+    steer_at = as_positions(positions)
     vectors = _layer_vectors(model, source, swept)
 
     gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "chat": chat, "progress": False}
@@ -872,7 +883,7 @@ def layer_strength_grid(
     bar.update(len(found))
     for start in range(0, len(todo), per_batch):
         group = todo[start : start + per_batch]
-        plans = [Steering(vectors[la], layer=la, strength=s) for la, s in group]
+        plans = [Steering(vectors[la], layer=la, strength=s, positions=steer_at) for la, s in group]
         replies = generate_each(model, items, plans, batch_size=batch_size, **gen)
         for (layer, strength), plan, texts in zip(group, plans, replies, strict=True):
             bar.set_postfix_str(f"layer {layer}, strength {strength:g}")
@@ -885,7 +896,7 @@ def layer_strength_grid(
             bar.update(1)
     bar.close()
     cells = [[found[la, s] for s in values] for la in swept]
-    return _collect(swept, values, items, neutral, cells, unsteered, vectors, n)
+    return _collect(swept, values, items, neutral, cells, unsteered, vectors, n, steer_at)
 
 
 def _collect(
@@ -897,6 +908,7 @@ def _collect(
     unsteered: _Cell,
     vectors: dict[int, Tensor],
     n: int,
+    positions: Positions,
 ) -> GridResult:
     def grid(pick: Callable[[_Cell], float]) -> np.ndarray:
         return np.array([[pick(c) for c in row] for row in cells], dtype=np.float64)
@@ -931,6 +943,7 @@ def _collect(
         baseline_replies=unsteered.replies,
         vectors=vectors,
         n=n,
+        positions=positions,
     )
 
 

@@ -13,6 +13,7 @@ import torch
 from steerlens import Steering, SteeringVector, generate
 from steerlens.analysis.scale import residual_norms
 from steerlens.errors import SpecError
+from steerlens.positions import Positions
 from steerlens.studies import Calibration, calibrate
 from steerlens.studies.grid import layer_strength_grid
 
@@ -137,3 +138,16 @@ def test_errors(tiny, vector):
         calibrate(tiny, torch.ones(64), PROMPTS, _varied, **_args())
     with pytest.raises(SpecError, match="neutral_prompts"):
         calibrate(tiny, vector, PROMPTS, _varied, max_kl=1.0, **_args(neutral_prompts=None))
+
+
+def test_positions_restrict_every_cell_and_the_plan(tiny, vector):
+    cal = calibrate(tiny, vector, PROMPTS, _varied, positions="opening:2", **_args())
+    assert cal.grid.positions == Positions.opening(2)
+    plan = cal.steering
+    assert plan.positions == Positions.opening(2)
+    for s in (4.0, 8.0):
+        steered = generate(
+            tiny, PROMPTS, Steering(vector, strength=s, positions="opening:2"), max_new_tokens=5
+        )
+        assert tuple(steered) == cal.grid.replies_at(1, s)
+    assert cal.grid.frontier().steering.positions == Positions.opening(2)
