@@ -11,7 +11,7 @@ from steerlens.analysis.connectivity import (
 )
 from steerlens.analysis.geometry import CosineResult, cosine_matrix, project_2d
 from steerlens.analysis.layer_sweep import LayerSweepResult, layer_sweep
-from steerlens.analysis.lens import LogitLensResult, logit_lens
+from steerlens.analysis.lens import LogitLensResult, logit_lens, logit_lens_difference
 from steerlens.analysis.plots import plot_loss_history, save_html
 from steerlens.analysis.report import write_report
 from steerlens.analysis.scale import ResidualNorms, residual_norms
@@ -35,6 +35,7 @@ __all__ = [
     "geodesic",
     "layer_sweep",
     "logit_lens",
+    "logit_lens_difference",
     "mean_activations",
     "mode_connectivity",
     "pca_direction",

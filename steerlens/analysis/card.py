@@ -17,9 +17,10 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.analysis.layer_sweep import LayerSweepResult
 from steerlens.analysis.lens import LogitLensResult, VectorLike, _direction_at, logit_lens
+from steerlens.analysis.plots import TABLE_STYLE, html_bar, write_page
 from steerlens.analysis.scale import ResidualNorms, residual_norms
+from steerlens.analysis.tokens_view import TokenView
 from steerlens.errors import SpecError
-from steerlens.io.atomic import atomic_path
 from steerlens.io.plain import short, table, to_plain
 from steerlens.vector import SteeringVector
 
@@ -49,6 +50,7 @@ class VectorCard:
         layer_effect: layer -> effect, from ``sweep=`` or ``provenance["layer_effect"]``.
         layer_effect_label: what ``layer_effect`` measures (``""`` when there is none).
         prompts: the prompts the scale was measured on.
+        token_views: per-token views shown on the card (`token_view`), in order.
     """
 
     title: str
@@ -63,11 +65,13 @@ class VectorCard:
     layer_effect: dict[int, float] = field(default_factory=dict)
     layer_effect_label: str = ""
     prompts: tuple[str, ...] = ()
+    token_views: tuple[TokenView, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready); the lens without its full score table."""
         out: dict[str, Any] = to_plain(self)
         out["lens"] = self.lens.to_dict()
+        out["token_views"] = [view.to_dict() for view in self.token_views]
         return out
 
     def __repr__(self) -> str:
@@ -84,6 +88,9 @@ class VectorCard:
         if self.layer_effect:
             effect = ", ".join(f"{la}: {v:.3g}" for la, v in self.layer_effect.items())
             lines.append(f"  layer effect ({self.layer_effect_label}): {effect}")
+        for view in self.token_views:
+            shown = f"{len(view.tokens)} tokens, vectors {list(view.labels)}"
+            lines.append(f"  per-token view: {shown}")
         return "\n".join(lines)
 
     # -- HTML -------------------------------------------------------------------------------
@@ -98,36 +105,39 @@ class VectorCard:
             f'<div style="color:#555">model {esc(self.model_id)} · layer {self.layer} · '
             f"norm {esc(norms)}</div>",
             "<h3>Provenance</h3>",
-            f'<table style="{_TABLE_STYLE}">{prov}</table>',
+            f'<table style="{TABLE_STYLE}">{prov}</table>',
             "<h3>Scale</h3>",
             f"<p>{esc(self.scale_summary)}; measured on {len(self.prompts)} prompts at "
             "blocks.{layer}.hook_resid_pre (typical: median over all but the first token).</p>",
             "<h3>Logit lens</h3>",
-            _lens_html(self.lens),
+            self.lens.html(),
         ]
         if self.cosines:
             rows = "".join(
-                f"<tr><td>{esc(label)}</td><td>{_bar(c, 1.0)} {c:+.3f}</td><td>{esc(note)}</td>"
+                f"<tr><td>{esc(label)}</td><td>{html_bar(c, 1.0)} {c:+.3f}</td><td>{esc(note)}</td>"
                 "</tr>"
                 for label, c, note in self.cosines
             )
             parts += [
                 "<h3>Cosine similarity</h3>",
-                f'<table style="{_TABLE_STYLE}"><tr><th>vector</th><th>cosine</th><th></th>'
+                f'<table style="{TABLE_STYLE}"><tr><th>vector</th><th>cosine</th><th></th>'
                 f"</tr>{rows}</table>",
             ]
         if self.layer_effect:
             peak = max(abs(v) for v in self.layer_effect.values()) or 1.0
             rows = "".join(
                 f"<tr><td>{la}{' (this vector)' if la == self.layer else ''}</td>"
-                f"<td>{_bar(v, peak)} {v:.4g}</td></tr>"
+                f"<td>{html_bar(v, peak)} {v:.4g}</td></tr>"
                 for la, v in self.layer_effect.items()
             )
             parts += [
                 f"<h3>Layer effect: {esc(self.layer_effect_label)}</h3>",
-                f'<table style="{_TABLE_STYLE}"><tr><th>layer</th><th>effect</th></tr>'
+                f'<table style="{TABLE_STYLE}"><tr><th>layer</th><th>effect</th></tr>'
                 f"{rows}</table>",
             ]
+        if self.token_views:
+            parts.append("<h3>Per-token view</h3>")
+            parts += [view.html() for view in self.token_views]
         parts.append("</div>")
         return "".join(parts)
 
@@ -162,50 +172,10 @@ class VectorCard:
                 marker={"symbol": "star", "size": 14},
             )
             body += lens_fig + scale_fig.to_html(include_plotlyjs=False, full_html=False)
-        page = (
-            '<!doctype html>\n<html><head><meta charset="utf-8">'
-            f"<title>{_html.escape(self.title)}</title></head>"
-            f'<body style="max-width:1100px;margin:2em auto">{body}</body></html>\n'
-        )
-        target = Path(path).expanduser()
-        with atomic_path(target, example_name="card.html") as tmp:
-            tmp.write_text(page, encoding="utf-8")
-        return target
+        return write_page(path, self.title, body, example_name="card.html")
 
 
 _CARD_STYLE = "font-family:sans-serif;font-size:14px;line-height:1.4"
-_TABLE_STYLE = "border-collapse:collapse;text-align:left"
-
-
-def _bar(value: float, scale: float) -> str:
-    """A small inline bar: red for positive, blue for negative, width by ``|value| / scale``."""
-    if not math.isfinite(value):
-        return ""
-    width = round(60 * min(1.0, abs(value) / scale)) if scale > 0 else 0
-    colour = "#d6604d" if value >= 0 else "#4393c3"
-    return (
-        f'<span style="display:inline-block;width:{width}px;height:0.8em;'
-        f'background:{colour};vertical-align:middle"></span>'
-    )
-
-
-def _lens_html(lens: LogitLensResult) -> str:
-    esc = _html.escape
-    columns = []
-    for i, view in enumerate(lens.views):
-        peak = float(lens.scores[i].abs().max()) or 1.0
-        rows = "".join(
-            f"<tr><td><code>{esc(repr(a))}</code></td><td>{_bar(sa, peak)} {sa:+.3g}</td>"
-            f"<td><code>{esc(repr(b))}</code></td><td>{_bar(sb, peak)} {sb:+.3g}</td></tr>"
-            for (a, sa), (b, sb) in zip(lens.promoted(view), lens.suppressed(view), strict=True)
-        )
-        columns.append(
-            f'<div style="display:inline-block;vertical-align:top;margin-right:2em">'
-            f"<b>{esc(view)}</b> ({esc(lens.units[i])})"
-            f'<table style="{_TABLE_STYLE}"><tr><th>promoted</th><th></th><th>suppressed</th>'
-            f"<th></th></tr>{rows}</table></div>"
-        )
-    return "<div>" + "".join(columns) + "</div>"
 
 
 # -- building -----------------------------------------------------------------------------
@@ -330,6 +300,7 @@ def vector_card(
     layer: int | None = None,
     k: int = 10,
     title: str | None = None,
+    token_views: TokenView | Sequence[TokenView] = (),
 ) -> VectorCard:
     """Summarise ``vector``: provenance, norms and scale, logit lens, cosines, layer effect.
 
@@ -346,6 +317,8 @@ def vector_card(
         layer: the layer to summarise, for a vector with several.
         k: tokens each way in the logit lens.
         title: the heading (default: the method and layer).
+        token_views: per-token views (`token_view`) to show on the card, e.g. the vector on
+            a prompt and its steered reply.
 
     Raises:
         ModelMismatchError, VectorShapeError, LayerError: a vector (or compared vector) made on
@@ -378,6 +351,12 @@ def vector_card(
         others["CAA"] = caa
     cosines = tuple(_cosine(model, direction, la, v, str(name)) for name, v in others.items())
     effect, effect_label = _layer_effect(vector, sweep)
+    views = (token_views,) if isinstance(token_views, TokenView) else tuple(token_views)
+    for view in views:
+        if not isinstance(view, TokenView):
+            raise SpecError(
+                f"token_views must be TokenView results of token_view, got {type(view).__name__}."
+            )
     method = str(vector.provenance.get("method", "steering"))
     return VectorCard(
         title=title or f"{method} vector at layer {la}",
@@ -392,6 +371,7 @@ def vector_card(
         layer_effect=effect,
         layer_effect_label=effect_label,
         prompts=tuple(used),
+        token_views=views,
     )
 
 

@@ -14,16 +14,21 @@ Views (rows of `LogitLensResult.scores`):
   norm, so what the blocks add on top is not a direct effect.
 - ``"steered"`` (with ``prompts=``): what the blocks above the hook do with it, measured: the
   mean change in next-token log-probability (nats) over every position of the prompts when the
-  vector is added at its layer.
+  vector is added at its layer (``position="last"``: at each prompt's last position only, the
+  first token of a reply, where a behavior such as refusing is decided).
 
-The difference of two vectors is a vector: ``logit_lens(model, a - b, label="a - b")``.
+The difference of two vectors is a vector: ``logit_lens(model, a - b, label="a - b")``. When
+their norms differ, that lens is mostly the bigger vector's; `logit_lens_difference` compares
+their *directions* (each at unit norm), and works for vectors at different layers.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import html as _html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import plotly.graph_objects as go
 import torch
@@ -32,7 +37,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.analysis.plots import style_figure
+from steerlens.analysis.plots import TABLE_STYLE, html_bar, style_figure
 from steerlens.errors import InputError, LayerError, SpecError, SteerlensError
 from steerlens.interventions import check_vector
 from steerlens.io.plain import table, to_plain
@@ -41,6 +46,8 @@ from steerlens.vector import SteeringVector
 
 VectorLike = SteeringVector | Tensor
 VIEWS = ("unembed", "final_norm", "steered")
+LensPosition = Literal["all", "last"]
+_POSITIONS = ("all", "last")
 _TITLES = {
     "unembed": "through the unembedding",
     "final_norm": "through the final norm and unembedding (direct path)",
@@ -227,6 +234,38 @@ class LogitLensResult:
             parts.append(table(["promoted", "score", "suppressed", "score"], rows, max_rows=5))
         return "\n".join(parts)
 
+    def html(self) -> str:
+        """The promoted and suppressed tokens per view as HTML tables with inline bars (no
+        scripts); a vector card and `steerlens.analysis.write_report` embed it.
+
+        Example:
+            >>> import torch
+            >>> from steerlens.testing import tiny_model
+            >>> lens = logit_lens(tiny_model(), torch.ones(64), k=3)
+            >>> lens.html().count("<tr>") == 2 * (1 + 3)
+            True
+        """
+        esc = _html.escape
+        columns = []
+        for i, view in enumerate(self.views):
+            peak = float(self.scores[i].abs().max()) or 1.0
+            rows = "".join(
+                f"<tr><td><code>{esc(repr(a))}</code></td><td>{html_bar(sa, peak)} {sa:+.3g}</td>"
+                f"<td><code>{esc(repr(b))}</code></td><td>{html_bar(sb, peak)} {sb:+.3g}</td></tr>"
+                for (a, sa), (b, sb) in zip(self.promoted(view), self.suppressed(view), strict=True)
+            )
+            columns.append(
+                f'<div style="display:inline-block;vertical-align:top;margin-right:2em">'
+                f"<b>{esc(view)}</b> ({esc(self.units[i])})"
+                f'<table style="{TABLE_STYLE}"><tr><th>promoted</th><th></th><th>suppressed</th>'
+                f"<th></th></tr>{rows}</table></div>"
+            )
+        where = "" if self.layer is None else f" at layer {self.layer}"
+        return (
+            f'<div class="steerlens-logit-lens"><div style="color:#555">{esc(self.label)}{where}'
+            f"</div>{''.join(columns)}</div>"
+        )
+
     def plot(self) -> go.Figure:
         """Horizontal bars per view: the promoted tokens (right) and the suppressed (left).
 
@@ -306,15 +345,21 @@ def _steered_change(
     strength: float,
     n_vocab: int,
     batch_size: int,
+    position: LensPosition = "all",
 ) -> Float[Tensor, " vocab"]:
-    """Mean over every position of ``rows`` of steered minus unsteered next-token log-probs."""
+    """Mean over the positions of ``rows`` (every one, or each row's last) of steered minus
+    unsteered next-token log-probs."""
     total = torch.zeros(n_vocab, dtype=torch.float64)
     count = 0
     plan = Steering(direction, layer=layer, strength=strength)
     for batch in runtime.chunks(len(rows), batch_size):
         tokens, mask = runtime.right_pad(model, [rows[b] for b in batch])
         lengths = mask.sum(dim=1)
-        r, c = mask.nonzero(as_tuple=True)
+        if position == "last":
+            r = torch.arange(len(batch), device=tokens.device)
+            c = (lengths - 1).to(tokens.device)
+        else:
+            r, c = mask.nonzero(as_tuple=True)
         ctx = runtime.TokenContext.prompts(lengths)
         base = runtime.logits_at(model, tokens, mask, r, c, ctx)
         with steer(model, plan):
@@ -334,6 +379,7 @@ def logit_lens(
     label: str = "vector",
     prompts: str | Sequence[str] | None = None,
     strength: float = 1.0,
+    position: LensPosition = "all",
     chat: bool = False,
     batch_size: int = 8,
 ) -> LogitLensResult:
@@ -349,6 +395,8 @@ def logit_lens(
         label: the vector's name in tables and figures.
         prompts: also measure the ``"steered"`` view on these prompts (every position).
         strength: the vector's multiplier in the ``"steered"`` view.
+        position: where the ``"steered"`` view measures: ``"all"`` positions of each prompt,
+            or its ``"last"`` (the next token after the prompt: a reply's first token).
         chat: format ``prompts`` with the chat template.
         batch_size: prompts per forward pass.
 
@@ -373,6 +421,7 @@ def logit_lens(
     _check_nonzero(direction, label)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SpecError(f"k must be an int >= 1, got {k!r}.")
+    _check_position(position)
     w_u = runtime.unembed_matrix(model).detach()
     n_vocab = min(int(w_u.shape[1]), len(runtime.tokenizer(model)))
     w_u = w_u[:, :n_vocab].float()
@@ -389,20 +438,137 @@ def logit_lens(
                 "the steered view adds the vector at a layer; pass layer= with a bare tensor."
             )
         rows = _prompt_tokens(model, prompts, chat=chat, bos=False)
-        change = _steered_change(model, rows, direction, layer, strength, n_vocab, batch_size)
+        change = _steered_change(
+            model, rows, direction, layer, strength, n_vocab, batch_size, position
+        )
         views.append("steered")
         units.append("nats")
         scores.append(change.to(w_u.device))
-    matrix = torch.stack(scores).float().cpu()
-    k = min(k, n_vocab)
+    return _from_scores(
+        model, label, layer, tuple(views), tuple(units), kind, torch.stack(scores), min(k, n_vocab)
+    )
+
+
+def logit_lens_difference(
+    model: Any,
+    a: VectorLike,
+    b: VectorLike,
+    *,
+    normalize: bool = True,
+    labels: tuple[str, str] = ("a", "b"),
+    layer: int | None = None,
+    k: int = 10,
+    prompts: str | Sequence[str] | None = None,
+    strength: float = 1.0,
+    position: LensPosition = "all",
+    chat: bool = False,
+    batch_size: int = 8,
+) -> LogitLensResult:
+    """The tokens ``a`` promotes more than ``b`` (top) and ``b`` more than ``a`` (bottom).
+
+    The logit views read ``a / |a| - b / |b|`` (``normalize=True``: the directions compared,
+    whatever their norms) or ``a - b``; the lens is linear, so this is the difference of the
+    two lenses. The ``"steered"`` view (with ``prompts=``) is the difference of the two
+    measured effects, each vector added at its own layer and norm times ``strength``.
+
+    Args:
+        model: a TransformerLens model.
+        a, b: ``SteeringVector``s or ``[d_model]`` tensors; they may be at different layers.
+        normalize: compare unit directions (default) or the raw vectors.
+        labels: the two names; the result is labelled ``"a - b"``.
+        layer: for multi-layer vectors, the layer to read in both; for tensors, where to add
+            them in the ``"steered"`` view.
+        k, prompts, strength, position, chat, batch_size: as in `logit_lens`.
+
+    Raises:
+        SteerlensError: a zero vector.
+        LayerError, ModelMismatchError, VectorShapeError: as in `logit_lens`.
+
+    Example:
+        >>> import torch
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> w_u = model.W_U.detach()
+        >>> common = torch.randn(64) * 5
+        >>> a, b = common + w_u[:, 7] * 3, 2 * (common + w_u[:, 9] * 3)
+        >>> diff = logit_lens_difference(model, a, b, labels=("a", "b"), k=1)
+        >>> diff.label, diff.top_ids[0].tolist(), diff.bottom_ids[0].tolist()
+        ('a - b', [7], [9])
+    """
+    if not (isinstance(labels, tuple) and len(labels) == 2):
+        raise SpecError(f"labels must be a pair of names, got {labels!r}.")
+    _check_position(position)
+    da, la = _direction_at(model, a, layer, name=f"vector {labels[0]!r}")
+    db, lb = _direction_at(model, b, layer, name=f"vector {labels[1]!r}")
+    _check_nonzero(da, f"vector {labels[0]!r}")
+    _check_nonzero(db, f"vector {labels[1]!r}")
+    ua = da.detach().float().cpu()
+    ub = db.detach().float().cpu()
+    if normalize:
+        ua, ub = ua / ua.norm(), ub / ub.norm()
+    label = f"{labels[0]} - {labels[1]}"
+    diff = ua - ub
+    # Rounding leaves a few ulps where the two are equal (v against 3v at unit norm).
+    if float(diff.norm()) <= 1e-6 * max(float(ua.norm()), float(ub.norm())):
+        raise SteerlensError(
+            f"{labels[0]} and {labels[1]} are equal{' at unit norm' if normalize else ''}, so "
+            "their difference promotes no token."
+        )
+    lens = logit_lens(model, diff, k=k, label=label)
+    if prompts is None:
+        return _with_layer(lens, la if la == lb else None)
+    if la is None or lb is None:
+        raise LayerError(
+            "the steered view adds each vector at its layer; pass layer= with bare tensors."
+        )
+    rows = _prompt_tokens(model, prompts, chat=chat, bos=False)
+    n_vocab = int(lens.scores.shape[1])
+    change = _steered_change(model, rows, da, la, strength, n_vocab, batch_size, position)
+    change -= _steered_change(model, rows, db, lb, strength, n_vocab, batch_size, position)
+    scores = torch.cat([lens.scores, change[None].to(lens.scores)])
+    return _from_scores(
+        model,
+        label,
+        la if la == lb else None,
+        (*lens.views, "steered"),
+        (*lens.units, "nats"),
+        lens.norm,
+        scores,
+        lens.k,
+    )
+
+
+def _check_position(position: object) -> None:
+    if position not in _POSITIONS:
+        raise SpecError(
+            f"position must be 'all' (every position of each prompt) or 'last' (each prompt's "
+            f"last), got {position!r}."
+        )
+
+
+def _with_layer(lens: LogitLensResult, layer: int | None) -> LogitLensResult:
+    return dataclasses.replace(lens, layer=layer)
+
+
+def _from_scores(
+    model: Any,
+    label: str,
+    layer: int | None,
+    views: tuple[str, ...],
+    units: tuple[str, ...],
+    norm: str | None,
+    scores: Tensor,
+    k: int,
+) -> LogitLensResult:
+    matrix = scores.float().cpu()
     top = matrix.topk(k, dim=1).indices
     bottom = (-matrix).topk(k, dim=1).indices
     return LogitLensResult(
         label=label,
         layer=layer,
-        views=tuple(views),
-        units=tuple(units),
-        norm=kind,
+        views=views,
+        units=units,
+        norm=norm,
         scores=matrix,
         top_ids=top,
         bottom_ids=bottom,
@@ -411,4 +577,4 @@ def logit_lens(
     )
 
 
-__all__ = ["LogitLensResult", "logit_lens"]
+__all__ = ["LogitLensResult", "logit_lens", "logit_lens_difference"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html as _html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from steerlens.io.atomic import atomic_path
 from steerlens.objectives import convert_loss
 
 TEMPLATE = "plotly_white"
+TABLE_STYLE = "border-collapse:collapse;text-align:left"
 
 
 def style_figure(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
@@ -55,3 +58,28 @@ def save_html(fig: go.Figure, path: str | Path) -> Path:
     with atomic_path(target) as tmp:
         fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
     return target
+
+
+def write_page(path: str | Path, title: str, body: str, *, example_name: str = "page.html") -> Path:
+    """Write ``body`` (an HTML fragment) as one page titled ``title``, atomically."""
+    page = (
+        '<!doctype html>\n<html><head><meta charset="utf-8">'
+        f"<title>{_html.escape(title)}</title></head>"
+        f'<body style="max-width:1100px;margin:2em auto">{body}</body></html>\n'
+    )
+    target = Path(path).expanduser()
+    with atomic_path(target, example_name=example_name) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return target
+
+
+def html_bar(value: float, scale: float) -> str:
+    """A small inline bar: red for positive, blue for negative, width by ``|value| / scale``."""
+    if not math.isfinite(value):
+        return ""
+    width = round(60 * min(1.0, abs(value) / scale)) if scale > 0 else 0
+    colour = "#d6604d" if value >= 0 else "#4393c3"
+    return (
+        f'<span style="display:inline-block;width:{width}px;height:0.8em;'
+        f'background:{colour};vertical-align:middle"></span>'
+    )

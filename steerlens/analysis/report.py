@@ -6,11 +6,16 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from steerlens.analysis.plots import plot_loss_history
-from steerlens.errors import InputError
+from steerlens.analysis.scale import ResidualNorms
+from steerlens.errors import InputError, SpecError
 from steerlens.io.atomic import atomic_path
+
+
+class HasHtml(Protocol):
+    def html(self) -> str: ...
 
 
 def _table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -36,6 +41,8 @@ def write_report(
     row_labels: Sequence[str] | None = None,
     findings: Sequence[str] = (),
     curve: Sequence[Mapping[str, Any]] = (),
+    scale: ResidualNorms | None = None,
+    views: Sequence[HasHtml] = (),
 ) -> Path:
     """Write ``result``'s loss curve and ``(prompt, unsteered, steered)`` rows as one HTML page.
 
@@ -50,6 +57,10 @@ def write_report(
         row_labels: one label per row, e.g. ``"training prompt"`` or ``"held-out prompt"``.
         findings: plain sentences on what the vector did, shown first.
         curve: one mapping per strength (column -> value), shown as a table.
+        scale: residual norms of the model (`residual_norms`): the vector's norm is shown as a
+            fraction of the typical residual norm at its layer.
+        views: interpretation views shown in a section of their own, each anything with an
+            ``html()`` method: a `TokenView`, a `LogitLensResult`, a `VectorCard`.
 
     Example:
         >>> import tempfile, pathlib
@@ -65,6 +76,12 @@ def write_report(
         raise InputError(
             f"got {len(row_labels)} row labels for {len(rows)} rows; give one label per row."
         )
+    for view in views:
+        if not callable(getattr(view, "html", None)):
+            raise SpecError(
+                f"views must have an html() method (TokenView, LogitLensResult, VectorCard), "
+                f"got {type(view).__name__}."
+            )
     labels = list(row_labels) if row_labels is not None else None
     fig = plot_loss_history(result, unit)
     figure_html = fig.to_html(include_plotlyjs=True, full_html=False)
@@ -95,7 +112,18 @@ def write_report(
         )
     if curve:
         parts.append("<h2>Held-out prompts by strength</h2>" + _table(list(curve)))
+    if views:
+        parts.append("<h2>What the vector is</h2>" + "".join(view.html() for view in views))
     extra = "\n".join(parts)
+    vector = result.vector
+    scale_line = ""
+    if scale is not None:
+        layer = vector.layers[0] if len(vector.layers) == 1 else None
+        scale_line = "".join(
+            f"<br>{html.escape(scale.describe(vector, la))}."
+            for la in ([layer] if layer is not None else vector.layers)
+            if la in scale.layers
+        )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
@@ -105,7 +133,8 @@ td,th{{border:1px solid #ccc;padding:6px;vertical-align:top}}table{{border-colla
 {extra}
 <h2>Optimization</h2>
 <p>Model {html.escape(meta["model_id"])}, layers {meta["layers"]}, norm {result.vector.norm():.4g},
-{result.steps} steps, stop: {html.escape(result.stop_reason)}, {result.wall_time_s:.1f} s.</p>
+{result.steps} steps, stop: {html.escape(result.stop_reason)}, {result.wall_time_s:.1f} s.
+{scale_line}</p>
 <ul>{final}</ul>
 {figure_html}
 <h2>Generations</h2>

@@ -8,8 +8,9 @@ For a prompt (and optionally a reply after it), `token_view` measures, for each 
 - ``"logprob_change"``: each token's log-probability given the tokens before it, steered minus
   unsteered, teacher-forced on the same text (nats; the first token has no prediction).
 
-The result renders as an HTML heatmap over the text (`TokenView.html`, shown by Jupyter) and
-as a plotly heatmap (`TokenView.plot`).
+The result renders as an HTML heatmap over the text (`TokenView.html`, shown by Jupyter; a
+page of its own with `TokenView.save_html`, or a section of a vector card or an optimization
+report) and as a plotly heatmap (`TokenView.plot`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import html as _html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -27,7 +29,7 @@ from jaxtyping import Float
 
 from steerlens import runtime
 from steerlens.analysis.lens import VectorLike, _check_nonzero, _direction_at, _prompt_tokens
-from steerlens.analysis.plots import style_figure
+from steerlens.analysis.plots import style_figure, write_page
 from steerlens.errors import InputError, LayerError, SpecError
 from steerlens.io.plain import short, table, to_plain
 from steerlens.steer import Steering, steer
@@ -145,6 +147,24 @@ class TokenView:
 
     def _repr_html_(self) -> str:
         return self.html()
+
+    def save_html(
+        self, path: str | Path, *, measures: Sequence[Measure] = MEASURES, title: str | None = None
+    ) -> Path:
+        """Write the heatmap (`html`) as one self-contained page (no scripts), atomically.
+        Returns the path written.
+
+        Example:
+            >>> import pathlib, tempfile, torch
+            >>> from steerlens.testing import tiny_model
+            >>> view = token_view(tiny_model(), torch.ones(64), "the cat", layer=1)
+            >>> path = view.save_html(pathlib.Path(tempfile.mkdtemp()) / "view.html")
+            >>> "steerlens-token-view" in path.read_text(encoding="utf-8")
+            True
+        """
+        heading = title or f"Per-token view: {', '.join(self.labels)}"
+        body = f"<h2>{_html.escape(heading)}</h2>{self.html(measures)}"
+        return write_page(path, heading, body, example_name="view.html")
 
     def plot(self, measure: Measure = "projection") -> go.Figure:
         """A heatmap: one row per vector, one column per token (hover: token and value).

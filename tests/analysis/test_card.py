@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from steerlens import Datapoint, diff_of_means, optimize_vector
-from steerlens.analysis import VectorCard, layer_sweep, vector_card
+from steerlens.analysis import VectorCard, layer_sweep, token_view, vector_card
 from steerlens.analysis.card import DEFAULT_PROMPTS
 from steerlens.errors import (
     LayerError,
@@ -106,3 +106,19 @@ def test_errors(tiny, trained):
     with pytest.raises(LayerError, match="pass layer="):
         vector_card(tiny, two, prompts=["the cat"])
     assert vector_card(tiny, two, prompts=["the cat"], layer=0).layer == 0
+
+
+def test_per_token_views_on_the_card(tiny, trained, tmp_path):
+    view = token_view(tiny, {"mine": trained, "minus": -trained}, "the cat", reply=" sat")
+    card = vector_card(tiny, trained, token_views=view)
+    assert card.token_views == (view,)
+    page = card.html()
+    assert "Per-token view" in page and view.html() in page
+    assert "per-token view: " in repr(card)
+    plain = card.to_dict()
+    assert plain["token_views"][0]["logprob_change"][0][0] is None
+    json.dumps(plain, allow_nan=False)
+    assert view.html() in card.save_html(tmp_path / "c.html").read_text(encoding="utf-8")
+    assert "Per-token view" not in vector_card(tiny, trained).html()
+    with pytest.raises(SpecError, match="TokenView"):
+        vector_card(tiny, trained, token_views=[card])  # type: ignore[list-item]

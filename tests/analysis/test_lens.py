@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from steerlens import runtime
-from steerlens.analysis import LogitLensResult, logit_lens
+from steerlens.analysis import LogitLensResult, logit_lens, logit_lens_difference
 from steerlens.errors import (
     InputError,
     LayerError,
@@ -95,6 +95,25 @@ def test_steered_view_matches_a_direct_computation(tiny):
         changes.append(steered - base)
     expected = torch.cat(changes).mean(0)
     assert torch.allclose(lens.scores[2], expected, atol=1e-4)
+
+
+def test_steered_view_at_the_last_position_only(tiny):
+    v = torch.randn(64) * 3
+    prompts = ["the cat sat on the mat", "a dog"]  # different lengths: padding must not count
+    lens = logit_lens(tiny, v, layer=1, prompts=prompts, position="last", batch_size=2)
+    changes = []
+    for p in prompts:
+        tokens = torch.tensor([runtime.encode(tiny, p)])
+        with torch.no_grad():
+            base = tiny(tokens)[0, -1].log_softmax(-1)
+            with steer(tiny, Steering(v, layer=1)):
+                steered = tiny(tokens)[0, -1].log_softmax(-1)
+        changes.append(steered - base)
+    assert torch.allclose(lens.scores[2], torch.stack(changes).mean(0), atol=1e-4)
+    every = logit_lens(tiny, v, layer=1, prompts=prompts)
+    assert not torch.allclose(lens.scores[2], every.scores[2])
+    with pytest.raises(SpecError, match="position must be"):
+        logit_lens(tiny, v, layer=1, prompts=prompts, position="first")  # type: ignore[arg-type]
 
 
 def test_steered_view_at_strength_zero_is_zero(tiny):
@@ -203,3 +222,78 @@ def test_unembed_matrix_of_a_plain_linear_and_of_nothing():
     del model.unembed
     with pytest.raises(ModelError, match="unembedding"):
         runtime.unembed_matrix(model)
+
+
+# -- the difference of two vectors ---------------------------------------------------------
+
+
+def test_difference_compares_directions_whatever_their_norms(tiny):
+    w_u = tiny.W_U.detach()
+    common = torch.randn(64) * 4
+    t1, t2 = 3, 11
+    a = SteeringVector.from_tensor(common + 2 * w_u[:, t1], 1, model=tiny)
+    b = SteeringVector.from_tensor(10 * (common + 2 * w_u[:, t2]), 1, model=tiny)
+    diff = logit_lens_difference(tiny, a, b, labels=("one-shot", "caa"), k=3)
+    assert diff.label == "one-shot - caa" and diff.layer == 1
+    unit = a.vector / a.vector.norm() - b.vector / b.vector.norm()
+    assert torch.allclose(diff.scores[0], unit @ w_u, atol=1e-5)
+    # At unit norm the common part cancels, leaving each planted token on its side.
+    assert float(diff.scores[0, t1]) > 0 > float(diff.scores[0, t2])
+    raw = logit_lens_difference(tiny, a, b, normalize=False, k=3)
+    la, lb = logit_lens(tiny, a), logit_lens(tiny, b)
+    assert torch.allclose(raw.scores, la.scores - lb.scores, atol=1e-3)
+
+
+def test_planted_difference_promotes_and_suppresses_its_tokens(tiny):
+    w_u = tiny.W_U.detach()
+    t = int(w_u.norm(dim=0).argmax())
+    others = w_u.norm(dim=0).argsort(descending=True).tolist()
+    s = others[1]
+    common = torch.randn(64)
+    a, b = common + 5 * w_u[:, t], common + 5 * w_u[:, s]
+    diff = logit_lens_difference(tiny, a, b, normalize=False, k=1)
+    assert diff.top_ids[0].tolist() == [t] and diff.bottom_ids[0].tolist() == [s]
+    assert diff.promoted("unembed")[0][1] > 0 > diff.suppressed("unembed")[0][1]
+
+
+def test_difference_at_two_layers_and_its_steered_view(tiny):
+    a = SteeringVector.from_tensor(torch.randn(64) * 2, 0, model=tiny)
+    b = SteeringVector.from_tensor(torch.randn(64) * 3, 1, model=tiny)
+    prompts = ["the cat sat", "a dog"]
+    diff = logit_lens_difference(tiny, a, b, prompts=prompts, k=2, strength=1.5)
+    last = logit_lens_difference(tiny, a, b, prompts=prompts, position="last")
+    la_last = logit_lens(tiny, a, prompts=prompts, position="last")
+    lb_last = logit_lens(tiny, b, prompts=prompts, position="last")
+    assert torch.allclose(last.scores[2], la_last.scores[2] - lb_last.scores[2], atol=1e-5)
+    assert diff.layer is None and diff.views == ("unembed", "final_norm", "steered")
+    assert diff.units[2] == "nats"
+    la = logit_lens(tiny, a, prompts=prompts, strength=1.5)
+    lb = logit_lens(tiny, b, prompts=prompts, strength=1.5)
+    assert torch.allclose(diff.scores[2], la.scores[2] - lb.scores[2], atol=1e-5)
+    unit = a.vector / a.vector.norm() - b.vector / b.vector.norm()
+    assert torch.allclose(diff.scores[0], unit @ tiny.W_U.detach(), atol=1e-5)
+    diff.plot()
+    json.dumps(diff.to_dict())
+
+
+def test_difference_errors(tiny):
+    v = torch.randn(64)
+    with pytest.raises(SteerlensError, match="equal at unit norm"):
+        logit_lens_difference(tiny, v, 3 * v)
+    with pytest.raises(SteerlensError, match="norm 0"):
+        logit_lens_difference(tiny, v, torch.zeros(64))
+    with pytest.raises(LayerError, match="pass layer="):
+        logit_lens_difference(tiny, v, torch.randn(64), prompts=["the cat"])
+    with pytest.raises(SpecError, match="pair of names"):
+        logit_lens_difference(tiny, v, -v, labels=("a",))  # type: ignore[arg-type]
+    other = SteeringVector.from_tensor(v, 1, model_id="someone/else")
+    with pytest.raises(ModelMismatchError):
+        logit_lens_difference(tiny, v, other)
+
+
+def test_lens_html_lists_every_view(tiny):
+    lens = logit_lens(tiny, torch.randn(64), k=2, label="<v>")
+    page = lens.html()
+    assert "&lt;v&gt;" in page and "<script" not in page
+    assert page.count("<table") == len(lens.views)
+    assert all(f"<b>{view}</b>" in page for view in lens.views)

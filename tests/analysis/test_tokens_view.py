@@ -120,3 +120,16 @@ def test_errors(tiny):
         token_view(tiny, other, "the cat")
     with pytest.raises(SpecError, match="no vectors"):
         token_view(tiny, {}, "the cat", layer=1)
+
+
+def test_a_page_of_its_own(tiny, tmp_path):
+    view = token_view(tiny, {"a": torch.randn(64)}, "the <cat>", reply=" sat", layer=1)
+    path = view.save_html(tmp_path / "sub" / "view.html", title="<mine>")
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("<!doctype html>") and "&lt;mine&gt;" in text
+    assert view.html() in text and "<script" not in text
+    only = view.save_html(tmp_path / "p.html", measures=["projection"]).read_text(encoding="utf-8")
+    assert only.count("<span title=") == len(view.tokens)
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["view.html"]
+    with pytest.raises(SpecError, match="unknown measure"):
+        view.save_html(tmp_path / "x.html", measures=["cosine"])  # type: ignore[list-item]
