@@ -10,6 +10,7 @@ fresh processes after ``import steerlens``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -63,6 +64,8 @@ def main() -> None:
         "threads": int(threads),
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
+        # transformers imports scipy.optimize when scipy is there (not a steerlens dependency).
+        "scipy_installed": importlib.util.find_spec("scipy") is not None,
         "cold": cold,
         "warm": warm,
         "warm_load_model_s_best": min(w["load_model_s"] for w in warm),

@@ -60,9 +60,18 @@ def table() -> str:
         lines += [
             "## Loading the embedded model (`benchmarks/load_model.py`)",
             "",
-            f"Each in a fresh process, {r['threads']} CPU threads. `import` is `import steerlens` "
-            "(torch); `load_model()` includes the first import of transformers and "
-            "TransformerLens (about 2.5 s of it).",
+            f"Each in a fresh process, {r['threads']} CPU threads, on a machine with nothing else "
+            "running. `import` is `import steerlens` (torch); `load_model()` includes the first "
+            "import of transformers and TransformerLens (timed alone: "
+            f"{r['libraries_import_s_best']:.2f} s, the part steerlens cannot cut). "
+            + (
+                "Measured with scipy installed: transformers then also imports scipy.optimize "
+                "(about 0.2 s)."
+                if r.get("scipy_installed")
+                else "Measured in the environment the project's own set-up installs (no scipy; "
+                "with scipy installed, e.g. by scikit-learn, transformers also imports "
+                "scipy.optimize: about 0.2 s more)."
+            ),
             "",
             "| cache | import (s) | load_model() (s) | total (s) | load_model() again (s) |",
             "| --- | --- | --- | --- | --- |",
@@ -113,7 +122,7 @@ def table() -> str:
         r = json.loads(coherent.read_text())
         base = r["unsteered"]
         lines += [
-            "## A coherent one-shot refusal vector: plain vs side-effect-aware "
+            "## A coherent one-shot refusal vector: where and how it steers "
             "(`benchmarks/coherent_refusal.py`)",
             "",
             f"{r['model']}, one training example ({r['train']['prompt']!r} promoting "
@@ -121,21 +130,27 @@ def table() -> str:
             f"trained on, greedy replies of {r['decoding']['max_new_tokens']} tokens. Goal: >= 85% "
             "open with a refusal, NLL ratio <= 1.5 (the unsteered model's per-token NLL of the "
             "steered replies over that of its own), distinct-3 drop <= 0.05. Side-effect KL on "
-            "neutral prompts not used in training. Timings are not the point (shared CPU).",
+            "neutral prompts not used in training. `all`: the vector at every position; "
+            "`opening:N`: the prompt and the reply's first N tokens, then the model writes on "
+            "unsteered; `prompt`: the prompt only.",
             "",
-            "| vector | refusals | NLL ratio | distinct-3 drop | side-effect KL (nats) | goal |",
+            REFUSAL_HEADER,
             "| --- | --- | --- | --- | --- | --- |",
             f"| unsteered | 0% | 1.00 (NLL {base['nll']:.3f}) | 0.000 (distinct-3 "
             f"{base['distinct3']:.3f}) | 0 | - |",
         ]
-        for v in r["variants"]:
-            if v["name"] == "unsteered":
-                continue
-            lines.append(
-                f"| {v['name']} | {v['refusal_rate']:.0%} | {v['nll_ratio']:.2f} | "
-                f"{v['distinct3_drop']:+.3f} | {v['side_effect_kl_nats']:.3f} | "
-                f"{'met' if v['goal_met'] else 'not met'} |"
-            )
+        lines += _refusal_rows(r["variants"])
+        if "confirmation" in r:
+            lines += [
+                "",
+                f"The setting chosen on those requests ({r['chosen']}), judged again beside the "
+                f"plain vector on {len(r['confirm_prompts'])} other unseen requests that played "
+                "no part in any choice:",
+                "",
+                REFUSAL_HEADER,
+                "| --- | --- | --- | --- | --- | --- |",
+                *_refusal_rows(r["confirmation"]),
+            ]
         lines.append("")
     for device in ("cpu", "cuda"):
         many = RESULTS / f"optimize_many_{device}.json"
@@ -195,6 +210,22 @@ def _many_rows(device: str, r: dict) -> list[str]:
         f"| `optimize_many` | {r['seconds_batched']:.1f} | "
         f"{r['vectors_per_minute_batched']:.1f} | {r['speedup']:.1f}x |",
         "",
+    ]
+
+
+REFUSAL_HEADER = (
+    "| vector, where, strength | refusals | NLL ratio | distinct-3 drop | side-effect KL (nats) "
+    "| goal |"
+)
+
+
+def _refusal_rows(variants: list[dict]) -> list[str]:
+    return [
+        f"| {v['name']} | {v['refusal_rate']:.0%} | {v['nll_ratio']:.2f} | "
+        f"{v['distinct3_drop']:+.3f} | {v['side_effect_kl_nats']:.3f} | "
+        f"{'met' if v['goal_met'] else 'not met'} |"
+        for v in variants
+        if v["name"] != "unsteered"
     ]
 
 
