@@ -23,7 +23,6 @@ from typing import Any
 
 from steerlens.errors import MissingPackageError, SpecError, SteerlensError
 from steerlens.studies.run import (
-    EvaluationOutcome,
     Outcome,
     PhaseOutcome,
     describe_error,
@@ -80,7 +79,7 @@ def evaluate_on_worker(
     items: Sequence[tuple[Unit, SteeringVector]],
     device: str | None,
     batch_size: int,
-) -> list[EvaluationOutcome]:
+) -> list[PhaseOutcome]:
     """What one Ray evaluation task runs: `steerlens.studies.run.evaluate_units` on this
     worker's model."""
     model = worker_model(spec.model, device)
@@ -161,7 +160,7 @@ class RayBackend:
 
     def evaluate(
         self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
-    ) -> Iterator[tuple[Unit, EvaluationOutcome]]:
+    ) -> Iterator[tuple[Unit, PhaseOutcome]]:
         work = []
         for i in range(0, len(items), batch_size):
             chunk = list(items[i : i + batch_size])

@@ -43,7 +43,7 @@ class Backend(Protocol):
 
     def evaluate(
         self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
-    ) -> Iterator[tuple[Unit, EvaluationOutcome]]: ...
+    ) -> Iterator[tuple[Unit, PhaseOutcome]]: ...
 
     def steerability(
         self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
@@ -105,8 +105,9 @@ def train_units(
     return results
 
 
-EvaluationOutcome = list[dict[str, Any]] | str
-"""What evaluating one vector gave: its matrix rows, or the one-line error it failed with."""
+PhaseOutcome = list[dict[str, Any]] | str
+"""What one per-vector phase gave for a vector (evaluation: its matrix rows; steerability: its
+table rows; the grid: its cells), or the one-line error it failed with."""
 
 
 def evaluate_units(
@@ -115,7 +116,7 @@ def evaluate_units(
     items: Sequence[tuple[Unit, SteeringVector]],
     *,
     batch_size: int = 16,
-) -> list[EvaluationOutcome]:
+) -> list[PhaseOutcome]:
     """The generalization-matrix rows of each vector (one
     `steerlens.studies.matrix.generalization_matrix` call for all of them), in item order.
 
@@ -146,7 +147,7 @@ def evaluate_units(
     held_out = [spec.prompt(model, p) for p in ev.prompts]
     neutral = [spec.prompt(model, p) for p in ev.neutral_prompts]
 
-    def rows(batch: Sequence[tuple[Unit, SteeringVector]]) -> list[EvaluationOutcome]:
+    def rows(batch: Sequence[tuple[Unit, SteeringVector]]) -> list[PhaseOutcome]:
         matrix = generalization_matrix(
             model,
             {unit.name: vector for unit, vector in batch},
@@ -175,18 +176,13 @@ def evaluate_units(
     except Exception as exc:
         if len(items) == 1:
             return [describe_error(exc)]
-    outcomes: list[EvaluationOutcome] = []
+    outcomes: list[PhaseOutcome] = []
     for item in items:
         try:
             outcomes += rows([item])
         except Exception as exc:
             outcomes.append(describe_error(exc))
     return outcomes
-
-
-PhaseOutcome = list[dict[str, Any]] | str
-"""What measuring one vector's steerability (or the grid) gave: its table rows, or the
-one-line error it failed with."""
 
 
 def measure_steerability(
@@ -369,7 +365,7 @@ class SerialBackend:
 
     def evaluate(
         self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
-    ) -> Iterator[tuple[Unit, EvaluationOutcome]]:
+    ) -> Iterator[tuple[Unit, PhaseOutcome]]:
         model = self._model(spec)
         for batch in runtime.chunks(len(items), batch_size):
             chunk = [items[i] for i in batch]

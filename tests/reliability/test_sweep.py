@@ -22,7 +22,9 @@ def test_the_sweep_finds_no_failures(tmp_path):
     )
     assert out.exists(), run.stdout + run.stderr
     table = json.loads(out.read_text())["cases"]
-    failures = [r for r in table if r["outcome"] not in ("correct", "clear error")]
-    assert len(table) >= 121
+    failures = [r for r in table if r["outcome"] not in ("correct", "clear error", "not run")]
+    # Only cases needing an optional package that cannot be imported here are not run.
+    assert all(r["area"] == "interop" for r in table if r["outcome"] == "not run")
+    assert sum(r["outcome"] != "not run" for r in table) >= 121
     assert not failures, "\n".join(f"{r['area']}: {r['case']}: {r['message']}" for r in failures)
     assert run.returncode == 0, run.stdout[-2000:]
