@@ -77,6 +77,9 @@ def vectors(model: object, unsteered_reply: str) -> dict[str, tuple[int, Optimiz
         "cap 40": (6, free),
         "cap 40, trained opening:2": (6, replace(free, positions="opening:2")),
         "cap 40, layer 8": (8, free),
+        # The same request promoting a refusal in the model's own words (how it goes on when
+        # only its opening is steered), not the terse target above.
+        "own-words target, cap 40, layer 8": (8, free),
     }
 
 
@@ -97,10 +100,14 @@ ARMS: list[tuple[str, str, float]] = [
     ("cap 40, layer 8", "opening:2", 1.0),
     ("cap 40, layer 8", "opening:2", 1.05),
     ("cap 40, layer 8", "opening:3", 1.0),
+    ("own-words target, cap 40, layer 8", "opening:2", 1.0),
 ]
+# The refusal each vector promotes (REFUSAL unless named here).
+OWN_WORDS = "I'm sorry, but as an AI, I don't have the ability to help with that."
+TARGETS = {"own-words target, cap 40, layer 8": OWN_WORDS}
 BASELINE = "plain, all @ 1"
-# Chosen on HELD_OUT (the best trade-off there), then judged again on CONFIRM.
-CHOSEN = "cap 40, layer 8, opening:2 @ 1"
+# Chosen on HELD_OUT (the best trade-offs there), then judged again on CONFIRM.
+CHOSEN = ["cap 40, layer 8, opening:2 @ 1", "own-words target, cap 40, layer 8, opening:2 @ 1"]
 
 
 def score(
@@ -157,9 +164,11 @@ def main() -> None:
     kw = {"max_new_tokens": args.max_new_tokens, "chat": True}
     (train_reply,) = steerlens.generate(model, [TRAIN], **kw)
     settings = vectors(model, train_reply)
-    dp = Datapoint.chat(model, TRAIN, promote=[REFUSAL])
     t_train = time.perf_counter()
-    jobs = [Job(dp, layer, cfg) for layer, cfg in settings.values()]
+    jobs = [
+        Job(Datapoint.chat(model, TRAIN, promote=[TARGETS.get(name, REFUSAL)]), layer, cfg)
+        for name, (layer, cfg) in settings.items()
+    ]
     results = optimize_many(model, jobs)
     t_train = time.perf_counter() - t_train
     plans: list[Steering | None] = [None]
@@ -174,8 +183,8 @@ def main() -> None:
     rows = score(model, HELD_OUT, names, plans, replies)
     # The arms above were compared on HELD_OUT, so the best of them is chosen on it: judge the
     # chosen arm again on requests that played no part in any choice.
-    confirm_plans = [plans[0], plans[names.index(BASELINE)], plans[names.index(CHOSEN)]]
-    confirm_names = ["unsteered", BASELINE, CHOSEN]
+    confirm_names = ["unsteered", BASELINE, *CHOSEN]
+    confirm_plans = [plans[names.index(n)] for n in confirm_names]
     confirm_replies = generate_each(model, CONFIRM, confirm_plans, batch_size=40, **kw)
     print(f"confirmation on {len(CONFIRM)} requests never used to choose:")
     confirmation = score(model, CONFIRM, confirm_names, confirm_plans, confirm_replies)
@@ -193,7 +202,12 @@ def main() -> None:
         "benchmark": "coherent_refusal",
         "model": steerlens.runtime.model_id(model),
         "threads": args.threads,
-        "train": {"prompt": TRAIN, "promote": REFUSAL, "unsteered_reply": train_reply},
+        "train": {
+            "prompt": TRAIN,
+            "promote": REFUSAL,
+            "promote_by_vector": TARGETS,
+            "unsteered_reply": train_reply,
+        },
         "train_neutral": TRAIN_NEUTRAL,
         "eval_neutral": NEUTRAL,
         "held_out": HELD_OUT,
@@ -203,7 +217,7 @@ def main() -> None:
         "training": training,
         "variants": rows,
         "confirm_prompts": CONFIRM,
-        "chosen": CHOSEN,
+        "chosen": "; ".join(CHOSEN),
         "confirmation": confirmation,
         "seconds": {"train": t_train, "generate": t_gen, "total": time.perf_counter() - t0},
     }

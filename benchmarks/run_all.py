@@ -132,7 +132,11 @@ def table() -> str:
             "steered replies over that of its own), distinct-3 drop <= 0.05. Side-effect KL on "
             "neutral prompts not used in training. `all`: the vector at every position; "
             "`opening:N`: the prompt and the reply's first N tokens, then the model writes on "
-            "unsteered; `prompt`: the prompt only.",
+            "unsteered; `prompt`: the prompt only."
+            + "".join(
+                f" The {name!r} vector promotes {text!r} instead."
+                for name, text in r["train"].get("promote_by_vector", {}).items()
+            ),
             "",
             REFUSAL_HEADER,
             "| --- | --- | --- | --- | --- | --- |",
@@ -143,7 +147,7 @@ def table() -> str:
         if "confirmation" in r:
             lines += [
                 "",
-                f"The setting chosen on those requests ({r['chosen']}), judged again beside the "
+                f"The settings chosen on those requests ({r['chosen']}), judged again beside the "
                 f"plain vector on {len(r['confirm_prompts'])} other unseen requests that played "
                 "no part in any choice:",
                 "",
