@@ -204,25 +204,16 @@ TINY_FAMILIES: dict[str, tuple[str, str, Any]] = {
 }
 
 
-def tiny_family_model(
-    family: str,
-    *,
-    n_layers: int = 2,
-    d_model: int = 64,
-    seed: int = 0,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-    **config: Any,
-) -> Any:
-    """A randomly initialised ``TransformerBridge`` of one model family (`TINY_FAMILIES`),
-    built offline from its Hugging Face config; ``config`` overrides config fields. Weights are
-    drawn with std 0.2 (``initializer_range``), ten times the usual, so that attention is sharp
-    and sliding windows and soft-caps change the output.
+def tiny_hf_model(
+    family: str, *, n_layers: int = 2, d_model: int = 64, seed: int = 0, **config: Any
+) -> tuple[Any, Any]:
+    """The Hugging Face model (not wrapped by a Bridge) and tokenizer `tiny_family_model`
+    wraps: random weights drawn from ``seed`` without touching torch's global generator.
 
     Example:
-        >>> model = tiny_family_model("gemma2")
-        >>> type(model.original_model).__name__, model.cfg.n_layers
-        ('Gemma2ForCausalLM', 2)
+        >>> hf_model, tok = tiny_hf_model("llama")
+        >>> type(hf_model).__name__, hf_model.config.vocab_size == len(tok)
+        ('LlamaForCausalLM', True)
     """
     import transformers
 
@@ -248,6 +239,30 @@ def tiny_family_model(
         hf_model = getattr(transformers, model_name)(hf_config)
     finally:
         torch.random.set_rng_state(generator_state)
+    return hf_model, tok
+
+
+def tiny_family_model(
+    family: str,
+    *,
+    n_layers: int = 2,
+    d_model: int = 64,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    **config: Any,
+) -> Any:
+    """A randomly initialised ``TransformerBridge`` of one model family (`TINY_FAMILIES`),
+    built offline from its Hugging Face config; ``config`` overrides config fields. Weights are
+    drawn with std 0.2 (``initializer_range``), ten times the usual, so that attention is sharp
+    and sliding windows and soft-caps change the output.
+
+    Example:
+        >>> model = tiny_family_model("gemma2")
+        >>> type(model.original_model).__name__, model.cfg.n_layers
+        ('Gemma2ForCausalLM', 2)
+    """
+    hf_model, tok = tiny_hf_model(family, n_layers=n_layers, d_model=d_model, seed=seed, **config)
     if dtype is not None:
         hf_model = hf_model.to(dtype)
     bridge = bridge_from_hf(

@@ -17,7 +17,7 @@ import steerlens
 from steerlens import model as model_mod
 from steerlens import runtime
 from steerlens.errors import ModelError, SteerlensError
-from steerlens.testing import TINY_FAMILIES, tiny_tokenizer
+from steerlens.testing import TINY_FAMILIES, tiny_hf_model, tiny_tokenizer
 
 TOKENS = torch.tensor([[3, 40, 41, 70, 100, 5, 7, 60]])
 
@@ -25,19 +25,8 @@ TOKENS = torch.tensor([[3, 40, 41, 70, 100, 5, 7, 60]])
 def save_tiny(folder: Path, family: str = "llama", *, seed: int = 0) -> object:
     """Save a random tiny model of ``family`` and its tokenizer into ``folder``; return the
     in-memory Hugging Face model (not yet wrapped by a Bridge)."""
-    config_name, model_name, fields = TINY_FAMILIES[family]
-    tok = tiny_tokenizer()
-    special = {
-        "vocab_size": len(tok),
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-        "pad_token_id": tok.pad_token_id,
-        "initializer_range": 0.2,
-    }
-    config = getattr(transformers, config_name)(**(special | fields(64, 2)))
-    config.architectures = [model_name]
-    torch.manual_seed(seed)
-    hf_model = getattr(transformers, model_name)(config).eval()
+    hf_model, tok = tiny_hf_model(family, seed=seed)
+    hf_model.eval()
     hf_model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return hf_model
