@@ -2189,68 +2189,32 @@ def _cli() -> None:
     )
     add(
         "cli",
-        "optimize --lr nan",
-        lambda c: c.cli(*OPT, "--lr", "nan", "-o", str(c.path("v.safetensors"))),
-        None,
-        "lr",
-        before_work=True,
-    )
-    add(
-        "cli",
-        "optimize --max-steps -1",
-        lambda c: c.cli(*OPT, "--max-steps", "-1", "-o", str(c.path("v.safetensors"))),
-        None,
-        "max-steps",
-        before_work=True,
-    )
-    add(
-        "cli",
-        "optimize --max-steps abc",
-        lambda c: c.cli(*OPT, "--max-steps", "abc", "-o", str(c.path("v.safetensors"))),
-        None,
-        "abc",
-        before_work=True,
-    )
-    add(
-        "cli",
         "optimize without --promote",
         lambda c: c.cli("optimize", "--prompt", "hi", "-o", str(c.path("v.safetensors"))),
         None,
         "promote",
         before_work=True,
     )
-    add(
-        "cli",
-        "optimize --device cuda",
-        lambda c: c.cli(*OPT, "--device", "cuda", "-o", str(c.path("v.safetensors"))),
-        None,
-        "cuda",
-        before_work=True,
-    )
-    add(
-        "cli",
-        "optimize --device tpu",
-        lambda c: c.cli(*OPT, "--device", "tpu", "-o", str(c.path("v.safetensors"))),
-        None,
-        "tpu",
-        before_work=True,
-    )
-    add(
-        "cli",
-        "optimize --threads 0",
-        lambda c: c.cli(*OPT, "--threads", "0", "-o", str(c.path("v.safetensors"))),
-        None,
-        "threads",
-        before_work=True,
-    )
-    add(
-        "cli",
-        "optimize --norm-cap -5",
-        lambda c: c.cli(*OPT, "--norm-cap", "-5", "-o", str(c.path("v.safetensors"))),
-        None,
-        "norm-cap",
-        before_work=True,
-    )
+    # A bad optimizer flag is refused before the model loads, naming the flag or the value.
+    for flag, value, mention in [
+        ("--lr", "nan", "lr"),
+        ("--max-steps", "-1", "max-steps"),
+        ("--max-steps", "abc", "abc"),
+        ("--device", "cuda", "cuda"),
+        ("--device", "tpu", "tpu"),
+        ("--threads", "0", "threads"),
+        ("--norm-cap", "-5", "norm-cap"),
+    ]:
+        add(
+            "cli",
+            f"optimize {flag} {value}",
+            lambda c, flag=flag, value=value: c.cli(
+                *OPT, flag, value, "-o", str(c.path("v.safetensors"))
+            ),
+            None,
+            mention,
+            before_work=True,
+        )
     add(
         "cli",
         "optimize --prompt ''",
