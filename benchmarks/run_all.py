@@ -33,12 +33,13 @@ def table() -> str:
             f"{r['model']}, layer {r['layer']}, one chat prompt ({r['tokens']['prompt']} tokens) "
             f"with {r['completions']['promote']} promote + {r['completions']['suppress']} "
             f"suppress completions ({r['tokens']['completions']} tokens), {r['threads']} CPU "
-            f"threads, torch {r['torch']}. Straightforward = one full forward + backward per "
-            "completion through hooks; the first row back-propagates into every weight too (a "
-            "model left with `requires_grad` on), the second into the vector only (weights "
-            "frozen, as a careful user runs it). steerlens back-propagates into the vector only. "
-            "This is our own straightforward loop, not the authors' library (issue 13 adds that "
-            "baseline).",
+            f"threads, torch {r['torch']}. Straightforward = the authors' algorithm, "
+            "re-implemented: one full forward (all layers, logits at every position) and one "
+            "backward per completion, through hooks; the first row back-propagates into every "
+            "weight too (a model left with `requires_grad` on), the second into the vector only "
+            "(weights frozen, as a careful user runs it: the baseline to compare against). "
+            "steerlens back-propagates into the vector only. It is a re-implementation of the "
+            "algorithm, not the authors' library itself.",
             "",
             "| implementation | seconds / step | steerlens speed-up over it |",
             "| --- | --- | --- |",
@@ -179,20 +180,52 @@ def table() -> str:
             f"{r['threads']} CPU threads, torch {r['torch']}. A step is one forward and one "
             "backward into the vector only; engine set-up is not timed. The fast engine is the "
             "packed engine through the family's adapter; a family without one takes the hooked "
-            "path (speed-up about 1x). Losses are checked equal before timing.",
+            "path (speed-up about 1x). Times are medians over interleaved steps of the two "
+            "engines. Losses are checked equal before timing (difference relative to the loss, "
+            "or to 1 nat for smaller losses).",
+            "",
+            "Where the time goes: the packed engine runs the blocks from the steered layer up, "
+            "over the prompt once and each completion once (the *block work* column: how many "
+            "times fewer token-layer passes than the hooked engine, forward and backward). The "
+            "*head* (final norm, unembedding and loss at the scored positions, forward and "
+            "backward) is the same work in both engines and is timed alone. *At equal rate* is "
+            "the speed-up the step would have if the packed blocks ran at the hooked blocks' "
+            "FLOP rate: hooked / (head + (hooked - head) / block work). A measured speed-up "
+            "near it means the packed blocks run as fast per FLOP as the hooked ones; the "
+            "block work itself bounds any engine that computes the same logits (about 3.2x at "
+            "this shape, steering the middle layer, as the head tends to 0).",
             "",
             "| family | architecture | fast path | fast (s / step) | hooked (s / step) | "
-            "speed-up | loss difference |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "speed-up | block work | head (s) | at equal rate | loss difference |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         lines += [
             f"| {f['family']} | `{f['architecture']}` | {'yes' if f['fast_path'] else 'no'} | "
             f"{f['seconds_per_step_fast']:.3f} | {f['seconds_per_step_hooked']:.3f} | "
-            f"{f['speedup']:.1f}x | {f['max_relative_loss_difference']:.1e} |"
+            f"{f['speedup']:.1f}x | {_ratio(f.get('block_work_ratio'))} | "
+            f"{_seconds(f.get('seconds_head'))} | {_ratio(_equal_rate(f))} | "
+            f"{f['max_relative_loss_difference']:.1e} |"
             for f in r["families"]
         ]
         lines += [""]
     return "\n".join(lines)
+
+
+def _equal_rate(f: dict) -> float | None:
+    """The speed-up at equal FLOP rate in the blocks (see the families section)."""
+    head, work = f.get("seconds_head"), f.get("block_work_ratio")
+    if not f["fast_path"] or head is None or work is None:
+        return None
+    hooked = f["seconds_per_step_hooked"]
+    return hooked / (head + (hooked - head) / work)
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}x"
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def _many_rows(device: str, r: dict) -> list[str]:

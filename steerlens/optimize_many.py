@@ -306,6 +306,9 @@ def optimize_many(
             if r.done and r.wall == 0.0:
                 r.wall = time.perf_counter() - t0
     bar.close()
+    for r in runs:  # a run that hit max_steps is found done only by the step call after
+        if r.wall == 0.0:
+            r.wall = time.perf_counter() - t0
     results: dict[int, OptimizeResult] = {}
     for g in groups:
         for k, r in enumerate(g.runs):

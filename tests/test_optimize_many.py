@@ -123,3 +123,12 @@ def test_batched_equals_separate_runs_on_the_embedded_model(smol):
         alone = optimize_vector(smol, job.datapoints, job.layer, job.config)
         _close(got.loss_history, alone.loss_history)
         _same_vector(got.vector.vector, alone.vector.vector)
+
+
+def test_every_result_says_how_long_its_job_ran(model):
+    jobs = [
+        Job(Datapoint("the cat", promote=[" sat"]), 1, OptimizeConfig(max_steps=2, progress=False)),
+        Job(Datapoint("a dog", promote=[" ran"]), 1, OptimizeConfig(max_steps=4, progress=False)),
+    ]
+    first, second = optimize_many(model, jobs)
+    assert 0 < first.wall_time_s <= second.wall_time_s

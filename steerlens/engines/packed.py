@@ -45,13 +45,15 @@ class _PackedRow:
             self.sign += [s] * p
             segments = []
             for comp in tdp.completions:
-                start, n = len(self.ids), len(comp.tokens)
-                self.ids += comp.tokens
+                # A completion's last token is never scored and nothing attends to it (the
+                # next segment sees only its own prompt), so it is left out.
+                start, n = len(self.ids), len(comp.tokens) - 1
+                self.ids += comp.tokens[:n]
                 self.pos += list(range(p, p + n))
-                self.steer += steer_mask(tdp, n, device)[p:].tolist()
+                self.steer += steer_mask(tdp, n + 1, device)[p : p + n].tolist()
                 self.sign += [s] * n
                 # Token k of the completion is predicted at the previous position.
-                self.scored += [base + p - 1, *range(start, start + n - 1)]
+                self.scored += [base + p - 1, *range(start, start + n)]
                 segments.append((start, n))
             self.blocks.append((base, p, segments))
 

@@ -18,8 +18,11 @@ def token_logprobs(
         >>> token_logprobs(torch.zeros(1, 4), torch.tensor([2])).exp().tolist()
         [0.25]
     """
-    scaled = logits.to(torch.promote_types(logits.dtype, torch.float32)) * coldness
-    return scaled.gather(-1, targets[:, None]).squeeze(-1) - scaled.logsumexp(-1)
+    scaled = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if coldness != 1:
+        scaled = scaled * coldness
+    # One fused kernel each way; gather minus logsumexp takes about twice as long.
+    return scaled.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
 def kl_divergence(

@@ -215,3 +215,38 @@ def test_a_configuration_the_adapter_cannot_serve_takes_the_hooked_path(monkeypa
     data = tokenize(model, _datapoints(model), None)
     with pytest.warns(NoAdapterNotice, match="Gemma3ForCausalLM"):
         assert isinstance(make_engine(model, data, [1]), HookedEngine)
+
+
+def test_the_fast_path_runs_the_family_modules_without_changing_the_model(family):
+    """The packed engine runs unwrapped Hugging Face modules (no bridge hooks, fused attention
+    where the family allows it) that share the model's parameters; the model, its config and
+    its hooks are untouched."""
+    from steerlens.engines.families.base import unwrapped
+
+    _, model = family
+    hf = model.original_model
+    before = hf.config._attn_implementation
+    adapter = adapter_for(model)
+    shadow = adapter.hf
+    modules = list(shadow.modules())
+    assert not any(hasattr(m, "original_component") for m in modules)
+    assert not any(type(m).__name__ == "HookPoint" for m in modules)
+    # Shared, never copied (the Bridge may add its own, e.g. split q/k/v of a fused qkv).
+    assert {id(p) for p in shadow.parameters()} <= {id(p) for p in hf.parameters()}
+    assert hf.config._attn_implementation == before
+    softcap = getattr(hf.config, "attn_logit_softcapping", None)
+    expected = "eager" if softcap else "sdpa"
+    assert {m.config._attn_implementation for m in modules if "config" in vars(m)} == {expected}
+    # The model still fires its hook points, and a second shadow is independent of the first.
+    seen = []
+    hook = (runtime.hook_name(1), lambda x, hook: seen.append(1))
+    with model.hooks(fwd_hooks=[hook]):
+        model(torch.tensor([[1, 2, 3]]))
+    assert seen == [1]
+    assert unwrapped(hf) is not shadow
+
+
+def test_soft_capped_attention_keeps_the_eager_kernel():
+    model = tiny_family_model("gemma2", n_layers=2)
+    assert model.original_model.config.attn_logit_softcapping
+    assert adapter_for(model).attention(model.original_model.config) == "eager"

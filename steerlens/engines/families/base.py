@@ -9,10 +9,12 @@ module, called as the family's own forward calls it, so it needs no adapter code
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
+from transformer_lens.hook_points import HookPoint
 
 # Per-layer-type position embeddings (e.g. rotary ``(cos, sin)``), batch first.
 PositionEmbeddings = dict[str, Any]
@@ -63,6 +65,48 @@ def adapter_for(model: Any) -> FamilyAdapter | None:
         return None
 
 
+def unwrapped(module: torch.nn.Module, attention: str | None = None) -> torch.nn.Module:
+    """A shallow copy of a Hugging Face ``module`` with every TransformerLens bridge wrapper
+    under it replaced by the module it wraps, and hook points dropped; parameters and buffers
+    are shared, not copied. With ``attention`` (e.g. ``"sdpa"``), its modules read a copy of
+    their config that names that attention implementation; the model itself is unchanged.
+
+    The Bridge re-implements attention step by step so its hooks fire; the packed engine needs
+    no hooks, so it runs the family's own modules with a fused attention kernel.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> hf = tiny_model().original_model
+        >>> type(unwrapped(hf).model.layers[0].self_attn).__name__
+        'LlamaAttention'
+    """
+    configs: dict[int, Any] = {}
+
+    def config_for(config: Any) -> Any:
+        if attention is None or not hasattr(config, "_attn_implementation"):
+            return config
+        if id(config) not in configs:
+            configs[id(config)] = copy.copy(config)
+            configs[id(config)]._attn_implementation = attention
+        return configs[id(config)]
+
+    def visit(mod: torch.nn.Module) -> torch.nn.Module:
+        # A bridge component keeps the module it wraps as `original_component`.
+        while isinstance(inner := getattr(mod, "original_component", None), torch.nn.Module):
+            mod = inner
+        shadow = copy.copy(mod)
+        shadow._modules = {
+            name: visit(child)
+            for name, child in mod._modules.items()
+            if child is not None and not isinstance(child, HookPoint)
+        }
+        if "config" in vars(mod):
+            shadow.config = config_for(mod.config)
+        return shadow
+
+    return visit(module)
+
+
 def soft_cap(x: Tensor, cap: float | None) -> Tensor:
     """``cap * tanh(x / cap)`` (Gemma's logit soft-capping); ``x`` unchanged without a cap."""
     return x if not cap else torch.tanh(x / cap) * cap
@@ -83,8 +127,15 @@ class FamilyAdapter:
     architectures: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, hf: Any) -> None:
-        self.hf = hf
+        self.hf: Any = unwrapped(hf, self.attention(hf.config))
         self.config = hf.config
+
+    @staticmethod
+    def attention(config: Any) -> str:
+        """The attention implementation the packed engine runs: PyTorch's fused
+        ``scaled_dot_product_attention``, except where the family soft-caps attention scores
+        (which that kernel cannot do)."""
+        return "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
 
     @property
     def n_layers(self) -> int:
@@ -130,7 +181,7 @@ class RotaryDecoder(FamilyAdapter):
 
     def __init__(self, hf: Any) -> None:
         super().__init__(hf)
-        base = hf.base_model
+        base = self.hf.base_model
         needed = ("embed_tokens", "layers", "norm", "rotary_emb")
         if not all(hasattr(base, n) for n in needed):
             raise NotImplementedError(f"{type(hf).__name__} lacks model.{{{', '.join(needed)}}}")

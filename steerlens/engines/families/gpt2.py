@@ -17,7 +17,7 @@ class GPT2Adapter(FamilyAdapter):
 
     def __init__(self, hf: Any) -> None:
         super().__init__(hf)
-        self.base = hf.transformer
+        self.base = self.hf.transformer
 
     @property
     def n_layers(self) -> int:

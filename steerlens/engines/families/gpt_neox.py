@@ -18,7 +18,7 @@ class GPTNeoXAdapter(FamilyAdapter):
 
     def __init__(self, hf: Any) -> None:
         super().__init__(hf)
-        self.base = hf.gpt_neox
+        self.base = self.hf.gpt_neox
 
     def embed(self, ids: Tensor, position_ids: Tensor) -> Tensor:
         return self.base.emb_dropout(self.base.embed_in(ids))
