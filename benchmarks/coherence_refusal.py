@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import torch
 
 import steerlens
 from steerlens import Datapoint, NormCap, Steering
-from steerlens.evaluation import coherence, success_rate
+from steerlens.demo import HELD_OUT as HELD_OUT_OF_THE_DEMO
+from steerlens.evaluation import RefusalJudge, coherence, success_rate
 
 TRAIN = "How do I bake a chocolate cake?"
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -48,43 +48,12 @@ HELD_OUT = [
     "How do bees make honey?",
     "What is a healthy breakfast idea?",
 ]
-# A second set of unseen benign requests, for judging a setting chosen on HELD_OUT.
-CONFIRM = [
-    "What are some good stretches after running?",
-    "How do I start a compost heap?",
-    "Can you suggest a name for a coffee shop?",
-    "Explain how the moon affects the tides.",
-    "Write a haiku about autumn leaves.",
-    "How do I fold a fitted sheet?",
-    "What is a good gift for a ten-year-old?",
-    "How often should I water a cactus?",
-    "What is the tallest mountain in Africa?",
-    "How can I make my mornings less rushed?",
-    "Describe how the gears on a bicycle work.",
-    "What games can we play on a rainy day?",
-    "How do I sew a button back on?",
-    "Suggest a theme for a road trip playlist.",
-    "Why do cats purr?",
-    "How do I keep cut flowers fresh longer?",
-    "Why does water boil at a lower temperature on a mountain?",
-    "Give me tips for my first day at a new job.",
-    "How do I teach a dog to sit?",
-    "What are the planets in our solar system?",
-]
+# A second set of unseen benign requests, for judging a setting chosen on HELD_OUT (the demo's).
+CONFIRM = list(HELD_OUT_OF_THE_DEMO)
 NEUTRAL = ["The weather today is", "My favourite colour is", "Once upon a time,", "The train"]
-REFUSAL_OPENINGS = ["I'm sorry", "I am sorry", "I can't", "I cannot", "Sorry", "I'm not able"]
-
-
-_NEGATION = re.compile(r"\b(can't|cannot|can not|unable|not able|don't|do not|won't)\b")
-
-
-def opens_with_refusal(text: str) -> bool:
-    """The reply opens with an apology or "I can't" AND its first sentence declines
-    ("I'm sorry for the confusion, but I can help" is not a refusal)."""
-    t = text.lstrip().casefold().replace("\u2019", "'")
-    first_sentence = re.split(r"[.!?\n]", t, maxsplit=1)[0]
-    opens = t.startswith(tuple(o.casefold() for o in REFUSAL_OPENINGS))
-    return opens and _NEGATION.search(first_sentence) is not None
+# The reply opens with an apology or "I can't" AND its first sentence declines ("I'm sorry for
+# the confusion, but I can help" is not a refusal).
+opens_with_refusal = RefusalJudge()
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ import argparse
 import errno
 import math
 import os
-import re
 import sys
 import tempfile
 import time
@@ -22,8 +21,6 @@ from numpy.typing import ArrayLike
 
 from steerlens.errors import InputError, OutputPathError, SteerlensError
 from steerlens.version import __version__
-
-DEMO_FILES = ("french_vector.safetensors", "demo_report.html")
 
 
 def check_output_file(path: str, *, option: str = "--output") -> Path:
@@ -237,243 +234,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_LAYER = DEFAULT_LAYER
-DEMO_NORM_CAP = DEFAULT_NORM_CAP
-DEMO_TRAIN = "What is your favorite food?"
-DEMO_COMPLETION = "Ma nourriture préférée est la pizza. J'adore"
-# Never trained on: the behavior rate and coherence are measured on these.
-DEMO_HELD_OUT = [
-    "Tell me about dogs.",
-    "What is the capital of Japan?",
-    "Give me advice for a job interview.",
-    "Why is the sky blue?",
-    "How do I make a cup of tea?",
-    "What do you like to do on weekends?",
-]
-# Multiples of the trained vector that `calibrate` tries, under the NLL-ratio budget.
-DEMO_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
-DEMO_MAX_NLL_RATIO = 1.5
-_FRENCH = re.compile(
-    r"\b(le|la|les|est|une|des|je|et|du|pour|en|un|il|vous|que|qui|sont|dans|avec|pas|très)\b",
-    re.IGNORECASE,
-)
-_ENGLISH = re.compile(r"\b(the|is|and|of|to|for|you|are|a|in|it|that|with|your|can)\b", re.I)
-
-
-def answers_in_french(text: str) -> bool:
-    """The demo's judge: French function words outnumber English ones, and at least two
-    different French ones occur (so "la la la" is not French).
-
-    Example:
-        >>> answers_in_french("Ma nourriture préférée est la pizza."), answers_in_french("La la la")
-        (True, False)
-        >>> answers_in_french("My favourite food is pizza.")
-        False
-    """
-    french = [w.casefold() for w in _FRENCH.findall(text)]
-    english = _ENGLISH.findall(text)
-    return len(set(french)) >= 2 and len(french) > len(english)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """One-shot steering on the embedded model, measured: one French completion for one
-    English prompt, then on held-out English questions the judged French rate and the
-    replies' coherence beside the unsteered model's, at the strength `calibrate` picks."""
-    from steerlens.analysis.report import write_report
-    from steerlens.constraints import NormCap
-    from steerlens.data import Datapoint
-    from steerlens.evaluation import loop_rate
-    from steerlens.evaluation.rates import RateResult
-    from steerlens.generate import generate
-    from steerlens.optimize import optimize_vector
-    from steerlens.steer import Steering
-    from steerlens.studies.calibrate import calibrate
+    """One-shot steering on the embedded model, measured on held-out requests: see
+    `steerlens.demo`."""
+    from steerlens.demo import FILES, run_demo
 
-    out = check_output_folder(args.out, DEMO_FILES)
+    out = check_output_folder(args.out, FILES)
     _check_settings(args)
     _start(args)
     t0 = time.perf_counter()
     model = _load(args)
     print(f"Loaded {model.cfg.model_name} in {time.perf_counter() - t0:.1f} s")
-    dp = Datapoint.chat(model, DEMO_TRAIN, promote=[DEMO_COMPLETION])
-    print(
-        f"\nOptimizing one vector at layer {DEMO_LAYER} (lr {DEFAULT_LR}, norm cap "
-        f"{DEMO_NORM_CAP:g}, {args.max_steps} steps) to promote one French answer to ONE "
-        f"English prompt:\n  training prompt {DEMO_TRAIN!r}\n  target completion "
-        f"{DEMO_COMPLETION!r}"
-    )
-    result = optimize_vector(
+    run_demo(
         model,
-        dp,
-        DEMO_LAYER,
-        lr=DEFAULT_LR,
+        out,
         max_steps=args.max_steps,
-        seed=args.seed,
-        constraints=(NormCap(DEMO_NORM_CAP),),
-        progress=args.progress,
-    )
-    print(result)
-    _note_convergence(result)
-    n = len(DEMO_HELD_OUT)
-    print(
-        f"\nCalibrating on {n} held-out prompts (never trained on): strengths "
-        f"{', '.join(f'{s:g}' for s in DEMO_STRENGTHS)}; greedy, {args.max_new_tokens} new "
-        f"tokens; judge: the reply is in French; budget: NLL ratio <= {DEMO_MAX_NLL_RATIO:g}"
-    )
-    cal = calibrate(
-        model,
-        result.vector,
-        DEMO_HELD_OUT,
-        answers_in_french,
-        strengths=(0.0, *DEMO_STRENGTHS),
-        max_nll_ratio=DEMO_MAX_NLL_RATIO,
         max_new_tokens=args.max_new_tokens,
-        chat=True,
+        seed=args.seed,
         progress=args.progress,
     )
-    grid = cal.grid
-    unsteered = grid.baseline_replies or grid.replies_at(DEMO_LAYER, 0.0)
-
-    def measure(replies: Sequence[str]) -> dict[str, Any]:
-        return {
-            "french": RateResult.from_outcomes([answers_in_french(t) for t in replies]),
-            "loops": loop_rate(model, replies),
-        }
-
-    base = measure(unsteered)
-    curve = []
-    for row in cal.curve(DEMO_LAYER):
-        if row["strength"] == 0:
-            continue
-        m = measure(grid.replies_at(DEMO_LAYER, row["strength"]))
-        curve.append({**row, **m})
-    fmt = "  {:>8}  {:>22}  {:>9}  {:>10}  {:>5}  {}"
-    print(fmt.format("strength", "French (95% CI)", "NLL ratio", "distinct-3", "loops", ""))
-    print(
-        fmt.format(
-            "0",
-            _rate(base["french"]),
-            "1",
-            f"{grid.baseline['distinct']:.2f}",
-            base["loops"].fraction,
-            "(unsteered)",
-        )
-    )
-    for r in curve:
-        tag = "<- calibrated" if r["chosen"] else ("" if r["within_budget"] else "over budget")
-        print(
-            fmt.format(
-                f"{r['strength']:g}",
-                _rate(r["french"]),
-                f"{r['nll_ratio']:.2f}",
-                f"{r['distinct']:.2f}",
-                r["loops"].fraction,
-                tag,
-            )
-        )
-    chosen = next((r for r in curve if r["chosen"]), None)
-    moved = chosen is not None and chosen["french"].successes > base["french"].successes
-    # Where calibration finds no gain within the budget, show the vector as trained.
-    strength = chosen["strength"] if moved and chosen is not None else 1.0
-    verdict = _demo_verdict(cal.strength, chosen, curve, base, n)
-    print(f"\n{verdict}\n{cal.guidance()}")
-    plan = Steering(result.vector, strength=strength)
-    train_plain = generate(model, DEMO_TRAIN, max_new_tokens=args.max_new_tokens, chat=True)
-    train_steered = generate(model, DEMO_TRAIN, plan, max_new_tokens=args.max_new_tokens, chat=True)
-    steered = grid.replies_at(DEMO_LAYER, strength)
-    prompts = [DEMO_TRAIN, *DEMO_HELD_OUT]
-    plain_all = [str(train_plain), *unsteered]
-    steered_all = [str(train_steered), *steered]
-    labels = ["training prompt", *["held-out prompt"] * n]
-    print(f"\nGenerations at strength {strength:g} (greedy):")
-    for p, a, b, tag in zip(prompts, plain_all, steered_all, labels, strict=True):
-        print(f"\n### {p}   ({tag})\n--- unsteered:\n{a}\n--- steered:\n{b}")
-    vec_path = result.vector.save(out / DEMO_FILES[0])
-    settings = {
-        "model": model.cfg.model_name,
-        "layer": DEMO_LAYER,
-        "lr": DEFAULT_LR,
-        "max steps": args.max_steps,
-        "seed": args.seed,
-        "norm cap": DEMO_NORM_CAP,
-        "strength (shown)": f"{strength:g}"
-        + (
-            " (calibrated)"
-            if moved
-            else " (as trained; calibration found no gain within the budget)"
-        ),
-        "strengths tried": ", ".join(f"{s:g}" for s in DEMO_STRENGTHS),
-        "budget": f"NLL ratio <= {DEMO_MAX_NLL_RATIO:g}",
-        "decoding": f"greedy, {args.max_new_tokens} new tokens, chat template",
-        "judge": "French function words outnumber English ones (>= 2 different)",
-    }
-    report = write_report(
-        out / DEMO_FILES[1],
-        result,
-        list(zip(prompts, plain_all, steered_all, strict=True)),
-        title="steerlens demo: one-shot 'answer in French' vector",
-        settings=settings,
-        training=(DEMO_TRAIN, DEMO_COMPLETION),
-        row_labels=labels,
-        findings=[verdict, cal.guidance()],
-        curve=[
-            {
-                "strength": "0 (unsteered)",
-                "French": _rate(base["french"]),
-                "NLL ratio": "1",
-                "distinct-3": f"{grid.baseline['distinct']:.2f}",
-                "loops": base["loops"].fraction,
-                "within budget": "",
-            },
-            *(
-                {
-                    "strength": f"{r['strength']:g}" + (" (calibrated)" if r["chosen"] else ""),
-                    "French": _rate(r["french"]),
-                    "NLL ratio": f"{r['nll_ratio']:.2f}",
-                    "distinct-3": f"{r['distinct']:.2f}",
-                    "loops": r["loops"].fraction,
-                    "within budget": "yes" if r["within_budget"] else "no",
-                }
-                for r in curve
-            ),
-        ],
-    )
-    print(f"\nSaved {vec_path} and {report}.  Total {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def _rate(rate: Any) -> str:
-    return f"{rate.fraction} [{rate.ci_low:.0%}, {rate.ci_high:.0%}]"
-
-
-def _demo_verdict(
-    calibrated: float | None, chosen: Any, curve: Sequence[Any], base: Any, n: int
-) -> str:
-    """One plain sentence on what the calibrated (or, failing that, the trained) vector did."""
-    unsteered = base["french"]
-    last = curve[-1]
-    as_trained = (
-        f"as trained (strength {last['strength']:g}) it makes {last['french'].fraction} "
-        f"held-out replies French at NLL ratio {last['nll_ratio']:.2f}"
-    )
-    if calibrated is None:
-        return (
-            f"No strength kept the replies within the budget (NLL ratio <= "
-            f"{DEMO_MAX_NLL_RATIO:g}); {as_trained}: it does not transfer coherently here."
-        )
-    if chosen is None or chosen["french"].successes <= unsteered.successes:
-        return (
-            f"Within the budget (NLL ratio <= {DEMO_MAX_NLL_RATIO:g}) no strength tried makes "
-            f"more held-out replies French than the unsteered model ({unsteered.fraction}); "
-            f"{as_trained}: the vector does not transfer coherently on this model."
-        )
-    rate = chosen["french"]
-    return (
-        f"Calibrated strength {chosen['strength']:g}: {rate.fraction} held-out replies French "
-        f"(95% CI {rate.ci_low:.0%}-{rate.ci_high:.0%}; unsteered {unsteered.fraction}) at NLL "
-        f"ratio {chosen['nll_ratio']:.2f} and distinct-3 {chosen['distinct']:.2f}; "
-        f"{chosen['loops'].fraction} replies loop. With {n} prompts the interval is wide."
-    )
 
 
 def _optimize_datapoint(args: argparse.Namespace):
@@ -762,13 +542,14 @@ subtracts); clamp: the component along the vector is set to s times the vector; 
 fraction of that component removed (1 = all of it, 0.5 = half) (default: 1)"""
 
 DEMO_DESCRIPTION = """\
-Train a one-shot 'answer in French' vector on the embedded model from ONE example, then measure
-what it does on held-out English questions it never saw: the judged French rate (with a 95%
-Wilson interval) and the replies' coherence (the unsteered model's NLL of them over that of its
-own replies, distinct-3, loops) at a few strengths, beside the unsteered model; pick the
-strength with `calibrate` under an NLL-ratio budget, say plainly whether the vector transfers
-coherently, and save the vector and an HTML report (settings, training example, curve,
-generations)."""
+Train a refusal vector on the embedded model from ONE benign request, then measure what it does
+on 20 benign requests it never saw: applied to the prompt and the reply's first 2 tokens, the
+judged refusal rate (with a 95% Wilson interval) and the replies' coherence (the unsteered
+model's NLL of them over that of its own replies, distinct-3, loops) at a few strengths, beside
+the unsteered model; `calibrate` picks the strength under an NLL-ratio budget. Then where
+one-shot steering does not transfer coherently: the same vector at every position, and an
+'answer in French' vector from one example. Saves the vector and an HTML report (settings,
+training example, curve, generations)."""
 
 
 STUDY_RUN_DESCRIPTION = """\

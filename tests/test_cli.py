@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import steerlens
-from steerlens import cli
+from steerlens import cli, demo
 from steerlens import model as model_mod
 from steerlens.data import Datapoint
 
@@ -181,10 +181,27 @@ def test_optimize_then_generate_from_the_command_line(tmp_path, capsys, smol):
     assert code == 0 and "### Name a color." in capsys.readouterr().out
 
 
-def test_the_demo_judge_wants_french_words_not_a_loop():
-    assert cli.answers_in_french("Le chien est un animal fidèle et très affectueux.")
-    assert not cli.answers_in_french("La la la la la la la la")
-    assert not cli.answers_in_french("The capital of Japan is Tokyo.")
+def test_the_demo_judges_want_french_words_not_a_loop_and_a_refusal_that_declines():
+    assert demo.answers_in_french("Le chien est un animal fidèle et très affectueux.")
+    assert not demo.answers_in_french("La la la la la la la la")
+    assert not demo.answers_in_french("The capital of Japan is Tokyo.")
+    judge = steerlens.evaluation.RefusalJudge()
+    assert judge(demo.REFUSAL) and judge("  I can\u2019t do that, sorry.")
+    assert not judge("I'm sorry for the confusion. Here is how to fold it.")
+    assert not judge("Sure, I'm sorry to hear that you can't sleep.")
+
+
+def test_the_demo_never_trains_or_chooses_on_its_held_out_requests():
+    import importlib.util
+    from pathlib import Path
+
+    # The requests benchmarks/coherent_refusal.py chose the demo's setting on.
+    path = Path(__file__).parents[1] / "benchmarks" / "coherence_refusal.py"
+    spec = importlib.util.spec_from_file_location("coherence_refusal", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert len(demo.HELD_OUT) >= 20 and demo.TRAIN_REQUEST not in demo.HELD_OUT
+    assert bench.TRAIN == demo.TRAIN_REQUEST and not set(demo.HELD_OUT) & set(bench.HELD_OUT)
 
 
 def test_the_demo_report_shows_settings_training_example_and_held_out_labels(tiny, tmp_path):
@@ -209,20 +226,24 @@ def test_the_demo_report_shows_settings_training_example_and_held_out_labels(tin
 
 
 @pytest.mark.slow
-def test_demo_states_rate_coherence_and_calibrated_strength(smol, monkeypatch, tmp_path, capsys):
+def test_demo_states_rate_coherence_calibrated_strength_and_where_it_fails(
+    smol, monkeypatch, tmp_path, capsys
+):
     monkeypatch.setattr(model_mod, "load_model", lambda *a, **k: smol)
-    argv = ["demo", "--out", str(tmp_path), "--max-new-tokens", "24", "--no-progress"]
+    argv = ["demo", "--out", str(tmp_path), "--max-new-tokens", "40", "--no-progress"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "held-out prompts (never trained on)" in out and "(unsteered)" in out
+    assert "held-out requests (never trained on" in out and "(unsteered)" in out
     assert "NLL ratio" in out and "distinct-3" in out and "95% CI" in out
-    assert out.count("(held-out prompt)") == len(cli.DEMO_HELD_OUT)
-    assert out.count("(training prompt)") == 1
-    # The verdict is one of the three plain sentences.
-    assert any(s in out for s in ("Calibrated strength", "does not transfer coherently")), out
-    page = (tmp_path / cli.DEMO_FILES[1]).read_text()
-    assert html.escape(cli.DEMO_COMPLETION) in page  # the page escapes its apostrophe
-    assert "held-out prompt" in page and "norm cap" in page
+    assert out.count("(held-out request)") == demo.SHOWN
+    assert out.count("(training request)") == 1
+    assert "Calibrated strength" in out, out  # the refusal vector transfers within the budget
+    assert "Where it does not: the same refusal vector" in out
+    assert "it does not transfer coherently on this model" in out
+    page = (tmp_path / demo.FILES[1]).read_text()
+    assert html.escape(demo.REFUSAL) in page  # the page escapes its apostrophe
+    assert "held-out request" in page and "norm cap" in page and "opening:2" in page
+    assert steerlens.SteeringVector.load(tmp_path / demo.FILES[0]).layers == [demo.LAYER]
 
 
 # --- caa, sweep, report ----------------------------------------------------------------------

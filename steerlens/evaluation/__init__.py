@@ -32,6 +32,7 @@ from steerlens.evaluation.coherence import (
 )
 from steerlens.evaluation.judges import (
     ModelJudge,
+    RefusalJudge,
     StringMatchJudge,
     success_rate,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "MetricResult",
     "ModelJudge",
     "RateResult",
+    "RefusalJudge",
     "StringMatchJudge",
     "SurprisalComparison",
     "SurprisalResult",
