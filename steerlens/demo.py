@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlens.evaluation.judges import Judge, RefusalJudge
+from steerlens.evaluation.rates import RateResult
 
 FILES = ("refusal_vector.safetensors", "demo_report.html")
 LAYER = 8
@@ -97,22 +98,13 @@ class Arm:
 
     name: str
     replies: tuple[str, ...]
-    rate: Any  # RateResult
+    rate: RateResult
     nll_ratio: float
     distinct: float
-    loops: Any  # RateResult
-
-    def row(self, behavior: str) -> dict[str, str]:
-        return {
-            "steering": self.name,
-            behavior: rate_text(self.rate),
-            "NLL ratio": f"{self.nll_ratio:.2f}",
-            "distinct-3": f"{self.distinct:.2f}",
-            "loops": self.loops.fraction,
-        }
+    loops: RateResult
 
 
-def rate_text(rate: Any) -> str:
+def rate_text(rate: RateResult) -> str:
     """``"17/20 [64%, 95%]"``: successes and the 95% Wilson interval."""
     return f"{rate.fraction} [{rate.ci_low:.0%}, {rate.ci_high:.0%}]"
 
@@ -129,7 +121,6 @@ def measure_arm(
     """Score ``replies`` to `HELD_OUT` (judge, fluency against ``unsteered_nll``, distinct-3,
     loops)."""
     from steerlens.evaluation import distinct_n, loop_rate, reply_nll
-    from steerlens.evaluation.rates import RateResult
 
     return Arm(
         name=name,
@@ -141,7 +132,7 @@ def measure_arm(
     )
 
 
-def verdict(chosen: dict[str, Any] | None, base: Any, calibrated: float | None) -> str:
+def verdict(chosen: dict[str, Any] | None, base: RateResult, calibrated: float | None) -> str:
     """One plain sentence on what calibration found for the refusal vector."""
     n = base.n
     if calibrated is None or chosen is None:
@@ -165,7 +156,7 @@ def verdict(chosen: dict[str, Any] | None, base: Any, calibrated: float | None) 
     )
 
 
-def contrast(everywhere: Arm, french: Arm, base_french: Any, strength: float) -> list[str]:
+def contrast(everywhere: Arm, french: Arm, base_french: RateResult, strength: float) -> list[str]:
     """Plain sentences on where one-shot steering does not transfer coherently."""
     return [
         f"Where it does not: the same refusal vector at strength {strength:g} applied at every "
@@ -194,7 +185,6 @@ def run_demo(
     from steerlens.constraints import NormCap
     from steerlens.data import Datapoint
     from steerlens.evaluation import loop_rate
-    from steerlens.evaluation.rates import RateResult
     from steerlens.generate import generate_each
     from steerlens.optimize import OptimizeConfig
     from steerlens.optimize_many import Job, optimize_many
