@@ -1797,33 +1797,30 @@ def _interop() -> None:
         g = torch.Generator().manual_seed(1)
         return SteeringVector({2: torch.randn(64, generator=g)}, "steerlens/tiny-llama")
 
-    def repeng_round(ctx: Ctx) -> Any:
-        v = deep_vec(ctx)
-        back = interop.from_repeng(interop.to_repeng(v, model=ctx.model(4)), ctx.model(4))
-        return v, back
+    def round_trip(to: Callable[..., Any], back: Callable[..., Any]) -> Callable[[Ctx], Any]:
+        def run(ctx: Ctx) -> Any:
+            v = deep_vec(ctx)
+            return v, back(to(v, model=ctx.model(4)), ctx.model(4))
+
+        return run
+
+    def same_vector(r: Any) -> bool:
+        return r[1].layers == [2] and torch.allclose(r[0].directions[2], r[1].directions[2])
 
     # The interop cases need their optional package (absent in CI; repeng 0.4 cannot be
     # imported under NumPy 2): where it cannot be imported, they are not run.
     add(
         "interop",
         "to_repeng / from_repeng round trip",
-        repeng_round,
-        lambda r: r[1].layers == [2] and torch.allclose(r[0].directions[2], r[1].directions[2]),
+        round_trip(interop.to_repeng, interop.from_repeng),
+        same_vector,
         needs="repeng",
     )
-
-    def sv_round(ctx: Ctx) -> Any:
-        v = deep_vec(ctx)
-        back = interop.from_steering_vectors(
-            interop.to_steering_vectors(v, model=ctx.model(4)), ctx.model(4)
-        )
-        return v, back
-
     add(
         "interop",
         "to_steering_vectors / from_steering_vectors round trip",
-        sv_round,
-        lambda r: r[1].layers == [2] and torch.allclose(r[0].directions[2], r[1].directions[2]),
+        round_trip(interop.to_steering_vectors, interop.from_steering_vectors),
+        same_vector,
         needs="steering_vectors",
     )
 

@@ -286,20 +286,12 @@ def run_demo(
     everywhere_plan = Steering(refusal_run.vector, strength=strength)
     french_plan = Steering(french_run.vector)
     train_plan = Steering(refusal_run.vector, strength=strength, positions=POSITIONS)
-    (everywhere_replies, french_replies), (train_plain, train_steered) = (
-        generate_each(
-            model,
-            list(HELD_OUT),
-            [everywhere_plan, french_plan],
-            max_new_tokens=max_new_tokens,
-            chat=True,
-        ),
-        [
-            replies[0]
-            for replies in generate_each(
-                model, [TRAIN_REQUEST], [None, train_plan], max_new_tokens=max_new_tokens, chat=True
-            )
-        ],
+    decode: dict[str, Any] = {"max_new_tokens": max_new_tokens, "chat": True}
+    everywhere_replies, french_replies = generate_each(
+        model, list(HELD_OUT), [everywhere_plan, french_plan], **decode
+    )
+    [train_plain], [train_steered] = generate_each(
+        model, [TRAIN_REQUEST], [None, train_plan], **decode
     )
     unsteered_nll = float(grid.baseline["nll"])
     everywhere = measure_arm(model, "every position", everywhere_replies, refusals, unsteered_nll)
