@@ -31,6 +31,7 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check steerlens tests benchmarks
 	$(BIN)/ruff format --check steerlens tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -35,9 +35,9 @@ import torch
 import steerlens
 from steerlens import Datapoint, NormCap, OptimizeConfig, Steering
 from steerlens.evaluation import distinct_n, reply_nll, side_effect_kl
-from steerlens.generate import generate_each
-from steerlens.optimize_many import Job, optimize_many
-from steerlens.regularizers import SideEffect
+from steerlens.steering.generate import generate_each
+from steerlens.training.loop import Job, optimize_many
+from steerlens.training.regularizers import SideEffect
 
 sys.path.insert(0, str(Path(__file__).parent))
 from coherence_refusal import CONFIRM, HELD_OUT, NEUTRAL, REFUSAL, TRAIN, opens_with_refusal

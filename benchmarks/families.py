@@ -25,12 +25,12 @@ from typing import Any
 import torch
 
 import steerlens
-from steerlens.data import tokenize
-from steerlens.engines import HookedEngine, PackedEngine, make_engine, steering_function
-from steerlens.engines.families import architecture
-from steerlens.interventions import Add
-from steerlens.objectives import Objective
+from steerlens.steering.interventions import Add
 from steerlens.testing import TINY_FAMILIES, tiny_family_model
+from steerlens.training.data import tokenize
+from steerlens.training.engines import HookedEngine, PackedEngine, make_engine, steering_function
+from steerlens.training.engines.families import architecture
+from steerlens.training.objectives import Objective
 
 PROMPT = "Write a short sentence about the weather today."
 PROMOTE = ["Arr, the skies be grey, matey!", "Ahoy! The sun be shinin' bright."]

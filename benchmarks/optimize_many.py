@@ -25,7 +25,7 @@ import torch
 
 import steerlens
 from steerlens import Datapoint, NormCap, OptimizeConfig, optimize_vector
-from steerlens.optimize_many import Job, optimize_many
+from steerlens.training.loop import Job, optimize_many
 
 # Sixteen single examples of one behaviour (answer in French), as in the paper's study.
 PROMPTS = [

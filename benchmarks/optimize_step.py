@@ -20,11 +20,11 @@ import torch
 
 import steerlens
 from steerlens import runtime
-from steerlens.data import tokenize
-from steerlens.engines import make_engine, steering_function
-from steerlens.interventions import Add
-from steerlens.objectives import Objective, completion_losses
 from steerlens.runtime import token_logprobs
+from steerlens.steering.interventions import Add
+from steerlens.training.data import tokenize
+from steerlens.training.engines import make_engine, steering_function
+from steerlens.training.objectives import Objective, completion_losses
 
 PROMPT = "Write a short sentence about the weather today."
 PROMOTE = ["Arr, the skies be grey, matey!", "Ahoy! The sun be shinin' bright."]

@@ -142,7 +142,8 @@ class Ctx:
     def cli(self, *argv: str) -> CliRun:
         """Run the CLI in this process with the tiny model standing in for every model."""
         from steerlens import cli
-        from steerlens import model as model_mod
+        from steerlens.loading import model as model_mod
+        from steerlens.runtime.devices import check_device
 
         loads = []
 
@@ -150,7 +151,7 @@ class Ctx:
             loads.append(args)
             device = kwargs.get("device")
             if device not in (None, "cpu"):
-                model_mod.check_device(device)
+                check_device(device)
             return self.tiny
 
         original = model_mod.load_model
@@ -465,7 +466,7 @@ def _opt(ctx: Ctx, dps: Any = None, layer: Any = 1, *args: Any, **kw: Any) -> An
 
 
 def _clamp() -> Any:
-    from steerlens.optimize import ClampSteering
+    from steerlens.training.kinds import ClampSteering
 
     return ClampSteering()
 
@@ -970,7 +971,7 @@ def _optimizer() -> None:
     import torch
 
     from steerlens import NormCap, OptimizeConfig
-    from steerlens.optimize import ClampSteering
+    from steerlens.training.kinds import ClampSteering
 
     add(
         "optimizer",
@@ -1070,7 +1071,7 @@ def _optimizer() -> None:
     add("optimizer", "no .grad left on the weights", grads, lambda r: all(r[0]) and all(r[1]))
 
     def grads_interrupted(ctx: Ctx) -> Any:
-        from steerlens.stopping import Plateau
+        from steerlens.training.stopping import Plateau
 
         class Interrupt(Plateau):
             def check(self, history: Any, targets: Any = ()) -> str | None:
@@ -1121,7 +1122,7 @@ def _optimizer() -> None:
     )
 
     def side_effect(**kw: Any) -> Callable[[Ctx], Any]:
-        from steerlens.regularizers import SideEffect
+        from steerlens.training.regularizers import SideEffect
 
         return lambda c: SideEffect(**kw)
 
@@ -1142,12 +1143,12 @@ def _optimizer() -> None:
     )
 
     def target_nan(ctx: Ctx) -> Any:
-        from steerlens.stopping import TargetLoss
+        from steerlens.training.stopping import TargetLoss
 
         return TargetLoss(value=float("nan"))
 
     add("optimizer", "TargetLoss(value=nan)", target_nan, None, "nan")
-    from steerlens.stopping import Plateau, TargetLoss
+    from steerlens.training.stopping import Plateau, TargetLoss
 
     add(
         "optimizer",
@@ -1167,7 +1168,7 @@ def _optimizer() -> None:
     add("optimizer", "stop=('plateau',)", lambda c: OptimizeConfig(stop=("plateau",)), None, "stop")
 
     def optimize_many_empty(ctx: Ctx) -> Any:
-        from steerlens.optimize_many import optimize_many
+        from steerlens.training.loop import optimize_many
 
         return optimize_many(ctx.tiny, [])
 
@@ -1179,7 +1180,7 @@ def _optimizer() -> None:
 
 def _data() -> None:
     from steerlens import Datapoint, Positions
-    from steerlens.objectives import Objective
+    from steerlens.training.objectives import Objective
 
     add("data", "Datapoint(123)", lambda c: Datapoint(123, promote=["x"]), None, "int")  # type: ignore[arg-type]
     add("data", "Datapoint(b'bytes')", lambda c: Datapoint(b"x", promote=["x"]), None, "bytes")  # type: ignore[arg-type]
@@ -1283,7 +1284,7 @@ def _steering() -> None:
 
     import steerlens
     from steerlens import Steering, steer
-    from steerlens.interventions import Ablate
+    from steerlens.steering.interventions import Ablate
 
     def gen(plan: Callable[[], Any]) -> Callable[[Ctx], Any]:
         return lambda c: steerlens.generate(c.tiny, "the cat", plan(), max_new_tokens=2)
@@ -1885,7 +1886,7 @@ promote = [" there"]
 
 def _studies() -> None:
     from steerlens.studies import StudyFolder, StudySpec, run_study
-    from steerlens.studies.run import SerialBackend
+    from steerlens.studies.serial_backend import SerialBackend
 
     def toml(text: str) -> Callable[[Ctx], Any]:
         def load(ctx: Ctx) -> Any:

@@ -1,10 +1,11 @@
 """steerlens: find, study and compare steering vectors, on TransformerLens hook points.
 
-The front door holds what a session needs; everything else is one import deeper:
-``steerlens.optimize`` (results, steering kinds, the norm phase), ``steerlens.objectives``,
-``steerlens.constraints``, ``steerlens.stopping``, ``steerlens.evaluation``,
-``steerlens.analysis`` (plots), ``steerlens.baselines``, ``steerlens.runtime``,
-``steerlens.errors``.
+The front door holds what a session needs; everything else is one room deeper:
+``steerlens.steering`` (positions, interventions, the vector, plans, generation),
+``steerlens.training`` (objectives, constraints, stop rules, steering kinds, results),
+``steerlens.baselines``, ``steerlens.evaluation``, ``steerlens.analysis`` (plots),
+``steerlens.studies``, ``steerlens.loading``, ``steerlens.io``, ``steerlens.interop``,
+``steerlens.runtime``, ``steerlens.errors``.
 
 Example:
     >>> import steerlens
@@ -14,17 +15,18 @@ Example:
 from typing import Any
 
 from steerlens.baselines import diff_of_means
-from steerlens.constraints import NormCap
-from steerlens.data import Datapoint
 from steerlens.errors import SteerlensError
-from steerlens.generate import generate
-from steerlens.interventions import Ablate, Add, Affine, Clamp
-from steerlens.model import load_model
-from steerlens.optimize import OptimizeConfig, evaluate_objective, optimize_vector
-from steerlens.positions import Positions
-from steerlens.reentrant import reentrant_steering
-from steerlens.steer import Steering, steer
-from steerlens.vector import SteeringVector
+from steerlens.loading.model import load_model
+from steerlens.steering.generate import generate
+from steerlens.steering.interventions import Ablate, Add, Affine, Clamp
+from steerlens.steering.positions import Positions
+from steerlens.steering.steer import Steering, steer
+from steerlens.steering.vector import SteeringVector
+from steerlens.training.config import OptimizeConfig
+from steerlens.training.constraints import NormCap
+from steerlens.training.data import Datapoint
+from steerlens.training.optimize import evaluate_objective, optimize_vector
+from steerlens.training.reentrant import reentrant_steering
 from steerlens.version import __version__
 
 __all__ = [

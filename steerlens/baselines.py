@@ -29,7 +29,7 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import InputError, NonFiniteError, SpecError, check_keywords
-from steerlens.vector import SteeringVector
+from steerlens.steering.vector import SteeringVector
 
 Position = Literal["last", "mean", "completion"]
 PromptItem = str | tuple[str, str]
@@ -140,7 +140,7 @@ def _completion_row(
 # -- collection ----------------------------------------------------------------------------
 
 
-def _supports_stop_at_layer(model: Any) -> bool:
+def supports_stop_at_layer(model: Any) -> bool:
     for fn in (getattr(model, "run_with_cache", None), getattr(model, "forward", None)):
         try:
             if fn is not None and "stop_at_layer" in inspect.signature(fn).parameters:
@@ -159,7 +159,7 @@ def _right_pad(model: Any, rows: Sequence[_Row]) -> tuple[Tensor, Tensor, Tensor
     return tokens, attention, span
 
 
-def _reduce(acts: Float[Tensor, "b pos d"], span: Tensor) -> Float[Tensor, "b d"]:
+def reduce_span(acts: Float[Tensor, "b pos d"], span: Tensor) -> Float[Tensor, "b d"]:
     """Mean over each row's span; other positions (padding included) are never read."""
     acts = torch.where(span[..., None], acts.float(), torch.zeros((), device=acts.device))
     return acts.sum(dim=1) / span.sum(dim=1, keepdim=True).float()
@@ -180,7 +180,7 @@ def _batches(
     names = [runtime.hook_name(la) for la in layers]
     kwargs: dict[str, Any] = {}
     stop = max(layers) + 1
-    if stop < runtime.n_layers(model) and _supports_stop_at_layer(model):
+    if stop < runtime.n_layers(model) and supports_stop_at_layer(model):
         kwargs["stop_at_layer"] = stop
     for begin in range(0, len(rows), batch_size):
         tokens, attention, span = _right_pad(model, rows[begin : begin + batch_size])
@@ -190,7 +190,7 @@ def _batches(
             )
         out = {}
         for la, name in zip(layers, names, strict=True):
-            reduced = _reduce(cache[name], span)
+            reduced = reduce_span(cache[name], span)
             if not bool(torch.isfinite(reduced).all()):
                 raise NonFiniteError(
                     f"activations at {name} are NaN/inf for prompts {begin}-"

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
 import torch
-from numpy.typing import ArrayLike
 
 from steerlens.errors import InputError, OutputPathError, SteerlensError
+from steerlens.training.convergence import convergence_note
 from steerlens.version import __version__
 
 
@@ -106,46 +105,6 @@ DEFAULT_LR = 0.1
 DEFAULT_MAX_STEPS = 40
 DEFAULT_NORM_CAP = 40.0
 
-# The unconverged rule (see `convergence_note`).
-TAIL_FRACTION = 0.1
-STILL_FALLING = 0.05
-MIN_FALL_NATS = 0.01
-
-
-def convergence_note(loss_history: ArrayLike, steps: int) -> str | None:
-    """A one-line note when the loss was still falling steeply at the end, else ``None``.
-
-    The rule: over the last 10% of the updates (at least one), the total loss (summed over
-    completions, in nats) fell by more than 5% of its fall over the whole run, and by more than
-    0.01 nats. A run that converges geometrically spends far less of its fall at the end; one
-    whose loss is still falling about linearly spends about 10% there.
-
-    Args:
-        loss_history: ``[evaluations, completions]`` losses in nats (``OptimizeResult``'s).
-        steps: the number of updates made (for the message).
-
-    Example:
-        >>> convergence_note([[4.0], [3.0], [2.0], [1.0]], 3) is not None
-        True
-        >>> convergence_note([[4.0], [1.0], [0.999], [0.998]], 3) is None
-        True
-    """
-    losses = np.asarray(loss_history, dtype=float)
-    totals = losses.sum(axis=1) if losses.ndim == 2 else losses.reshape(-1)
-    updates = len(totals) - 1
-    if updates < 1 or not np.isfinite(totals).all():
-        return None
-    window = max(1, round(TAIL_FRACTION * updates))
-    recent = float(totals[-1 - window] - totals[-1])
-    overall = float(totals[0] - totals[-1])
-    if overall <= 0 or recent <= MIN_FALL_NATS or recent <= STILL_FALLING * overall:
-        return None
-    return (
-        f"note: the loss was still falling at the end ({recent:.3g} nats, {recent / overall:.0%}"
-        f" of the run's fall, in the last {window} of {steps} steps); more --max-steps or a "
-        "larger --lr may give a better vector."
-    )
-
 
 def banner(device: str | torch.device, threads: int) -> str:
     """The one line long runs print on stderr before loading the model."""
@@ -179,7 +138,7 @@ def _check_settings(args: argparse.Namespace) -> None:
 
 def _start(args: argparse.Namespace) -> None:
     """Check the device, apply ``--threads`` and print the banner; all before the model loads."""
-    from steerlens.model import check_device
+    from steerlens.runtime.devices import check_device
 
     device = check_device(args.device)
     if args.threads is not None:
@@ -188,7 +147,7 @@ def _start(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from steerlens.model import load_model
+    from steerlens.loading.model import load_model
 
     return load_model(args.model, device=args.device)
 
@@ -200,10 +159,10 @@ def _note_convergence(result) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from steerlens.generate import generate
-    from steerlens.interventions import KINDS
-    from steerlens.steer import Steering
-    from steerlens.vector import SteeringVector
+    from steerlens.steering.generate import generate
+    from steerlens.steering.interventions import KINDS
+    from steerlens.steering.steer import Steering
+    from steerlens.steering.vector import SteeringVector
 
     for i, prompt in enumerate(args.prompt, 1):
         if not prompt.strip():
@@ -258,7 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _optimize_datapoint(args: argparse.Namespace):
     """The datapoint as the user wrote it, checked; errors quote the user's text."""
-    from steerlens.data import Datapoint
+    from steerlens.training.data import Datapoint
 
     if not args.prompt.strip():
         raise InputError(
@@ -277,9 +236,9 @@ def _optimize_datapoint(args: argparse.Namespace):
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from steerlens.constraints import NormCap
-    from steerlens.data import Datapoint
-    from steerlens.optimize import optimize_vector
+    from steerlens.training.constraints import NormCap
+    from steerlens.training.data import Datapoint
+    from steerlens.training.optimize import optimize_vector
 
     output = check_output_file(args.output)
     raw = _optimize_datapoint(args)
@@ -318,7 +277,7 @@ def _study_folder(args: argparse.Namespace) -> str:
 
 def cmd_study_run(args: argparse.Namespace) -> int:
     """Train (and evaluate) every unit of a study spec, resuming in its folder."""
-    from steerlens.model import check_device
+    from steerlens.runtime.devices import check_device
     from steerlens.studies.folder import StudyFolder
     from steerlens.studies.run import run_study
     from steerlens.studies.spec import StudySpec
@@ -427,7 +386,7 @@ def _numbers(text: str, option: str, kind: type = float) -> list:
 
 
 def _load_vector_file(path: str) -> Any:
-    from steerlens.vector import SteeringVector
+    from steerlens.steering.vector import SteeringVector
 
     if not Path(path).expanduser().is_file():
         raise InputError(f"no vector file {path!r}; pass a .safetensors file written by steerlens.")

@@ -182,14 +182,14 @@ def run_demo(
     """Train, calibrate, contrast and report (see the module docstring); prints as it goes and
     returns the HTML report's path. ``out`` must be a writable folder."""
     from steerlens.analysis.report import write_report
-    from steerlens.constraints import NormCap
-    from steerlens.data import Datapoint
     from steerlens.evaluation import loop_rate
-    from steerlens.generate import generate_each
-    from steerlens.optimize import OptimizeConfig
-    from steerlens.optimize_many import Job, optimize_many
-    from steerlens.steer import Steering
+    from steerlens.steering.generate import generate_each
+    from steerlens.steering.steer import Steering
     from steerlens.studies.calibrate import calibrate
+    from steerlens.training.config import OptimizeConfig
+    from steerlens.training.constraints import NormCap
+    from steerlens.training.data import Datapoint
+    from steerlens.training.loop import Job, optimize_many
 
     t0 = time.perf_counter()
     refusals = RefusalJudge()
@@ -373,7 +373,7 @@ def run_demo(
 
 
 def _note_convergence(result: Any) -> None:
-    from steerlens.cli import convergence_note
+    from steerlens.training.convergence import convergence_note
 
     note = convergence_note(result.loss_history, result.steps)
     if note is not None:

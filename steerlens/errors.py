@@ -6,6 +6,7 @@ what failed, shows the value seen, and gives the fix.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -94,3 +95,15 @@ def check_keywords(given: Mapping[str, Any], valid: Iterable[str], *, where: str
             f"{where} got unknown keyword(s) {', '.join(map(repr, unknown))}; the valid ones "
             f"are: {', '.join(names)}."
         )
+
+
+def check_int(value: object, what: str) -> int:
+    """``value`` as an ``int``; a `SpecError` naming ``what`` for a bool or a non-integer.
+
+    Example:
+        >>> check_int(3, "layers")
+        3
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise SpecError(f"{what} must be integers, got {value!r} ({type(value).__name__}).")
+    return operator.index(value)

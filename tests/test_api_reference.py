@@ -15,12 +15,13 @@ PUBLIC_MODULES = [
     "steerlens.analysis",
     "steerlens.baselines",
     "steerlens.evaluation",
-    "steerlens.optimize",
-    "steerlens.optimize_many",
-    "steerlens.reentrant",
+    "steerlens.datasets",
+    "steerlens.interop",
+    "steerlens.loading",
     "steerlens.runtime",
-    "steerlens.steer",
+    "steerlens.steering",
     "steerlens.studies",
+    "steerlens.training",
 ]
 
 

@@ -7,13 +7,13 @@ import torch
 
 from steerlens import runtime
 from steerlens.baselines import (
-    _reduce,
-    _supports_stop_at_layer,
     collect_activations,
     diff_of_means,
     mean_activations,
     pca_direction,
     principal_direction,
+    reduce_span,
+    supports_stop_at_layer,
 )
 from steerlens.errors import LayerError, SpecError, SteerlensError
 
@@ -91,11 +91,11 @@ def test_reduction_reads_only_the_span():
     acts[0, 1:3] = torch.tensor([[1.0, 2, 3], [3, 4, 5]])
     acts[1, 0] = torch.tensor([7.0, 8, 9])
     span = torch.tensor([[False, True, True, False], [True, False, False, False]])
-    assert _reduce(acts, span).tolist() == [[2.0, 3.0, 4.0], [7.0, 8.0, 9.0]]
+    assert reduce_span(acts, span).tolist() == [[2.0, 3.0, 4.0], [7.0, 8.0, 9.0]]
 
 
 def test_stops_the_forward_after_the_last_needed_layer(tiny):
-    assert _supports_stop_at_layer(tiny)
+    assert supports_stop_at_layer(tiny)
 
 
 def test_chat_formats_prompts_with_the_template(tiny):

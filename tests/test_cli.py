@@ -7,8 +7,9 @@ import torch
 
 import steerlens
 from steerlens import cli, demo
-from steerlens import model as model_mod
-from steerlens.data import Datapoint
+from steerlens.loading import model as model_mod
+from steerlens.training.convergence import convergence_note
+from steerlens.training.data import Datapoint
 
 
 def test_parser_knows_the_commands():
@@ -110,14 +111,14 @@ STEPS = np.arange(41)
 def test_convergence_note_on_made_up_histories(totals, unconverged):
     totals = np.asarray(totals, dtype=float)
     for completions in (1, 3):
-        note = cli.convergence_note(_history(totals, completions), len(totals) - 1)
+        note = convergence_note(_history(totals, completions), len(totals) - 1)
         assert (note is not None) == unconverged, (totals, note)
         if note is not None:
             assert "\n" not in note and "--max-steps" in note
 
 
 def test_convergence_note_names_the_window_and_the_fall():
-    note = cli.convergence_note(_history(10 - 0.2 * STEPS), 40)
+    note = convergence_note(_history(10 - 0.2 * STEPS), 40)
     assert note is not None
     assert "0.8 nats" in note and "10% of the run's fall" in note and "last 4 of 40 steps" in note
 
@@ -251,7 +252,7 @@ def test_demo_states_rate_coherence_calibrated_strength_and_where_it_fails(
 
 def test_caa_writes_the_difference_of_means(tiny_loaded, tiny, capsys, tmp_path):
     from steerlens import diff_of_means
-    from steerlens.vector import SteeringVector
+    from steerlens.steering.vector import SteeringVector
 
     out = tmp_path / "caa.safetensors"
     prompts = tmp_path / "neg.txt"

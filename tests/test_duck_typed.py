@@ -13,7 +13,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 import steerlens
-from steerlens.steer import Steering
+from steerlens.steering.steer import Steering
 from steerlens.testing import tiny_tokenizer
 
 

@@ -16,13 +16,13 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.analysis.layer_sweep import LayerSweepResult
-from steerlens.analysis.lens import LogitLensResult, VectorLike, _direction_at, logit_lens
+from steerlens.analysis.lens import LogitLensResult, VectorLike, direction_at, logit_lens
 from steerlens.analysis.plots import TABLE_STYLE, html_bar, write_page
 from steerlens.analysis.scale import ResidualNorms, residual_norms
 from steerlens.analysis.tokens_view import TokenView
 from steerlens.errors import SpecError
 from steerlens.io.plain import short, table, to_plain
-from steerlens.vector import SteeringVector
+from steerlens.steering.vector import SteeringVector
 
 # Neutral text for the residual-norm measurement when a vector records no prompts of its own.
 DEFAULT_PROMPTS = (
@@ -256,9 +256,9 @@ def _cosine(
             d = other.directions[other.layers[0]]
             note = f"its direction at layer {other.layers[0]}"
         else:
-            d, _ = _direction_at(model, other, layer, name=f"vector {label!r}")
+            d, _ = direction_at(model, other, layer, name=f"vector {label!r}")
     else:
-        d, _ = _direction_at(model, other, None, name=f"vector {label!r}")
+        d, _ = direction_at(model, other, None, name=f"vector {label!r}")
     a = direction.detach().to(device="cpu", dtype=torch.float64)
     b = d.detach().to(device="cpu", dtype=torch.float64)
     denom = float(a.norm() * b.norm())
@@ -341,7 +341,7 @@ def vector_card(
             f"vector_card summarises a SteeringVector, got {type(vector).__name__}; wrap a "
             "tensor with SteeringVector.from_tensor(t, layer, model=model)."
         )
-    direction, found = _direction_at(model, vector, layer)
+    direction, found = direction_at(model, vector, layer)
     la = cast(int, found)  # a SteeringVector always has a layer
     used = list(runtime.check_prompts(prompts)) if prompts is not None else _card_prompts(vector)
     scale = residual_norms(model, used, layers=sorted({la, *vector.layers}))

@@ -30,14 +30,14 @@ from steerlens.analysis.geometry import as_direction, cosine_matrix
 from steerlens.analysis.plots import style_figure
 from steerlens.baselines import Position, PromptItem, collect_activations
 from steerlens.baselines import diff_of_means as _diff_of_means
-from steerlens.data import Datapoint
 from steerlens.errors import LayerError, NonFiniteError, SpecError, SteerlensError
-from steerlens.generate import generate
 from steerlens.io.plain import to_plain
-from steerlens.objectives import Objective
-from steerlens.optimize import ObjectiveScorer, evaluate_objective
-from steerlens.steer import Steering
-from steerlens.vector import SteeringVector
+from steerlens.steering.generate import generate
+from steerlens.steering.steer import Steering
+from steerlens.steering.vector import SteeringVector
+from steerlens.training.data import Datapoint
+from steerlens.training.objectives import Objective
+from steerlens.training.optimize import ObjectiveScorer, evaluate_objective
 
 ScoresLike = Sequence[float] | np.ndarray | Tensor
 _NAMES = ("one_shot", "caa")

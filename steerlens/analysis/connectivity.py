@@ -28,7 +28,6 @@ from torch import Tensor
 
 from steerlens.analysis.geometry import VectorLike, as_direction
 from steerlens.analysis.plots import style_figure
-from steerlens.data import Datapoint
 from steerlens.errors import (
     NonFiniteError,
     SpecError,
@@ -37,10 +36,11 @@ from steerlens.errors import (
     check_keywords,
 )
 from steerlens.io.plain import to_plain
-from steerlens.objectives import Objective
-from steerlens.optimize import ObjectiveScorer
-from steerlens.positions import PositionsLike
-from steerlens.vector import SteeringVector
+from steerlens.steering.positions import PositionsLike
+from steerlens.steering.vector import SteeringVector
+from steerlens.training.data import Datapoint
+from steerlens.training.objectives import Objective
+from steerlens.training.optimize import ObjectiveScorer
 
 
 def _check_n(n: int, minimum: int) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor
 from steerlens.analysis.plots import style_figure
 from steerlens.errors import LayerError, NonFiniteError, SteerlensError, VectorShapeError
 from steerlens.io.plain import to_plain
-from steerlens.vector import SteeringVector
+from steerlens.steering.vector import SteeringVector
 
 VectorLike = Tensor | SteeringVector
 Vectors = Mapping[str, VectorLike] | Sequence[VectorLike]

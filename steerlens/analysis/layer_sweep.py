@@ -29,17 +29,19 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.analysis.plots import style_figure
-from steerlens.data import Datapoint
 from steerlens.errors import InputError, NonFiniteError, SpecError, SteerlensError
-from steerlens.generate import generate
-from steerlens.interventions import check_vector
 from steerlens.io.plain import to_plain
-from steerlens.objectives import Objective, convert_loss
-from steerlens.optimize import OptimizeConfig, evaluate_objective
-from steerlens.optimize_many import Job, optimize_many
-from steerlens.positions import PositionsLike
-from steerlens.steer import Steering, steer
-from steerlens.vector import SteeringVector
+from steerlens.runtime.logprobs import convert_loss
+from steerlens.steering.generate import generate
+from steerlens.steering.interventions import check_vector
+from steerlens.steering.positions import PositionsLike
+from steerlens.steering.steer import Steering, steer
+from steerlens.steering.vector import SteeringVector
+from steerlens.training.config import OptimizeConfig
+from steerlens.training.data import Datapoint
+from steerlens.training.loop import Job, optimize_many
+from steerlens.training.objectives import Objective
+from steerlens.training.optimize import evaluate_objective
 
 Metric = Callable[[list[str]], float]
 METRICS = ("loss", "logprob_change", "kl", "behavior_rate")
@@ -353,7 +355,7 @@ def layer_sweep(
             at every layer. Give this or ``optimize=True``.
         layers: the layers to sweep (default: all).
         optimize: optimize a vector at each layer (all layers in one batched
-            `steerlens.optimize_many.optimize_many` run, each as `steerlens.optimize_vector`
+            `steerlens.training.loop.optimize_many` run, each as `steerlens.optimize_vector`
             would train it).
         config: an ``OptimizeConfig`` for ``optimize=True``; its objective (and positions,
             unless ``positions=`` is given) also define the measured loss in both modes, and

@@ -39,10 +39,10 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.analysis.plots import TABLE_STYLE, html_bar, style_figure
 from steerlens.errors import InputError, LayerError, SpecError, SteerlensError
-from steerlens.interventions import check_vector
 from steerlens.io.plain import table, to_plain
-from steerlens.steer import Steering, steer
-from steerlens.vector import SteeringVector
+from steerlens.steering.interventions import check_vector
+from steerlens.steering.steer import Steering, steer
+from steerlens.steering.vector import SteeringVector
 
 VectorLike = SteeringVector | Tensor
 VIEWS = ("unembed", "final_norm", "steered")
@@ -58,7 +58,7 @@ _TITLES = {
 # -- shared inputs (also used by the per-token view, scale and card) ------------------------
 
 
-def _direction_at(
+def direction_at(
     model: Any, vector: VectorLike, layer: int | None, *, name: str = "vector"
 ) -> tuple[Float[Tensor, " d_model"], int | None]:
     """A checked ``[d_model]`` direction of ``vector`` and the layer it belongs to.
@@ -88,7 +88,7 @@ def _direction_at(
     return vector, (None if layer is None else runtime.check_layer(model, layer))
 
 
-def _check_nonzero(direction: Tensor, name: str) -> None:
+def check_nonzero(direction: Tensor, name: str) -> None:
     if float(direction.norm()) == 0.0:
         raise SteerlensError(
             f"{name} has norm 0, so it points nowhere and promotes no token; pass a non-zero "
@@ -96,7 +96,7 @@ def _check_nonzero(direction: Tensor, name: str) -> None:
         )
 
 
-def _prompt_tokens(
+def prompt_tokens(
     model: Any, prompts: str | Sequence[str], *, chat: bool, bos: bool
 ) -> list[list[int]]:
     """Each prompt's tokens (chat rule and BOS rule as everywhere), refusing empty ones."""
@@ -417,8 +417,8 @@ def logit_lens(
         >>> lens.top_ids[0].tolist() == (torch.ones(64) @ w_u).topk(3).indices.tolist()
         True
     """
-    direction, layer = _direction_at(model, vector, layer)
-    _check_nonzero(direction, label)
+    direction, layer = direction_at(model, vector, layer)
+    check_nonzero(direction, label)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SpecError(f"k must be an int >= 1, got {k!r}.")
     _check_position(position)
@@ -437,7 +437,7 @@ def logit_lens(
             raise LayerError(
                 "the steered view adds the vector at a layer; pass layer= with a bare tensor."
             )
-        rows = _prompt_tokens(model, prompts, chat=chat, bos=False)
+        rows = prompt_tokens(model, prompts, chat=chat, bos=False)
         change = _steered_change(
             model, rows, direction, layer, strength, n_vocab, batch_size, position
         )
@@ -498,10 +498,10 @@ def logit_lens_difference(
     if not (isinstance(labels, tuple) and len(labels) == 2):
         raise SpecError(f"labels must be a pair of names, got {labels!r}.")
     _check_position(position)
-    da, la = _direction_at(model, a, layer, name=f"vector {labels[0]!r}")
-    db, lb = _direction_at(model, b, layer, name=f"vector {labels[1]!r}")
-    _check_nonzero(da, f"vector {labels[0]!r}")
-    _check_nonzero(db, f"vector {labels[1]!r}")
+    da, la = direction_at(model, a, layer, name=f"vector {labels[0]!r}")
+    db, lb = direction_at(model, b, layer, name=f"vector {labels[1]!r}")
+    check_nonzero(da, f"vector {labels[0]!r}")
+    check_nonzero(db, f"vector {labels[1]!r}")
     ua = da.detach().float().cpu()
     ub = db.detach().float().cpu()
     if normalize:
@@ -521,7 +521,7 @@ def logit_lens_difference(
         raise LayerError(
             "the steered view adds each vector at its layer; pass layer= with bare tensors."
         )
-    rows = _prompt_tokens(model, prompts, chat=chat, bos=False)
+    rows = prompt_tokens(model, prompts, chat=chat, bos=False)
     n_vocab = int(lens.scores.shape[1])
     change = _steered_change(model, rows, da, la, strength, n_vocab, batch_size, position)
     change -= _steered_change(model, rows, db, lb, strength, n_vocab, batch_size, position)

@@ -10,7 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from steerlens.io.atomic import atomic_path
-from steerlens.objectives import convert_loss
+from steerlens.runtime.logprobs import convert_loss
 
 TEMPLATE = "plotly_white"
 TABLE_STYLE = "border-collapse:collapse;text-align:left"

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from steerlens.analysis.plots import style_figure
 from steerlens.errors import LayerError, NonFiniteError, SpecError, VectorShapeError
-from steerlens.vector import SteeringVector
+from steerlens.steering.vector import SteeringVector
 
 __all__ = ["SaeDecomposition", "decompose_with_sae"]
 

@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.analysis.lens import VectorLike, _prompt_tokens
+from steerlens.analysis.lens import VectorLike, prompt_tokens
 from steerlens.analysis.plots import style_figure
 from steerlens.errors import (
     InputError,
@@ -29,9 +29,9 @@ from steerlens.errors import (
     NonFiniteError,
     VectorShapeError,
 )
-from steerlens.interventions import check_vector
 from steerlens.io.plain import table, to_plain
-from steerlens.vector import SteeringVector
+from steerlens.steering.interventions import check_vector
+from steerlens.steering.vector import SteeringVector
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def residual_norms(
         if layers is None
         else sorted(set(runtime.check_layers(model, layers)))
     )
-    rows = _prompt_tokens(model, prompts, chat=chat, bos=bos)
+    rows = prompt_tokens(model, prompts, chat=chat, bos=bos)
     if all(len(r) < 2 for r in rows):
         raise InputError(
             "every prompt is one token long, so only the first token's norm can be measured; "

@@ -28,11 +28,11 @@ import torch
 from jaxtyping import Float
 
 from steerlens import runtime
-from steerlens.analysis.lens import VectorLike, _check_nonzero, _direction_at, _prompt_tokens
+from steerlens.analysis.lens import VectorLike, check_nonzero, direction_at, prompt_tokens
 from steerlens.analysis.plots import style_figure, write_page
 from steerlens.errors import InputError, LayerError, SpecError
 from steerlens.io.plain import short, table, to_plain
-from steerlens.steer import Steering, steer
+from steerlens.steering.steer import Steering, steer
 
 Measure = Literal["projection", "logprob_change"]
 MEASURES: tuple[Measure, ...] = ("projection", "logprob_change")
@@ -311,7 +311,7 @@ def token_view(
     """
     if not isinstance(prompt, str):
         raise InputError(f"prompt must be one string, got {type(prompt).__name__}.")
-    (prompt_ids,) = _prompt_tokens(model, [prompt], chat=chat, bos=bos)
+    (prompt_ids,) = prompt_tokens(model, [prompt], chat=chat, bos=bos)
     text = runtime.format_prompts(model, [prompt], chat=chat)[0]
     ids = list(prompt_ids)
     if reply is not None:
@@ -328,10 +328,10 @@ def token_view(
     items = _labelled(vectors)
     resolved = []
     for label, vector in items:
-        direction, la = _direction_at(model, vector, layer, name=f"vector {label!r}")
+        direction, la = direction_at(model, vector, layer, name=f"vector {label!r}")
         if la is None:
             raise LayerError(f"vector {label!r} is a bare tensor; pass layer= to read it.")
-        _check_nonzero(direction, f"vector {label!r}")
+        check_nonzero(direction, f"vector {label!r}")
         resolved.append((label, vector, direction, la))
     layers = sorted({la for *_, la in resolved})
     names = [runtime.hook_name(la) for la in layers]

@@ -24,9 +24,9 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.errors import InputError, SpecError
 from steerlens.io.plain import short, table, to_plain
-from steerlens.objectives import convert_loss
 from steerlens.runtime import TokenContext
-from steerlens.steer import SteeringLike, describe_steering, steer
+from steerlens.runtime.logprobs import convert_loss
+from steerlens.steering.steer import SteeringLike, describe_steering, steer
 
 
 @dataclass(frozen=True)

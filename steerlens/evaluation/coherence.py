@@ -28,9 +28,9 @@ import torch
 from steerlens import runtime
 from steerlens.errors import InputError, SpecError
 from steerlens.evaluation.rates import RateResult
-from steerlens.generate import generate
 from steerlens.io.plain import to_plain
-from steerlens.steer import SteeringLike, steer
+from steerlens.steering.generate import generate
+from steerlens.steering.steer import SteeringLike, steer
 
 
 @dataclass(frozen=True)

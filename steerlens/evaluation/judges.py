@@ -26,9 +26,9 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.errors import AnswerTokenError, SpecError, TemplateError, check_keywords
 from steerlens.evaluation.rates import RateResult
-from steerlens.generate import GENERATE_OPTIONS, generate
 from steerlens.io.plain import short
-from steerlens.steer import SteeringLike
+from steerlens.steering.generate import GENERATE_OPTIONS, generate
+from steerlens.steering.steer import SteeringLike
 
 Judge = Callable[[str], bool]
 PLACEHOLDER = "{text}"

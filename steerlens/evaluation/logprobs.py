@@ -5,7 +5,7 @@ completion`` is one row of a right-padded batch; the model unembeds only the pos
 predict completion tokens (on a ``TransformerBridge``), and ``log softmax(c * logits)`` is taken
 in float32 at those positions only.
 
-Tokenisation is exact, as in the optimizer (`steerlens.data.tokenize_completion`): a
+Tokenisation is exact, as in the optimizer (`steerlens.training.data.tokenize_completion`): a
 completion is scored on the tokens that follow the prompt's own tokens. When tokenising
 ``prompt + completion`` jointly merges a token across the boundary, the completion is scored
 tokenised on its own after the prompt's tokens, with a warning.
@@ -24,8 +24,8 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.errors import InputError
 from steerlens.io.plain import short, table, to_plain
-from steerlens.objectives import convert_loss
-from steerlens.steer import SteeringLike, describe_steering, steer
+from steerlens.runtime.logprobs import convert_loss
+from steerlens.steering.steer import SteeringLike, describe_steering, steer
 
 
 @dataclass(frozen=True)

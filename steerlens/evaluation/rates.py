@@ -21,7 +21,7 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.errors import InputError, SpecError, SteerlensError
 from steerlens.io.plain import short, table, to_plain
-from steerlens.steer import SteeringLike, as_plans, describe_steering, steer
+from steerlens.steering.steer import SteeringLike, as_plans, describe_steering, steer
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

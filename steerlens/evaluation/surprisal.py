@@ -49,8 +49,8 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.errors import InputError, SpecError
 from steerlens.io.plain import short, table, to_plain
-from steerlens.objectives import convert_loss
 from steerlens.runtime import token_logprobs
+from steerlens.runtime.logprobs import convert_loss
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import operator
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +47,6 @@ from steerlens.io.atomic import atomic_path, output_path, path_text
 
 if TYPE_CHECKING:
     import torch
-
-    from steerlens.vector import SteeringVector
 
 ARCHITECTURE = "controlvector"
 MODEL_HINT_KEY = f"{ARCHITECTURE}.model_hint"
@@ -329,79 +327,3 @@ def _field_value(field: Any) -> object:
     """Return a GGUF metadata field's value as plain Python (str, int, float, bool, list)."""
     value = field.contents()
     return value.item() if isinstance(value, np.generic) else value
-
-
-def load_gguf_vector(
-    path: str | os.PathLike[str],
-    model: Any,
-    *,
-    layers: Iterable[int] | None = None,
-    allow_model_mismatch: bool = False,
-) -> SteeringVector:
-    """Read a llama.cpp control-vector file as a `SteeringVector` for ``model``.
-
-    ``direction.{k}`` becomes our layer ``k + 1`` (`gguf_index_to_tl_layer`). Files from
-    steerlens, repeng (``ControlVector.export_gguf``) and llama.cpp's cvector-generator all
-    read. The file's ``controlvector.model_hint`` must name ``model``: its Hugging Face
-    ``model_type`` (``"llama"``, what repeng and llama.cpp write) or the hint
-    `SteeringVector.to_gguf` writes (the model id's last part, lower case).
-
-    Args:
-        path: The ``.gguf`` file; ``~`` is expanded.
-        model: The model the vectors are for; its id is recorded on the vector.
-        layers: Keep only these of our layers (e.g. to drop a file's last-block vector, which
-            steerlens cannot apply); all by default.
-        allow_model_mismatch: Accept a file whose model hint names another model, or none.
-
-    Returns:
-        The vector, float32, on the model's device; its provenance records the file and hint.
-
-    Raises:
-        VectorFileError: Not a readable control-vector file (see `read_control_vector`).
-        ModelMismatchError: The model hint names another model, or the file has none.
-        LayerError: A layer the model lacks, e.g. the output of its last block (``layer ==
-            n_layers``), or a ``layers`` entry the file lacks.
-        VectorShapeError: Vectors of another ``d_model``.
-
-    Example:
-        >>> import tempfile, torch
-        >>> from steerlens import SteeringVector
-        >>> from steerlens.testing import tiny_model
-        >>> model = tiny_model(n_layers=4)
-        >>> v = SteeringVector.from_tensor(torch.randn(64), layer=2, model=model)
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     path = v.to_gguf(Path(tmp) / "v.gguf")
-        ...     back = load_gguf_vector(path, model)
-        >>> back.layers, torch.equal(back.directions[2], v.directions[2])
-        ([2], True)
-    """
-    from steerlens import runtime
-    from steerlens.errors import ModelMismatchError
-    from steerlens.io.interop import build_imported_vector, hf_model_type
-
-    directions, metadata = read_control_vector(path)
-    hint = metadata.get(MODEL_HINT_KEY)
-    model_id = runtime.model_id(model)
-    names = {model_id.lower(), model_id.rsplit("/", 1)[-1].lower()}
-    model_type = hf_model_type(model)
-    if model_type is not None:
-        names.add(model_type.lower())
-    if not allow_model_mismatch and (not isinstance(hint, str) or hint.lower() not in names):
-        seen = f"is {hint!r}" if isinstance(hint, str) else "is missing"
-        raise ModelMismatchError(
-            f"{path}: its {MODEL_HINT_KEY} {seen}, but the model is {model_id!r} (accepted "
-            f"hints: {', '.join(sorted(map(repr, names)))}). Pass allow_model_mismatch=True if "
-            "the vectors were made on this model."
-        )
-    return build_imported_vector(
-        directions,
-        model,
-        layers,
-        source=str(path),
-        provenance={
-            "method": "import",
-            "source": "llama.cpp control vector (GGUF)",
-            "path": str(Path(path).expanduser()),
-            "model_hint": hint if isinstance(hint, str) else None,
-        },
-    )

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from steerlens.errors import SteerlensError, VectorFileError
+from steerlens.errors import VectorFileError
 from steerlens.io.atomic import atomic_path, output_path, path_text
 
 FORMAT_NAME = "steerlens.steering_vector"
@@ -60,17 +60,29 @@ def save_vector(vector: Any, path: str | Path) -> Path:
     return Path(path).expanduser()
 
 
-def load_vector(path: str | Path, *, device: str | torch.device | None = None) -> Any:
-    """Read a file written by `save_vector`; clear errors for anything else."""
+def damaged_file(path: Path, problem: str) -> VectorFileError:
+    """The error for a steerlens vector file at ``path`` whose content is wrong (``problem``)."""
+    return VectorFileError(
+        f"{str(path)!r} is a damaged steerlens vector file: {problem}. Re-save the vector with "
+        "SteeringVector.save() (or restore the file from a copy)."
+    )
+
+
+def read_vector_file(
+    path: str | Path,
+) -> tuple[Path, dict[str, dict[int, torch.Tensor]], dict[str, Any]]:
+    """Read a file written by `save_vector` as plain data: its path, its tensors by part
+    (``"direction"``, ``"affine_left"``, ``"affine_right"``) and layer, and its metadata.
+
+    The header, the metadata's keys and types and the tensor names are checked here; building
+    the vector (and the checks that need it) is `steerlens.steering.vector.SteeringVector.load`.
+
+    Raises:
+        VectorFileError: no such file, or one that is not a complete steerlens vector file.
+    """
     from safetensors import safe_open
 
-    from steerlens.vector import SteeringVector
-
     p = Path(path_text(path, what="the vector file path", error=VectorFileError)).expanduser()
-    if device is not None:
-        from steerlens.model import check_device
-
-        device = check_device(device)  # before reading: a device this machine lacks
     if p.is_dir():
         raise VectorFileError(
             f"{str(p)!r} is a folder, not a vector file; pass the path of the .safetensors file "
@@ -99,24 +111,18 @@ def load_vector(path: str | Path, *, device: str | torch.device | None = None) -
             f"steerlens reads version {FORMAT_VERSION}. Upgrade steerlens."
         )
 
-    def damaged(problem: str) -> VectorFileError:
-        return VectorFileError(
-            f"{str(p)!r} is a damaged steerlens vector file: {problem}. Re-save the vector with "
-            "SteeringVector.save() (or restore the file from a copy)."
-        )
-
     try:
         meta = json.loads(header.get("steerlens", ""))
     except json.JSONDecodeError as exc:
-        raise damaged(f"its 'steerlens' header is not JSON ({exc})") from exc
+        raise damaged_file(p, f"its 'steerlens' header is not JSON ({exc})") from exc
     if not isinstance(meta, dict):
-        raise damaged(f"its metadata is a {type(meta).__name__}, not a JSON object")
+        raise damaged_file(p, f"its metadata is a {type(meta).__name__}, not a JSON object")
     missing = [k for k in _REQUIRED_KEYS if k not in meta]
     if missing:
-        raise damaged(f"its metadata lacks the key(s) {', '.join(map(repr, missing))}")
+        raise damaged_file(p, f"its metadata lacks the key(s) {', '.join(map(repr, missing))}")
     for key, kind in (("model_id", str), ("hook_template", str), ("provenance", dict)):
         if not isinstance(meta[key], kind):
-            raise damaged(f"metadata {key!r} is {meta[key]!r}, not a {kind.__name__}")
+            raise damaged_file(p, f"metadata {key!r} is {meta[key]!r}, not a {kind.__name__}")
 
     parts: dict[str, dict[int, torch.Tensor]] = {
         "direction": {},
@@ -126,43 +132,10 @@ def load_vector(path: str | Path, *, device: str | torch.device | None = None) -
     for name, t in tensors.items():
         match = _TENSOR_NAME.fullmatch(name)
         if match is None:
-            raise damaged(
+            raise damaged_file(
+                p,
                 f"it holds a tensor named {name!r}; only direction.<layer>, "
-                "affine_left.<layer> and affine_right.<layer> belong in a vector file"
+                "affine_left.<layer> and affine_right.<layer> belong in a vector file",
             )
         parts[match.group(1)][int(match.group(2))] = t
-    directions = parts["direction"]
-    if sorted(directions) != meta["layers"]:
-        raise damaged(
-            f"it has direction tensors for layers {sorted(directions)} but its metadata lists "
-            f"layers {meta['layers']!r}"
-        )
-    if sorted(parts["affine_left"]) != sorted(parts["affine_right"]):
-        raise damaged(
-            f"affine_left tensors for layers {sorted(parts['affine_left'])} do not match "
-            f"affine_right tensors for layers {sorted(parts['affine_right'])}"
-        )
-    affine = {la: (t, parts["affine_right"][la]) for la, t in parts["affine_left"].items()}
-    try:
-        vector = SteeringVector(
-            directions=directions,
-            model_id=meta["model_id"],
-            affine=affine,
-            hook_template=meta["hook_template"],
-            provenance=meta["provenance"],
-            steerlens_version=str(meta["steerlens_version"]),
-            created_at=str(meta["created_at"]),
-        )
-    except SteerlensError as exc:  # NaN/inf, a complex dtype, shapes that do not agree
-        raise damaged(str(exc).rstrip(".")) from exc
-    if meta["d_model"] != vector.d_model:
-        raise damaged(
-            f"its vectors have {vector.d_model} numbers but its metadata says d_model "
-            f"{meta['d_model']!r}"
-        )
-    if "affine_rank" in meta and meta["affine_rank"] != vector.metadata()["affine_rank"]:
-        raise damaged(
-            f"its affine tensors have rank {vector.metadata()['affine_rank']} but its metadata "
-            f"says affine_rank {meta.get('affine_rank')!r}"
-        )
-    return vector.to(device) if device is not None else vector
+    return p, parts, meta

@@ -10,7 +10,8 @@
 - `forward`: logits at chosen positions, per-token log-probabilities of
   token rows, next-token logits, one KV-cached decoding step.
 - `decoding`: the decoder (greedy or sampled, KV-cached).
-- `logprobs`: token log-probabilities and KL divergences.
+- `logprobs`: token log-probabilities, KL divergences and loss units.
+- `devices`: `device=` and `dtype=` checked against this machine.
 
 Nothing in the runtime imports the rest of steerlens (only `steerlens.errors`).
 
@@ -26,6 +27,7 @@ Example:
 from steerlens.runtime.batch import check_batch_size, chunks, left_pad, right_pad
 from steerlens.runtime.context import TokenContext, current_context, token_context
 from steerlens.runtime.decoding import decode_tokens
+from steerlens.runtime.devices import check_device, check_dtype, default_device
 from steerlens.runtime.forward import check_fits, last_logits, logits_at, next_logits, score_rows
 from steerlens.runtime.logprobs import check_coldness, kl_divergence, token_logprobs
 from steerlens.runtime.model import (
@@ -37,6 +39,7 @@ from steerlens.runtime.model import (
     dtype,
     eos_token_ids,
     final_norm,
+    hf_model_type,
     hook_name,
     model_id,
     n_ctx,
@@ -65,6 +68,8 @@ __all__ = [
     "chat_prompt",
     "check_batch_size",
     "check_coldness",
+    "check_device",
+    "check_dtype",
     "check_fits",
     "check_layer",
     "check_layers",
@@ -75,12 +80,14 @@ __all__ = [
     "d_model",
     "decode",
     "decode_tokens",
+    "default_device",
     "device",
     "dtype",
     "encode",
     "eos_token_ids",
     "final_norm",
     "format_prompts",
+    "hf_model_type",
     "hook_name",
     "kl_divergence",
     "last_logits",

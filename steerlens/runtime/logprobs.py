@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerlens.errors import SpecError
+
+# Loss units: the base of the logarithm each one counts in.
+LOG_BASES = {"nats": math.e, "bits": 2.0, "hartleys": 10.0}
 
 
 def token_logprobs(
@@ -49,3 +54,15 @@ def check_coldness(coldness: float) -> float:
             f"coldness must be > 0 (1 = the model's own probabilities), got {coldness}."
         )
     return float(coldness)
+
+
+def convert_loss(value: float | Tensor, unit: str) -> float | Tensor:
+    """Convert a loss from nats to ``"bits"``, ``"hartleys"`` or ``"nats"``.
+
+    Example:
+        >>> round(convert_loss(math.log(10), "hartleys"), 6)
+        1.0
+    """
+    if unit not in LOG_BASES:
+        raise SpecError(f"unknown loss unit {unit!r}; use one of {', '.join(LOG_BASES)}.")
+    return value / math.log(LOG_BASES[unit])

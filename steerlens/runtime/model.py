@@ -175,3 +175,33 @@ def final_norm(model: Any) -> tuple[str | None, torch.Tensor | None]:
     if getattr(model.cfg, "rmsnorm_uses_offset", False):
         weight = 1.0 + weight
     return (str(kind) if kind else None), weight
+
+
+def hf_model_type(model: Any) -> str | None:
+    """The Hugging Face ``model_type`` of a TransformerLens model (``"llama"``), if known.
+
+    This is the name repeng and llama.cpp's cvector-generator record with a vector. Read from
+    a ``TransformerBridge``'s ``original_model.config``, else from a ``HookedTransformer``'s
+    ``cfg.original_architecture`` (``"LlamaForCausalLM"``).
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> hf_model_type(tiny_model())
+        'llama'
+    """
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    model_type = getattr(config, "model_type", None)
+    if isinstance(model_type, str) and model_type:
+        return model_type
+    architecture = getattr(getattr(model, "cfg", None), "original_architecture", None)
+    if isinstance(architecture, str):
+        try:
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        except ImportError:  # pragma: no cover - transformers is a dependency
+            return None
+        # Several model types may share a class (internlm3 uses LlamaForCausalLM).
+        names = [n for n, c in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items() if c == architecture]
+        stem = architecture.removesuffix("ForCausalLM").lower()
+        if stem in names or len(names) == 1:
+            return stem if stem in names else str(names[0])
+    return None

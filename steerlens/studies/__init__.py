@@ -10,7 +10,7 @@ where, how strongly, and at what cost to coherence?
 - `calibrate`: the strength (and layer) with the best behavior within a coherence budget,
   with the curve that justifies it and the vector's size next to the residual stream.
 - `StudySpec` / `run_study` / `StudyFolder`: a declarative study (Python or TOML) trained with
-  `steerlens.optimize_many.optimize_many`, written unit by unit to a folder that resumes and
+  `steerlens.training.loop.optimize_many`, written unit by unit to a folder that resumes and
   loses nothing; serial by default, Ray with ``backend="ray"``; `write_report` makes one
   self-contained HTML page of a study folder.
 

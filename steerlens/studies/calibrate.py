@@ -19,8 +19,9 @@ from torch import Tensor
 
 from steerlens.errors import InputError, SpecError
 from steerlens.evaluation.judges import Judge
-from steerlens.positions import PositionsLike
-from steerlens.steer import Steering
+from steerlens.steering.positions import PositionsLike
+from steerlens.steering.steer import Steering
+from steerlens.steering.vector import SteeringVector
 from steerlens.studies.grid import (
     DEFAULT_MAX_NLL_RATIO,
     FrontierPoint,
@@ -28,7 +29,6 @@ from steerlens.studies.grid import (
     GridSource,
     layer_strength_grid,
 )
-from steerlens.vector import SteeringVector
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from steerlens.errors import SpecError, StudyFolderError
 from steerlens.io.atomic import atomic_path
-from steerlens.optimize import OptimizeResult
+from steerlens.steering.vector import SteeringVector
 from steerlens.studies.spec import StudySpec, Unit
-from steerlens.vector import SteeringVector
+from steerlens.training.config import OptimizeResult
 from steerlens.version import __version__
 
 if TYPE_CHECKING:

@@ -33,12 +33,12 @@ from steerlens.errors import InputError, SpecError, SteerlensError
 from steerlens.evaluation.coherence import MetricResult, distinct_n, reply_nll, side_effect_kl
 from steerlens.evaluation.judges import Judge, judge_texts
 from steerlens.evaluation.rates import RateResult
-from steerlens.generate import generate, generate_each
-from steerlens.interventions import check_vector
 from steerlens.io.plain import short, to_plain
-from steerlens.positions import Positions, PositionsLike, as_positions
-from steerlens.steer import Steering
-from steerlens.vector import SteeringVector
+from steerlens.steering.generate import generate, generate_each
+from steerlens.steering.interventions import check_vector
+from steerlens.steering.positions import Positions, PositionsLike, as_positions
+from steerlens.steering.steer import Steering
+from steerlens.steering.vector import SteeringVector
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -807,7 +807,7 @@ def layer_strength_grid(
     unsteered model's NLL of the replies, their distinct-n and (with ``neutral_prompts``)
     the side-effect KL. The unsteered replies and scores are computed once; a strength of 0
     is the unsteered model, so its cells reuse them. Cells are decoded together, about
-    ``batch_size`` (cell, prompt) rows per forward pass (`steerlens.generate.generate_each`),
+    ``batch_size`` (cell, prompt) rows per forward pass (`steerlens.steering.generate_each`),
     with the same replies as one `steerlens.generate` call per cell.
 
     Args:

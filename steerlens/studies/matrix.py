@@ -11,7 +11,7 @@ prompts) and measures, per ``(vector, prompt)`` cell:
   neutral prompts, mean over prompts (with ``neutral_prompts=``).
 
 All ``vectors x prompts`` rows run together, each under its own steering
-(`steerlens.steer.steer_rows`): a few forward passes score the whole matrix.
+(`steerlens.steering.steer.steer_rows`): a few forward passes score the whole matrix.
 `GeneralizationMatrix.ranking` answers "which training example transfers best": the vectors
 ordered by their mean effect on the prompts they were *not* trained on.
 """
@@ -29,12 +29,11 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.data import Datapoint
 from steerlens.errors import InputError, SpecError
 from steerlens.evaluation.judges import Judge, judge_texts
-from steerlens.generate import generate_each
 from steerlens.io.plain import prompt_label, short, table, to_plain
-from steerlens.steer import (
+from steerlens.steering.generate import generate_each
+from steerlens.steering.steer import (
     RowSteering,
     Steering,
     SteeringLike,
@@ -42,7 +41,8 @@ from steerlens.steer import (
     check_row_steerings,
     steer_rows,
 )
-from steerlens.vector import SteeringVector
+from steerlens.steering.vector import SteeringVector
+from steerlens.training.data import Datapoint
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -112,7 +112,7 @@ def target_logprobs(
 ) -> TargetLogprobs:
     """The target log-prob of every example under every steering and unsteered (nats,
     float64). All ``steerings x examples x promote completions`` rows run together, each under
-    its own steering (`steerlens.steer.steer_rows`), ``batch_size`` rows per forward pass.
+    its own steering (`steerlens.steering.steer.steer_rows`), ``batch_size`` rows per forward pass.
 
     Args:
         model: a TransformerLens model.

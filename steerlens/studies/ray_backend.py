@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from steerlens.errors import MissingPackageError, SpecError, SteerlensError
-from steerlens.studies.run import (
+from steerlens.steering.vector import SteeringVector
+from steerlens.studies.phases import (
     Outcome,
     PhaseOutcome,
     describe_error,
@@ -32,7 +33,6 @@ from steerlens.studies.run import (
     train_units,
 )
 from steerlens.studies.spec import StudySpec, Unit, load_study_model
-from steerlens.vector import SteeringVector
 
 INSTALL = "pip install steerlens[ray]"
 
@@ -64,7 +64,7 @@ def train_on_worker(spec: StudySpec, units: Sequence[Unit], device: str | None) 
     import dataclasses
 
     from steerlens import runtime
-    from steerlens.optimize import OptimizeResult
+    from steerlens.training.config import OptimizeResult
 
     model = worker_model(spec.model, device)
     spec.check_layers(runtime.n_layers(model))

@@ -38,11 +38,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from steerlens.constraints import NormCap
-from steerlens.data import Datapoint
 from steerlens.errors import InputError, LayerError, SpecError, check_keywords
-from steerlens.objectives import Objective
-from steerlens.optimize import OptimizeConfig
+from steerlens.training.config import OptimizeConfig
+from steerlens.training.constraints import NormCap
+from steerlens.training.data import Datapoint
+from steerlens.training.objectives import Objective
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,7 +73,7 @@ def load_study_model(name: str, *, device: Any = None) -> Any:
         from steerlens.testing import tiny_model
 
         return tiny_model(device=device)
-    from steerlens.model import load_model
+    from steerlens.loading.model import load_model
 
     if name == "embedded":
         return load_model(device=device)

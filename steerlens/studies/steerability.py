@@ -7,7 +7,7 @@ and measures, per prompt, the target log-prob change
 multiplier is that prompt's steerability; prompts whose slope has the wrong sign (< 0: more
 of the vector makes the promoted completions *less* likely) are anti-steerable. All
 ``multipliers x prompts`` rows run together, each under its own strength
-(`steerlens.steer.steer_rows`).
+(`steerlens.steering.steer.steer_rows`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.data import Datapoint
 from steerlens.errors import InputError, SpecError
 from steerlens.io.plain import prompt_label, short, table, to_plain
-from steerlens.steer import SteeringLike, as_plans
+from steerlens.steering.steer import SteeringLike, as_plans
 from steerlens.studies.matrix import check_examples, target_logprobs
+from steerlens.training.data import Datapoint
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -17,7 +17,7 @@ from steerlens.errors import (
     OutputPathError,
     SpecError,
 )
-from steerlens.vector import SteeringVector
+from steerlens.steering.vector import SteeringVector
 
 
 @pytest.fixture(scope="module")

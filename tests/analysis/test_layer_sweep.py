@@ -11,8 +11,8 @@ from steerlens import Datapoint, OptimizeConfig, SteeringVector, evaluate_object
 from steerlens.analysis.layer_sweep import layer_sweep
 from steerlens.analysis.plots import save_html
 from steerlens.errors import LayerError, SpecError
-from steerlens.objectives import Objective
-from steerlens.steer import Steering
+from steerlens.steering.steer import Steering
+from steerlens.training.objectives import Objective
 
 
 @pytest.fixture(scope="module")

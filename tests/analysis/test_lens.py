@@ -21,9 +21,9 @@ from steerlens.errors import (
     SteerlensError,
     VectorShapeError,
 )
-from steerlens.steer import Steering, steer
+from steerlens.steering.steer import Steering, steer
+from steerlens.steering.vector import SteeringVector
 from steerlens.testing import tiny_model, tiny_tokenizer
-from steerlens.vector import SteeringVector
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from steerlens import runtime
 from steerlens.analysis import ResidualNorms, residual_norms
 from steerlens.errors import InputError, LayerError, ModelMismatchError
-from steerlens.vector import SteeringVector
+from steerlens.steering.vector import SteeringVector
 
 
 def test_matches_a_direct_computation(tiny):

@@ -12,8 +12,8 @@ import torch
 from steerlens import runtime
 from steerlens.analysis import TokenView, token_view
 from steerlens.errors import InputError, LayerError, ModelMismatchError, SpecError
-from steerlens.steer import Steering, steer
-from steerlens.vector import SteeringVector
+from steerlens.steering.steer import Steering, steer
+from steerlens.steering.vector import SteeringVector
 
 
 def _direct(model, ids, v, layer, strength=1.0):

@@ -11,7 +11,7 @@ import torch
 from steerlens import runtime, steer
 from steerlens.errors import SpecError
 from steerlens.evaluation import beam_search
-from steerlens.steer import Steering
+from steerlens.steering.steer import Steering
 from steerlens.testing import tiny_model
 
 LAYER = 1

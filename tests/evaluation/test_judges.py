@@ -21,7 +21,7 @@ from steerlens.evaluation import (
     success_rate,
     wilson_interval,
 )
-from steerlens.steer import Steering
+from steerlens.steering.steer import Steering
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_optimized_vector_raises_the_french_rate(smol):
 def test_success_rate_passes_generate_keywords_and_refuses_others(tiny):
     import inspect
 
-    from steerlens.generate import GENERATE_OPTIONS, generate
+    from steerlens.steering.generate import GENERATE_OPTIONS, generate
 
     keyword_only = [
         name

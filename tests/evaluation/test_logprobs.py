@@ -13,7 +13,7 @@ import torch
 from steerlens import runtime, steer
 from steerlens.errors import SpecError, SteerlensError
 from steerlens.evaluation import ContextWindowError, completion_logprobs
-from steerlens.steer import Steering
+from steerlens.steering.steer import Steering
 
 PROMPTS = ["the cat sat on", "a dog"]
 COMPLETIONS = [" the mat", " in", "xyz!"]

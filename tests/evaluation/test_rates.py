@@ -13,7 +13,7 @@ import torch
 from steerlens import SteeringVector, runtime, steer
 from steerlens.errors import SpecError, SteerlensError
 from steerlens.evaluation import AnswerTokenError, behavior_change_rates
-from steerlens.steer import Steering
+from steerlens.steering.steer import Steering
 
 POSITIVE = [
     "Is the sky blue? A or B",

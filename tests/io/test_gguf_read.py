@@ -12,7 +12,6 @@ import torch
 import steerlens
 from steerlens import SteeringVector
 from steerlens.errors import LayerError, ModelMismatchError, VectorFileError, VectorShapeError
-from steerlens.io.gguf_format import load_gguf_vector
 from steerlens.testing import TINY_MODEL_ID, tiny_model
 
 
@@ -51,7 +50,7 @@ def test_steerlens_gguf_steerlens_round_trip_is_exact(tmp_path, deep):
 
 def test_imported_vector_steers_like_the_original(tmp_path, deep):
     v = SteeringVector.from_tensor(torch.randn(64), layer=2, model=deep)
-    back = load_gguf_vector(v.to_gguf(tmp_path / "v.gguf"), deep)
+    back = SteeringVector.from_gguf(v.to_gguf(tmp_path / "v.gguf"), deep)
     tokens = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         with steerlens.steer(deep, steerlens.Steering(v, strength=3.0)):

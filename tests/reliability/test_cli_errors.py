@@ -12,7 +12,7 @@ import torch
 
 import steerlens
 from steerlens import cli
-from steerlens import model as model_mod
+from steerlens.loading import model as model_mod
 
 OPTIMIZE = ["optimize", "--prompt", "hi", "--raw-prompt", "--promote", " a", "--layer", "1"]
 

@@ -26,11 +26,11 @@ from steerlens.errors import (
     VectorFileError,
     VectorShapeError,
 )
-from steerlens.interventions import check_vector
 from steerlens.io.gguf_format import read_control_vector
-from steerlens.optimize import AffineSteering, ClampSteering
-from steerlens.steer import Steering
+from steerlens.steering.interventions import check_vector
+from steerlens.steering.steer import Steering
 from steerlens.testing import tiny_model
+from steerlens.training.kinds import AffineSteering, ClampSteering
 
 MODEL_ID = "steerlens/tiny-llama"
 RESID_POST = "blocks.{layer}.hook_resid_post"

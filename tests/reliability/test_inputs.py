@@ -18,7 +18,7 @@ from steerlens.errors import (
     SteerlensError,
 )
 from steerlens.evaluation import completion_logprobs, success_rate
-from steerlens.objectives import Objective
+from steerlens.training.objectives import Objective
 
 DP = Datapoint("the cat sat", promote=[" on the mat"])
 

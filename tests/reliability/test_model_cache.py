@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from steerlens import model as model_mod
 from steerlens.errors import CacheError, ModelError, SpecError
+from steerlens.loading import model as model_mod
 
 CACHE_NAME = "smollm2-135m-instruct-cfcf9be18ff3d14b-v1"  # of fake_gguf's bytes
 
@@ -94,7 +94,7 @@ def test_hub_offline_leaves_a_fresh_process_online():
     code = textwrap.dedent(
         """
         import os, subprocess, sys
-        from steerlens.model import hub_offline
+        from steerlens.loading.model import hub_offline
         with hub_offline():
             from huggingface_hub import constants
             assert constants.HF_HUB_OFFLINE
@@ -169,7 +169,7 @@ def test_staging_of_a_killed_conversion_is_swept(tmp_path):
         f"""
         import os, sys
         from pathlib import Path
-        from steerlens import model
+        from steerlens.loading import model
 
         def convert(gguf, out):
             (out / "model.safetensors").write_bytes(b"partial")

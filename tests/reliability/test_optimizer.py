@@ -9,9 +9,9 @@ import torch
 
 from steerlens import Datapoint, OptimizeConfig, optimize_vector
 from steerlens.errors import InputError, SpecError
-from steerlens.objectives import Objective
-from steerlens.optimize import ClampSteering
-from steerlens.stopping import Plateau, TargetLoss
+from steerlens.training.kinds import ClampSteering
+from steerlens.training.objectives import Objective
+from steerlens.training.stopping import Plateau, TargetLoss
 
 DP = Datapoint("the cat sat", promote=[" on the mat"])
 

@@ -10,7 +10,7 @@ import torch
 import steerlens
 from steerlens import Positions, Steering, SteeringVector
 from steerlens.errors import NonFiniteError, SpecError, VectorFileError, VectorShapeError
-from steerlens.interventions import Add, check_vector
+from steerlens.steering.interventions import Add, check_vector
 
 MODEL_ID = "steerlens/tiny-llama"
 

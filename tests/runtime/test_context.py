@@ -12,7 +12,7 @@ from steerlens import runtime, steer
 from steerlens.errors import SteerlensError
 from steerlens.evaluation import beam_search, completion_logprobs
 from steerlens.runtime import TokenContext, current_context, token_context
-from steerlens.steer import Steering
+from steerlens.steering.steer import Steering
 
 RULES = ["all", "prompt", "generated", "last:2", [0, 2], slice(1, 3)]
 

@@ -13,7 +13,7 @@ import torch
 from steerlens import Steering, SteeringVector, generate
 from steerlens.analysis.scale import residual_norms
 from steerlens.errors import SpecError
-from steerlens.positions import Positions
+from steerlens.steering.positions import Positions
 from steerlens.studies import Calibration, calibrate
 from steerlens.studies.grid import layer_strength_grid
 

@@ -11,7 +11,7 @@ import pytest
 
 from steerlens.errors import StudyFolderError
 from steerlens.studies.folder import FORMAT_VERSION, StudyFolder
-from steerlens.studies.run import train_units
+from steerlens.studies.phases import train_units
 from steerlens.studies.spec import Example, OptimizerSettings, StudySpec
 from steerlens.version import __version__
 

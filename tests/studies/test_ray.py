@@ -59,7 +59,7 @@ def test_ray_results_equal_the_serial_run(local_ray, spec, tmp_path):
 
 
 def test_the_grid_as_a_ray_task_equals_the_serial_grid(local_ray, tmp_path):
-    from steerlens.studies.run import grid_sources
+    from steerlens.studies.phases import grid_sources
 
     spec = StudySpec.from_toml(SPECS / "report.toml")
     serial = run_study(spec, tmp_path / "serial", progress=False)

@@ -11,11 +11,13 @@ import pytest
 
 from steerlens import cli
 from steerlens.errors import StudyError, StudyFolderError
-from steerlens.studies import run as run_mod
+from steerlens.studies import phases as phases_mod
+from steerlens.studies import serial_backend as serial_mod
 from steerlens.studies import spec as spec_mod
 from steerlens.studies.folder import StudyFolder
 from steerlens.studies.report import write_report
-from steerlens.studies.run import SerialBackend, run_study
+from steerlens.studies.run import run_study
+from steerlens.studies.serial_backend import SerialBackend
 from steerlens.studies.spec import StudySpec
 
 SPECS = Path(__file__).parent / "specs"
@@ -61,7 +63,7 @@ def test_the_report_is_one_self_contained_page_with_every_section(study, spec, m
         raise AssertionError("the report must not load a model")
 
     monkeypatch.setattr(spec_mod, "load_study_model", no_model)
-    monkeypatch.setattr(run_mod, "load_study_model", no_model)
+    monkeypatch.setattr(serial_mod, "load_study_model", no_model)
     path = write_report(study)
     assert path == study.path / "report.html"
     text = path.read_text(encoding="utf-8")
@@ -90,7 +92,7 @@ def test_the_page_is_written_where_asked_and_atomically(study, tmp_path):
 
 
 def test_a_folder_with_a_failed_unit_still_reports(tmp_path, spec, tiny, monkeypatch):
-    real = run_mod.optimize_many
+    real = phases_mod.optimize_many
     bad = spec.examples[1].prompt
 
     def optimize_many(model, jobs, *, progress=None):
@@ -98,7 +100,7 @@ def test_a_folder_with_a_failed_unit_still_reports(tmp_path, spec, tiny, monkeyp
             raise RuntimeError("CUDA out of memory")
         return real(model, jobs, progress=progress)
 
-    monkeypatch.setattr(run_mod, "optimize_many", optimize_many)
+    monkeypatch.setattr(phases_mod, "optimize_many", optimize_many)
     with pytest.raises(StudyError, match="1 of 4 units failed"):
         run_study(spec, tmp_path / "s", backend=SerialBackend(model=tiny), progress=False)
     text = write_report(tmp_path / "s").read_text(encoding="utf-8")

@@ -12,9 +12,11 @@ import torch
 from steerlens import cli
 from steerlens.errors import LayerError, StudyError, StudyFolderError
 from steerlens.evaluation.judges import StringMatchJudge
-from steerlens.studies import run as run_mod
+from steerlens.studies import phases as phases_mod
+from steerlens.studies import serial_backend as serial_mod
 from steerlens.studies.folder import StudyFolder
-from steerlens.studies.run import SerialBackend, run_study
+from steerlens.studies.run import run_study
+from steerlens.studies.serial_backend import SerialBackend
 from steerlens.studies.spec import OptimizerSettings, StudySpec
 
 SPECS = Path(__file__).parent / "specs"
@@ -43,7 +45,7 @@ def _vectors(folder: StudyFolder) -> dict[str, torch.Tensor]:
 def _count_calls(monkeypatch, *, fail_on: int | None = None, error: BaseException | None = None):
     """Wrap optimize_many; raise ``error`` on call ``fail_on`` (1-based)."""
     calls: list[int] = []
-    real = run_mod.optimize_many
+    real = phases_mod.optimize_many
 
     def wrapped(model, jobs, *, progress=None):
         calls.append(len(jobs))
@@ -51,7 +53,7 @@ def _count_calls(monkeypatch, *, fail_on: int | None = None, error: BaseExceptio
             raise error  # type: ignore[misc]
         return real(model, jobs, progress=progress)
 
-    monkeypatch.setattr(run_mod, "optimize_many", wrapped)
+    monkeypatch.setattr(phases_mod, "optimize_many", wrapped)
     return calls
 
 
@@ -123,7 +125,7 @@ def test_a_failing_unit_is_recorded_and_the_others_kept(tmp_path, spec, backend,
 
 
 def test_one_bad_unit_in_a_batch_does_not_fail_the_batch(tmp_path, spec, backend, monkeypatch):
-    real = run_mod.optimize_many
+    real = phases_mod.optimize_many
     bad_prompt = spec.examples[1].prompt
 
     def optimize_many(model, jobs, *, progress=None):
@@ -131,7 +133,7 @@ def test_one_bad_unit_in_a_batch_does_not_fail_the_batch(tmp_path, spec, backend
             raise RuntimeError("bad unit")
         return real(model, jobs, progress=progress)
 
-    monkeypatch.setattr(run_mod, "optimize_many", optimize_many)
+    monkeypatch.setattr(phases_mod, "optimize_many", optimize_many)
     with pytest.raises(StudyError, match="unit 'cats-L1-s0-promotion'"):
         run_study(spec, tmp_path / "s", backend=backend, batch_size=4, progress=False)
     assert len(StudyFolder.open(tmp_path / "s").finished()) == 3
@@ -181,18 +183,18 @@ def test_evaluation_resumes_per_vector(tmp_path, spec, backend):
     folder = StudyFolder.open(tmp_path / "s")
     assert len(folder.finished()) == 4 and folder.evaluations().empty
     first = spec.units()[0]
-    rows = run_mod.evaluate_units(backend.model, spec, [(first, folder.vector(first))])[0]
+    rows = phases_mod.evaluate_units(backend.model, spec, [(first, folder.vector(first))])[0]
     assert not isinstance(rows, str)
     folder.record_evaluation(first, rows)
     seen: list[list[str]] = []
-    real = run_mod.evaluate_units
+    real = phases_mod.evaluate_units
 
     def evaluate_units(model, spec, items, *, batch_size=16):
         seen.append([u.name for u, _ in items])
         return real(model, spec, items, batch_size=batch_size)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_mod, "evaluate_units", evaluate_units)
+        mp.setattr(serial_mod, "evaluate_units", evaluate_units)
         run_study(spec, tmp_path / "s", backend=backend, progress=False)
     assert seen == [[u.name for u in spec.units()[1:]]]
     assert len(folder.evaluations()) == 12
@@ -227,18 +229,18 @@ def test_steerability_resumes_per_unit(tmp_path, spec, backend):
     folder = StudyFolder.open(tmp_path / "s")
     assert folder.steerability_table().empty
     first = spec.units()[0]
-    [rows] = run_mod.measure_steerability(backend.model, spec, [(first, folder.vector(first))])
+    [rows] = phases_mod.measure_steerability(backend.model, spec, [(first, folder.vector(first))])
     assert not isinstance(rows, str)
     folder.record_steerability(first, rows)
     seen: list[list[str]] = []
-    real = run_mod.measure_steerability
+    real = phases_mod.measure_steerability
 
     def measure_steerability(model, spec, items, *, batch_size=16):
         seen.append([u.name for u, _ in items])
         return real(model, spec, items, batch_size=batch_size)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_mod, "measure_steerability", measure_steerability)
+        mp.setattr(serial_mod, "measure_steerability", measure_steerability)
         run_study(spec, tmp_path / "s", backend=backend, progress=False)
         assert seen == [[u.name] for u in spec.units()[1:]]
         seen.clear()
@@ -300,7 +302,7 @@ def test_the_grid_phase_uses_each_layers_best_transferring_vector(grid_study, ti
 
     spec, folder = grid_study
     matrix = folder.matrix()
-    sources = run_mod.grid_sources(spec, matrix)
+    sources = phases_mod.grid_sources(spec, matrix)
     best = [name for name, _ in matrix.ranking()]
     for layer, name in sources.items():
         mine = [u.name for u in spec.units() if u.layer == layer]
@@ -330,7 +332,7 @@ def test_the_grid_phase_uses_each_layers_best_transferring_vector(grid_study, ti
 def test_the_grid_is_measured_once(grid_study, monkeypatch):
     spec, folder = grid_study
     calls: list[object] = []
-    monkeypatch.setattr(run_mod, "measure_grid", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(serial_mod, "measure_grid", lambda *a, **k: calls.append(a))
     run_study(spec, folder.path, progress=False)
     assert calls == [] and folder.has_grid()
 

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steerlens.errors import InputError, LayerError, SpecError
-from steerlens.optimize import OptimizeConfig
 from steerlens.studies.spec import (
     Example,
     JudgeSpec,
@@ -18,6 +17,7 @@ from steerlens.studies.spec import (
     StudySpec,
     load_study_model,
 )
+from steerlens.training.config import OptimizeConfig
 
 SPECS = Path(__file__).parent / "specs"
 

@@ -1,0 +1,261 @@
+"""The optimizer's settings (`OptimizeConfig`) and what it returns (`OptimizeResult`,
+`ObjectiveEvaluation`, the trained vector with its provenance)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from steerlens import runtime
+from steerlens.errors import SpecError, check_keywords
+from steerlens.runtime.logprobs import convert_loss
+from steerlens.steering.positions import PositionsLike, as_positions
+from steerlens.steering.vector import SteeringVector
+from steerlens.training.constraints import Constraint, Noise, NormCap, OutputConstraint
+from steerlens.training.kinds import (
+    KINDS,
+    AddSteering,
+    AffineSteering,
+    ClampSteering,
+    RankOneSteering,
+    is_number,
+)
+from steerlens.training.objectives import KLObjective, Objective, ObjectiveLike
+from steerlens.training.regularizers import SideEffect
+from steerlens.training.stopping import StopRule
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizeConfig:
+    """Settings of `optimize_vector`; defaults follow the paper and its authors' library.
+
+    Attributes:
+        lr: Adam learning rate (the paper used 0.01-0.5 depending on the model).
+        betas: Adam betas.
+        max_steps: the most optimizer steps.
+        seed: seed for the random init and noise (the same seed gives bit-identical vectors).
+        starting_norm: norm of the random init (a Gaussian direction, normalised).
+        init: a start vector instead of a random one.
+        steering: what is trained: ``AddSteering()``, ``ClampSteering(strength)``,
+            ``AffineSteering(rank)`` or ``RankOneSteering()``.
+        constraints: applied after each step, in order: ``NormCap(r)``, ``Noise(scale)``.
+        stop: extra stop rules: ``Plateau(eps, patience)``, ``TargetLoss(...)``.
+        objective: ``Objective(...)`` (coldness, suppression variant, length normalisation)
+            or ``KLObjective(target_logprobs)``.
+        regularizers: terms added to the objective, e.g. ``SideEffect(prompts, weight=...)``
+            (KL to the unsteered model on neutral prompts); one loss-history column each.
+        positions: where to steer (datapoints may override).
+        output_constraint: run the norm-minimising second phase after the first.
+        progress: show a progress bar (default: in a terminal or a notebook).
+        fast: use the packed fast path when it reproduces the model (checked once).
+    """
+
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_steps: int = 100
+    seed: int = 0
+    starting_norm: float = 1.0
+    init: Tensor | None = None
+    steering: AddSteering | ClampSteering | AffineSteering | RankOneSteering = field(
+        default_factory=AddSteering
+    )
+    constraints: tuple[Constraint, ...] = ()
+    stop: tuple[StopRule, ...] = ()
+    objective: ObjectiveLike = field(default_factory=Objective)
+    regularizers: tuple[SideEffect, ...] = ()
+    positions: PositionsLike = None
+    output_constraint: OutputConstraint | None = None
+    progress: bool | None = None
+    fast: bool = True
+
+    def __post_init__(self) -> None:
+        for name, what in (("lr", "learning rate"), ("starting_norm", "starting_norm")):
+            value = getattr(self, name)
+            if not is_number(value) or not (math.isfinite(value) and value > 0):
+                raise SpecError(f"{what} must be > 0 and finite, got {name}={value!r}.")
+        for name in ("max_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise SpecError(f"{name} must be an int >= 0, got {name}={value!r}.")
+        if len(self.betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in self.betas):
+            raise SpecError(f"betas must be two numbers in [0, 1), got {self.betas!r}.")
+        if not isinstance(self.objective, (Objective, KLObjective)):
+            raise SpecError(
+                f"objective must be Objective(...) or KLObjective(...), got {self.objective!r}."
+            )
+        if isinstance(self.regularizers, SideEffect):
+            object.__setattr__(self, "regularizers", (self.regularizers,))
+        if not isinstance(self.regularizers, (list, tuple)) or not all(
+            isinstance(r, SideEffect) for r in self.regularizers
+        ):
+            raise SpecError(
+                "regularizers must be a tuple of SideEffect(...) terms, got "
+                f"{self.regularizers!r:.80}."
+            )
+        object.__setattr__(self, "regularizers", tuple(self.regularizers))
+        for c in self.constraints:
+            if not isinstance(c, (NormCap, Noise)):
+                raise SpecError(f"constraints must be NormCap(...) or Noise(...), got {c!r}.")
+        if callable(getattr(self.stop, "check", None)):  # one rule, as with regularizers
+            object.__setattr__(self, "stop", (self.stop,))
+        if not isinstance(self.stop, (list, tuple)):
+            raise SpecError(f"stop must be a tuple of stop rules, got {self.stop!r:.80}.")
+        for rule in self.stop:
+            if not callable(getattr(rule, "check", None)):
+                raise SpecError(
+                    f"stop must be a tuple of stop rules (Plateau(...), TargetLoss(...)), got "
+                    f"{rule!r:.80}."
+                )
+        as_positions(self.positions)  # a bad spec fails here, not after the model is prepared
+        if not isinstance(self.steering, KINDS):
+            raise SpecError(
+                f"steering must be AddSteering(), ClampSteering(...), AffineSteering(...) or "
+                f"RankOneSteering(), got {self.steering!r}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (recorded on the vector)."""
+
+        def plain(x: Any) -> Any:
+            if isinstance(x, Tensor):
+                return {"tensor_norm": float(x.norm())}
+            if dataclasses.is_dataclass(x) and not isinstance(x, type):
+                return {"type": type(x).__name__} | {
+                    f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)
+                }
+            if isinstance(x, (list, tuple)):
+                return [plain(i) for i in x]
+            return x if isinstance(x, (int, float, str, bool, type(None))) else repr(x)
+
+        return {k: v for k, v in plain(self).items() if k != "type"}
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """What `optimize_vector` returns.
+
+    Attributes:
+        vector: the optimized ``SteeringVector`` (provenance filled in).
+        loss_history: ``[evaluations, completions]`` losses in nats; row ``t`` is the loss
+            before update ``t`` (the last row is the returned vector's loss).
+        labels: one label per completion column.
+        steps: the number of updates made.
+        stop_reason: why it stopped.
+        wall_time_s: seconds spent.
+        engine: ``"packed"`` (fast path) or ``"hooked"``.
+        norm_phase: the output-constrained phase's ``(norm before, norm after)``, if run.
+    """
+
+    vector: SteeringVector
+    loss_history: Float[np.ndarray, "evals completions"]
+    labels: list[str]
+    steps: int
+    stop_reason: str
+    wall_time_s: float
+    engine: str
+    norm_phase: tuple[float, float] | None = None
+
+    @property
+    def final_losses(self) -> dict[str, float]:
+        """Each completion's final loss, in nats."""
+        return dict(zip(self.labels, self.loss_history[-1].tolist(), strict=True))
+
+    def losses(self, unit: str = "nats") -> Float[np.ndarray, "evals completions"]:
+        """The loss history in ``"nats"``, ``"bits"`` or ``"hartleys"``."""
+        return np.asarray(convert_loss(torch.from_numpy(self.loss_history), unit))
+
+    def __repr__(self) -> str:
+        total = float(self.loss_history[-1].sum())
+        first = float(self.loss_history[0].sum())
+        return (
+            f"OptimizeResult(steps={self.steps}, loss {first:.4g} -> {total:.4g} nats, "
+            f"stop={self.stop_reason!r}, {self.wall_time_s:.1f} s, engine={self.engine!r}, "
+            f"norm={self.vector.norm():.4g})"
+        )
+
+
+@dataclass(frozen=True)
+class ObjectiveEvaluation:
+    """Per-completion losses of a vector, without optimizing (see `evaluate_objective`)."""
+
+    losses: dict[str, float]
+    unit: str
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.losses.values()))
+
+    def __repr__(self) -> str:
+        rows = "\n".join(f"  {k}: {v:.6g}" for k, v in self.losses.items())
+        return f"ObjectiveEvaluation(total={self.total:.6g} {self.unit}\n{rows})"
+
+
+def with_overrides(config: OptimizeConfig, overrides: dict[str, Any]) -> OptimizeConfig:
+    """``config`` with fields replaced; an unknown name gets an error listing the valid ones."""
+    if not isinstance(config, OptimizeConfig):
+        raise SpecError(
+            f"config must be an OptimizeConfig, got {type(config).__name__}; write "
+            "OptimizeConfig(**settings) or pass the settings as keywords."
+        )
+    valid = [f.name for f in dataclasses.fields(OptimizeConfig)]
+    check_keywords(overrides, valid, where="OptimizeConfig")
+    return dataclasses.replace(config, **overrides)
+
+
+def make_vector(
+    model: Any,
+    layers: list[int],
+    params: dict[str, Tensor],
+    config: OptimizeConfig,
+    data: Sequence[Any],
+    loss_history: np.ndarray,
+    labels: list[str],
+    steps: int,
+    stop_reason: str,
+) -> SteeringVector:
+    """The trained parameters as a ``SteeringVector`` with its provenance."""
+    d = runtime.d_model(model)
+    v = (
+        params["v"].detach().clone()
+        if "v" in params
+        else torch.zeros(d, device=params["left"].device)
+    )
+    affine = {}
+    if "left" in params:
+        affine = {
+            la: (params["left"].detach().clone(), params["right"].detach().clone()) for la in layers
+        }
+    provenance = {
+        "method": "one_shot_optimization",
+        "steering": config.steering.name,
+        "hyperparameters": config.to_dict(),
+        "datapoints": [
+            {
+                "prompt": t.datapoint.prompt,
+                "promote": list(t.datapoint.promote),
+                "suppress": list(t.datapoint.suppress),
+                "negate": t.datapoint.negate,
+                "positions": t.positions.to_dict(),
+            }
+            for t in data
+        ],
+        "final_losses": dict(zip(labels, loss_history[-1].tolist(), strict=True)),
+        "loss_unit": "nats",
+        "steps": steps,
+        "stop_reason": stop_reason,
+    }
+    return SteeringVector(
+        {la: v for la in layers},
+        model_id=runtime.model_id(model),
+        affine=affine,
+        provenance=provenance,
+    )

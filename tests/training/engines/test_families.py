@@ -1,0 +1,252 @@
+"""Per model family, on tiny random models built offline from each family's config: the packed
+engine (through the family's adapter) gives the hooked engine's losses and gradients, with
+several groups of different lengths, negated datapoints, any layer and any positions; cached
+steered generation equals uncached; a family without an adapter takes the hooked path with one
+notice."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import steerlens
+from steerlens import Datapoint, runtime
+from steerlens.runtime import TokenContext, token_context
+from steerlens.steering.interventions import Add, Affine, Clamp
+from steerlens.steering.steer import Steering, steer
+from steerlens.testing import TINY_FAMILIES, tiny_family_model, tiny_model
+from steerlens.training.data import score_layout, tokenize
+from steerlens.training.engines import (
+    HookedEngine,
+    NoAdapterNotice,
+    PackedEngine,
+    make_engine,
+    steering_function,
+)
+from steerlens.training.engines import make as make_module
+from steerlens.training.engines.families import adapter_for, registered
+from steerlens.training.objectives import Objective
+
+FAST = [f for f in TINY_FAMILIES if f != "opt"]
+SLIDING = {"mistral", "qwen2", "phi3", "gemma2", "gemma3"}
+REL = 1e-5
+D = 64
+
+
+@pytest.fixture(scope="module", params=FAST)
+def family(request):
+    return request.param, tiny_family_model(request.param, n_layers=3)
+
+
+def _datapoints(model):
+    """Three datapoints in two groups of different packed lengths (so rows are padded), one
+    negated, one in the chat template; prompts longer than the sliding window (4)."""
+    return [
+        Datapoint("the cat sat on the mat", promote=[" on the mat", " in"], suppress=[" xyz"]),
+        Datapoint("a dog ran far away", promote=[" away from home!"], negate=True),
+        Datapoint.chat(model, "Hi there", promote=["Hello there"], suppress=["No"]),
+    ]
+
+
+GROUPS = [0, 1, 1]
+
+
+def _rand(*shape, seed, scale):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def _intervention(kind, params):
+    if kind == "add":
+        return Add(params["v"])
+    if kind == "clamp":
+        return Clamp(params["v"])
+    return Affine(params["left"], params["right"], params["v"])
+
+
+def _params(kind, seed):
+    out = {"v": _rand(D, seed=seed, scale=0.5)}
+    if kind == "affine":
+        out |= {"left": _rand(2, D, seed=seed + 1, scale=0.3)}
+        out |= {"right": _rand(2, D, seed=seed + 2, scale=0.3)}
+    return out
+
+
+def _losses_and_grads(engine, data, kind, chosen):
+    """Per-completion losses of the chosen groups (group g steered by its own parameters,
+    seeded by g) and the gradient of their sum w.r.t. every chosen group's parameters."""
+    params = {
+        g: {k: t.requires_grad_(True) for k, t in _params(kind, 10 * g).items()} for g in chosen
+    }
+    strength = 2.0 if kind == "clamp" else 1.0
+    fns = {g: steering_function(_intervention(kind, p), strength, True) for g, p in params.items()}
+    rows = [t for t, g in zip(data, GROUPS, strict=True) if g in chosen]
+    losses = Objective().losses(engine.logits(fns), score_layout(rows, torch.device("cpu")))
+    losses.sum().backward()
+    grads = torch.cat([p.grad.flatten() for g in chosen for p in params[g].values()])
+    return losses.detach(), grads
+
+
+CASES = {
+    "add-mid": ("add", [1], None),
+    "add-layer0-prompt": ("add", [0], "prompt"),
+    "add-mid-last2": ("add", [1], "last:2"),
+    "clamp-layer0": ("clamp", [0], None),
+    "clamp-mid-prompt": ("clamp", [1], "prompt"),
+    "affine-mid-last2": ("affine", [1], "last:2"),
+    "affine-layer0-and-mid": ("affine", [0, 1], None),
+}
+
+
+def _engines(model, positions, layers):
+    data = tokenize(model, _datapoints(model), positions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback, no notice
+        packed = make_engine(model, data, layers, groups=GROUPS)
+    hooked = make_engine(model, data, layers, fast=False, groups=GROUPS)
+    assert isinstance(packed, PackedEngine) and isinstance(hooked, HookedEngine)
+    return data, packed, hooked
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_packed_losses_and_gradients_equal_hooked(family, case):
+    name, model = family
+    kind, layers, positions = CASES[case]
+    data, packed, hooked = _engines(model, positions, layers)
+    for chosen in ([0, 1], [1]):  # every group, and a subset (group 1 alone)
+        lp, gp = _losses_and_grads(packed, data, kind, chosen)
+        lh, gh = _losses_and_grads(hooked, data, kind, chosen)
+        assert lp.tolist() == pytest.approx(lh.tolist(), rel=REL), (name, chosen)
+        assert float(gh.abs().max()) > 0
+        torch.testing.assert_close(gp, gh, rtol=REL, atol=REL * float(gh.abs().max()))
+
+
+def test_steering_and_negation_matter(family):
+    _, model = family
+    _, packed, _ = _engines(model, None, [1])
+    v = _rand(D, seed=3, scale=0.5)
+
+    def losses(vector, any_negated):
+        fn = steering_function(Add(vector), 1.0, any_negated)
+        return Objective().losses(packed.logits(fn), packed.layout)
+
+    with torch.no_grad():
+        base, plus, plain = losses(0 * v, True), losses(v, True), losses(v, False)
+    assert not torch.allclose(base, plus, rtol=1e-3)
+    # only the negated datapoint's completion (the fourth) changes when negation is honoured
+    differs = ~torch.isclose(plus, plain, rtol=1e-6)
+    assert differs.tolist() == [False, False, False, True, False, False]
+
+
+def test_sliding_window_is_shorter_than_the_packed_rows(family):
+    name, model = family
+    _, packed, _ = _engines(model, None, [1])
+    adapter = adapter_for(model)
+    windows = {adapter.window(i) for i in range(adapter.n_layers)}
+    if name in SLIDING:
+        assert min(w for w in windows if w is not None) < packed.position_ids.max()
+        # the window cuts the tree mask: it allows fewer pairs than the plain tree
+        w = min(w for w in windows if w is not None)
+        tree = packed.masks.get(None)
+        n_tree = int((tree == 0).sum()) if tree is not None else None
+        assert n_tree is None or int((packed.masks[w] == 0).sum()) < n_tree
+    else:
+        assert windows == {None}
+
+
+def _reference_greedy(model, prompt_ids, n_new, plan):
+    """Greedy decoding without a KV cache: the whole sequence recomputed every step."""
+    ids = list(prompt_ids)
+    ctx = TokenContext(torch.tensor([0]), torch.tensor([len(prompt_ids)]), 0)
+    with steer(model, plan), token_context(ctx):
+        for _ in range(n_new):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt_ids) :]
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "last:2"])
+def test_cached_steered_generation_equals_uncached(family, positions):
+    _, model = family
+    v = _rand(D, seed=7, scale=4.0)
+    plan = Steering(v, layer=1, positions=positions)
+    ids = runtime.encode(model, runtime.chat_prompt(model, "the cat"))
+    expected = _reference_greedy(model, ids, 6, plan)
+    got = steerlens.generate(model, "the cat", plan, max_new_tokens=6, chat=True)
+    eos = runtime.eos_token_ids(model)
+    cut = next((i for i, t in enumerate(expected) if t in eos), len(expected))
+    assert got == runtime.decode(model, expected[:cut])
+
+
+def test_every_tested_family_has_an_adapter():
+    names = {TINY_FAMILIES[f][1] for f in FAST}
+    assert names <= set(registered())
+    assert type(adapter_for(tiny_model())).__name__ == "LlamaAdapter"
+
+
+def test_a_family_without_an_adapter_takes_the_hooked_path_with_one_notice(monkeypatch):
+    monkeypatch.setattr(make_module, "_NOTICED", set())
+    model = tiny_family_model("opt")
+    assert adapter_for(model) is None
+    data = tokenize(model, _datapoints(model), None)
+    with pytest.warns(NoAdapterNotice, match="OPTForCausalLM"):
+        first = make_engine(model, data, [1])
+    assert isinstance(first, HookedEngine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per family per process
+        assert isinstance(make_engine(model, data, [1]), HookedEngine)
+
+
+def test_optimize_on_a_family_without_an_adapter_notes_it_once(monkeypatch):
+    monkeypatch.setattr(make_module, "_NOTICED", set())
+    model = tiny_family_model("opt")
+    dp = Datapoint("the cat sat", promote=[" on"])
+    with pytest.warns(NoAdapterNotice) as caught:
+        first = steerlens.optimize_vector(model, dp, 1, lr=0.1, max_steps=2)
+        steerlens.optimize_vector(model, dp, 0, lr=0.1, max_steps=2)
+    assert len([w for w in caught if issubclass(w.category, NoAdapterNotice)]) == 1
+    assert first.engine == "hooked"
+
+
+def test_a_configuration_the_adapter_cannot_serve_takes_the_hooked_path(monkeypatch):
+    monkeypatch.setattr(make_module, "_NOTICED", set())
+    model = tiny_family_model("gemma3", use_bidirectional_attention=True)
+    assert adapter_for(model) is None
+    data = tokenize(model, _datapoints(model), None)
+    with pytest.warns(NoAdapterNotice, match="Gemma3ForCausalLM"):
+        assert isinstance(make_engine(model, data, [1]), HookedEngine)
+
+
+def test_the_fast_path_runs_the_family_modules_without_changing_the_model(family):
+    """The packed engine runs unwrapped Hugging Face modules (no bridge hooks, fused attention
+    where the family allows it) that share the model's parameters; the model, its config and
+    its hooks are untouched."""
+    from steerlens.training.engines.families.base import unwrapped
+
+    _, model = family
+    hf = model.original_model
+    before = hf.config._attn_implementation
+    adapter = adapter_for(model)
+    shadow = adapter.hf
+    modules = list(shadow.modules())
+    assert not any(hasattr(m, "original_component") for m in modules)
+    assert not any(type(m).__name__ == "HookPoint" for m in modules)
+    # Shared, never copied (the Bridge may add its own, e.g. split q/k/v of a fused qkv).
+    assert {id(p) for p in shadow.parameters()} <= {id(p) for p in hf.parameters()}
+    assert hf.config._attn_implementation == before
+    softcap = getattr(hf.config, "attn_logit_softcapping", None)
+    expected = "eager" if softcap else "sdpa"
+    assert {m.config._attn_implementation for m in modules if "config" in vars(m)} == {expected}
+    # The model still fires its hook points, and a second shadow is independent of the first.
+    seen = []
+    hook = (runtime.hook_name(1), lambda x, hook: seen.append(1))
+    with model.hooks(fwd_hooks=[hook]):
+        model(torch.tensor([[1, 2, 3]]))
+    assert seen == [1]
+    assert unwrapped(hf) is not shadow
+
+
+def test_soft_capped_attention_keeps_the_eager_kernel():
+    model = tiny_family_model("gemma2", n_layers=2)
+    assert model.original_model.config.attn_logit_softcapping
+    assert adapter_for(model).attention(model.original_model.config) == "eager"

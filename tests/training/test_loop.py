@@ -1,0 +1,134 @@
+"""`optimize_many`: K vectors in one batched loop equal K separate `optimize_vector` calls, and a
+finished vector leaves the batch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from steerlens import Datapoint, NormCap, OptimizeConfig, optimize_vector
+from steerlens.errors import SpecError
+from steerlens.testing import tiny_model
+from steerlens.training.constraints import Noise
+from steerlens.training.engines import HookedEngine, PackedEngine
+from steerlens.training.kinds import ClampSteering
+from steerlens.training.loop import Job, optimize_many
+from steerlens.training.objectives import Objective
+from steerlens.training.stopping import Plateau
+
+REL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(n_layers=3)
+
+
+def _jobs(model, fast=True):
+    """Jobs that differ in every way a study varies them: example, layer, seed, objective,
+    steering kind, constraints, stop rules, step budget."""
+    cat = Datapoint("the cat sat", promote=[" on the mat", " in"], suppress=[" xyz"])
+    dog = Datapoint("a dog ran far", promote=[" away from home!"])
+    neg = Datapoint("the end", promote=[" of it"], negate=True)
+    base = OptimizeConfig(lr=0.2, max_steps=6, fast=fast, progress=False)
+    return [
+        Job(cat, 1, base),
+        Job(dog, 1, replace(base, seed=3)),
+        Job([dog, neg], 2, replace(base, max_steps=2)),
+        Job(cat, 0, replace(base, constraints=(NormCap(0.5), Noise(0.01)))),
+        Job(dog, 1, replace(base, steering=ClampSteering(strength=2.0))),
+        Job(cat, [0, 2], replace(base, objective=Objective(coldness=1.0))),
+        Job(cat, 1, replace(base, stop=(Plateau(eps=10.0),))),
+    ]
+
+
+def _same_vector(a, b):
+    """Relative to the vector's norm: Adam divides each coordinate's step by its own gradient
+    scale, so a coordinate with a tiny gradient turns float rounding into a larger relative
+    change there while the vector as a whole stays within 1e-5."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert np.linalg.norm(a - b) <= REL * np.linalg.norm(b)
+
+
+def _close(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=REL, atol=REL * max(1.0, float(np.abs(b).max())))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_batched_equals_separate_runs(model, fast):
+    jobs = _jobs(model, fast)
+    batched = optimize_many(model, jobs)
+    for job, got in zip(jobs, batched, strict=True):
+        alone = optimize_vector(model, job.datapoints, job.layer, job.config)
+        assert got.engine == ("packed" if fast else "hooked")
+        assert (got.steps, got.stop_reason, got.labels) == (
+            alone.steps,
+            alone.stop_reason,
+            alone.labels,
+        )
+        _close(got.loss_history, alone.loss_history)
+        _same_vector(got.vector.vector, alone.vector.vector)
+        assert got.vector.layers == alone.vector.layers
+
+
+def test_results_keep_job_order_across_layer_groups(model):
+    dp = Datapoint("the cat", promote=[" sat"])
+    cfg = OptimizeConfig(lr=0.1, max_steps=1, progress=False)
+    results = optimize_many(model, [Job(dp, la, cfg) for la in (2, 0, 1, 0)])
+    assert [r.vector.layers for r in results] == [[2], [0], [1], [0]]
+
+
+@pytest.mark.parametrize("engine", [PackedEngine, HookedEngine])
+def test_a_finished_vector_leaves_the_batch(model, engine, monkeypatch):
+    seen: list[list[int]] = []
+    real = engine.logits
+
+    def spy(self, apply):
+        seen.append(sorted(apply) if isinstance(apply, dict) else [-1])
+        return real(self, apply)
+
+    monkeypatch.setattr(engine, "logits", spy)
+    dp = Datapoint("the cat", promote=[" sat"])
+    fast = engine is PackedEngine
+    jobs = [Job(dp, 1, OptimizeConfig(max_steps=s, fast=fast, progress=False)) for s in (1, 3, 2)]
+    results = optimize_many(model, jobs)
+    assert [r.steps for r in results] == [1, 3, 2]
+    # The engine's self-check runs once (unsteered, all rows); then each step carries only the
+    # vectors still running.
+    steered = [s for s in seen if s != [-1]]
+    assert steered == [[0, 1, 2], [0, 1, 2], [1, 2], [1]]
+
+
+def test_errors_name_the_problem(model):
+    with pytest.raises(SpecError, match="no jobs"):
+        optimize_many(model, [])
+    with pytest.raises(SpecError, match=r"jobs\[0\].*not a Job"):
+        optimize_many(model, [("the cat", 1)])  # type: ignore[list-item]
+
+
+@pytest.mark.slow
+def test_batched_equals_separate_runs_on_the_embedded_model(smol):
+    prompts = ["Tell me about dogs.", "What is the capital of Japan?", "Give me advice."]
+    cfg = OptimizeConfig(lr=0.1, max_steps=3, progress=False, constraints=(NormCap(20.0),))
+    jobs = [
+        Job(Datapoint.chat(smol, p, promote=["Bien sûr"]), 6, replace(cfg, seed=i))
+        for i, p in enumerate(prompts)
+    ]
+    batched = optimize_many(smol, jobs)
+    for job, got in zip(jobs, batched, strict=True):
+        alone = optimize_vector(smol, job.datapoints, job.layer, job.config)
+        _close(got.loss_history, alone.loss_history)
+        _same_vector(got.vector.vector, alone.vector.vector)
+
+
+def test_every_result_says_how_long_its_job_ran(model):
+    jobs = [
+        Job(Datapoint("the cat", promote=[" sat"]), 1, OptimizeConfig(max_steps=2, progress=False)),
+        Job(Datapoint("a dog", promote=[" ran"]), 1, OptimizeConfig(max_steps=4, progress=False)),
+    ]
+    first, second = optimize_many(model, jobs)
+    assert 0 < first.wall_time_s <= second.wall_time_s

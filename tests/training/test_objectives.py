@@ -1,0 +1,274 @@
+"""The objectives of METHOD.md section 2.1, checked against a hand computation.
+
+The reference runs the model's ordinary forward pass, ``tiny(tokens)`` on ``prompt + completion``
+with the vector installed by ``steerlens.steer`` at ``blocks.L.hook_resid_pre``, and computes
+``log_softmax(c * logits)`` in float64; ``evaluate_objective`` (which uses the optimizer's engine)
+must agree with it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import pytest
+import torch
+
+from steerlens import Datapoint, evaluate_objective, steer
+from steerlens.errors import SpecError
+from steerlens.runtime import TokenContext, token_context, token_logprobs
+from steerlens.runtime.logprobs import convert_loss
+from steerlens.steering.steer import Steering
+from steerlens.training.data import tokenize
+from steerlens.training.objectives import Objective, completion_losses, log1mexp
+
+REL = 1e-5
+PROMPT = "the cat sat"
+LAYER = 1
+
+
+def hand_logprobs(model, prompt_tokens, comp_tokens, coldness=0.7, **steering):
+    """float64 ``log P(y_k | x, y_<k)`` from the plain hooked forward, steered with ``steer``."""
+    tokens = torch.tensor([prompt_tokens + comp_tokens])
+    p = len(prompt_tokens)
+    ctx = TokenContext(torch.tensor([0]), torch.tensor([p]), 0)
+    with (
+        torch.no_grad(),
+        steer(model, Steering(steering.pop("vector"), **steering) if steering else None),
+        token_context(ctx),
+    ):
+        logits = model(tokens)[0].double()
+    lp = torch.log_softmax(coldness * logits, dim=-1)
+    rows = torch.arange(p - 1, p - 1 + len(comp_tokens))
+    return lp[rows, torch.tensor(comp_tokens)]
+
+
+def toks(model, dp):
+    (tdp,) = tokenize(model, dp)
+    return tdp.prompt_tokens, [c.tokens for c in tdp.completions]
+
+
+def promotion(lp):
+    return float(-lp.sum())
+
+
+def suppression(lp):
+    return float(-torch.log(-torch.expm1(lp)).sum())  # -sum log(1 - p), float64
+
+
+def values(ev):
+    return list(ev.losses.values())
+
+
+@pytest.fixture
+def v():
+    return torch.randn(64, generator=torch.Generator().manual_seed(1)) * 2
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_promotion_is_minus_sum_logp(tiny, v, layer):
+    dp = Datapoint(PROMPT, promote=[" on the mat"])
+    prompt, (comp,) = toks(tiny, dp)
+    assert len(comp) > 1
+    expected = promotion(hand_logprobs(tiny, prompt, comp, vector=v, layer=layer))
+    (got,) = values(evaluate_objective(tiny, dp, layer, v))
+    assert got == pytest.approx(expected, rel=REL)
+
+
+def test_unsteered_is_vector_none(tiny):
+    dp = Datapoint(PROMPT, promote=[" on the mat"])
+    prompt, (comp,) = toks(tiny, dp)
+    expected = promotion(hand_logprobs(tiny, prompt, comp))
+    (got,) = values(evaluate_objective(tiny, dp, LAYER, None))
+    (zero,) = values(evaluate_objective(tiny, dp, LAYER, torch.zeros(64)))
+    assert got == pytest.approx(expected, rel=REL)
+    assert zero == pytest.approx(expected, rel=REL)
+
+
+def test_suppression_one_minus(tiny, v):
+    dp = Datapoint(PROMPT, suppress=[" on the mat"])
+    prompt, (comp,) = toks(tiny, dp)
+    lp = hand_logprobs(tiny, prompt, comp, vector=v, layer=LAYER)
+    (got,) = values(evaluate_objective(tiny, dp, LAYER, v))
+    assert got == pytest.approx(suppression(lp), rel=REL)
+    assert got > 0
+
+
+def test_suppression_logprob_variant(tiny, v):
+    dp = Datapoint(PROMPT, suppress=[" on the mat"])
+    prompt, (comp,) = toks(tiny, dp)
+    lp = hand_logprobs(tiny, prompt, comp, vector=v, layer=LAYER)
+    obj = Objective(suppression="logprob")
+    (got,) = values(evaluate_objective(tiny, dp, LAYER, v, objective=obj))
+    assert got == pytest.approx(float(lp.sum()), rel=REL)
+    assert got < 0
+
+
+def test_mixed_per_completion_values(tiny, v):
+    dp = Datapoint(PROMPT, promote=[" on the mat", " in"], suppress=[" xyz", " the"])
+    prompt, comps = toks(tiny, dp)
+    kinds = ["promote", "promote", "suppress", "suppress"]
+    ev = evaluate_objective(tiny, dp, LAYER, v)
+    assert len(ev.losses) == 4
+    expected = []
+    for kind, comp in zip(kinds, comps, strict=True):
+        lp = hand_logprobs(tiny, prompt, comp, vector=v, layer=LAYER)
+        expected.append(promotion(lp) if kind == "promote" else suppression(lp))
+    assert values(ev) == pytest.approx(expected, rel=REL)
+    assert ev.total == pytest.approx(sum(expected), rel=REL)
+    assert [label.split()[1] for label in ev.losses] == kinds
+
+
+def test_length_normalisation(tiny, v):
+    dp = Datapoint(PROMPT, promote=[" on the mat"], suppress=[" xyz"])
+    prompt, comps = toks(tiny, dp)
+    lps = [hand_logprobs(tiny, prompt, c, vector=v, layer=LAYER) for c in comps]
+    expected = [promotion(lps[0]) / len(comps[0]), suppression(lps[1]) / len(comps[1])]
+    obj = Objective(length_normalize=True)
+    got = values(evaluate_objective(tiny, dp, LAYER, v, objective=obj))
+    assert got == pytest.approx(expected, rel=REL)
+    plain = values(evaluate_objective(tiny, dp, LAYER, v))
+    assert plain == pytest.approx([e * len(c) for e, c in zip(expected, comps, strict=True)], REL)
+
+
+@pytest.mark.parametrize("coldness", [0.25, 1.0, 3.0])
+def test_coldness(tiny, v, coldness):
+    dp = Datapoint(PROMPT, promote=[" on the mat"], suppress=[" xyz"])
+    prompt, comps = toks(tiny, dp)
+    lps = [hand_logprobs(tiny, prompt, c, coldness, vector=v, layer=LAYER) for c in comps]
+    expected = [promotion(lps[0]), suppression(lps[1])]
+    obj = Objective(coldness=coldness)
+    assert values(evaluate_objective(tiny, dp, LAYER, v, objective=obj)) == pytest.approx(
+        expected, rel=REL
+    )
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.7, float("nan")])
+def test_coldness_must_be_positive(bad):
+    with pytest.raises(SpecError, match="coldness must be > 0"):
+        Objective(coldness=bad)
+
+
+def test_unknown_suppression_variant():
+    with pytest.raises(SpecError, match="unknown suppression"):
+        Objective(suppression="minus")  # type: ignore[arg-type]
+
+
+def test_negated_datapoint_uses_minus_v(tiny, v):
+    kw = {"promote": [" on the mat"], "suppress": [" xyz"]}
+    neg = Datapoint(PROMPT, negate=True, **kw)
+    pos = Datapoint(PROMPT, **kw)
+    got = values(evaluate_objective(tiny, neg, LAYER, v))
+    assert got == pytest.approx(values(evaluate_objective(tiny, pos, LAYER, -v)), rel=REL)
+    assert got != pytest.approx(values(evaluate_objective(tiny, pos, LAYER, v)), rel=1e-3)
+    prompt, comps = toks(tiny, pos)
+    lps = [hand_logprobs(tiny, prompt, c, vector=v, layer=LAYER, strength=-1.0) for c in comps]
+    assert got == pytest.approx([promotion(lps[0]), suppression(lps[1])], rel=REL)
+
+
+def test_several_datapoints_some_negated(tiny, v):
+    a = Datapoint(PROMPT, promote=[" on the mat"])
+    b = Datapoint("a dog ran", suppress=[" away"], negate=True)
+    got = values(evaluate_objective(tiny, [a, b], LAYER, v))
+    pa, (ca,) = toks(tiny, a)
+    pb, (cb,) = toks(tiny, b)
+    expected = [
+        promotion(hand_logprobs(tiny, pa, ca, vector=v, layer=LAYER)),
+        suppression(hand_logprobs(tiny, pb, cb, vector=-v, layer=LAYER)),
+    ]
+    assert got == pytest.approx(expected, rel=REL)
+
+
+@pytest.mark.parametrize(("unit", "base"), [("nats", math.e), ("bits", 2.0), ("hartleys", 10.0)])
+def test_units(tiny, v, unit, base):
+    dp = Datapoint(PROMPT, promote=[" on the mat"], suppress=[" xyz"])
+    nats = evaluate_objective(tiny, dp, LAYER, v)
+    other = evaluate_objective(tiny, dp, LAYER, v, unit=unit)
+    assert nats.unit == "nats" and other.unit == unit
+    assert values(other) == pytest.approx([x / math.log(base) for x in values(nats)], rel=1e-6)
+    assert unit in repr(other)
+
+
+def test_unit_conversion_constants():
+    assert convert_loss(math.log(2.0), "bits") == pytest.approx(1.0, rel=1e-12)
+    assert convert_loss(math.log(10.0), "hartleys") == pytest.approx(1.0, rel=1e-12)
+    assert convert_loss(1.5, "nats") == 1.5
+    t = convert_loss(torch.tensor([math.log(10.0), 0.0]), "hartleys")
+    assert torch.allclose(t, torch.tensor([1.0, 0.0]))
+
+
+def test_unknown_unit_is_refused(tiny, v):
+    with pytest.raises(SpecError, match="unknown loss unit 'decibans'"):
+        evaluate_objective(tiny, Datapoint("a", promote=[" b"]), LAYER, v, unit="decibans")
+
+
+# -- log1mexp ---------------------------------------------------------------------------------
+
+XS = [-1e-10, -1e-7, -1e-5, -1e-3, -0.5, -math.log(2.0), -0.7, -1.0, -5.0, -10.0, -30.0, -50.0]
+
+
+def exact_log1mexp(x: float) -> float:
+    with mpmath.workdps(50):
+        return float(mpmath.log(1 - mpmath.exp(mpmath.mpf(x))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log1mexp_accuracy(dtype):
+    xs = torch.tensor(XS, dtype=dtype)
+    got = log1mexp(xs)
+    assert got.dtype == dtype
+    rel = 1e-6 if dtype == torch.float32 else 1e-13
+    for x, g in zip(XS, got.tolist(), strict=True):
+        assert g == pytest.approx(exact_log1mexp(x), rel=rel), x
+
+
+def test_log1mexp_extremes():
+    # very negative: log(1 - e^x) ~ -e^x, tiny but exact in float64 and never NaN
+    big = torch.tensor([-200.0, -700.0, -1e4], dtype=torch.float64)
+    assert torch.allclose(log1mexp(big), -torch.exp(big), rtol=1e-12, atol=0)
+    f32 = log1mexp(torch.tensor([-200.0, -1e4]))
+    assert torch.all(f32 <= 0) and torch.all(f32 > -1e-30)
+    # at (and just below) zero: finite, very negative, never NaN
+    near0 = log1mexp(torch.tensor([0.0, -1e-30, -1e-12], dtype=torch.float64))
+    assert torch.isfinite(near0).all() and torch.all(near0 < -20)
+
+
+def test_log1mexp_gradient_moderate_inputs():
+    x = torch.tensor([-1e-3, -0.5, -1.0, -10.0], dtype=torch.float64, requires_grad=True)
+    log1mexp(x).sum().backward()
+    # d/dx log(1 - e^x) = -e^x / (1 - e^x) = -1 / expm1(-x)
+    assert torch.allclose(x.grad, -1 / torch.expm1(-x.detach()), rtol=1e-10)
+
+
+def test_log1mexp_gradient_is_finite_near_zero_float32():
+    x = torch.tensor([-1e-10, -1e-9, -3e-8], requires_grad=True)
+    log1mexp(x).sum().backward()
+    assert torch.isfinite(x.grad).all(), x.grad
+
+
+def test_token_logprobs_keeps_float64():
+    logits = torch.randn(3, 7, dtype=torch.float64)
+    lp = token_logprobs(logits, torch.tensor([0, 1, 2]), 0.7)
+    assert lp.dtype == torch.float64
+
+
+# -- the pure helpers, on made-up numbers -----------------------------------------------------
+
+
+def test_token_logprobs_and_completion_losses_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0], [1.0, 2.0, 3.0]])
+    targets = torch.tensor([0, 2, 1])
+    c = 0.7
+    lp = token_logprobs(logits, targets, c)
+    ref = torch.log_softmax(c * logits.double(), -1)[torch.arange(3), targets]
+    assert torch.allclose(lp.double(), ref, rtol=1e-6)
+    index = torch.tensor([0, 0, 1])  # tokens 0,1 -> completion 0 (promote); 2 -> 1 (suppress)
+    sup = torch.tensor([False, True])
+    lengths = torch.tensor([2.0, 1.0])
+    out = completion_losses(lp, index, sup, lengths, Objective())
+    expected = [-(ref[0] + ref[1]).item(), -math.log(1 - math.exp(ref[2].item()))]
+    assert out.tolist() == pytest.approx(expected, rel=1e-6)
+    norm = completion_losses(lp, index, sup, lengths, Objective(length_normalize=True))
+    assert norm.tolist() == pytest.approx([expected[0] / 2, expected[1]], rel=1e-6)
+    variant = completion_losses(lp, index, sup, lengths, Objective(suppression="logprob"))
+    assert variant.tolist() == pytest.approx([expected[0], ref[2].item()], rel=1e-6)

@@ -1,0 +1,163 @@
+import pytest
+import torch
+
+import steerlens
+from steerlens import Datapoint, NormCap, OptimizeConfig, runtime, steer
+from steerlens.errors import LayerError, SpecError, SteerlensError
+from steerlens.steering.interventions import Clamp
+from steerlens.steering.steer import Steering
+from steerlens.testing import tiny_model
+from steerlens.training.kinds import ClampSteering
+from steerlens.training.reentrant import RankOneResult, ReentrantResult, reentrant_steering
+
+PROMPT = "the cat"
+DP = Datapoint(PROMPT, promote=[" in the"])
+EARLY = OptimizeConfig(lr=0.1, max_steps=5)
+LATE = OptimizeConfig(lr=0.1, max_steps=8, constraints=(NormCap(3.0),))
+
+
+@pytest.fixture(scope="module", params=["vector", "rank_one"])
+def result(request, tiny) -> ReentrantResult:
+    return reentrant_steering(
+        tiny, DP, 0, 1, invasive=request.param, n_tokens=5, early_config=EARLY, late_config=LATE
+    )
+
+
+def test_second_stage_lowers_the_kl(result):
+    assert result.kl_history.shape == (result.steps + 1,)
+    assert result.final_kl < result.initial_kl
+    assert result.kl_per_token.shape == (len(result.continuation_tokens),)
+    # Per-token KLs come from a plain steered forward, the history from the optimizer's engine:
+    # two float32 paths, so small KLs agree to about 1e-6 nats.
+    assert result.kl_per_token.sum() == pytest.approx(result.final_kl, rel=1e-4, abs=2e-6)
+    assert (result.kl_per_token >= -1e-6).all()
+    assert "KL" in repr(result) and "nats" in repr(result)
+
+
+def test_recorded_distributions_are_the_steered_forwards(tiny, result):
+    prompt_ids = runtime.encode(tiny, PROMPT)
+    cont = result.continuation_tokens
+    p, m = len(prompt_ids), len(cont)
+    assert 1 <= m <= 5
+    tokens = torch.tensor([prompt_ids + cont])
+    with torch.no_grad(), steer(tiny, result.early.vector):
+        logits = tiny(tokens)
+    expected = torch.log_softmax(logits[0, p - 1 : p - 1 + m].float(), dim=-1)
+    assert result.target_logprobs.dtype == torch.float32
+    assert not result.target_logprobs.requires_grad
+    assert torch.allclose(result.target_logprobs, expected, atol=1e-5)
+    # y' is the greedy continuation: each token is the argmax of the distribution before it,
+    # and it is what steerlens.generate gives under the same invasive steering.
+    assert result.target_logprobs.argmax(-1).tolist() == cont
+    text = steerlens.generate(
+        tiny, PROMPT, result.early.vector, chat=False, max_new_tokens=5, temperature=0
+    )
+    assert text == result.continuation
+
+
+def test_clamp_invasive_vector_is_recorded_as_it_was_optimized(tiny):
+    early = OptimizeConfig(lr=0.1, max_steps=3, steering=ClampSteering(strength=2.0))
+    res = reentrant_steering(tiny, DP, 0, 1, n_tokens=3, early_config=early, late_config=LATE)
+    prompt_ids = runtime.encode(tiny, PROMPT)
+    p, m = len(prompt_ids), len(res.continuation_tokens)
+    with torch.no_grad(), steer(tiny, Steering(res.early.vector, kind=Clamp, strength=2.0)):
+        logits = tiny(torch.tensor([prompt_ids + res.continuation_tokens]))
+    expected = torch.log_softmax(logits[0, p - 1 : p - 1 + m].float(), dim=-1)
+    assert torch.allclose(res.target_logprobs, expected, atol=1e-5)
+
+
+def test_kl_is_scored_on_the_generated_token_ids(tiny):
+    # With v' = 0 and no update, the KL must be KL(p_k || unsteered model) at exactly the
+    # positions predicting y', computed here by hand.
+    late = OptimizeConfig(max_steps=0, init=torch.zeros(64))
+    res = reentrant_steering(tiny, DP, 0, 1, n_tokens=4, early_config=EARLY, late_config=late)
+    prompt_ids = runtime.encode(tiny, PROMPT)
+    p, m = len(prompt_ids), len(res.continuation_tokens)
+    with torch.no_grad():
+        logits = tiny(torch.tensor([prompt_ids + res.continuation_tokens]))
+    logq = torch.log_softmax(logits[0, p - 1 : p - 1 + m].float(), dim=-1)
+    logp = res.target_logprobs
+    kl = (logp.exp() * (logp - logq)).sum()
+    assert res.steps == 0 and res.kl_history.shape == (1,)
+    assert res.final_kl == pytest.approx(float(kl), rel=1e-4, abs=1e-6)
+
+
+def test_rank_one_factors_stay_unit_norm_and_act_as_x_plus_uxv(tiny):
+    res = reentrant_steering(
+        tiny, DP, 0, 1, invasive="rank_one", n_tokens=2, early_config=EARLY, late_config=LATE
+    )
+    early = res.early
+    assert isinstance(early, RankOneResult)
+    assert early.steps == 5
+    assert float(early.u.norm()) == pytest.approx(1.0, abs=1e-6)
+    assert float(early.v.norm()) == pytest.approx(1.0, abs=1e-6)
+    assert early.loss_history[-1].sum() < early.loss_history[0].sum()
+    assert torch.count_nonzero(early.vector.directions[0]) == 0  # no bias, no learned scale
+    tokens = torch.tensor([[5, 40, 41, 42]])
+    name = "blocks.0.hook_resid_pre"
+    _, base = tiny.run_with_cache(tokens, names_filter=name)
+    with steer(tiny, early.vector):
+        _, steered = tiny.run_with_cache(tokens, names_filter=name)
+    x = base[name]
+    assert torch.allclose(steered[name], x + (x @ early.u)[..., None] * early.v, atol=1e-5)
+
+
+def test_norm_cap_holds_for_the_late_vector(tiny):
+    late = OptimizeConfig(lr=1.0, max_steps=4, constraints=(NormCap(0.5),))
+    res = reentrant_steering(tiny, DP, 0, 1, n_tokens=3, early_config=EARLY, late_config=late)
+    assert res.late_vector.norm() <= 0.5 + 1e-5
+    assert res.late_vector.layers == [1]
+
+
+def test_provenance(tiny, result, tmp_path):
+    prov = result.late_vector.provenance
+    assert prov["method"] == "reentrant"
+    assert prov["early_layer"] == 0 and prov["late_layer"] == 1
+    assert prov["invasive"] == result.invasive
+    assert prov["n_tokens"] == 5
+    assert prov["final_kl"] == pytest.approx(result.final_kl)
+    assert prov["kl_unit"] == "nats" and prov["loss_unit"] == "nats"
+    assert prov["continuation_tokens"] == result.continuation_tokens
+    assert prov["datapoint"]["prompt"] == PROMPT
+    assert prov["steps"] == result.steps and prov["stop_reason"] == result.stop_reason
+    loaded = steerlens.SteeringVector.load(result.late_vector.save(tmp_path / "v.safetensors"))
+    assert loaded.provenance["final_kl"] == pytest.approx(result.final_kl)
+    assert loaded.provenance["kl_unit"] == "nats"
+
+
+def test_four_layer_model_and_determinism():
+    model = tiny_model(n_layers=4)
+    late = OptimizeConfig(lr=0.1, max_steps=3)
+    a = reentrant_steering(model, DP, 1, 3, n_tokens=2, early_config=EARLY, late_config=late)
+    b = reentrant_steering(model, DP, 1, 3, n_tokens=2, early_config=EARLY, late_config=late)
+    assert a.late_vector.layers == [3] and a.early.vector.layers == [1]
+    assert torch.equal(a.late_vector.vector, b.late_vector.vector)
+    assert a.continuation_tokens == b.continuation_tokens
+
+
+def test_bad_input(tiny):
+    with pytest.raises(LayerError, match="late_layer 2 is out of range"):
+        reentrant_steering(tiny, DP, 0, 2)
+    with pytest.raises(LayerError, match="early_layer -1 is out of range"):
+        reentrant_steering(tiny, DP, -1, 1)
+    with pytest.raises(SteerlensError, match=r"early_layer \(1\) must be below late_layer \(1\)"):
+        reentrant_steering(tiny, DP, 1, 1)
+    with pytest.raises(SteerlensError, match=r"early_layer \(1\) .* late_layer \(0\)"):
+        reentrant_steering(tiny, DP, 1, 0)
+    with pytest.raises(SpecError, match="n_tokens must be an int >= 1"):
+        reentrant_steering(tiny, DP, 0, 1, n_tokens=0)
+    with pytest.raises(SpecError, match="unknown invasive kind"):
+        reentrant_steering(tiny, DP, 0, 1, invasive="matrix")  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match="constraints"):
+        reentrant_steering(
+            tiny,
+            DP,
+            0,
+            1,
+            invasive="rank_one",
+            early_config=OptimizeConfig(constraints=(NormCap(1.0),)),
+        )
+    with pytest.raises(SpecError, match="AddSteering"):
+        reentrant_steering(tiny, DP, 0, 1, late_config=OptimizeConfig(steering=ClampSteering()))
+    with pytest.raises(SteerlensError, match="Datapoint"):
+        reentrant_steering(tiny, [DP], 0, 1)  # type: ignore[arg-type]
