@@ -21,6 +21,7 @@ PUBLIC_MODULES = [
     "steerlens.runtime",
     "steerlens.steering",
     "steerlens.studies",
+    "steerlens.studies.bench",
     "steerlens.training",
 ]
 

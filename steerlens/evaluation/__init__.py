@@ -9,6 +9,8 @@
   replies stay fluent and other prompts stay untouched, each with an interval.
 - `mean_surprisal`, `compare_samples`, `compare_contexts`,
   `information_complexity`: base-model surprisal (section 2.2).
+- `next_token_logprobs`, `propensities`, `rollout_kl`: many steerings at once, every
+  ``(steering, prompt)`` pair a row of shared batches.
 
 Every result is a small frozen dataclass that prints as a short table and has ``to_dict()``.
 
@@ -37,6 +39,7 @@ from steerlens.evaluation.judges import (
     success_rate,
 )
 from steerlens.evaluation.logprobs import CompletionLogprobs, completion_logprobs
+from steerlens.evaluation.many import next_token_logprobs, propensities, rollout_kl
 from steerlens.evaluation.rates import (
     AnswerChoices,
     BehaviorRates,
@@ -82,7 +85,10 @@ __all__ = [
     "information_complexity",
     "loop_rate",
     "mean_surprisal",
+    "next_token_logprobs",
+    "propensities",
     "reply_nll",
+    "rollout_kl",
     "side_effect_kl",
     "success_rate",
     "wilson_interval",

@@ -28,7 +28,14 @@ from steerlens.runtime.batch import check_batch_size, chunks, left_pad, right_pa
 from steerlens.runtime.context import TokenContext, current_context, token_context
 from steerlens.runtime.decoding import decode_tokens
 from steerlens.runtime.devices import check_device, check_dtype, default_device
-from steerlens.runtime.forward import check_fits, last_logits, logits_at, next_logits, score_rows
+from steerlens.runtime.forward import (
+    check_fits,
+    last_logits,
+    logits_at,
+    next_logits,
+    prefix_cache,
+    score_rows,
+)
 from steerlens.runtime.logprobs import check_coldness, kl_divergence, token_logprobs
 from steerlens.runtime.model import (
     HOOK_TEMPLATE,
@@ -98,6 +105,7 @@ __all__ = [
     "n_layers",
     "next_logits",
     "pad_token_id",
+    "prefix_cache",
     "progress",
     "right_pad",
     "score_rows",

@@ -194,3 +194,35 @@ def next_logits(
             return logits[:, -1, :], cache
         logits = model(tokens, attention_mask=attention_mask)
     return logits[:, -1, :], None
+
+
+def prefix_cache(model: Any, tokens: Sequence[int], n_rows: int, *, prompt_end: int) -> Any:
+    """The KV cache of ``tokens`` (the first tokens of a prompt ``prompt_end`` tokens long),
+    computed once and repeated for ``n_rows`` rows: pass it to `next_logits` with
+    ``n_cached=len(tokens)`` to run the rest of the prompt in each row (each row may be steered
+    differently there). Needs a model that takes Hugging Face caches (`supports_kv_cache`).
+
+    Example:
+        >>> import torch
+        >>> from steerlens.runtime.context import TokenContext
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> ids = [5, 6, 7, 8]
+        >>> cache = prefix_cache(model, ids[:3], 2, prompt_end=4)
+        >>> ctx = TokenContext(torch.zeros(2, dtype=torch.long), torch.full((2,), 4), 3)
+        >>> tokens = torch.tensor([ids, ids])
+        >>> logits, _ = next_logits(model, tokens, torch.ones_like(tokens), cache, 3, ctx)
+        >>> torch.allclose(logits[1], model(torch.tensor([ids]))[0, -1], atol=1e-5)
+        True
+    """
+    ids = torch.tensor([list(tokens)], device=device(model))
+    ctx = TokenContext.prompts(torch.tensor([prompt_end], device=ids.device))
+    with torch.no_grad(), token_context(ctx):
+        _, cache = model(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            past_key_values=None,
+            return_type="logits_and_cache",
+        )
+    cache.batch_repeat_interleave(n_rows)
+    return cache

@@ -22,6 +22,7 @@ Example:
     ['ex0-L0-s0-promotion', 'ex0-L1-s0-promotion']
 """
 
+from steerlens.studies.bench import BenchResult, BenchSettings, benchmark
 from steerlens.studies.calibrate import Calibration, calibrate
 from steerlens.studies.folder import StudyFolder
 from steerlens.studies.grid import FrontierPoint, GridResult, layer_strength_grid
@@ -38,6 +39,8 @@ from steerlens.studies.spec import (
 from steerlens.studies.steerability import SteerabilityResult, steerability
 
 __all__ = [
+    "BenchResult",
+    "BenchSettings",
     "Calibration",
     "EvaluationSettings",
     "Example",
@@ -49,6 +52,7 @@ __all__ = [
     "SteerabilityResult",
     "StudyFolder",
     "StudySpec",
+    "benchmark",
     "calibrate",
     "generalization_matrix",
     "layer_strength_grid",

@@ -9,80 +9,23 @@ self-contained file: plotly.js is embedded once, so it opens offline.
 
 from __future__ import annotations
 
-import html
-import math
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from steerlens.errors import StudyFolderError
-from steerlens.io.atomic import atomic_path
 from steerlens.studies.folder import MANIFEST, StudyFolder
+from steerlens.studies.page import Page, escape, html_table, number, write_page
 from steerlens.version import __version__
 
 if TYPE_CHECKING:
-    import plotly.graph_objects as go
-
     from steerlens.studies.grid import GridResult
     from steerlens.studies.matrix import GeneralizationMatrix
     from steerlens.studies.steerability import SteerabilityResult
 
 REPORT_FILE = "report.html"
 
-_STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;
-vertical-align:top;text-align:left}th{background:#f4f4f4}td.num{text-align:right;
-font-variant-numeric:tabular-nums}.failed{color:#b00}.note{color:#555}code{background:#f4f4f4;
-padding:0 3px}details{margin:0.5em 0}summary{cursor:pointer}"""
 
-
-class _Page:
-    """The page's parts, in order; figures embed plotly.js with the first one only."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.figures = 0
-
-    def add(self, text: str) -> None:
-        self.parts.append(text)
-
-    def figure(self, fig: go.Figure) -> None:
-        self.parts.append(
-            fig.to_html(
-                full_html=False,
-                include_plotlyjs=self.figures == 0,
-                div_id=f"figure-{self.figures}",
-                config={"displaylogo": False},
-            )
-        )
-        self.figures += 1
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _num(value: Any, fmt: str = ".4g") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, fmt)
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: set[int]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{_e(c)}</td>' if i in numeric else f"<td>{_e(c)}</td>"
-            for i, c in enumerate(row)
-        )
-        + "</tr>\n"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>\n{body}</table>\n"
-
-
-def _header(page: _Page, folder: StudyFolder, table: Any) -> None:
+def _header(page: Page, folder: StudyFolder, table: Any) -> None:
     manifest = folder.manifest
     spec = folder.spec
     units = spec.units()
@@ -91,9 +34,9 @@ def _header(page: _Page, folder: StudyFolder, table: Any) -> None:
     pending = len(units) - done - len(failed)
     ev = spec.evaluation
     opt = spec.optimizer
-    page.add(f"<h1>Study {_e(spec.name)}</h1>\n")
+    page.add(f"<h1>Study {escape(spec.name)}</h1>\n")
     items = [
-        f"model <code>{_e(spec.model)}</code>{' (chat prompts)' if spec.chat else ''}",
+        f"model <code>{escape(spec.model)}</code>{' (chat prompts)' if spec.chat else ''}",
         f"{len(units)} units: {len(spec.examples)} examples x layers {list(spec.layers)} x "
         f"seeds {list(spec.seeds)} x objectives {', '.join(spec.objectives)}",
         f"optimizer: lr {opt.lr:g}, max_steps {opt.max_steps}, norm cap "
@@ -102,10 +45,11 @@ def _header(page: _Page, folder: StudyFolder, table: Any) -> None:
         f"prompts, strength {ev.strength:g}; steerability multipliers "
         f"{list(ev.steerability_strengths) or 'none'}; grid strengths "
         f"{'none' if ev.grid is None else list(ev.grid.strengths)}",
-        f"spec hash <code>{_e(manifest['spec_hash'][:12])}</code>, created "
-        f"{_e(manifest.get('created_at', '?'))} by steerlens "
-        f"{_e(manifest.get('steerlens_version', '?'))}; report by steerlens {_e(__version__)}",
-        f"folder <code>{_e(folder.path)}</code>",
+        f"spec hash <code>{escape(manifest['spec_hash'][:12])}</code>, created "
+        f"{escape(manifest.get('created_at', '?'))} by steerlens "
+        f"{escape(manifest.get('steerlens_version', '?'))}; report by steerlens "
+        f"{escape(__version__)}",
+        f"folder <code>{escape(folder.path)}</code>",
     ]
     page.add("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>\n")
     page.add(
@@ -114,11 +58,15 @@ def _header(page: _Page, folder: StudyFolder, table: Any) -> None:
     )
     if failed:
         page.add('<h3 class="failed">Failed units</h3>\n<ul>')
-        page.add("".join(f"<li><code>{_e(u)}</code>: {_e(err)}</li>" for u, err in failed.items()))
+        page.add(
+            "".join(
+                f"<li><code>{escape(u)}</code>: {escape(err)}</li>" for u, err in failed.items()
+            )
+        )
         page.add("</ul>\n<p class='note'>Run the study again to retry them.</p>\n")
 
 
-def _units(page: _Page, table: Any) -> None:
+def _units(page: Page, table: Any) -> None:
     page.add('<h2 id="units">Units</h2>\n')
     if not len(table):
         page.add("<p class='note'>No unit has finished yet.</p>\n")
@@ -130,12 +78,12 @@ def _units(page: _Page, table: Any) -> None:
             r.seed,
             r.objective,
             r.status,
-            _num(r.initial_loss),
-            _num(r.final_loss),
+            number(r.initial_loss),
+            number(r.final_loss),
             "-" if r.steps is None or r.steps != r.steps else int(r.steps),
             r.stop_reason or "-",
-            _num(r.vector_norm),
-            _num(r.wall_time_s, ".1f"),
+            number(r.vector_norm),
+            number(r.wall_time_s, ".1f"),
         ]
         for r in table.itertuples()
     ]
@@ -153,10 +101,10 @@ def _units(page: _Page, table: Any) -> None:
         "time (s)",
     ]
     page.add("<p class='note'>Losses are the training loss (nats) at the first and last step.</p>")
-    page.add(_table(header, rows, numeric={1, 2, 5, 6, 7, 9, 10}))
+    page.add(html_table(header, rows, numeric={1, 2, 5, 6, 7, 9, 10}))
 
 
-def _matrix(page: _Page, matrix: GeneralizationMatrix | None) -> None:
+def _matrix(page: Page, matrix: GeneralizationMatrix | None) -> None:
     page.add('<h2 id="matrix">Generalization matrix</h2>\n')
     if matrix is None:
         page.add("<p class='note'>No vector is evaluated yet.</p>\n")
@@ -172,18 +120,18 @@ def _matrix(page: _Page, matrix: GeneralizationMatrix | None) -> None:
     rows = []
     for rank, (name, score) in enumerate(matrix.ranking(), start=1):
         v = matrix.vectors.index(name)
-        row: list[Any] = [rank, name, _num(score, "+.4f")]
-        row += [] if judged is None else [_num(judged[v], ".0%")]
-        row += [] if kl is None else [_num(kl[v], ".4f")]
+        row: list[Any] = [rank, name, number(score, "+.4f")]
+        row += [] if judged is None else [number(judged[v], ".0%")]
+        row += [] if kl is None else [number(kl[v], ".4f")]
         rows.append(row)
     page.add(
         "<h3>Transfer ranking</h3>\n<p class='note'>Each vector's mean target log-prob change "
         "on the prompts it was not trained on, best first.</p>\n"
     )
-    page.add(_table(header, rows, numeric={0, 2, 3, 4}))
+    page.add(html_table(header, rows, numeric={0, 2, 3, 4}))
 
 
-def _steerability(page: _Page, results: dict[str, SteerabilityResult]) -> None:
+def _steerability(page: Page, results: dict[str, SteerabilityResult]) -> None:
     page.add('<h2 id="steerability">Steerability</h2>\n')
     if not results:
         page.add("<p class='note'>No steerability is measured yet.</p>\n")
@@ -193,9 +141,9 @@ def _steerability(page: _Page, results: dict[str, SteerabilityResult]) -> None:
             name,
             f"{r.anti_steerable:.0%}",
             f"{len(r.anti_steerable_prompts)}/{len(r.prompts)}",
-            _num(r.mean_slope, "+.4f"),
-            _num(r.slope_std, ".4f"),
-            _num(r.slope_iqr, ".4f"),
+            number(r.mean_slope, "+.4f"),
+            number(r.slope_std, ".4f"),
+            number(r.slope_iqr, ".4f"),
         ]
         for name, r in results.items()
     ]
@@ -204,23 +152,23 @@ def _steerability(page: _Page, results: dict[str, SteerabilityResult]) -> None:
         "multiplier of the vector; a prompt is anti-steerable when its slope is negative.</p>\n"
     )
     header = ["vector", "anti-steerable", "prompts", "mean slope", "slope std", "slope IQR"]
-    page.add(_table(header, rows, numeric={1, 2, 3, 4, 5}))
+    page.add(html_table(header, rows, numeric={1, 2, 3, 4, 5}))
     for k, (name, result) in enumerate(results.items()):
-        page.add(f"<details{' open' if k == 0 else ''}><summary>{_e(name)}</summary>\n")
+        page.add(f"<details{' open' if k == 0 else ''}><summary>{escape(name)}</summary>\n")
         fig = result.plot()
         fig.update_layout(title=f"{name}: {fig.layout.title.text}", width=900, height=420)
         page.figure(fig)
         page.add("</details>\n")
 
 
-def _grid(page: _Page, grid: GridResult | None, sources: dict[int, str]) -> None:
+def _grid(page: Page, grid: GridResult | None, sources: dict[int, str]) -> None:
     page.add('<h2 id="grid">Layer x strength grid</h2>\n')
     if grid is None:
         page.add("<p class='note'>The grid is not measured (no [evaluation.grid], or not yet).</p>")
         return
     page.add(
         "<p class='note'>At each layer, that layer's best-transferring vector: "
-        + ", ".join(f"layer {la}: <code>{_e(u)}</code>" for la, u in sorted(sources.items()))
+        + ", ".join(f"layer {la}: <code>{escape(u)}</code>" for la, u in sorted(sources.items()))
         + ".</p>\n"
     )
     page.figure(grid.plot_all())
@@ -228,7 +176,7 @@ def _grid(page: _Page, grid: GridResult | None, sources: dict[int, str]) -> None
     if "kl" in grid.metrics:
         page.figure(grid.plot_frontier("kl"))
     best = grid.frontier(max_nll_ratio=1.5)
-    page.add(f"<p>Frontier at NLL ratio &le; 1.5: {_e(best.summary())}</p>\n")
+    page.add(f"<p>Frontier at NLL ratio &le; 1.5: {escape(best.summary())}</p>\n")
 
 
 def write_report(folder: StudyFolder | str | Path, path: str | Path | None = None) -> Path:
@@ -268,21 +216,14 @@ def write_report(folder: StudyFolder | str | Path, path: str | Path | None = Non
     table = study.table()
     grid_table = study.grid_table()
     sources = {int(r.layer): r.source_unit for r in grid_table.itertuples()}
-    page = _Page()
+    page = Page()
     _header(page, study, table)
     _units(page, table)
     _matrix(page, study.matrix())
     _steerability(page, study.steerability_results())
     _grid(page, study.grid(), sources)
-    title = f"steerlens study {study.spec.name}"
-    text = (
-        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{_e(title)}</title>\n'
-        f"<style>{_STYLE}</style></head><body>\n" + "".join(page.parts) + "</body></html>\n"
-    )
     target = study.path / REPORT_FILE if path is None else Path(path).expanduser()
-    with atomic_path(target, example_name=REPORT_FILE) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return target
+    return write_page(page, target, f"steerlens study {study.spec.name}")
 
 
 __all__ = ["REPORT_FILE", "write_report"]

@@ -7,7 +7,7 @@ rules, the steering kinds that say what is trained (`kinds`), the settings and r
 
 Example:
     >>> from steerlens.training import AddSteering, OptimizeConfig
-    >>> OptimizeConfig(steering=AddSteering()).max_steps
+    >>> OptimizeConfig(kind=AddSteering()).max_steps
     100
 """
 

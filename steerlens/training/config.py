@@ -45,7 +45,7 @@ class OptimizeConfig:
         seed: seed for the random init and noise (the same seed gives bit-identical vectors).
         starting_norm: norm of the random init (a Gaussian direction, normalised).
         init: a start vector instead of a random one.
-        steering: what is trained: ``AddSteering()``, ``ClampSteering(strength)``,
+        kind: what is trained (the steering kind): ``AddSteering()``, ``ClampSteering(strength)``,
             ``AffineSteering(rank)`` or ``RankOneSteering()``.
         constraints: applied after each step, in order: ``NormCap(r)``, ``Noise(scale)``.
         stop: extra stop rules: ``Plateau(eps, patience)``, ``TargetLoss(...)``.
@@ -65,7 +65,7 @@ class OptimizeConfig:
     seed: int = 0
     starting_norm: float = 1.0
     init: Tensor | None = None
-    steering: AddSteering | ClampSteering | AffineSteering | RankOneSteering = field(
+    kind: AddSteering | ClampSteering | AffineSteering | RankOneSteering = field(
         default_factory=AddSteering
     )
     constraints: tuple[Constraint, ...] = ()
@@ -116,10 +116,10 @@ class OptimizeConfig:
                     f"{rule!r:.80}."
                 )
         as_positions(self.positions)  # a bad spec fails here, not after the model is prepared
-        if not isinstance(self.steering, KINDS):
+        if not isinstance(self.kind, KINDS):
             raise SpecError(
-                f"steering must be AddSteering(), ClampSteering(...), AffineSteering(...) or "
-                f"RankOneSteering(), got {self.steering!r}."
+                f"kind must be AddSteering(), ClampSteering(...), AffineSteering(...) or "
+                f"RankOneSteering(), got {self.kind!r}."
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,7 +236,7 @@ def make_vector(
         }
     provenance = {
         "method": "one_shot_optimization",
-        "steering": config.steering.name,
+        "steering": config.kind.name,
         "hyperparameters": config.to_dict(),
         "datapoints": [
             {

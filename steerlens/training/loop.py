@@ -86,7 +86,7 @@ class JobRun:
         self.config, self.index = config, index
         self.layers = runtime.check_layers(model, job.layer)
         self.data = tokenize(model, job.datapoints, config.positions)
-        self.spec = config.steering
+        self.spec = config.kind
         gen = torch.Generator().manual_seed(config.seed)
         # Float32 parameters (cast to the residual's dtype when applied): exact Adam state and
         # unit norms in half-precision models too.

@@ -91,7 +91,7 @@ class ObjectiveScorer:
         datapoints: Datapoint | Sequence[Datapoint],
         layer: int | Sequence[int],
         *,
-        steering: SteeringSpec | None = None,
+        kind: SteeringSpec | None = None,
         objective: ObjectiveLike | None = None,
         positions: PositionsLike = None,
         unit: str = "nats",
@@ -100,7 +100,7 @@ class ObjectiveScorer:
         layers = runtime.check_layers(model, layer)
         convert_loss(0.0, unit)  # validate the unit before any work
         self.model, self.unit = model, unit
-        self.spec: SteeringSpec = steering or AddSteering()
+        self.spec: SteeringSpec = kind or AddSteering()
         self.objective: ObjectiveLike = objective or Objective()
         data = tokenize(model, datapoints, positions)
         with torch.no_grad():
@@ -144,7 +144,7 @@ def evaluate_objective(
     layer: int | Sequence[int],
     vector: Tensor | SteeringVector | None,
     *,
-    steering: SteeringSpec | None = None,
+    kind: SteeringSpec | None = None,
     objective: ObjectiveLike | None = None,
     positions: PositionsLike = None,
     unit: str = "nats",
@@ -167,7 +167,7 @@ def evaluate_objective(
         model,
         datapoints,
         layer,
-        steering=steering,
+        kind=kind,
         objective=objective,
         positions=positions,
         unit=unit,

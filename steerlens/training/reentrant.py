@@ -158,7 +158,7 @@ def reentrant_steering(
             Adam step; no scale is learned. It uses ``lr``, ``betas``, ``max_steps``, ``seed``,
             ``stop``, ``objective``, ``positions``, ``progress`` and ``fast`` of
             ``early_config`` and refuses ``init``, ``constraints``, ``output_constraint`` and a
-            non-default ``steering``.
+            non-default ``kind``.
         n_tokens: ``m``, the length of the greedy continuation ``y'``. Decoding stops early
             after an end-of-turn token (kept in ``y'``) or at the model's context limit.
         early_config: settings of stage 1 (default ``OptimizeConfig()``).
@@ -199,7 +199,7 @@ def reentrant_steering(
     # Stage 1: the invasive intervention.
     if invasive == "rank_one":
         _check_rank_one_config(early_config)
-        early_config = dataclasses.replace(early_config, steering=RankOneSteering())
+        early_config = dataclasses.replace(early_config, kind=RankOneSteering())
     early = optimize_vector(model, datapoint, early_layer, early_config)
     if invasive == "rank_one":
         early = RankOneResult(**{f.name: getattr(early, f.name) for f in dataclasses.fields(early)})
@@ -209,11 +209,9 @@ def reentrant_steering(
     # Exactly as stage 1's loss applied it (-strength on a negated datapoint).
     steering = Steering(
         early.vector,
-        strength=-early_config.steering.strength
-        if datapoint.negate
-        else early_config.steering.strength,
+        strength=-early_config.kind.strength if datapoint.negate else early_config.kind.strength,
         positions=early_positions,
-        kind=Clamp if isinstance(early_config.steering, ClampSteering) else Add,
+        kind=Clamp if isinstance(early_config.kind, ClampSteering) else Add,
     )
 
     # Stage 2: y' and the distributions p_k.
@@ -349,10 +347,10 @@ def _check_inputs(
             "steering distils an early intervention into a later layer; pass an early_layer "
             "smaller than late_layer."
         )
-    if not isinstance(late_config.steering, AddSteering):
+    if not isinstance(late_config.kind, AddSteering):
         raise SpecError(
-            f"the late vector is added (x + v'); late_config.steering must be AddSteering(), got "
-            f"{late_config.steering!r}."
+            f"the late vector is added (x + v'); late_config.kind must be AddSteering(), got "
+            f"{late_config.kind!r}."
         )
     if late_config.output_constraint is not None:
         raise SpecError(
@@ -362,10 +360,10 @@ def _check_inputs(
 
 
 def _check_rank_one_config(config: OptimizeConfig) -> None:
-    if not isinstance(config.steering, AddSteering):
+    if not isinstance(config.kind, AddSteering):
         raise SpecError(
-            "invasive='rank_one' trains its own rank-one map, so early_config.steering cannot be "
-            f"set (got {config.steering!r}); leave it at its default (or use invasive='vector')."
+            "invasive='rank_one' trains its own rank-one map, so early_config.kind cannot be "
+            f"set (got {config.kind!r}); leave it at its default (or use invasive='vector')."
         )
     RankOneSteering().check(config)
 

@@ -263,7 +263,7 @@ def test_scaling_by_a_non_number_is_a_type_error():
 
 def test_clamp_vector_is_not_exported_as_additive_without_opt_in(tmp_path, deep):
     dp = Datapoint("the cat", promote=[" in"])
-    v = optimize_vector(deep, dp, 2, max_steps=2, steering=ClampSteering(strength=2.0)).vector
+    v = optimize_vector(deep, dp, 2, max_steps=2, kind=ClampSteering(strength=2.0)).vector
     assert v.provenance["steering"] == "clamp"
     with pytest.raises(SpecError, match=r"clamp.*only added.*additive_ok=True"):
         v.to_gguf(tmp_path / "v.gguf")
@@ -286,7 +286,7 @@ def test_ablate_vector_is_not_exported_without_opt_in(tmp_path):
 
 def test_affine_vector_is_never_exported(tmp_path, deep):
     dp = Datapoint("the cat", promote=[" in"])
-    v = optimize_vector(deep, dp, 2, max_steps=2, steering=AffineSteering(rank=1)).vector
+    v = optimize_vector(deep, dp, 2, max_steps=2, kind=AffineSteering(rank=1)).vector
     for ok in (False, True):
         with pytest.raises(SpecError, match="affine"):
             v.to_gguf(tmp_path / "v.gguf", additive_ok=ok)

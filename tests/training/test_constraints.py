@@ -23,7 +23,7 @@ from steerlens.training.kinds import AffineSteering
 
 def test_affine_factor_norm_cap(tiny):
     spec = AffineSteering(rank=2, factor_norm_cap=0.05, init_scale=1.0)
-    res = optimize_vector(tiny, datapoints(tiny)[0], 1, lr=0.5, max_steps=2, steering=spec)
+    res = optimize_vector(tiny, datapoints(tiny)[0], 1, lr=0.5, max_steps=2, kind=spec)
     left, right = res.vector.affine[1]
     assert torch.all(left.norm(dim=1) <= 0.05 + 1e-6)
     assert torch.all(right.norm(dim=1) <= 0.05 + 1e-6)

@@ -38,7 +38,7 @@ def _jobs(model, fast=True):
         Job(dog, 1, replace(base, seed=3)),
         Job([dog, neg], 2, replace(base, max_steps=2)),
         Job(cat, 0, replace(base, constraints=(NormCap(0.5), Noise(0.01)))),
-        Job(dog, 1, replace(base, steering=ClampSteering(strength=2.0))),
+        Job(dog, 1, replace(base, kind=ClampSteering(strength=2.0))),
         Job(cat, [0, 2], replace(base, objective=Objective(coldness=1.0))),
         Job(cat, 1, replace(base, stop=(Plateau(eps=10.0),))),
     ]

@@ -37,7 +37,7 @@ from steerlens.errors import (
 )
 from steerlens.training.constraints import Noise
 from steerlens.training.data import tokenize
-from steerlens.training.kinds import AffineSteering, ClampSteering
+from steerlens.training.kinds import AddSteering, AffineSteering, ClampSteering
 from steerlens.training.objectives import Objective
 
 
@@ -66,15 +66,15 @@ def test_several_layers_and_affine_results_round_trip(tiny):
     ev = evaluate_objective(tiny, dps, [0, 1], two.vector.vector)
     assert list(ev.losses.values()) == pytest.approx(two.loss_history[-1].tolist(), rel=REL)
 
-    aff = optimize_vector(tiny, dps, 1, lr=0.1, max_steps=3, steering=AffineSteering(rank=2))
+    aff = optimize_vector(tiny, dps, 1, lr=0.1, max_steps=3, kind=AffineSteering(rank=2))
     left, right = aff.vector.affine[1]
     assert left.shape == right.shape == (2, 64)
     assert aff.vector.provenance["steering"] == "affine"
     ev = evaluate_objective(tiny, dps, 1, aff.vector)
     assert list(ev.losses.values()) == pytest.approx(aff.loss_history[-1].tolist(), rel=REL)
 
-    cl = optimize_vector(tiny, dps, 1, lr=0.1, max_steps=3, steering=ClampSteering(strength=2.0))
-    ev = evaluate_objective(tiny, dps, 1, cl.vector.vector, steering=ClampSteering(strength=2.0))
+    cl = optimize_vector(tiny, dps, 1, lr=0.1, max_steps=3, kind=ClampSteering(strength=2.0))
+    ev = evaluate_objective(tiny, dps, 1, cl.vector.vector, kind=ClampSteering(strength=2.0))
     assert list(ev.losses.values()) == pytest.approx(cl.loss_history[-1].tolist(), rel=REL)
 
 
@@ -186,10 +186,16 @@ def test_bad_numbers():
         AffineSteering(factor_norm_cap=0.0)
 
 
-@pytest.mark.parametrize("steering", ["clamp", object(), Clamp(torch.ones(64)), None])
-def test_contradictory_or_unknown_steering_is_refused(tiny, steering):
-    with pytest.raises(SpecError, match=r"steering must be AddSteering\(\), ClampSteering"):
-        optimize_vector(tiny, datapoints(tiny)[0], 1, steering=steering)
+@pytest.mark.parametrize("kind", ["clamp", object(), Clamp(torch.ones(64)), None])
+def test_contradictory_or_unknown_kind_is_refused(tiny, kind):
+    with pytest.raises(SpecError, match=r"kind must be AddSteering\(\), ClampSteering"):
+        optimize_vector(tiny, datapoints(tiny)[0], 1, kind=kind)
+
+
+def test_steering_names_a_plan_not_a_kind(tiny):
+    """``steering=`` is a plan everywhere; the optimizer's trained kind is ``kind=``."""
+    with pytest.raises(SpecError, match=r"unknown keyword.*'steering'.*kind"):
+        optimize_vector(tiny, datapoints(tiny)[0], 1, steering=AddSteering())
 
 
 def test_unknown_option_and_bad_init(tiny):

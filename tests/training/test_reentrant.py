@@ -56,7 +56,7 @@ def test_recorded_distributions_are_the_steered_forwards(tiny, result):
 
 
 def test_clamp_invasive_vector_is_recorded_as_it_was_optimized(tiny):
-    early = OptimizeConfig(lr=0.1, max_steps=3, steering=ClampSteering(strength=2.0))
+    early = OptimizeConfig(lr=0.1, max_steps=3, kind=ClampSteering(strength=2.0))
     res = reentrant_steering(tiny, DP, 0, 1, n_tokens=3, early_config=early, late_config=LATE)
     prompt_ids = runtime.encode(tiny, PROMPT)
     p, m = len(prompt_ids), len(res.continuation_tokens)
@@ -158,6 +158,6 @@ def test_bad_input(tiny):
             early_config=OptimizeConfig(constraints=(NormCap(1.0),)),
         )
     with pytest.raises(SpecError, match="AddSteering"):
-        reentrant_steering(tiny, DP, 0, 1, late_config=OptimizeConfig(steering=ClampSteering()))
+        reentrant_steering(tiny, DP, 0, 1, late_config=OptimizeConfig(kind=ClampSteering()))
     with pytest.raises(SteerlensError, match="Datapoint"):
         reentrant_steering(tiny, [DP], 0, 1)  # type: ignore[arg-type]

@@ -1,0 +1,509 @@
+"""Many steerings in shared batches: next-token log-probabilities, A/B propensities and the KL
+along unsteered rollouts, for every ``(steering, prompt)`` pair.
+
+One forward pass per steering leaves most of a batch empty when a steering has a handful of
+prompts. Here the ``steerings x prompts`` pairs are the rows: ``batch_size`` of them per forward
+pass, mixing steerings, each row under its own steering
+(`steerlens.steering.steer.steer_rows`). Rows are grouped by prompt, shortest prompts first, so
+a batch pads little. Every value is what one steering at a time gives (``with steer(model, s)``
+around the runtime's forward) up to float rounding: rows packed differently sum in another
+order.
+
+- `next_token_logprobs`: log-probabilities of chosen tokens right after each prompt.
+- `propensities`: ``log p(matching) - log p(other)`` per pair (e.g. the A/B answer letters).
+- `rollout_kl`: per-token ``KL(steered || unsteered)`` along the unsteered model's greedy
+  rollouts.
+
+Prompts are text used as written (format chat prompts first, e.g. with
+`steerlens.runtime.format_prompts`) or token lists used as given; each is tokenised once.
+Results are on the CPU, in float32 (the model's dtype when it is wider).
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from steerlens import runtime
+from steerlens.errors import InputError, SpecError
+from steerlens.steering.steer import (
+    RowSteering,
+    check_row_steerings,
+    resolve_steering,
+    steer_rows,
+)
+
+Prompts = str | Sequence[str] | Sequence[Sequence[int]] | Sequence[Tensor]
+
+
+@torch.no_grad()
+def next_token_logprobs(
+    model: Any,
+    prompts: Prompts,
+    steerings: Sequence[RowSteering],
+    token_ids: Sequence[int],
+    *,
+    batch_size: int = 32,
+    bos: bool = False,
+    progress: bool | None = None,
+) -> Float[Tensor, "steerings prompts answers"]:
+    """``log p(token | prompt)`` of the next token after each prompt under each steering, at
+    ``token_ids``, with every ``(steering, prompt)`` pair a row of shared batches.
+
+    ``out[s, p, k]`` is what ``with steer(model, steerings[s])`` and
+    `steerlens.runtime.last_logits` give for prompt ``p``, log-softmaxed, at ``token_ids[k]``
+    (equal up to float rounding). Each row's tokens are its prompt for position rules.
+
+    Args:
+        model: a TransformerLens model.
+        prompts: texts, used as written (tokenised without special tokens; apply a chat
+            template first), or token lists (lists of ids or 1-D tensors) used as given.
+        steerings: one entry per steering: a `steerlens.Steering` plan, a
+            ``SteeringVector``, a list of these (applied together), or ``None`` (unsteered).
+        token_ids: the vocabulary ids to read, e.g. answer letters.
+        batch_size: ``(steering, prompt)`` rows per forward pass.
+        bos: put the model's BOS token in front of each text prompt.
+        progress: a bar over the rows when there is more than one batch.
+
+    Returns:
+        ``[steerings, prompts, len(token_ids)]`` log-probabilities (nats) on the CPU.
+
+    Raises:
+        InputError: no prompts, an empty prompt, or prompt token ids outside the vocabulary.
+        SpecError: no steerings, no token ids, token ids outside the vocabulary, or a bad
+            ``batch_size``.
+
+    Example:
+        >>> import torch
+        >>> from steerlens import Steering, runtime, steer
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> plan = Steering(torch.ones(64), layer=1, strength=4.0)
+        >>> lp = next_token_logprobs(model, ["the cat", "a dog"], [None, plan], [5, 6, 7])
+        >>> lp.shape
+        torch.Size([2, 2, 3])
+        >>> with steer(model, plan):
+        ...     alone = runtime.last_logits(model, [runtime.encode(model, "a dog")])
+        >>> torch.allclose(lp[1, 1], alone[0].log_softmax(-1)[[5, 6, 7]], atol=1e-5)
+        True
+    """
+    rows = _prompt_tokens(model, prompts, bos=bos)
+    plans, _ = _steerings(model, steerings)
+    ids = _token_ids(model, token_ids, what="token_ids")
+    runtime.check_batch_size(batch_size)
+    return _next_token_logprobs(model, rows, plans, ids, batch_size, progress)
+
+
+@torch.no_grad()
+def propensities(
+    model: Any,
+    prompts: Prompts,
+    steerings: Sequence[RowSteering],
+    matching: Sequence[int],
+    other: Sequence[int],
+    *,
+    batch_size: int = 32,
+    bos: bool = False,
+    progress: bool | None = None,
+) -> Float[Tensor, "steerings prompts"]:
+    """``log p(matching[p]) - log p(other[p])`` of the next token after prompt ``p`` under
+    each steering (nats; > 0 when the matching answer is the more likely one).
+
+    The log-probabilities are `next_token_logprobs`'s, so the rows are shared as there; each
+    prompt has its own pair of answer tokens (the letters of an A/B item whose matching answer
+    is A on some prompts and B on others).
+
+    Args:
+        model: a TransformerLens model.
+        prompts: texts used as written (e.g. a chat-formatted question ending in ``"("``) or
+            token lists used as given.
+        steerings: one entry per steering (a plan, a ``SteeringVector``, a list, or ``None``).
+        matching: per prompt, the token id of the answer that shows the behaviour.
+        other: per prompt, the token id of the other answer.
+        batch_size: ``(steering, prompt)`` rows per forward pass.
+        bos: put the model's BOS token in front of each text prompt.
+        progress: a bar over the rows when there is more than one batch.
+
+    Returns:
+        ``[steerings, prompts]`` log-probability differences on the CPU.
+
+    Raises:
+        SpecError: ``matching`` or ``other`` not one id per prompt, an id outside the
+            vocabulary, or the same id for both answers of a prompt; and as
+            `next_token_logprobs`.
+
+    Example:
+        >>> import torch
+        >>> from steerlens import Steering, runtime
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> a, b = runtime.answer_token_ids(model, ["A", "B"])
+        >>> prompts = ["Pick (A) yes or (B) no: (", "Pick (A) no or (B) yes: ("]
+        >>> plans = [None, Steering(torch.ones(64), layer=1, strength=4.0)]
+        >>> propensities(model, prompts, plans, matching=[a, b], other=[b, a]).shape
+        torch.Size([2, 2])
+    """
+    rows = _prompt_tokens(model, prompts, bos=bos)
+    plans, _ = _steerings(model, steerings)
+    yes = _token_ids(model, matching, what="matching", count=len(rows))
+    no = _token_ids(model, other, what="other", count=len(rows))
+    same = [p for p, (m, o) in enumerate(zip(yes, no, strict=True)) if m == o]
+    if same:
+        raise SpecError(
+            f"matching and other give the same token for prompt(s) {same[:8]}; give each "
+            "prompt two different answer tokens."
+        )
+    runtime.check_batch_size(batch_size)
+    ids = sorted(set(yes) | set(no))
+    logp = _next_token_logprobs(model, rows, plans, ids, batch_size, progress)
+    column = {t: k for k, t in enumerate(ids)}
+    picked = torch.tensor([[column[m], column[o]] for m, o in zip(yes, no, strict=True)])
+    both = logp.gather(-1, picked.expand(len(plans), -1, -1))
+    return both[..., 0] - both[..., 1]
+
+
+@torch.no_grad()
+def rollout_kl(
+    model: Any,
+    prompts: Prompts,
+    steerings: Sequence[RowSteering],
+    *,
+    n_tokens: int = 16,
+    batch_size: int = 32,
+    bos: bool = False,
+    progress: bool | None = None,
+) -> Float[Tensor, "steerings tokens"]:
+    """Per-token ``KL(steered || unsteered)`` of the next-token distribution along the
+    unsteered model's greedy rollouts: how far each steering moves the model on text it
+    would write itself (nats; 0 = untouched).
+
+    First the unsteered model decodes ``n_tokens`` greedy tokens after each prompt
+    (`steerlens.runtime.decode_tokens`, once; a rollout ends early at an end-of-turn token,
+    which it keeps, or at the context window). Then every ``(steering, prompt)`` row is scored
+    with teacher forcing on ``prompt + rollout``, in shared batches beside the unsteered rows
+    it is compared with, at each position that predicts a rollout token (the prompt's last
+    position first). Prompt tokens count as prompt for position rules, rollout tokens as
+    generated, as in `steerlens.runtime.score_rows`.
+
+    Args:
+        model: a TransformerLens model.
+        prompts: texts used as written or token lists used as given.
+        steerings: one entry per steering (a plan, a ``SteeringVector``, a list, or ``None``).
+        n_tokens: the rollout length per prompt (at most; see above).
+        batch_size: rows per forward pass (prompts per batch while decoding).
+        bos: put the model's BOS token in front of each text prompt.
+        progress: bars over the prompts and the rows when there is more than one batch.
+
+    Returns:
+        ``[steerings, tokens]`` on the CPU: row ``s`` holds prompt 0's per-token KLs in
+        rollout order, then prompt 1's, and so on (the same order for every steering;
+        ``tokens`` is the total rollout length, at most ``n_tokens * len(prompts)``). Values are
+        clamped at 0 against rounding; a steering that applies nothing (``None``) gets exact
+        zeros without a forward pass. Take e.g. ``torch.quantile(kl, 0.95, dim=1)``.
+
+    Raises:
+        SpecError: ``n_tokens`` not an int >= 1, and as `next_token_logprobs`.
+        ContextWindowError: a prompt that leaves no room to decode.
+
+    Example:
+        >>> import torch
+        >>> from steerlens import Steering
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> plans = [None, Steering(torch.zeros(64), layer=1), Steering(torch.ones(64), layer=1)]
+        >>> kl = rollout_kl(model, ["the cat", "a dog"], plans, n_tokens=4)
+        >>> kl.shape
+        torch.Size([3, 8])
+        >>> bool(kl[0].eq(0).all()), bool(kl[1].max() < 1e-5), bool(kl[2].min() > 0)
+        (True, True, True)
+    """
+    rows = _prompt_tokens(model, prompts, bos=bos)
+    plans, applies = _steerings(model, steerings)
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, numbers.Integral) or n_tokens < 1:
+        raise SpecError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
+    runtime.check_batch_size(batch_size)
+    rollouts = _rollouts(model, rows, int(n_tokens), batch_size, progress)
+    sizes = [len(r) for r in rollouts]
+    starts = [0, *itertools.accumulate(sizes)]
+    # Row p is scored on its prompt and all but the last rollout token: position
+    # len(prompt) - 1 + k predicts rollout token k.
+    seqs = [rows[p] + rollouts[p][:-1] for p in range(len(rows))]
+    active = [s for s in range(len(plans)) if applies[s]]
+    out: Tensor | None = None
+    # Per prompt, its unsteered row (-1) comes first, so its distributions are there before
+    # any steered row of the prompt needs them; they are dropped after the prompt's last row.
+    cells = [(s, p) for p in _by_length(seqs) for s in [-1, *active]] if active else []
+    reference: dict[int, Tensor] = {}
+    left = dict.fromkeys(range(len(rows)), len(active))
+    dev = runtime.device(model)
+    bar = runtime.progress(len(cells), "score", progress if len(cells) > batch_size else False)
+    for chunk in runtime.chunks(len(cells), batch_size):
+        batch = [cells[i] for i in chunk]
+        tokens, mask = runtime.right_pad(model, [seqs[p] for _, p in batch])
+        row_idx: list[int] = []
+        col_idx: list[int] = []
+        for b, (_, p) in enumerate(batch):
+            row_idx += [b] * sizes[p]
+            col_idx += range(len(rows[p]) - 1, len(rows[p]) - 1 + sizes[p])
+        ends = torch.tensor([len(rows[p]) for _, p in batch], device=dev)
+        with steer_rows(model, [None if s < 0 else plans[s] for s, _ in batch]):
+            logits = runtime.logits_at(
+                model,
+                tokens,
+                mask,
+                torch.tensor(row_idx, device=dev),
+                torch.tensor(col_idx, device=dev),
+                runtime.TokenContext.prompts(ends),
+            )
+        logp = _log_softmax(logits)
+        if out is None:
+            out = torch.zeros(len(plans), sum(sizes), dtype=logp.dtype)
+        for (s, p), lp in zip(batch, logp.split([sizes[p] for _, p in batch]), strict=True):
+            if s < 0:
+                reference[p] = lp
+                continue
+            kl = _kl(lp, reference[p]).clamp_min(0.0)
+            out[s, starts[p] : starts[p] + sizes[p]] = kl.cpu()
+            left[p] -= 1
+            if not left[p]:
+                del reference[p]
+        bar.update(len(batch))
+    bar.close()
+    if out is None:  # every steering applies nothing
+        wide = torch.promote_types(runtime.dtype(model), torch.float32)
+        out = torch.zeros(len(plans), sum(sizes), dtype=wide)
+    return out
+
+
+def _next_token_logprobs(
+    model: Any,
+    rows: list[list[int]],
+    plans: list[RowSteering],
+    ids: list[int],
+    batch_size: int,
+    progress: bool | None,
+) -> Float[Tensor, "steerings prompts answers"]:
+    """`next_token_logprobs` on checked token rows, plans and ids."""
+    dev = runtime.device(model)
+    index = torch.tensor(ids, device=dev)
+    applied = [resolve_steering(model, plan) for plan in plans]
+    cuts = {p: _unsteered_prefix(applied, len(rows[p])) for p in range(len(rows))}
+    if not runtime.supports_kv_cache(model):
+        cuts = dict.fromkeys(cuts, 0)
+    # A prompt whose every steering leaves its first tokens alone runs them once, unsteered,
+    # and its steered rows reuse their KV cache (CAA-style A/B scoring steers only the last
+    # few tokens); other prompts' rows are packed into batches as usual.
+    shared = [p for p in _by_length(rows) if cuts[p] > 0]
+    cells = [(s, p) for p in _by_length(rows) if cuts[p] == 0 for s in range(len(plans))]
+    out = torch.zeros(len(plans), len(rows), len(ids), dtype=torch.float32)
+    checked = False
+    total = len(cells) + len(shared) * len(plans)
+    bar = runtime.progress(total, "forward", progress if total > batch_size else False)
+    for p in shared:
+        row, cut = rows[p], cuts[p]
+        for chunk in runtime.chunks(len(plans), batch_size):
+            n = len(chunk)
+            cache = runtime.prefix_cache(model, row[:cut], n, prompt_end=len(row))
+            tokens = torch.tensor([row] * n, device=dev)
+            ctx = runtime.TokenContext(
+                torch.zeros(n, dtype=torch.long, device=dev),
+                torch.full((n,), len(row), dtype=torch.long, device=dev),
+                cut,
+            )
+            with steer_rows(model, [plans[s] for s in chunk]):
+                logits, _ = runtime.next_logits(
+                    model, tokens, torch.ones_like(tokens), cache, cut, ctx
+                )
+            if not checked:
+                _check_in_vocab(ids, logits.shape[-1], "token_ids", SpecError)
+                out = out.to(_wide(logits.dtype))
+                checked = True
+            out[list(chunk), p] = _log_softmax(logits)[:, index].cpu().to(out.dtype)
+            bar.update(n)
+    for chunk in runtime.chunks(len(cells), batch_size):
+        batch = [cells[i] for i in chunk]
+        tokens, mask = runtime.right_pad(model, [rows[p] for _, p in batch])
+        ends = mask.sum(dim=1)
+        with steer_rows(model, [plans[s] for s, _ in batch]):
+            logits = runtime.logits_at(
+                model,
+                tokens,
+                mask,
+                torch.arange(len(batch), device=dev),
+                ends - 1,
+                runtime.TokenContext.prompts(ends),
+            )
+        if not checked:
+            _check_in_vocab(ids, logits.shape[-1], "token_ids", SpecError)
+            out = out.to(_wide(logits.dtype))
+            checked = True
+        picked = _log_softmax(logits)[:, index].cpu()
+        for b, (s, p) in enumerate(batch):
+            out[s, p] = picked[b]
+        bar.update(len(batch))
+    bar.close()
+    return out
+
+
+def _unsteered_prefix(applied: Sequence[Sequence[Any]], length: int) -> int:
+    """How many leading tokens of a ``length``-token prompt no steering touches (0 when a
+    steering is conditional: its condition reads every prompt token as it runs)."""
+    first = length - 1  # the last token always runs with the steered rows
+    ctx = runtime.TokenContext.prompts(torch.tensor([length]))
+    for plan in applied:
+        for a in plan:
+            if a.condition is not None:
+                return 0
+            mask = a.positions.mask(ctx, length)
+            if mask is None:
+                return 0
+            steered = mask[0].nonzero()
+            if len(steered):
+                first = min(first, int(steered[0]))
+    return first
+
+
+def _rollouts(
+    model: Any, rows: list[list[int]], n_tokens: int, batch_size: int, progress: bool | None
+) -> list[list[int]]:
+    """The unsteered greedy continuation of each prompt, ``batch_size`` prompts per decode."""
+    out: list[list[int]] = []
+    bar = runtime.progress(len(rows), "rollout", progress if len(rows) > batch_size else False)
+    for chunk in runtime.chunks(len(rows), batch_size):
+        out += runtime.decode_tokens(model, [rows[p] for p in chunk], max_new_tokens=n_tokens)
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _log_softmax(logits: Tensor) -> Tensor:
+    """Log-softmax in float32, or in the logits' dtype when it is wider."""
+    return logits.to(_wide(logits.dtype)).log_softmax(-1)
+
+
+def _kl(logp: Tensor, logq: Tensor) -> Tensor:
+    """``KL(p || q)`` per row from log-probabilities, in their dtype (terms with ``p = 0`` count
+    0). `steerlens.runtime.kl_divergence` computes in float32; this keeps a float64 model's
+    precision so that checks against one steering at a time are exact to float64 rounding."""
+    p = logp.exp()
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+
+
+def _by_length(rows: Sequence[Sequence[int]]) -> list[int]:
+    """Prompt indices, shortest rows first (ties in prompt order): batches pad little."""
+    return sorted(range(len(rows)), key=lambda p: len(rows[p]))
+
+
+def _steerings(
+    model: Any, steerings: Sequence[RowSteering]
+) -> tuple[list[RowSteering], list[bool]]:
+    """The steerings as a list, each checked against ``model`` before any forward pass, and
+    whether each applies anything (``None`` or an empty list does not)."""
+    plans = check_row_steerings(steerings)
+    return plans, [bool(resolve_steering(model, plan)) for plan in plans]
+
+
+def _prompt_tokens(model: Any, prompts: Prompts, *, bos: bool) -> list[list[int]]:
+    """Each prompt's token ids: texts encoded once, token lists checked and kept."""
+    if isinstance(prompts, Tensor):
+        raise InputError(
+            "prompts is a tensor; pass a list of token lists (or of 1-D tensors), one per prompt."
+        )
+    items: list[Any]
+    if isinstance(prompts, (str, bytes, bytearray)) or not prompts:
+        # One text; anything else here (None, bytes, an empty list) gets check_prompts's error.
+        items = runtime.check_prompts(prompts)  # type: ignore[arg-type]
+    else:
+        items = list(prompts)
+    if isinstance(items[0], str):
+        texts = runtime.check_prompts(items)
+        rows = [runtime.encode(model, t, bos=bos) for t in texts]
+    else:
+        if bos:
+            raise SpecError(
+                "bos=True applies to text prompts; token lists are used as given, so put the "
+                "BOS id at their front yourself."
+            )
+        rows = [_token_row(item, i) for i, item in enumerate(items)]
+        vocab = runtime.vocab_size(model)
+        if vocab is not None:
+            for i, row in enumerate(rows):
+                _check_in_vocab(row, vocab, f"prompt {i}", InputError)
+    longest = max(range(len(rows)), key=lambda p: len(rows[p]))
+    runtime.check_fits(
+        model, len(rows[longest]), f"prompt {longest}", "use a shorter prompt or leave it out"
+    )
+    return rows
+
+
+def _token_row(item: Any, i: int) -> list[int]:
+    if isinstance(item, Tensor):
+        if item.dim() != 1 or item.is_floating_point() or item.is_complex():
+            raise InputError(
+                f"prompt {i} is a {item.dim()}-D {item.dtype} tensor; a tokenised prompt is a "
+                "1-D integer tensor or a list of ints."
+            )
+        item = item.tolist()
+    if isinstance(item, numbers.Integral):
+        raise InputError(
+            "prompts is a list of ints; pass a list of token lists, e.g. [ids] for one "
+            "tokenised prompt."
+        )
+    if isinstance(item, (str, bytes)) or not isinstance(item, Sequence):
+        raise InputError(
+            f"prompt {i} is a {type(item).__name__}; pass all prompts as text or all as token "
+            "lists (lists of ints)."
+        )
+    row = list(item)
+    if not row:
+        raise InputError(f"prompt {i} has no tokens; a prompt needs at least one.")
+    bad = next((t for t in row if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+    if bad is not None:
+        raise InputError(f"prompt {i} holds {bad!r}, not a token id (an int).")
+    return [int(t) for t in row]
+
+
+def _token_ids(model: Any, ids: Sequence[int], *, what: str, count: int | None = None) -> list[int]:
+    """``ids`` as a list of ints inside the vocabulary (``count`` of them when given)."""
+    if isinstance(ids, Tensor):
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise SpecError(
+            f"{what} must be a list of token ids, got {type(ids).__name__}; get ids with "
+            "steerlens.runtime.answer_token_ids(model, ['A', 'B'])."
+        )
+    out = list(ids)
+    if not out:
+        raise SpecError(f"{what} is empty; give at least one token id.")
+    if count is not None and len(out) != count:
+        raise SpecError(
+            f"{what} has {len(out)} token ids for {count} prompts; give one per prompt."
+        )
+    bad = next((t for t in out if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+    if bad is not None:
+        raise SpecError(f"{what} holds {bad!r}, not a token id (an int).")
+    vocab = runtime.vocab_size(model)
+    if vocab is not None:
+        _check_in_vocab(out, vocab, what, SpecError)
+    return [int(t) for t in out]
+
+
+def _check_in_vocab(ids: Sequence[int], vocab: int, what: str, error: type[Exception]) -> None:
+    bad = [int(t) for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise error(
+            f"{what} has token id(s) {bad[:8]} outside the model's vocabulary (0 to {vocab - 1})."
+        )
+
+
+__all__ = ["next_token_logprobs", "propensities", "rollout_kl"]

@@ -1,0 +1,94 @@
+"""The benchmark's figures (plotly): slope distributions per method, effectiveness against
+entanglement at equal cost, and the one-shot vectors' spread over their training example."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import plotly.graph_objects as go
+
+if TYPE_CHECKING:
+    from steerlens.studies.bench.results import BenchResult
+
+
+def slope_figure(result: BenchResult) -> go.Figure:
+    """Per-item steerability slopes of every vector, one box per method and behaviour."""
+    fig = go.Figure()
+    methods = list(dict.fromkeys(r["method"] for r in result.rows))
+    for method in methods:
+        xs: list[str] = []
+        ys: list[float] = []
+        for row in result.rows:
+            if row["method"] != method or row["method"] == "best of E":
+                continue
+            key = (row["behaviour"], row["layer"], row["vector"])
+            values = result.slopes.get(key, [])
+            ys += values
+            xs += [f"{row['behaviour']} L{row['layer']}"] * len(values)
+        fig.add_trace(go.Box(x=xs, y=ys, name=method, boxmean=True))
+    fig.update_layout(
+        boxmode="group",
+        title="Per-item steerability slopes (propensity per unit of equal-cost multiplier)",
+        yaxis_title="slope (nats)",
+        height=420,
+    )
+    fig.add_hline(y=0.0, line_dash="dot", line_color="grey")
+    return fig
+
+
+def tradeoff_figure(result: BenchResult) -> go.Figure:
+    """Effectiveness against entanglement at the equal-cost multiplier, one point per vector."""
+    fig = go.Figure()
+    for method in dict.fromkeys(r["method"] for r in result.rows):
+        rows = [r for r in result.rows if r["method"] == method]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["entanglement"] for r in rows],
+                y=[r["effectiveness"] for r in rows],
+                mode="markers",
+                name=method,
+                text=[f"{r['vector']} | {r['behaviour']} L{r['layer']}" for r in rows],
+            )
+        )
+    fig.update_layout(
+        title="Effectiveness vs entanglement at equal cost (p95 KL budget)",
+        xaxis_title="entanglement (RMS change of the behaviour rate elsewhere)",
+        yaxis_title="effectiveness (y_steered - y_base) / (1 - y_base)",
+        height=420,
+    )
+    return fig
+
+
+def examples_figure(result: BenchResult) -> go.Figure:
+    """Mean slope of each single-example one-shot vector, per behaviour and layer."""
+    fig = go.Figure()
+    cells = dict.fromkeys((r["behaviour"], r["layer"]) for r in result.rows)
+    for behaviour, layer in cells:
+        rows = [
+            r
+            for r in result.rows
+            if r["method"] == "one-shot" and (r["behaviour"], r["layer"]) == (behaviour, layer)
+        ]
+        fig.add_trace(
+            go.Bar(
+                x=[r["vector"] for r in rows],
+                y=[r["mean_slope"] for r in rows],
+                name=f"{behaviour} L{layer}",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        title="One-shot vectors: mean slope by training example",
+        yaxis_title="mean slope (nats)",
+        height=420,
+    )
+    return fig
+
+
+def bench_figures(result: BenchResult) -> dict[str, Any]:
+    """All three figures by name."""
+    return {
+        "slopes": slope_figure(result),
+        "tradeoff": tradeoff_figure(result),
+        "examples": examples_figure(result),
+    }

@@ -1,0 +1,283 @@
+"""The benchmark's methods: each a small named object that builds steering vectors for one
+behaviour at one layer from the behaviour's training items.
+
+Every A/B item is shown to the model in both letter orders (its choices swapped, so the
+matching answer is (A) once and (B) once). A vector that only learned "answer B" helps in one
+order and hurts in the other, so it cannot look like the behaviour. A new method is a new
+frozen dataclass with a ``name`` and ``vectors(setup) -> {label: SteeringVector}``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from steerlens import runtime
+from steerlens.baselines import diff_of_means, pca_direction
+from steerlens.datasets import ABItem, Behaviour
+from steerlens.errors import SpecError
+from steerlens.steering.ensemble import ensemble
+from steerlens.steering.positions import Positions
+from steerlens.steering.vector import SteeringVector
+from steerlens.training.config import OptimizeConfig
+from steerlens.training.data import Datapoint
+from steerlens.training.loop import Job, optimize_many
+
+LETTERS = ("A", "B")
+
+
+def ab_prompt(model: Any, item: ABItem, *, swapped: bool = False, chat: bool = True) -> str:
+    """The item as the model sees it: the question as a user message and the reply opened
+    with ``(``, so the next token is the answer letter.
+
+    Example:
+        >>> from steerlens.datasets import ABItem
+        >>> from steerlens.testing import tiny_model
+        >>> item = ABItem("Pick one.", "yes", "no", "A")
+        >>> ab_prompt(tiny_model(), item, chat=False)
+        'Pick one.\\n\\nChoices:\\n(A) yes\\n(B) no\\n\\nAnswer: ('
+    """
+    text = item.prompt(swapped)
+    if chat:
+        return runtime.chat_prompt(model, text) + "("
+    return text + "\n\nAnswer: ("
+
+
+def answer_tokens(model: Any) -> tuple[int, int]:
+    """The token ids of ``A`` and ``B`` after ``(``."""
+    a, b = runtime.answer_token_ids(model, list(LETTERS), what="answer letter")
+    return a, b
+
+
+@dataclass(frozen=True)
+class ABPrompts:
+    """Items in both letter orders, ready to score: ``prompts[2 i + s]`` is item ``i`` with
+    its choices swapped when ``s == 1``; ``matching`` / ``other`` are the answer tokens."""
+
+    prompts: tuple[str, ...]
+    matching: tuple[int, ...]
+    other: tuple[int, ...]
+
+    @classmethod
+    def of(cls, model: Any, items: Sequence[ABItem], *, chat: bool = True) -> ABPrompts:
+        """Both orders of every item (see `ab_prompt`)."""
+        letter = dict(zip(LETTERS, answer_tokens(model), strict=True))
+        prompts, matching, other = [], [], []
+        for item in items:
+            for swapped in (False, True):
+                prompts.append(ab_prompt(model, item, swapped=swapped, chat=chat))
+                m = item.matching_letter(swapped)
+                matching.append(letter[m])
+                other.append(letter[LETTERS[1 - LETTERS.index(m)]])
+        return cls(tuple(prompts), tuple(matching), tuple(other))
+
+
+def answer_positions(model: Any, *, chat: bool = True) -> Positions:
+    """Steer what follows the question, as CAA does for A/B items: the template's tokens after
+    the user's message and the opening ``(`` (``"last:N"`` of the prompt).
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> answer_positions(tiny_model()).to_dict()["kind"]
+        'last'
+    """
+    probe = ABItem("Which one?", "yes", "no", "A")
+    full = ab_prompt(model, probe, chat=chat)
+    question = probe.prompt()
+    head = full[: full.index(question) + len(question)]
+    n = len(runtime.encode(model, full)) - len(runtime.encode(model, head))
+    return Positions.last(max(1, n))
+
+
+@dataclass
+class Setup:
+    """What a method builds from: one behaviour at one layer, and the shared one-shot vectors
+    (trained once, used by every method that needs them)."""
+
+    model: Any
+    behaviour: Behaviour
+    layer: int
+    positions: Positions
+    config: OptimizeConfig
+    examples: int = 8
+    seed: int = 0
+    chat: bool = True
+    _trained: dict[tuple[int, ...], SteeringVector] = field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def order(self) -> list[int]:
+        """The training items in a seeded order: the first ``examples`` are the single
+        examples, the rest feed the k-example, validation and contrastive methods."""
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(len(self.behaviour.train), generator=gen).tolist()
+
+    def datapoints(self, item: ABItem) -> list[Datapoint]:
+        """The item in both letter orders, promoting the matching letter."""
+        out = []
+        for swapped in (False, True):
+            m = item.matching_letter(swapped)
+            out.append(
+                Datapoint(
+                    ab_prompt(self.model, item, swapped=swapped, chat=self.chat),
+                    promote=[m],
+                    suppress=[LETTERS[1 - LETTERS.index(m)]],
+                    positions=self.positions,
+                )
+            )
+        return out
+
+    def one_shot(self, groups: Sequence[Sequence[int]]) -> list[SteeringVector]:
+        """One vector per group of training-item indices, all trained in one batched call
+        (and each only once per setup)."""
+        todo = [tuple(g) for g in groups if tuple(g) not in self._trained]
+        if todo:
+            jobs = [
+                Job(
+                    [dp for i in g for dp in self.datapoints(self.behaviour.train[i])],
+                    self.layer,
+                    self.config,
+                )
+                for g in todo
+            ]
+            for g, result in zip(todo, optimize_many(self.model, jobs), strict=True):
+                self._trained[g] = result.vector
+        return [self._trained[tuple(g)] for g in groups]
+
+    def single_examples(self) -> list[SteeringVector]:
+        """The ``examples`` one-shot vectors, one per single training item."""
+        return self.one_shot([[i] for i in self.order[: self.examples]])
+
+    def contrast_items(self, n: int) -> list[ABItem]:
+        """Up to ``n`` training items for contrastive methods."""
+        return [self.behaviour.train[i] for i in self.order[:n]]
+
+
+class Method(Protocol):
+    """A benchmark entry: named vectors for one behaviour at one layer."""
+
+    @property
+    def name(self) -> str: ...
+
+    def vectors(self, setup: Setup) -> dict[str, SteeringVector]: ...
+
+
+def _label(name: str, i: int) -> str:
+    return f"{name} #{i}"
+
+
+@dataclass(frozen=True)
+class OneShotEach:
+    """One-shot vectors from ``setup.examples`` different single items (both letter orders
+    of one item each): the spread over the choice of example."""
+
+    name: str = "one-shot"
+
+    def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
+        return {_label(self.name, i): v for i, v in enumerate(setup.single_examples())}
+
+
+@dataclass(frozen=True)
+class OneShotK:
+    """One vector optimized on ``k`` items at once (both letter orders of each)."""
+
+    k: int = 4
+    name: str = "one-shot k=4"
+
+    def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
+        start = setup.examples
+        group = setup.order[start : start + self.k]
+        if len(group) < self.k:
+            raise SpecError(
+                f"{setup.behaviour.name!r} has {len(setup.behaviour.train)} training items; "
+                f"{self.name} needs {setup.examples + self.k} (the single examples first)."
+            )
+        return {self.name: setup.one_shot([group])[0]}
+
+
+@dataclass(frozen=True)
+class EnsembleOfOneShot:
+    """The normalised mean of the single-example vectors (`steerlens.steering.ensemble`)."""
+
+    name: str = "ensemble"
+
+    def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
+        return {self.name: ensemble(setup.single_examples())}
+
+
+@dataclass(frozen=True)
+class CAA:
+    """Difference of means (Rimsky et al. 2024) at the answer letter, over ``n`` training
+    items in both letter orders: activations after the matching letter minus after the
+    other letter."""
+
+    n: int = 60
+    name: str = "CAA"
+
+    def _sets(self, setup: Setup) -> tuple[list[str], list[str]]:
+        pos, neg = [], []
+        for item in setup.contrast_items(self.n):
+            for swapped in (False, True):
+                prompt = ab_prompt(setup.model, item, swapped=swapped, chat=setup.chat)
+                m = item.matching_letter(swapped)
+                pos.append(prompt + m)
+                neg.append(prompt + LETTERS[1 - LETTERS.index(m)])
+        return pos, neg
+
+    def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
+        pos, neg = self._sets(setup)
+        return {self.name: diff_of_means(setup.model, pos, neg, setup.layer, paired=True)}
+
+
+@dataclass(frozen=True)
+class PCA(CAA):
+    """First principal component of the paired differences (RepE style), same sets as CAA."""
+
+    name: str = "PCA"
+
+    def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
+        pos, neg = self._sets(setup)
+        return {self.name: pca_direction(setup.model, pos, neg, setup.layer)}
+
+
+@dataclass(frozen=True)
+class RandomDirection:
+    """A seeded Gaussian direction: the floor every method should beat."""
+
+    name: str = "random"
+
+    def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
+        gen = torch.Generator().manual_seed(10_000 + setup.seed + setup.layer)
+        v = torch.randn(runtime.d_model(setup.model), generator=gen)
+        vector = SteeringVector.from_tensor(v, layer=setup.layer, model=setup.model)
+        return {self.name: vector}
+
+
+def default_methods() -> tuple[Method, ...]:
+    """One-shot from each of E single items, from k = 4 items, their ensemble, CAA, PCA and a
+    random direction (best-of-E is chosen from the single-item vectors by the benchmark).
+
+    Example:
+        >>> [m.name for m in default_methods()]
+        ['one-shot', 'one-shot k=4', 'ensemble', 'CAA', 'PCA', 'random']
+    """
+    return (OneShotEach(), OneShotK(), EnsembleOfOneShot(), CAA(), PCA(), RandomDirection())
+
+
+__all__ = [
+    "CAA",
+    "PCA",
+    "ABPrompts",
+    "EnsembleOfOneShot",
+    "Method",
+    "OneShotEach",
+    "OneShotK",
+    "RandomDirection",
+    "Setup",
+    "ab_prompt",
+    "answer_positions",
+    "default_methods",
+]
