@@ -788,7 +788,7 @@ def _files() -> None:
     add("files", "disk full while saving over an existing file keeps it", disk_full, _intact)
 
     def clamp_gguf(ctx: Ctx) -> Any:
-        v = _opt(ctx, layer=[1], steering=_clamp()).vector
+        v = _opt(ctx, layer=[1], kind=_clamp()).vector
         return v.to_gguf(ctx.path("c.gguf"), model_hint="llama")
 
     add("files", "to_gguf a clamp-steering vector", clamp_gguf, None, "clamp")
@@ -1826,7 +1826,7 @@ def _interop() -> None:
     )
 
     def clamp_repeng(ctx: Ctx) -> Any:
-        v = _opt(ctx, layer=[1], steering=_clamp()).vector
+        v = _opt(ctx, layer=[1], kind=_clamp()).vector
         return interop.to_repeng(v, model=ctx.tiny)
 
     add("interop", "to_repeng a clamp-steering vector", clamp_repeng, None, "clamp", needs="repeng")
