@@ -1792,7 +1792,7 @@ def _interop() -> None:
     import torch
 
     from steerlens import SteeringVector
-    from steerlens.io import interop
+    from steerlens.interop import libraries as interop
 
     def deep_vec(ctx: Ctx) -> Any:
         g = torch.Generator().manual_seed(1)
@@ -2225,7 +2225,7 @@ def _cli() -> None:
     )
 
     def interrupted(ctx: Ctx) -> Any:
-        from steerlens import optimize
+        from steerlens.training import optimize
 
         with _patched(optimize, "optimize_vector", _raise(KeyboardInterrupt())):
             return ctx.cli(*OPT, "-o", str(ctx.path("v.safetensors")))
@@ -2243,7 +2243,7 @@ def _cli() -> None:
     add("cli", "disk full while saving", disk_full, None, "space")
 
     def unexpected(ctx: Ctx) -> Any:
-        from steerlens import optimize
+        from steerlens.training import optimize
 
         with _patched(optimize, "optimize_vector", _raise(RuntimeError("boom"))):
             return ctx.cli(*OPT, "-o", str(ctx.path("v.safetensors")))

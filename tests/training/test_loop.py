@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from steerlens import Datapoint, NormCap, OptimizeConfig, optimize_vector
 from steerlens.errors import SpecError
@@ -121,8 +122,20 @@ def test_batched_equals_separate_runs_on_the_embedded_model(smol):
     batched = optimize_many(smol, jobs)
     for job, got in zip(jobs, batched, strict=True):
         alone = optimize_vector(smol, job.datapoints, job.layer, job.config)
+        # What a vector does is its losses (the last row is the returned vector's): equal to
+        # float32 rounding. Its coordinates are not compared one by one: Adam divides each
+        # coordinate's step by that coordinate's own gradient scale, so where a gradient is as
+        # small as the rounding of a d_model-wide float32 sum, the order of that sum decides the
+        # step, and the order differs between CPUs' kernels (Intel vs AMD) and between a
+        # batched and a separate forward. That amplification has no bound in terms of the
+        # rounding (measured: within 1e-5 of the norm on one CPU, 2.9e-5 on an AMD EPYC). A
+        # real mistake (a job trained on another job's row or seed) gives another direction,
+        # which the cosine checks catch.
         _close(got.loss_history, alone.loss_history)
-        _same_vector(got.vector.vector, alone.vector.vector)
+        a, b = got.vector.vector.double(), alone.vector.vector.double()
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
+    first, second = (r.vector.vector.double() for r in batched[:2])
+    assert torch.nn.functional.cosine_similarity(first, second, dim=0) < 0.9  # the check can fail
 
 
 def test_every_result_says_how_long_its_job_ran(model):

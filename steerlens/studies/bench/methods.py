@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from steerlens import runtime
-from steerlens.baselines import diff_of_means, pca_direction
+from steerlens.baselines import collect_activations, principal_direction
 from steerlens.datasets import ABItem, Behaviour
 from steerlens.errors import SpecError
 from steerlens.steering.ensemble import ensemble
@@ -107,6 +107,7 @@ class Setup:
     seed: int = 0
     chat: bool = True
     _trained: dict[tuple[int, ...], SteeringVector] = field(default_factory=dict, repr=False)
+    _contrasts: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
     def order(self) -> list[int]:
@@ -151,9 +152,37 @@ class Setup:
         """The ``examples`` one-shot vectors, one per single training item."""
         return self.one_shot([[i] for i in self.order[: self.examples]])
 
-    def contrast_items(self, n: int) -> list[ABItem]:
-        """Up to ``n`` training items for contrastive methods."""
-        return [self.behaviour.train[i] for i in self.order[:n]]
+    def contrast(self, n: int) -> torch.Tensor:
+        """Paired differences of ``blocks.{layer}.hook_resid_pre`` at the answer letter,
+        matching minus other, for up to ``n`` training items in both letter orders
+        (``[pairs, d_model]``; collected once per ``n`` and shared by CAA and PCA)."""
+        if n not in self._contrasts:
+            pos, neg = [], []
+            for i in self.order[:n]:
+                item = self.behaviour.train[i]
+                for swapped in (False, True):
+                    prompt = ab_prompt(self.model, item, swapped=swapped, chat=self.chat)
+                    m = item.matching_letter(swapped)
+                    pos.append(prompt + m)
+                    neg.append(prompt + LETTERS[1 - LETTERS.index(m)])
+            acts = collect_activations(self.model, pos + neg, self.layer)[self.layer]
+            self._contrasts[n] = (acts[: len(pos)] - acts[len(pos) :]).float()
+        return self._contrasts[n]
+
+    def vector(self, direction: torch.Tensor, provenance: dict[str, Any]) -> SteeringVector:
+        """A vector at this setup's layer, on the model's device."""
+        return SteeringVector(
+            {self.layer: direction.detach().to(runtime.device(self.model))},
+            model_id=runtime.model_id(self.model),
+            provenance=provenance,
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """Where a benchmark vector came from (behaviour, layer, position rule)."""
+        return {
+            "benchmark_behaviour": self.behaviour.name,
+            "position": "answer letter, both letter orders",
+        }
 
 
 class Method(Protocol):
@@ -217,30 +246,25 @@ class CAA:
     n: int = 60
     name: str = "CAA"
 
-    def _sets(self, setup: Setup) -> tuple[list[str], list[str]]:
-        pos, neg = [], []
-        for item in setup.contrast_items(self.n):
-            for swapped in (False, True):
-                prompt = ab_prompt(setup.model, item, swapped=swapped, chat=setup.chat)
-                m = item.matching_letter(swapped)
-                pos.append(prompt + m)
-                neg.append(prompt + LETTERS[1 - LETTERS.index(m)])
-        return pos, neg
-
     def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
-        pos, neg = self._sets(setup)
-        return {self.name: diff_of_means(setup.model, pos, neg, setup.layer, paired=True)}
+        diffs = setup.contrast(self.n)
+        provenance = {"method": "diff_of_means", "n_pairs": len(diffs), **setup.provenance()}
+        return {self.name: setup.vector(diffs.mean(dim=0), provenance)}
 
 
 @dataclass(frozen=True)
-class PCA(CAA):
-    """First principal component of the paired differences (RepE style), same sets as CAA."""
+class PCA:
+    """First principal component of the same paired differences as CAA (RepE style), scaled
+    by their mean projection on it (`steerlens.baselines.principal_direction`)."""
 
+    n: int = 60
     name: str = "PCA"
 
     def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
-        pos, neg = self._sets(setup)
-        return {self.name: pca_direction(setup.model, pos, neg, setup.layer)}
+        diffs = setup.contrast(self.n)
+        u = principal_direction(diffs)
+        provenance = {"method": "pca_of_differences", "n_pairs": len(diffs), **setup.provenance()}
+        return {self.name: setup.vector(u * (diffs @ u).mean(), provenance)}
 
 
 @dataclass(frozen=True)

@@ -243,8 +243,11 @@ class CellRun:
                 where = f"{self.behaviour.name} at layer {self.layer}"
                 print(f"bench: {where}: {phase} took {times[phase]:.1f} s")
 
-        vectors = self.build(methods)
-        lap("vectors")
+        vectors: dict[tuple[str, str], SteeringVector] = {}
+        for method in methods:
+            for label, vector in method.vectors(self.setup).items():
+                vectors[(method.name, label)] = vector
+            lap(f"vectors: {method.name}")
         multipliers = self.calibrate(vectors)
         lap("calibration")
         test = ABPrompts.of(self.model, self.behaviour.test[: self.settings.test_items])
@@ -276,13 +279,6 @@ class CellRun:
             times=times,
             vectors={label: v for (_, label), v in vectors.items()},
         )
-
-    def build(self, methods: Sequence[Method]) -> dict[tuple[str, str], SteeringVector]:
-        out: dict[tuple[str, str], SteeringVector] = {}
-        for method in methods:
-            for label, vector in method.vectors(self.setup).items():
-                out[(method.name, label)] = vector
-        return out
 
     def _units(self, vectors: dict[tuple[str, str], SteeringVector]) -> list[torch.Tensor]:
         return [_unit(v, self.layer) for v in vectors.values()]

@@ -104,7 +104,7 @@ def test_benchmark_rows_metrics_and_best_of(tiny, behaviours):
         assert set(row) >= {"change_other", "change_mmlu"} or row["behaviour"] == "other"
         changes = [v for k, v in row.items() if k.startswith("change_")]
         assert row["entanglement"] == pytest.approx(math.sqrt(np.mean(np.square(changes))))
-    assert set(result.times) >= {"vectors", "calibration", "steerability", "entanglement"}
+    assert set(result.times) >= {"vectors: CAA", "calibration", "steerability", "entanglement"}
     board = result.leaderboard()
     assert set(board.index) == set(names)
     figs = result.figures()
