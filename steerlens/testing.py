@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from steerlens.errors import SpecError
-from steerlens.loading.model import bridge_from_hf
+from steerlens.loading.bridge import bridge_from_hf
 
 TINY_MODEL_ID = "steerlens/tiny-llama"
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

@@ -7,6 +7,7 @@ import torch
 
 import steerlens
 from steerlens import cli, demo
+from steerlens.cli.common import banner
 from steerlens.loading import model as model_mod
 from steerlens.training.convergence import convergence_note
 from steerlens.training.data import Datapoint
@@ -140,7 +141,7 @@ def test_threads_sets_torch_threads_and_the_banner_says_so(tiny_loaded, capsys):
 def test_long_runs_print_one_banner_line_first(tiny_loaded, capsys, tmp_path):
     threads = torch.get_num_threads()
     assert cli.main(GENERATE) == 0
-    assert capsys.readouterr().err == cli.banner("cpu", threads) + "\n"
+    assert capsys.readouterr().err == banner("cpu", threads) + "\n"
     out = tmp_path / "v.safetensors"
     argv = ["optimize", "--prompt", "hi", "--raw-prompt", "--promote", " a", "--layer", "1"]
     assert cli.main([*argv, "--max-steps", "2", "--no-progress", "-o", str(out)]) == 0

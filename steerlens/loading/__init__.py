@@ -6,9 +6,9 @@ Example:
     >>> model = load_model()  # doctest: +SKIP
 """
 
+from steerlens.loading.cache import cache_root
 from steerlens.loading.model import (
     EMBEDDED_MODEL_ID,
-    cache_root,
     load_embedded_model,
     load_gguf_model,
     load_local_model,

@@ -16,6 +16,9 @@ import transformers
 import steerlens
 from steerlens import runtime
 from steerlens.errors import ModelError, SteerlensError
+from steerlens.loading import bridge as bridge_mod
+from steerlens.loading import cache as cache_mod
+from steerlens.loading import gguf_header
 from steerlens.loading import model as model_mod
 from steerlens.testing import TINY_FAMILIES, tiny_hf_model, tiny_tokenizer
 
@@ -51,7 +54,7 @@ def cache(tmp_path, monkeypatch):
 def test_a_saved_folder_loads_with_the_in_memory_models_logits(tmp_path, family):
     folder = tmp_path / f"tiny-{family}"
     hf_model = save_tiny(folder, family)
-    expected = model_mod.bridge_from_hf(
+    expected = bridge_mod.bridge_from_hf(
         hf_model, tiny_tokenizer(), model_id="x", tokenizer_dir=folder
     )
     loaded = steerlens.load_model(folder, device="cpu")
@@ -163,15 +166,15 @@ def test_weights_that_do_not_fit_the_device_are_a_clear_error(monkeypatch):
     with pytest.raises(
         ModelError, match=r"do not fit on device 'cpu' \(1 M parameters, 2 MiB"
     ) as err:
-        model_mod.place(model, torch.device("cpu"), torch.float16)
+        bridge_mod.place(model, torch.device("cpu"), torch.float16)
     assert "Tried to allocate 2.00 GiB" in str(err.value) and "Free memory there" in str(err.value)
-    assert model_mod.place(model, torch.device("cpu"), torch.float32) is model  # no move
+    assert bridge_mod.place(model, torch.device("cpu"), torch.float32) is model  # no move
 
 
 def test_out_of_memory_on_a_gpu_suggests_a_smaller_dtype_or_the_cpu():
     pattern = r"Load it with dtype=torch\.bfloat16.*; use another device \(device='cpu'\); free"
     with pytest.raises(ModelError, match=pattern):
-        model_mod.catch_oom(_out_of_memory, torch.device("cuda"), torch.float32)
+        bridge_mod.catch_oom(_out_of_memory, torch.device("cuda"), torch.float32)
 
 
 def test_a_folder_that_does_not_fit_is_a_clear_error(tmp_path, monkeypatch):
@@ -189,7 +192,7 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(monkeypatch):
 
     monkeypatch.setattr(model, "to", broken)
     with pytest.raises(RuntimeError, match="some other failure") as err:
-        model_mod.place(model, torch.device("cpu"), torch.float16)
+        bridge_mod.place(model, torch.device("cpu"), torch.float16)
     assert not isinstance(err.value, SteerlensError)
 
 
@@ -234,7 +237,7 @@ def _gguf_with_architecture(path: Path, arch: str) -> Path:
 
 def test_a_gguf_architecture_transformers_cannot_convert_is_refused(tmp_path, cache):
     path = _gguf_with_architecture(tmp_path / "m.gguf", "frobnicator")
-    assert model_mod.gguf_architecture(path) == "frobnicator"
+    assert gguf_header.gguf_architecture(path) == "frobnicator"
     with pytest.raises(ModelError, match=r"holds a 'frobnicator' model.*it converts: .*llama"):
         steerlens.load_model(path, device="cpu")
     assert not any(cache.iterdir())  # no cache folder, no staging left behind
@@ -260,16 +263,16 @@ def test_a_truncated_gguf_is_damaged_and_leaves_no_cache(tmp_path, cache, embedd
 def test_a_copy_of_the_embedded_gguf_uses_the_embedded_cache(tmp_path, embedded_gguf):
     copy = tmp_path / "copy.gguf"
     shutil.copyfile(embedded_gguf, copy)
-    folder, _, embedded = model_mod.cache_lookup(copy, tmp_path, embedded=False)
+    folder, _, embedded = cache_mod.cache_lookup(copy, tmp_path, embedded=False)
     assert embedded and folder.name.startswith("smollm2-135m-instruct-")
-    assert folder == model_mod.cache_lookup(embedded_gguf, tmp_path, embedded=True)[0]
+    assert folder == cache_mod.cache_lookup(embedded_gguf, tmp_path, embedded=True)[0]
 
 
 @pytest.mark.slow
 def test_the_embedded_gguf_by_path_is_the_embedded_model(smol, embedded_gguf):
-    before = sorted(model_mod.cache_root().iterdir())
+    before = sorted(cache_mod.cache_root().iterdir())
     model = steerlens.load_model(embedded_gguf, device="cpu")
-    assert sorted(model_mod.cache_root().iterdir()) == before  # the same cache, no conversion
+    assert sorted(cache_mod.cache_root().iterdir()) == before  # the same cache, no conversion
     assert runtime.model_id(model) == runtime.model_id(smol)
     assert model.cfg.default_prepend_bos is False
     assert torch.equal(logits(model), logits(smol))
@@ -283,7 +286,7 @@ def test_another_gguf_file_is_converted_once_into_its_own_cache(
     other.write_bytes(embedded_gguf.read_bytes() + b"\0" * 32)  # another hash, the same model
     model = steerlens.load_model(other, device="cpu")
     (folder,) = cache.iterdir()
-    assert folder.name.startswith("gguf-") and model_mod.cache_is_valid(folder)
+    assert folder.name.startswith("gguf-") and cache_mod.cache_is_valid(folder)
     assert runtime.model_id(model) == "smol-copy.gguf"
     assert torch.equal(logits(model), logits(smol))
     again = steerlens.load_model(str(other), device="cpu", dtype=torch.bfloat16)

@@ -5,6 +5,7 @@ import torch
 
 import steerlens
 from steerlens.errors import MissingModelError
+from steerlens.loading import cache as cache_mod
 from steerlens.loading import model as model_mod
 from steerlens.steering.steer import Steering
 
@@ -17,25 +18,25 @@ def test_missing_embedded_package_names_the_pip_command(monkeypatch):
 
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path / "a"))
-    assert model_mod.cache_root() == tmp_path / "a"
+    assert cache_mod.cache_root() == tmp_path / "a"
     monkeypatch.delenv("STEERLENS_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert model_mod.cache_root() == tmp_path / "xdg" / "steerlens"
+    assert cache_mod.cache_root() == tmp_path / "xdg" / "steerlens"
 
 
 def test_damaged_cache_is_detected(tmp_path):
     folder = tmp_path / "c"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x" * 100)
-    model_mod.write_manifest(folder, source="test")
-    assert model_mod.cache_is_valid(folder)
+    cache_mod.write_manifest(folder, source="test")
+    assert cache_mod.cache_is_valid(folder)
     (folder / "model.safetensors").write_bytes(b"x" * 99 + b"y")  # same size, one byte flipped
-    assert not model_mod.cache_is_valid(folder)
+    assert not cache_mod.cache_is_valid(folder)
     (folder / "model.safetensors").write_bytes(b"x" * 50)  # truncated
-    assert not model_mod.cache_is_valid(folder)
+    assert not cache_mod.cache_is_valid(folder)
     (folder / "manifest.json").write_text("{not json")
-    assert not model_mod.cache_is_valid(folder)
-    assert not model_mod.cache_is_valid(tmp_path / "absent")
+    assert not cache_mod.cache_is_valid(folder)
+    assert not cache_mod.cache_is_valid(tmp_path / "absent")
 
 
 @pytest.mark.slow
@@ -74,14 +75,14 @@ def test_tiny_and_real_model_share_the_api(request, tmp_path, which):
 
 @pytest.mark.slow
 def test_damaged_real_cache_is_rebuilt(monkeypatch, tmp_path, smol):
-    src = next(model_mod.cache_root().glob("smollm2-135m-instruct-*"))
+    src = next(cache_mod.cache_root().glob("smollm2-135m-instruct-*"))
     monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path))
     copy = tmp_path / src.name
     shutil.copytree(src, copy)
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     model = steerlens.load_model(device="cpu")
-    assert model_mod.cache_is_valid(copy)
+    assert cache_mod.cache_is_valid(copy)
     tokens = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.allclose(model(tokens), smol(tokens), atol=1e-4)
@@ -117,9 +118,9 @@ def test_unwritable_cache_falls_back_to_a_scratch_folder(monkeypatch, tmp_path):
         raise RuntimeError("stop here")  # the fallback build was reached
 
     monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path / "ro"))
-    monkeypatch.setattr(model_mod, "build_cache", fake_build)
-    monkeypatch.setattr(model_mod, "_sha256", lambda path: "0" * 64)
+    monkeypatch.setattr(cache_mod, "build_cache", fake_build)
+    monkeypatch.setattr(cache_mod, "_sha256", lambda path: "0" * 64)
     with pytest.raises(RuntimeError, match="stop here"):
         model_mod.load_embedded_model(device=torch.device("cpu"))
     assert calls[0].parent == tmp_path / "ro"
-    assert calls[1].parent == model_mod.scratch_folder()
+    assert calls[1].parent == cache_mod.scratch_folder()

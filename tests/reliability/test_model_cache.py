@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from steerlens.errors import CacheError, ModelError, SpecError
+from steerlens.loading import cache as cache_mod
+from steerlens.loading import hub as hub_mod
 from steerlens.loading import model as model_mod
 
 CACHE_NAME = "smollm2-135m-instruct-cfcf9be18ff3d14b-v1"  # of fake_gguf's bytes
@@ -53,8 +55,8 @@ def fake_gguf(tmp_path, monkeypatch):
 def valid_cache(folder: Path, fill: bytes = b"w") -> Path:
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(fill * 1000)
-    model_mod.write_manifest(folder, source="test")
-    assert model_mod.cache_is_valid(folder)
+    cache_mod.write_manifest(folder, source="test")
+    assert cache_mod.cache_is_valid(folder)
     return folder
 
 
@@ -79,7 +81,7 @@ def test_embedded_load_restores_the_offline_environment_even_on_error(
         seen.update(env=os.environ["HF_HUB_OFFLINE"], switch=constants.HF_HUB_OFFLINE)
         raise Stop
 
-    monkeypatch.setattr(model_mod, "convert_embedded", convert)
+    monkeypatch.setattr(cache_mod, "convert_embedded", convert)
     with pytest.raises(Stop):
         model_mod.load_embedded_model(device="cpu")
     assert seen == {"env": "1", "switch": True}  # offline during the load
@@ -94,7 +96,7 @@ def test_hub_offline_leaves_a_fresh_process_online():
     code = textwrap.dedent(
         """
         import os, subprocess, sys
-        from steerlens.loading.model import hub_offline
+        from steerlens.loading.hub import hub_offline
         with hub_offline():
             from huggingface_hub import constants
             assert constants.HF_HUB_OFFLINE
@@ -155,7 +157,7 @@ def test_unknown_hub_model_without_network_fails_fast_and_clearly(monkeypatch):
 
 def test_hub_probe_is_bounded_in_time():
     start = time.monotonic()
-    answer = model_mod.hub_unreachable(timeout=1.0)
+    answer = hub_mod.hub_unreachable(timeout=1.0)
     assert time.monotonic() - start < 3.5
     assert answer is None or (isinstance(answer, str) and answer)
 
@@ -169,14 +171,14 @@ def test_staging_of_a_killed_conversion_is_swept(tmp_path):
         f"""
         import os, sys
         from pathlib import Path
-        from steerlens.loading import model
+        from steerlens.loading import cache
 
         def convert(gguf, out):
             (out / "model.safetensors").write_bytes(b"partial")
             os._exit(9)  # killed mid-conversion: no cleanup runs
 
-        model.convert_embedded = convert
-        model.build_cache(Path(sys.argv[1]), Path(sys.argv[2]) / {CACHE_NAME!r})
+        cache.convert_embedded = convert
+        cache.build_cache(Path(sys.argv[1]), Path(sys.argv[2]) / {CACHE_NAME!r})
         """
     )
     gguf = tmp_path / "fake.gguf"
@@ -191,8 +193,8 @@ def test_staging_of_a_killed_conversion_is_swept(tmp_path):
     live.mkdir()
     published = valid_cache(root / CACHE_NAME)
 
-    assert model_mod.sweep_stale_staging(root) == [dead]
-    assert live.is_dir() and model_mod.cache_is_valid(published)
+    assert cache_mod.sweep_stale_staging(root) == [dead]
+    assert live.is_dir() and cache_mod.cache_is_valid(published)
 
 
 def test_old_staging_without_a_pid_is_swept_by_age_and_others_are_kept(tmp_path):
@@ -209,11 +211,11 @@ def test_old_staging_without_a_pid_is_swept_by_age_and_others_are_kept(tmp_path)
     for path in (old, unrelated, published):
         os.utime(path, (hours_ago, hours_ago))
 
-    assert model_mod.sweep_stale_staging(root) == [old]
+    assert cache_mod.sweep_stale_staging(root) == [old]
     assert fresh.is_dir() and other_host.is_dir() and unrelated.is_dir()
-    assert model_mod.cache_is_valid(published)
+    assert cache_mod.cache_is_valid(published)
     os.utime(other_host, (hours_ago, hours_ago))
-    assert model_mod.sweep_stale_staging(root) == [other_host]
+    assert cache_mod.sweep_stale_staging(root) == [other_host]
 
 
 def test_the_next_load_sweeps_stale_staging(fake_gguf, monkeypatch, tmp_path):
@@ -222,7 +224,7 @@ def test_the_next_load_sweeps_stale_staging(fake_gguf, monkeypatch, tmp_path):
     (stale / "model.safetensors").write_bytes(b"partial")
     hours_ago = time.time() - 2 * 3600
     os.utime(stale, (hours_ago, hours_ago))
-    monkeypatch.setattr(model_mod, "convert_embedded", stop)
+    monkeypatch.setattr(cache_mod, "convert_embedded", stop)
     with pytest.raises(Stop):
         model_mod.load_embedded_model(device="cpu")
     assert not stale.exists()
@@ -236,15 +238,15 @@ def test_the_next_load_sweeps_stale_staging(fake_gguf, monkeypatch, tmp_path):
     ("umask", "dir_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o002, 0o775, 0o664)]
 )
 def test_published_cache_follows_the_umask(tmp_path, monkeypatch, umask, dir_mode, file_mode):
-    monkeypatch.setattr(model_mod, "convert_embedded", fake_convert)
+    monkeypatch.setattr(cache_mod, "convert_embedded", fake_convert)
     gguf = tmp_path / "fake.gguf"
     gguf.write_bytes(b"x")
     previous = os.umask(umask)
     try:
-        folder = model_mod.build_cache(gguf, tmp_path / "cache" / CACHE_NAME)
+        folder = cache_mod.build_cache(gguf, tmp_path / "cache" / CACHE_NAME)
     finally:
         os.umask(previous)
-    assert model_mod.cache_is_valid(folder)
+    assert cache_mod.cache_is_valid(folder)
     assert folder.stat().st_mode & 0o777 == dir_mode
     assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == dict.fromkeys(
         ["model.safetensors", "config.json", "manifest.json"], file_mode
@@ -252,13 +254,13 @@ def test_published_cache_follows_the_umask(tmp_path, monkeypatch, umask, dir_mod
 
 
 def test_a_readable_cache_that_cannot_be_written_is_used_read_only(fake_gguf, monkeypatch):
-    folder = valid_cache(model_mod.cache_root() / CACHE_NAME)
+    folder = valid_cache(cache_mod.cache_root() / CACHE_NAME)
     for path in folder.iterdir():
         path.chmod(0o444)
     folder.chmod(0o555)  # another user's cache, as seen by us
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     used = []
-    monkeypatch.setattr(model_mod, "build_cache", lambda *a: pytest.fail("rebuilt"))
+    monkeypatch.setattr(cache_mod, "build_cache", lambda *a: pytest.fail("rebuilt"))
     monkeypatch.setattr(model_mod, "load_cache", lambda f: stop(used.append(f)))
     try:
         with pytest.raises(Stop):
@@ -274,22 +276,22 @@ def test_a_private_cache_of_another_user_is_unreadable_not_damaged(tmp_path):
     folder = valid_cache(tmp_path / CACHE_NAME)
     folder.chmod(0o000)
     try:
-        assert model_mod.cache_state(folder) == "unreadable"
+        assert cache_mod.cache_state(folder) == "unreadable"
     finally:
         folder.chmod(0o755)
 
 
 def test_an_unreadable_cache_is_left_alone_with_a_clear_warning(fake_gguf, monkeypatch, caplog):
-    folder = model_mod.cache_root() / CACHE_NAME
+    folder = cache_mod.cache_root() / CACHE_NAME
     folder.mkdir(parents=True)
     monkeypatch.setattr(
-        model_mod, "cache_state", lambda f: "unreadable" if f == folder else "absent"
+        cache_mod, "cache_state", lambda f: "unreadable" if f == folder else "absent"
     )
     built = []
-    monkeypatch.setattr(model_mod, "build_cache", lambda gguf, f: stop(built.append(f)))
+    monkeypatch.setattr(cache_mod, "build_cache", lambda gguf, f: stop(built.append(f)))
     with pytest.raises(Stop):
         model_mod.load_embedded_model(device="cpu")
-    assert built == [model_mod.scratch_folder() / CACHE_NAME]  # never the other user's folder
+    assert built == [cache_mod.scratch_folder() / CACHE_NAME]  # never the other user's folder
     assert "cannot read the model cache" in caplog.text and "chmod -R a+rX" in caplog.text
     assert "damaged" not in caplog.text
 
@@ -301,7 +303,7 @@ def test_publish_keeps_a_valid_folder_published_first(tmp_path):
     folder = valid_cache(tmp_path / CACHE_NAME, fill=b"a")
     inode = (folder / "model.safetensors").stat().st_ino
     staging = valid_cache(tmp_path / f".{CACHE_NAME}.1@h.abc", fill=b"b")
-    assert model_mod.publish_cache(staging, folder) == folder
+    assert cache_mod.publish_cache(staging, folder) == folder
     assert (folder / "model.safetensors").stat().st_ino == inode  # theirs, untouched
     assert staging.is_dir()  # left for the caller (build_cache) to delete
 
@@ -310,8 +312,8 @@ def test_publish_replaces_a_damaged_folder(tmp_path):
     folder = valid_cache(tmp_path / CACHE_NAME, fill=b"a")
     (folder / "model.safetensors").write_bytes(b"a" * 10)
     staging = valid_cache(tmp_path / f".{CACHE_NAME}.1@h.abc", fill=b"b")
-    assert model_mod.publish_cache(staging, folder) == folder
-    assert model_mod.cache_is_valid(folder)
+    assert cache_mod.publish_cache(staging, folder) == folder
+    assert cache_mod.cache_is_valid(folder)
     assert (folder / "model.safetensors").read_bytes() == b"b" * 1000
     assert [p.name for p in tmp_path.iterdir()] == [CACHE_NAME]
 
@@ -329,15 +331,15 @@ def test_simultaneous_first_conversions_all_succeed(tmp_path, monkeypatch, damag
         fake_convert(gguf, out)
         barrier.wait(timeout=30)  # everyone has staged: all publish at once
 
-    monkeypatch.setattr(model_mod, "convert_embedded", convert)
+    monkeypatch.setattr(cache_mod, "convert_embedded", convert)
     gguf = tmp_path / "fake.gguf"
     gguf.write_bytes(b"x")
     results: list[object] = []
 
     def worker():
         try:
-            got = model_mod.build_cache(gguf, folder)
-            results.append(model_mod.cache_is_valid(got) and got)
+            got = cache_mod.build_cache(gguf, folder)
+            results.append(cache_mod.cache_is_valid(got) and got)
         except BaseException as exc:  # reported below
             results.append(exc)
 
@@ -354,6 +356,6 @@ def test_no_writable_folder_at_all_is_a_cache_error(fake_gguf, monkeypatch):
     def full(gguf, folder):
         raise OSError(errno.ENOSPC, "No space left on device", str(folder))
 
-    monkeypatch.setattr(model_mod, "build_cache", full)
+    monkeypatch.setattr(cache_mod, "build_cache", full)
     with pytest.raises(CacheError, match=r"No space left on device.*STEERLENS_CACHE"):
         model_mod.load_embedded_model(device="cpu")

@@ -260,9 +260,9 @@ class CellRun:
             best = self.best_of(vectors, multipliers)
             lap("best of E")
         rows = []
-        for (method, label), vector in vectors.items():
+        for (name, label), vector in vectors.items():
             row = self.row(
-                method, label, vector, multipliers[label], curves[label], base, changes[label]
+                name, label, vector, multipliers[label], curves[label], base, changes[label]
             )
             rows.append(row)
             if label == best:

@@ -1,0 +1,95 @@
+"""``steerlens generate``: answer prompts, unsteered or steered by a vector file."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from steerlens.cli.common import FORMATTER, add_model_options, check_settings, load, start
+from steerlens.errors import InputError
+
+STRENGTH_HELP = """\
+the strength s, by --mode: add: the multiple of the vector added (1 = as trained, negative
+subtracts); clamp: the component along the vector is set to s times the vector; ablate: the
+fraction of that component removed (1 = all of it, 0.5 = half) (default: 1)"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    gen = subparsers.add_parser(
+        "generate",
+        help="generate text, optionally steered by a vector file",
+        description="Answer each prompt, unsteered or steered by a vector file.",
+        formatter_class=FORMATTER,
+    )
+    add_model_options(gen)
+    gen.add_argument("prompt", nargs="+", help="one or more prompts (user messages)")
+    gen.add_argument(
+        "--vector", help="a .safetensors vector file written by steerlens (default: unsteered)"
+    )
+    gen.add_argument(
+        "--mode",
+        default=None,
+        choices=["add", "clamp", "ablate"],
+        help="how the vector is applied; see --strength (default: add)",
+    )
+    gen.add_argument("--strength", type=float, default=None, metavar="S", help=STRENGTH_HELP)
+    gen.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        metavar="N",
+        help="the most tokens generated per prompt (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature; 0 is greedy (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for sampling (default: a fresh one each run; unused when greedy)",
+    )
+    gen.add_argument(
+        "--no-chat",
+        action="store_true",
+        help="use the prompts as written, without the chat template (default: off)",
+    )
+    gen.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from steerlens.steering.generate import generate
+    from steerlens.steering.interventions import KINDS
+    from steerlens.steering.steer import Steering
+    from steerlens.steering.vector import SteeringVector
+
+    for i, prompt in enumerate(args.prompt, 1):
+        if not prompt.strip():
+            raise InputError(f"prompt {i} ({prompt!r}) is empty; give the text to answer.")
+    check_settings(args)
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise InputError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
+    plan = None
+    if args.vector:
+        vector = SteeringVector.load(args.vector)
+        strength = 1.0 if args.strength is None else args.strength
+        plan = Steering(vector, strength=strength, kind=KINDS[args.mode or "add"])
+    elif args.strength is not None or args.mode is not None:
+        raise InputError("--strength and --mode apply to a vector; pass --vector FILE too.")
+    start(args)
+    model = load(args)
+    outputs = generate(
+        model,
+        args.prompt,
+        plan,
+        max_new_tokens=args.max_new_tokens,
+        chat=not args.no_chat,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    for prompt, out in zip(args.prompt, outputs, strict=False):
+        print(f"### {prompt}\n{out}\n")
+    return 0

@@ -1,0 +1,155 @@
+"""``steerlens optimize``: one one-shot steering vector from a prompt and its completions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from steerlens.cli.common import (
+    DEFAULT_LAYER,
+    DEFAULT_LR,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_NORM_CAP,
+    FORMATTER,
+    add_max_steps,
+    add_model_options,
+    add_progress,
+    add_seed,
+    check_output_file,
+    check_settings,
+    load,
+    start,
+)
+from steerlens.errors import InputError
+from steerlens.training.convergence import convergence_note
+
+OPTIMIZE_DESCRIPTION = f"""\
+Optimize one steering vector that makes --prompt's --promote completions more likely (and its
+--suppress completions less likely), and save it.
+
+The defaults (--layer {DEFAULT_LAYER} --lr {DEFAULT_LR} --max-steps {DEFAULT_MAX_STEPS} \
+--norm-cap {DEFAULT_NORM_CAP:g}) are the documented recipe for
+the embedded SmolLM2-135M-Instruct; other models may need other values."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    opt = subparsers.add_parser(
+        "optimize",
+        help="optimize a one-shot steering vector",
+        description=OPTIMIZE_DESCRIPTION,
+        formatter_class=FORMATTER,
+    )
+    add_model_options(opt)
+    opt.add_argument(
+        "--prompt",
+        required=True,
+        help="the user message, or the full prompt with --raw-prompt (required)",
+    )
+    opt.add_argument(
+        "--raw-prompt",
+        action="store_true",
+        help="use --prompt as written, without the chat template (default: off)",
+    )
+    opt.add_argument(
+        "--promote",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a completion to make likely; repeat for several (default: none; at least one "
+        "--promote or --suppress is needed)",
+    )
+    opt.add_argument(
+        "--suppress",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a completion to make unlikely; repeat for several (default: none)",
+    )
+    opt.add_argument(
+        "--layer",
+        type=int,
+        default=DEFAULT_LAYER,
+        metavar="L",
+        help="the layer whose residual stream input is steered (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--norm-cap",
+        type=float,
+        default=DEFAULT_NORM_CAP,
+        metavar="R",
+        help="the most the vector's norm may grow to; 0 for no cap (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--lr", type=float, default=DEFAULT_LR, help="Adam learning rate (default: %(default)s)"
+    )
+    add_max_steps(opt)
+    add_seed(opt, "seed of the random start vector")
+    opt.add_argument(
+        "--output", "-o", required=True, help="the .safetensors file to write (required)"
+    )
+    add_progress(opt)
+    opt.set_defaults(func=cmd_optimize)
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _optimize_datapoint(args: argparse.Namespace):
+    """The datapoint as the user wrote it, checked; errors quote the user's text."""
+    from steerlens.training.data import Datapoint
+
+    if not args.prompt.strip():
+        raise InputError(
+            f"--prompt {args.prompt!r} is empty; give the user message, e.g. "
+            "--prompt 'Tell me about cats.'."
+        )
+    if not args.promote and not args.suppress:
+        raise InputError(
+            f"no completion for --prompt {_quote(args.prompt)}: pass at least one --promote "
+            "(or --suppress) completion, e.g. --promote 'Arr, cats be fine beasts.'."
+        )
+    for option, texts in (("--promote", args.promote), ("--suppress", args.suppress)):
+        if any(text == "" for text in texts):
+            raise InputError(f"{option} '' is empty; every completion needs text.")
+    return Datapoint(args.prompt, promote=args.promote, suppress=args.suppress)
+
+
+def _note_convergence(result) -> None:
+    note = convergence_note(result.loss_history, result.steps)
+    if note is not None:
+        print(f"steerlens: {note}", file=sys.stderr)
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from steerlens.training.constraints import NormCap
+    from steerlens.training.data import Datapoint
+    from steerlens.training.optimize import optimize_vector
+
+    output = check_output_file(args.output)
+    raw = _optimize_datapoint(args)
+    check_settings(args)
+    constraints = (NormCap(args.norm_cap),) if args.norm_cap > 0 else ()
+    start(args)
+    model = load(args)
+    if args.raw_prompt:
+        dp = raw
+    else:
+        dp = Datapoint.chat(model, args.prompt, promote=args.promote, suppress=args.suppress)
+    result = optimize_vector(
+        model,
+        dp,
+        args.layer,
+        lr=args.lr,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        constraints=constraints,
+        progress=args.progress,
+    )
+    print(result)
+    for label, loss in result.final_losses.items():
+        print(f"  {label}: {loss:.4f} nats")
+    _note_convergence(result)
+    path = result.vector.save(output)
+    print(f"saved {path}")
+    return 0
