@@ -181,7 +181,7 @@ def run_demo(
 ) -> Path:
     """Train, calibrate, contrast and report (see the module docstring); prints as it goes and
     returns the HTML report's path. ``out`` must be a writable folder."""
-    from steerlens.analysis.report import write_report
+    from steerlens.analysis.report import write_optimization_report
     from steerlens.evaluation import loop_rate
     from steerlens.steering.generate import generate_each
     from steerlens.steering.steer import Steering
@@ -357,7 +357,7 @@ def run_demo(
             "within budget": "yes" if everywhere.nll_ratio <= MAX_NLL_RATIO else "no",
         },
     ]
-    report = write_report(
+    report = write_optimization_report(
         out / FILES[1],
         refusal_run,
         list(zip(prompts, plain_all, steered_all, strict=True)),

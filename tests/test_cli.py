@@ -207,11 +207,11 @@ def test_the_demo_never_trains_or_chooses_on_its_held_out_requests():
 
 
 def test_the_demo_report_shows_settings_training_example_and_held_out_labels(tiny, tmp_path):
-    from steerlens.analysis.report import write_report
+    from steerlens.analysis.report import write_optimization_report
 
     res = steerlens.optimize_vector(tiny, Datapoint("a", promote=[" b"]), 1, max_steps=2)
     rows = [("a", "x", "y"), ("c", "u", "v")]
-    page = write_report(
+    page = write_optimization_report(
         tmp_path / "r.html",
         res,
         rows,
@@ -224,7 +224,7 @@ def test_the_demo_report_shows_settings_training_example_and_held_out_labels(tin
     for text in ("norm cap", "greedy", "target completion", "held-out prompt", "NLL ratio"):
         assert text in page
     with pytest.raises(steerlens.errors.InputError, match="one label per row"):
-        write_report(tmp_path / "s.html", res, rows, row_labels=["training prompt"])
+        write_optimization_report(tmp_path / "s.html", res, rows, row_labels=["training prompt"])
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from steerlens.analysis.geometry import CosineResult, cosine_matrix, project_2d
 from steerlens.analysis.layer_sweep import LayerSweepResult, layer_sweep
 from steerlens.analysis.lens import LogitLensResult, logit_lens, logit_lens_difference
 from steerlens.analysis.plots import plot_loss_history, save_html
-from steerlens.analysis.report import write_report
+from steerlens.analysis.report import write_optimization_report
 from steerlens.analysis.scale import ResidualNorms, residual_norms
 from steerlens.analysis.tokens_view import TokenView, token_view
 from steerlens.baselines import collect_activations, mean_activations, pca_direction
@@ -46,5 +46,5 @@ __all__ = [
     "save_html",
     "token_view",
     "vector_card",
-    "write_report",
+    "write_optimization_report",
 ]

@@ -236,7 +236,7 @@ class LogitLensResult:
 
     def html(self) -> str:
         """The promoted and suppressed tokens per view as HTML tables with inline bars (no
-        scripts); a vector card and `steerlens.analysis.write_report` embed it.
+        scripts); a vector card and `steerlens.analysis.write_optimization_report` embed it.
 
         Example:
             >>> import torch

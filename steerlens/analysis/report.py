@@ -29,7 +29,7 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>\n{body}\n</table>"
 
 
-def write_report(
+def write_optimization_report(
     path: str | Path,
     result: Any,
     rows: Sequence[tuple[str, str, str]],
@@ -67,8 +67,9 @@ def write_report(
         >>> from steerlens.testing import tiny_model
         >>> from steerlens import Datapoint, optimize_vector
         >>> res = optimize_vector(tiny_model(), Datapoint("a", promote=[" b"]), 1, max_steps=2)
-        >>> p = write_report(pathlib.Path(tempfile.mkdtemp()) / "r.html", res, [("a", "x", "y")],
-        ...                  settings={"lr": 0.01}, training=("a", " b"), row_labels=["training"])
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "r.html"
+        >>> p = write_optimization_report(out, res, [("a", "x", "y")], settings={"lr": 0.01},
+        ...                               training=("a", " b"), row_labels=["training"])
         >>> p.stat().st_size > 1000
         True
     """

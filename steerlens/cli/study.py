@@ -163,8 +163,8 @@ def cmd_study_run(args: argparse.Namespace) -> int:
 
 def cmd_study_report(args: argparse.Namespace) -> int:
     """Write a study folder's results as one self-contained HTML page."""
-    from steerlens.studies.report import write_report
+    from steerlens.studies.report import write_study_report
 
-    path = write_report(args.folder, args.output)
+    path = write_study_report(args.folder, args.output)
     print(f"wrote {path}")
     return 0

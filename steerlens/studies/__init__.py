@@ -11,7 +11,7 @@ where, how strongly, and at what cost to coherence?
   with the curve that justifies it and the vector's size next to the residual stream.
 - `StudySpec` / `run_study` / `StudyFolder`: a declarative study (Python or TOML) trained with
   `steerlens.training.loop.optimize_many`, written unit by unit to a folder that resumes and
-  loses nothing; serial by default, Ray with ``backend="ray"``; `write_report` makes one
+  loses nothing; serial by default, Ray with ``backend="ray"``; `write_study_report` makes one
   self-contained HTML page of a study folder.
 
 Example:
@@ -27,7 +27,7 @@ from steerlens.studies.calibrate import Calibration, calibrate
 from steerlens.studies.folder import StudyFolder
 from steerlens.studies.grid import FrontierPoint, GridResult, layer_strength_grid
 from steerlens.studies.matrix import GeneralizationMatrix, generalization_matrix
-from steerlens.studies.report import write_report
+from steerlens.studies.report import write_study_report
 from steerlens.studies.run import run_study
 from steerlens.studies.spec import (
     EvaluationSettings,
@@ -58,5 +58,5 @@ __all__ = [
     "layer_strength_grid",
     "run_study",
     "steerability",
-    "write_report",
+    "write_study_report",
 ]

@@ -1,4 +1,4 @@
-"""One HTML page for a study folder: `write_report` (``steerlens study report DIR``).
+"""One HTML page for a study folder: `write_study_report` (``steerlens study report DIR``).
 
 The page is built from the folder alone (no model is loaded): the spec and its run (header,
 unit counts, failures), the units table, the generalization matrix (heatmaps and the transfer
@@ -179,7 +179,7 @@ def _grid(page: Page, grid: GridResult | None, sources: dict[int, str]) -> None:
     page.add(f"<p>Frontier at NLL ratio &le; 1.5: {escape(best.summary())}</p>\n")
 
 
-def write_report(folder: StudyFolder | str | Path, path: str | Path | None = None) -> Path:
+def write_study_report(folder: StudyFolder | str | Path, path: str | Path | None = None) -> Path:
     """Write one self-contained HTML page of a study folder's results; returns its path.
 
     Reads only the folder (no model): the spec and unit counts (done, failed, not run, with
@@ -202,7 +202,7 @@ def write_report(folder: StudyFolder | str | Path, path: str | Path | None = Non
         >>> spec = StudySpec(examples=[Example(prompt="Hi", promote=[" there"])], layers=[1],
         ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2))
         >>> study = run_study(spec, tempfile.mkdtemp() + "/study", progress=False)
-        >>> write_report(study).name
+        >>> write_study_report(study).name
         'report.html'
     """
     where = folder.path if isinstance(folder, StudyFolder) else Path(folder).expanduser()
@@ -226,4 +226,4 @@ def write_report(folder: StudyFolder | str | Path, path: str | Path | None = Non
     return write_page(page, target, f"steerlens study {study.spec.name}")
 
 
-__all__ = ["REPORT_FILE", "write_report"]
+__all__ = ["REPORT_FILE", "write_study_report"]

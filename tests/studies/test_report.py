@@ -1,4 +1,4 @@
-"""write_report / ``steerlens study report``: one self-contained page, read from the folder
+"""write_study_report / ``steerlens study report``: one self-contained page, read from the folder
 alone, with every section the study measured; failures reported; clear errors."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from steerlens.studies import phases as phases_mod
 from steerlens.studies import serial_backend as serial_mod
 from steerlens.studies import spec as spec_mod
 from steerlens.studies.folder import StudyFolder
-from steerlens.studies.report import write_report
+from steerlens.studies.report import write_study_report
 from steerlens.studies.run import run_study
 from steerlens.studies.serial_backend import SerialBackend
 from steerlens.studies.spec import StudySpec
@@ -64,7 +64,7 @@ def test_the_report_is_one_self_contained_page_with_every_section(study, spec, m
 
     monkeypatch.setattr(spec_mod, "load_study_model", no_model)
     monkeypatch.setattr(serial_mod, "load_study_model", no_model)
-    path = write_report(study)
+    path = write_study_report(study)
     assert path == study.path / "report.html"
     text = path.read_text(encoding="utf-8")
     assert text.count("* plotly.js v") == 1  # the bundle, embedded once
@@ -86,7 +86,7 @@ def test_the_report_is_one_self_contained_page_with_every_section(study, spec, m
 
 
 def test_the_page_is_written_where_asked_and_atomically(study, tmp_path):
-    target = write_report(study.path, tmp_path / "out" / "page.html")
+    target = write_study_report(study.path, tmp_path / "out" / "page.html")
     assert target.is_file() and target.parent == tmp_path / "out"
     assert [p.name for p in target.parent.iterdir()] == ["page.html"]  # no temporary left
 
@@ -103,7 +103,7 @@ def test_a_folder_with_a_failed_unit_still_reports(tmp_path, spec, tiny, monkeyp
     monkeypatch.setattr(phases_mod, "optimize_many", optimize_many)
     with pytest.raises(StudyError, match="1 of 4 units failed"):
         run_study(spec, tmp_path / "s", backend=SerialBackend(model=tiny), progress=False)
-    text = write_report(tmp_path / "s").read_text(encoding="utf-8")
+    text = write_study_report(tmp_path / "s").read_text(encoding="utf-8")
     assert "3 done</b>" in text and "1 failed</b>" in text
     assert "cats-L1-s0-promotion</code>: RuntimeError: CUDA out of memory" in text
     assert "The grid is not measured" in text  # it waits for every unit
@@ -112,7 +112,7 @@ def test_a_folder_with_a_failed_unit_still_reports(tmp_path, spec, tiny, monkeyp
 
 def test_a_study_with_nothing_measured_yet_reports_without_plotly(tmp_path, spec):
     StudyFolder.prepare(tmp_path / "s", spec)
-    text = write_report(tmp_path / "s").read_text(encoding="utf-8")
+    text = write_study_report(tmp_path / "s").read_text(encoding="utf-8")
     assert "0 done</b>" in text and "4 not run yet" in text
     assert "plotly.js" not in text and "No vector is evaluated yet" in text
 
@@ -121,17 +121,17 @@ def test_a_study_without_steerability_or_grid_leaves_them_out(tmp_path, spec, ti
     ev = dataclasses.replace(spec.evaluation, steerability_strengths=(), grid=None)
     plain = dataclasses.replace(spec, evaluation=ev)
     run_study(plain, tmp_path / "s", backend=SerialBackend(model=tiny), progress=False)
-    text = write_report(tmp_path / "s").read_text(encoding="utf-8")
+    text = write_study_report(tmp_path / "s").read_text(encoding="utf-8")
     assert "No steerability is measured yet" in text and "The grid is not measured" in text
     assert text.count("* plotly.js v") == 1
 
 
 def test_a_missing_or_foreign_folder_is_a_clear_error(tmp_path):
     with pytest.raises(StudyFolderError, match=r"no study folder at .*'steerlens study run'"):
-        write_report(tmp_path / "missing")
+        write_study_report(tmp_path / "missing")
     (tmp_path / "other").mkdir()
     with pytest.raises(StudyFolderError, match=r"not a steerlens study folder.*study\.json"):
-        write_report(tmp_path / "other")
+        write_study_report(tmp_path / "other")
 
 
 # -- the command line -----------------------------------------------------------------------
