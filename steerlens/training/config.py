@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.errors import SpecError, check_keywords
 from steerlens.runtime.logprobs import convert_loss
-from steerlens.steering.positions import PositionsLike, as_positions
+from steerlens.steering.positions import Positions, PositionsLike, as_positions
 from steerlens.steering.vector import SteeringVector
 from steerlens.training.constraints import Constraint, Noise, NormCap, OutputConstraint
 from steerlens.training.kinds import (
@@ -31,7 +31,7 @@ from steerlens.training.kinds import (
 )
 from steerlens.training.objectives import KLObjective, Objective, ObjectiveLike
 from steerlens.training.regularizers import SideEffect
-from steerlens.training.stopping import StopRule
+from steerlens.training.stopping import Plateau, StopRule, TargetLoss
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +137,51 @@ class OptimizeConfig:
             return x if isinstance(x, (int, float, str, bool, type(None))) else repr(x)
 
         return {k: v for k, v in plain(self).items() if k != "type"}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OptimizeConfig:
+        """The settings `to_dict` wrote (e.g. a vector's ``provenance["hyperparameters"]``):
+        one set of optimizer settings that studies, the benchmark and the CLI can rebuild.
+
+        Raises:
+            SpecError: an unknown key or type name, or a tensor (``init``; ``to_dict`` keeps
+                only its norm), which cannot be rebuilt.
+
+        Example:
+            >>> config = OptimizeConfig(lr=0.2, constraints=(NormCap(8.0),))
+            >>> OptimizeConfig.from_dict(config.to_dict()) == config
+            True
+        """
+        if not isinstance(data, Mapping):
+            raise SpecError(
+                f"OptimizeConfig.from_dict takes a dict such as config.to_dict(), got "
+                f"{type(data).__name__}."
+            )
+        known = {k.__name__: k for k in _SETTINGS_TYPES}
+
+        def build(x: Any, where: str) -> Any:
+            if isinstance(x, list):
+                return tuple(build(i, f"{where}[{n}]") for n, i in enumerate(x))
+            if not isinstance(x, Mapping):
+                return x
+            if "tensor_norm" in x:
+                raise SpecError(
+                    f"{where} was a tensor; to_dict kept only its norm, so it cannot be rebuilt. "
+                    "Drop it from the dict and pass the tensor yourself (init=...)."
+                )
+            name = x.get("type")
+            if name not in known:
+                raise SpecError(
+                    f"{where} has type {name!r}; from_dict rebuilds {', '.join(sorted(known))}."
+                )
+            fields = {k: build(v, f"{where}.{k}") for k, v in x.items() if k != "type"}
+            return known[name](**fields)
+
+        fields = {k: build(v, k) for k, v in data.items()}
+        if isinstance(fields.get("betas"), tuple):
+            fields["betas"] = tuple(fields["betas"])
+        check_keywords(fields, [f.name for f in dataclasses.fields(cls)], where="OptimizeConfig")
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -259,3 +304,20 @@ def make_vector(
         affine=affine,
         provenance=provenance,
     )
+
+
+# What from_dict can rebuild: every settings object to_dict writes with its type name.
+_SETTINGS_TYPES = (
+    AddSteering,
+    ClampSteering,
+    AffineSteering,
+    RankOneSteering,
+    NormCap,
+    Noise,
+    OutputConstraint,
+    Objective,
+    Plateau,
+    TargetLoss,
+    SideEffect,
+    Positions,
+)

@@ -320,3 +320,31 @@ def test_unknown_setting_names_the_valid_ones(tiny):
         SpecError, match=r"OptimizeConfig got unknown keyword\(s\) 'learning_rate'.*lr"
     ):
         optimize_vector(tiny, Datapoint("a", promote=[" b"]), 1, learning_rate=0.1)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        OptimizeConfig(),
+        OptimizeConfig(
+            lr=0.2,
+            betas=(0.8, 0.9),
+            kind=ClampSteering(strength=2.0),
+            constraints=(NormCap(5.0), Noise(0.01)),
+            objective=Objective(coldness=0.7),
+            positions="last:3",
+        ),
+        OptimizeConfig(kind=AffineSteering(rank=2)),
+    ],
+)
+def test_settings_round_trip_through_their_dict(config):
+    assert OptimizeConfig.from_dict(config.to_dict()) == config
+
+
+def test_a_dict_that_cannot_be_rebuilt_is_refused():
+    with pytest.raises(SpecError, match="tensor"):
+        OptimizeConfig.from_dict(OptimizeConfig(init=torch.ones(4)).to_dict())
+    with pytest.raises(SpecError, match="type 'Mystery'"):
+        OptimizeConfig.from_dict({"kind": {"type": "Mystery"}})
+    with pytest.raises(SpecError, match="unknown keyword"):
+        OptimizeConfig.from_dict({"learning_rate": 0.1})
