@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from steerlens import runtime
+from steerlens.analysis.scale import residual_norms
 from steerlens.datasets import Behaviour, load_behaviour
 from steerlens.errors import SpecError
 from steerlens.evaluation.many import propensities, rollout_kl
@@ -55,25 +56,6 @@ from steerlens.studies.bench.settings import (
 def _unit(vector: SteeringVector, layer: int) -> torch.Tensor:
     v = vector.directions[layer].detach().float()
     return v / v.norm().clamp_min(1e-12)
-
-
-def _residual_scale(model: Any, prompts: Sequence[str], layer: int) -> float:
-    """The mean norm of ``blocks.{layer}.hook_resid_pre`` over the prompts' tokens, the
-    first token excluded (its norm is an outlier in most models): the calibration grid's unit."""
-    name = runtime.hook_name(layer)
-    norms = []
-    for text in prompts:
-        ids = torch.tensor([runtime.encode(model, text)], device=runtime.device(model))
-        seen: list[torch.Tensor] = []
-
-        def keep(x: torch.Tensor, hook: Any, seen: list[torch.Tensor] = seen) -> torch.Tensor:
-            seen.append(x.detach())
-            return x
-
-        with torch.no_grad(), model.hooks(fwd_hooks=[(name, keep)]):
-            model(ids)
-        norms.append(seen[0][0, 1:].float().norm(dim=-1))
-    return float(torch.cat(norms).mean())
 
 
 def _plans(
@@ -155,7 +137,8 @@ def benchmark(
                     print(f"bench: {behaviour.name} at layer {layer} read from the folder")
                 continue
             if scale is None:
-                scale = _residual_scale(model, neutral, layer)
+                # The calibration grid's unit: the mean residual norm (first tokens left out).
+                scale = float(residual_norms(model, neutral, layers=[layer]).other_mean[0])
             cell = CellRun(model, behaviour, layer, positions, settings, scale, progress)
             result = cell.run(methods, {k: v for k, v in others.items() if k != behaviour.name})
             if store is not None:
