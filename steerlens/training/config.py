@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import runtime
 from steerlens.errors import SpecError, check_keywords
 from steerlens.runtime.logprobs import convert_loss
 from steerlens.steering.positions import Positions, PositionsLike, as_positions
@@ -254,56 +253,6 @@ def with_overrides(config: OptimizeConfig, overrides: dict[str, Any]) -> Optimiz
     valid = [f.name for f in dataclasses.fields(OptimizeConfig)]
     check_keywords(overrides, valid, where="OptimizeConfig")
     return dataclasses.replace(config, **overrides)
-
-
-def make_vector(
-    model: Any,
-    layers: list[int],
-    params: dict[str, Tensor],
-    config: OptimizeConfig,
-    data: Sequence[Any],
-    loss_history: np.ndarray,
-    labels: list[str],
-    steps: int,
-    stop_reason: str,
-) -> SteeringVector:
-    """The trained parameters as a ``SteeringVector`` with its provenance."""
-    d = runtime.d_model(model)
-    v = (
-        params["v"].detach().clone()
-        if "v" in params
-        else torch.zeros(d, device=params["left"].device)
-    )
-    affine = {}
-    if "left" in params:
-        affine = {
-            la: (params["left"].detach().clone(), params["right"].detach().clone()) for la in layers
-        }
-    provenance = {
-        "method": "one_shot_optimization",
-        "steering": config.kind.name,
-        "hyperparameters": config.to_dict(),
-        "datapoints": [
-            {
-                "prompt": t.datapoint.prompt,
-                "promote": list(t.datapoint.promote),
-                "suppress": list(t.datapoint.suppress),
-                "negate": t.datapoint.negate,
-                "positions": t.positions.to_dict(),
-            }
-            for t in data
-        ],
-        "final_losses": dict(zip(labels, loss_history[-1].tolist(), strict=True)),
-        "loss_unit": "nats",
-        "steps": steps,
-        "stop_reason": stop_reason,
-    }
-    return SteeringVector(
-        {la: v for la in layers},
-        model_id=runtime.model_id(model),
-        affine=affine,
-        provenance=provenance,
-    )
 
 
 # What from_dict can rebuild: every settings object to_dict writes with its type name.

@@ -25,12 +25,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import NonFiniteError, SpecError
-from steerlens.training.config import OptimizeConfig, OptimizeResult, make_vector
+from steerlens.steering.vector import SteeringVector
+from steerlens.training.config import OptimizeConfig, OptimizeResult
 from steerlens.training.constraints import NormCap, apply_constraints, minimize_norm
 from steerlens.training.data import (
     Datapoint,
@@ -348,17 +350,7 @@ def _unsteered(layer: int, x: Tensor, mask: Tensor, sign: Tensor) -> Tensor:
 def _result(model: Any, run: JobRun, engine: str) -> OptimizeResult:
     loss_history = torch.stack(run.history).numpy()
     labels = run.labels
-    vector = make_vector(
-        model,
-        run.layers,
-        run.params,
-        run.config,
-        run.data,
-        loss_history,
-        labels,
-        run.steps,
-        run.stop_reason,
-    )
+    vector = _vector(model, run, loss_history)
     return OptimizeResult(
         vector=vector,
         loss_history=loss_history,
@@ -368,6 +360,47 @@ def _result(model: Any, run: JobRun, engine: str) -> OptimizeResult:
         wall_time_s=run.wall,
         engine=engine,
         norm_phase=run.norm_phase,
+    )
+
+
+def _vector(model: Any, run: JobRun, loss_history: np.ndarray) -> SteeringVector:
+    """The run's trained parameters as a ``SteeringVector`` with its provenance."""
+    params, layers, config = run.params, run.layers, run.config
+    d = runtime.d_model(model)
+    v = (
+        params["v"].detach().clone()
+        if "v" in params
+        else torch.zeros(d, device=params["left"].device)
+    )
+    affine = {}
+    if "left" in params:
+        affine = {
+            la: (params["left"].detach().clone(), params["right"].detach().clone()) for la in layers
+        }
+    provenance = {
+        "method": "one_shot_optimization",
+        "steering": config.kind.name,
+        "hyperparameters": config.to_dict(),
+        "datapoints": [
+            {
+                "prompt": t.datapoint.prompt,
+                "promote": list(t.datapoint.promote),
+                "suppress": list(t.datapoint.suppress),
+                "negate": t.datapoint.negate,
+                "positions": t.positions.to_dict(),
+            }
+            for t in run.data
+        ],
+        "final_losses": dict(zip(run.labels, loss_history[-1].tolist(), strict=True)),
+        "loss_unit": "nats",
+        "steps": run.steps,
+        "stop_reason": run.stop_reason,
+    }
+    return SteeringVector(
+        {la: v for la in layers},
+        model_id=runtime.model_id(model),
+        affine=affine,
+        provenance=provenance,
     )
 
 
