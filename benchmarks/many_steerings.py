@@ -3,13 +3,14 @@
 5 multipliers x 6 random unit vectors (scaled to norm 20, applied at layer 8) x 40 chat-formatted
 A/B prompts (the bundled corrigible-neutral-HHH test items, each ending in "(" so the next token
 is the answer letter). Shared: `steerlens.evaluation.propensities`, every (steering, prompt) pair
-a row of batches that mix steerings. One at a time: for each (vector, multiplier),
-``with steer(model, plan)`` around `steerlens.runtime.last_logits` over the 40 prompts. Both
-get the same token lists and batch size; their propensities are compared before the timings
-are reported.
+a row of batches that mix steerings; with ``--positions answer`` (the benchmark's rule: only
+the tokens after the question are steered) each prompt's unsteered prefix runs once and its
+rows share its KV cache. One at a time: for each (vector, multiplier), ``with steer(model,
+plan)`` around `steerlens.runtime.last_logits` over the 40 prompts (what a user would write).
+Both get the same token lists and batch size; their propensities are compared.
 
-Run: .venv/bin/python benchmarks/many_steerings.py [--threads 2] [--device cpu] [--batch-size 32]
-Writes benchmarks/results/many_steerings.json.
+Run alone: .venv/bin/python benchmarks/many_steerings.py [--positions answer|all]
+Writes benchmarks/results/many_steerings_<positions>.json.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import steerlens
 from steerlens import runtime
 from steerlens.datasets import load_behaviour
 from steerlens.evaluation import propensities
+from steerlens.studies.bench.methods import answer_positions
 
 MULTIPLIERS = (-2.0, -1.0, 0.5, 1.0, 2.0)
 
@@ -76,6 +78,14 @@ def main() -> None:
     ap.add_argument("--norm", type=float, default=20.0)
     ap.add_argument("--vectors", type=int, default=6)
     ap.add_argument("--prompts", type=int, default=40)
+    ap.add_argument(
+        "--positions",
+        choices=["all", "answer"],
+        default="answer",
+        help="all: steer every token; answer: the benchmark's rule (the tokens after the "
+        "question), where the unsteered prefix is shared",
+    )
+    ap.add_argument("--note", default="", help="recorded with the result (e.g. machine load)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = steerlens.load_model(device=args.device)
@@ -83,8 +93,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     directions = [torch.randn(runtime.d_model(model), generator=g) for _ in range(args.vectors)]
     vectors = [args.norm * d / d.norm() for d in directions]
+    where = answer_positions(model) if args.positions == "answer" else "all"
     plans = [
-        steerlens.Steering(v, layer=args.layer, strength=mult)
+        steerlens.Steering(v, layer=args.layer, strength=mult, positions=where)
         for v in vectors
         for mult in MULTIPLIERS
     ]
@@ -109,6 +120,7 @@ def main() -> None:
         "model": runtime.model_id(model),
         "layer": args.layer,
         "vector_norm": args.norm,
+        "positions": args.positions if args.positions == "all" else where.describe(),
         "multipliers": list(MULTIPLIERS),
         "vectors": args.vectors,
         "prompts": len(rows),
@@ -125,9 +137,9 @@ def main() -> None:
         "speedup": s_alone / s_shared,
         "max_abs_propensity_difference": float((alone - shared.to(alone.dtype)).abs().max()),
         "mean_abs_propensity": float(alone.abs().mean()),
-        "note": "timed once each on a shared machine (other processes running): indicative only",
+        "note": args.note,
     }
-    out = Path(__file__).parent / "results" / "many_steerings.json"
+    out = Path(__file__).parent / "results" / f"many_steerings_{args.positions}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

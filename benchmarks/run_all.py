@@ -208,7 +208,61 @@ def table() -> str:
             for f in r["families"]
         ]
         lines += [""]
+    for positions in ("answer", "all"):
+        many = RESULTS / f"many_steerings_{positions}.json"
+        if many.exists():
+            lines += _many_steerings_rows(json.loads(many.read_text()))
+    bench = RESULTS / "bench_miniature.json"
+    if bench.exists():
+        lines += _bench_rows(json.loads(bench.read_text()))
     return "\n".join(lines)
+
+
+def _many_steerings_rows(r: dict) -> list[str]:
+    return [
+        f"## Many steerings per batch: A/B propensities (`benchmarks/many_steerings.py`), "
+        f"steering {r['positions']}",
+        "",
+        f"{r['model']}, layer {r['layer']}, {r['vectors']} random vectors (norm "
+        f"{r['vector_norm']:g}) x {len(r['multipliers'])} multipliers x {r['prompts']} "
+        f"chat-formatted A/B prompts ({r['prompt_tokens']['min']}-{r['prompt_tokens']['max']} "
+        f"tokens), {r['rows']} rows, batch size {r['batch_size']}, {r['threads']} CPU threads, "
+        f"torch {r['torch']}. Baseline: one steering at a time, `with steer(model, plan)` around "
+        "`runtime.last_logits` (what a user would write). Shared: `evaluation.propensities`. "
+        + (f"Note: {r['note']}." if r.get("note") else ""),
+        "",
+        "| method | seconds | speed-up |",
+        "| --- | --- | --- |",
+        f"| one steering at a time | {r['seconds_one_at_a_time']:.1f} | 1.0x |",
+        f"| shared batches | {r['seconds_shared_batches']:.1f} | {r['speedup']:.1f}x |",
+        "",
+        f"Largest propensity difference {r['max_abs_propensity_difference']:.1e} nats (mean "
+        f"|propensity| {r['mean_abs_propensity']:.2f}).",
+        "",
+    ]
+
+
+def _bench_rows(r: dict) -> list[str]:
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in r["phase_s"].items())
+    lines = [
+        "## The benchmark in miniature (`benchmarks/bench_miniature.py`, notebook 09's settings)",
+        "",
+        f"The embedded model, behaviours {', '.join(r['behaviours'])}, layer(s) "
+        f"{', '.join(map(str, r['layers']))}, {r['threads']} CPU threads: {r['total_s']:.0f} s "
+        f"in all, model load included. Phases (summed over cells): {phases}."
+        + (f" Note: {r['note']}." if r.get("note") else ""),
+        "",
+        "| method | mean slope | anti-steerable | non-monotonic | Δ at max | effectiveness | "
+        "entanglement |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, m in r["leaderboard"].items():
+        lines.append(
+            f"| {method} | {m['mean_slope']:.3f} | {m['anti_steerable']:.0%} | "
+            f"{m['non_monotonic']:.0%} | {m['delta_at_max']:.3f} | {m['effectiveness']:.2f} | "
+            f"{m['entanglement']:.3f} |"
+        )
+    return [*lines, ""]
 
 
 def _equal_rate(f: dict) -> float | None:
@@ -298,6 +352,8 @@ def main() -> None:
             "generalization_matrix.py",
             "families.py",
             "coherent_refusal.py",
+            "many_steerings.py",
+            "bench_miniature.py",
         ):
             subprocess.run([sys.executable, str(HERE / script)], check=True)
     DOC.write_text(table())
