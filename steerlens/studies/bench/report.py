@@ -95,7 +95,7 @@ def write_bench_report(folder: str | Path, path: str | Path | None = None) -> Pa
             f"{str(root)!r} has no finished (behaviour, layer) cell yet; run "
             "`steerlens bench run` first (it resumes)."
         )
-    result = BenchResult.of(cells, BenchSettings())
+    result = BenchResult.of(cells, BenchSettings.from_dict(spec["settings"], spec["optimizer"]))
     page = Page()
     total = len(spec["layers"]) * len(spec["behaviours"])
     page.add(f"<h1>Benchmark: one-shot vs contrastive vectors on {escape(spec['model'])}</h1>\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from steerlens.errors import SpecError
 from steerlens.training.config import OptimizeConfig
@@ -59,6 +60,22 @@ class BenchSettings:
     bootstrap: int = 1000
     seed: int = 0
     batch_size: int = 32
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any], optimizer: dict[str, Any]) -> BenchSettings:
+        """The settings a benchmark folder records (`bench_spec`'s ``"settings"`` and
+        ``"optimizer"``).
+
+        Example:
+            >>> s = BenchSettings(test_items=4)
+            >>> plain = {"test_items": 4, "grid": [-1.0, 0.0, 1.0]}
+            >>> BenchSettings.from_dict(plain, s.optimizer.to_dict()).grid
+            (-1.0, 0.0, 1.0)
+        """
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()
+        }
+        return cls(**fields, optimizer=OptimizeConfig.from_dict(optimizer))
 
     def __post_init__(self) -> None:
         for name in ("test_items", "examples", "entanglement_items", "rollout_tokens"):

@@ -243,3 +243,10 @@ def test_bench_cli_runs_resumes_and_reports(tiny, tmp_path, monkeypatch, capsys)
     assert (out / "report.html").is_file()
     assert cli.main(["bench", "run", "--out", str(out), "--behaviour", "nope"]) == 2
     assert "not a bundled behaviour" in capsys.readouterr().err
+
+
+def test_a_folder_records_settings_that_rebuild_exactly(tiny, behaviours):
+    from steerlens.studies.bench.run import bench_spec
+
+    spec = bench_spec(tiny, behaviours, [CAA(n=4)], [1], SMALL)
+    assert BenchSettings.from_dict(spec["settings"], spec["optimizer"]) == SMALL
