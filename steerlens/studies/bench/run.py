@@ -139,7 +139,7 @@ def benchmark(
             if scale is None:
                 # The calibration grid's unit: the mean residual norm (first tokens left out).
                 scale = float(residual_norms(model, neutral, layers=[layer]).other_mean[0])
-            cell = CellRun(model, behaviour, layer, positions, settings, scale, progress)
+            cell = CellRun(model, behaviour, layer, positions, settings, scale, neutral, progress)
             result = cell.run(methods, {k: v for k, v in others.items() if k != behaviour.name})
             if store is not None:
                 store.write(result)
@@ -199,6 +199,7 @@ class CellRun:
     positions: Positions
     settings: BenchSettings
     scale: float
+    neutral: list[str]  # the chat-formatted neutral prompts of the calibration
     progress: bool | None
 
     def __post_init__(self) -> None:
@@ -274,10 +275,9 @@ class CellRun:
         plans = _plans(
             [u for u in units for _ in grid], self.layer, grid * len(units), self.positions
         )
-        neutral = runtime.format_prompts(self.model, list(self.settings.neutral_prompts), chat=True)
         kl = rollout_kl(
             self.model,
-            neutral,
+            self.neutral,
             plans,
             n_tokens=self.settings.rollout_tokens,
             batch_size=self.settings.batch_size,
