@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -52,6 +52,7 @@ def next_token_logprobs(
     batch_size: int = 32,
     bos: bool = False,
     progress: bool | None = None,
+    prefixes: runtime.PrefixStore | None = None,
 ) -> Float[Tensor, "steerings prompts answers"]:
     """``log p(token | prompt)`` of the next token after each prompt under each steering, at
     ``token_ids``, with every ``(steering, prompt)`` pair a row of shared batches.
@@ -70,6 +71,8 @@ def next_token_logprobs(
         batch_size: ``(steering, prompt)`` rows per forward pass.
         bos: put the model's BOS token in front of each text prompt.
         progress: a bar over the rows when there is more than one batch.
+        prefixes: a `steerlens.runtime.PrefixStore` to keep the prompts' unsteered prefixes
+            in for later calls on the same prompts (each is computed once per call anyway).
 
     Returns:
         ``[steerings, prompts, len(token_ids)]`` log-probabilities (nats) on the CPU.
@@ -97,7 +100,7 @@ def next_token_logprobs(
     plans, _ = _steerings(model, steerings)
     ids = _token_ids(model, token_ids, what="token_ids")
     runtime.check_batch_size(batch_size)
-    return _next_token_logprobs(model, rows, plans, ids, batch_size, progress)
+    return _next_token_logprobs(model, rows, plans, ids, batch_size, progress, prefixes)
 
 
 @torch.no_grad()
@@ -111,6 +114,7 @@ def propensities(
     batch_size: int = 32,
     bos: bool = False,
     progress: bool | None = None,
+    prefixes: runtime.PrefixStore | None = None,
 ) -> Float[Tensor, "steerings prompts"]:
     """``log p(matching[p]) - log p(other[p])`` of the next token after prompt ``p`` under
     each steering (nats; > 0 when the matching answer is the more likely one).
@@ -129,6 +133,8 @@ def propensities(
         batch_size: ``(steering, prompt)`` rows per forward pass.
         bos: put the model's BOS token in front of each text prompt.
         progress: a bar over the rows when there is more than one batch.
+        prefixes: a `steerlens.runtime.PrefixStore` shared with other calls on the same
+            prompts (as `next_token_logprobs`).
 
     Returns:
         ``[steerings, prompts]`` log-probability differences on the CPU.
@@ -161,7 +167,7 @@ def propensities(
         )
     runtime.check_batch_size(batch_size)
     ids = sorted(set(yes) | set(no))
-    logp = _next_token_logprobs(model, rows, plans, ids, batch_size, progress)
+    logp = _next_token_logprobs(model, rows, plans, ids, batch_size, progress, prefixes)
     column = {t: k for k, t in enumerate(ids)}
     picked = torch.tensor([[column[m], column[o]] for m, o in zip(yes, no, strict=True)])
     both = logp.gather(-1, picked.expand(len(plans), -1, -1))
@@ -178,6 +184,7 @@ def rollout_kl(
     batch_size: int = 32,
     bos: bool = False,
     progress: bool | None = None,
+    prefixes: runtime.PrefixStore | None = None,
 ) -> Float[Tensor, "steerings tokens"]:
     """Per-token ``KL(steered || unsteered)`` of the next-token distribution along the
     unsteered model's greedy rollouts: how far each steering moves the model on text it
@@ -199,6 +206,8 @@ def rollout_kl(
         batch_size: rows per forward pass (prompts per batch while decoding).
         bos: put the model's BOS token in front of each text prompt.
         progress: bars over the prompts and the rows when there is more than one batch.
+        prefixes: a `steerlens.runtime.PrefixStore` shared with other calls on the same
+            prompts (as `next_token_logprobs`).
 
     Returns:
         ``[steerings, tokens]`` on the CPU: row ``s`` holds prompt 0's per-token KLs in
@@ -231,50 +240,23 @@ def rollout_kl(
     rollouts = _rollouts(model, rows, int(n_tokens), batch_size, progress)
     sizes = [len(r) for r in rollouts]
     starts = [0, *itertools.accumulate(sizes)]
-    # Row p is scored on its prompt and all but the last rollout token: position
-    # len(prompt) - 1 + k predicts rollout token k.
-    seqs = [rows[p] + rollouts[p][:-1] for p in range(len(rows))]
     active = [s for s in range(len(plans)) if applies[s]]
     out: Tensor | None = None
-    # Per prompt, its unsteered row (-1) comes first, so its distributions are there before
-    # any steered row of the prompt needs them; they are dropped after the prompt's last row.
-    cells = [(s, p) for p in _by_length(seqs) for s in [-1, *active]] if active else []
     reference: dict[int, Tensor] = {}
     left = dict.fromkeys(range(len(rows)), len(active))
-    dev = runtime.device(model)
-    bar = runtime.progress(len(cells), "score", progress if len(cells) > batch_size else False)
-    for chunk in runtime.chunks(len(cells), batch_size):
-        batch = [cells[i] for i in chunk]
-        tokens, mask = runtime.right_pad(model, [seqs[p] for _, p in batch])
-        row_idx: list[int] = []
-        col_idx: list[int] = []
-        for b, (_, p) in enumerate(batch):
-            row_idx += [b] * sizes[p]
-            col_idx += range(len(rows[p]) - 1, len(rows[p]) - 1 + sizes[p])
-        ends = torch.tensor([len(rows[p]) for _, p in batch], device=dev)
-        with steer_rows(model, [None if s < 0 else plans[s] for s, _ in batch]):
-            logits = runtime.logits_at(
-                model,
-                tokens,
-                mask,
-                torch.tensor(row_idx, device=dev),
-                torch.tensor(col_idx, device=dev),
-                runtime.TokenContext.prompts(ends),
-            )
-        logp = _log_softmax(logits)
+    scored = _RolloutRows(model, rows, [r[:-1] for r in rollouts], plans, active)
+    store = prefixes if prefixes is not None else runtime.PrefixStore(model, max_bytes=0)
+    for s, p, lp in scored.logprobs(batch_size, store, progress):
         if out is None:
-            out = torch.zeros(len(plans), sum(sizes), dtype=logp.dtype)
-        for (s, p), lp in zip(batch, logp.split([sizes[p] for _, p in batch]), strict=True):
-            if s < 0:
-                reference[p] = lp
-                continue
-            kl = _kl(lp, reference[p]).clamp_min(0.0)
-            out[s, starts[p] : starts[p] + sizes[p]] = kl.cpu()
-            left[p] -= 1
-            if not left[p]:
-                del reference[p]
-        bar.update(len(batch))
-    bar.close()
+            out = torch.zeros(len(plans), sum(sizes), dtype=lp.dtype)
+        if s < 0:
+            reference[p] = lp
+            continue
+        kl = _kl(lp, reference[p]).clamp_min(0.0)
+        out[s, starts[p] : starts[p] + sizes[p]] = kl.cpu()
+        left[p] -= 1
+        if not left[p]:
+            del reference[p]
     if out is None:  # every steering applies nothing
         wide = torch.promote_types(runtime.dtype(model), torch.float32)
         out = torch.zeros(len(plans), sum(sizes), dtype=wide)
@@ -288,8 +270,11 @@ def _next_token_logprobs(
     ids: list[int],
     batch_size: int,
     progress: bool | None,
+    prefixes: runtime.PrefixStore | None,
 ) -> Float[Tensor, "steerings prompts answers"]:
     """`next_token_logprobs` on checked token rows, plans and ids."""
+    # Prompts are visited one after another, so a store of one entry serves this call.
+    store = prefixes if prefixes is not None else runtime.PrefixStore(model, max_bytes=0)
     dev = runtime.device(model)
     index = torch.tensor(ids, device=dev)
     applied = [resolve_steering(model, plan) for plan in plans]
@@ -309,7 +294,7 @@ def _next_token_logprobs(
         row, cut = rows[p], cuts[p]
         for chunk in runtime.chunks(len(plans), batch_size):
             n = len(chunk)
-            cache = runtime.prefix_cache(model, row[:cut], n, prompt_end=len(row))
+            cache = store.cache(row[:cut], n, prompt_end=len(row))
             tokens = torch.tensor([row] * n, device=dev)
             ctx = runtime.TokenContext(
                 torch.zeros(n, dtype=torch.long, device=dev),
@@ -349,6 +334,86 @@ def _next_token_logprobs(
         bar.update(len(batch))
     bar.close()
     return out
+
+
+class _RolloutRows:
+    """The ``(steering, prompt)`` rows of `rollout_kl`, teacher-forced on ``prompt + rollout``:
+    each prompt's unsteered row (steering -1) comes before its steered rows."""
+
+    def __init__(
+        self,
+        model: Any,
+        rows: list[list[int]],
+        rollouts: list[list[int]],
+        plans: list[RowSteering],
+        active: list[int],
+    ) -> None:
+        self.model, self.rows, self.plans = model, rows, plans
+        self.seqs = [r + g for r, g in zip(rows, rollouts, strict=True)]
+        self.sizes = [len(g) + 1 for g in rollouts]  # positions that predict a rollout token
+        applied = [resolve_steering(model, plans[s]) for s in active]
+        cuts = {p: _unsteered_prefix(applied, len(r)) for p, r in enumerate(rows)}
+        if not runtime.supports_kv_cache(model) or not active:
+            cuts = dict.fromkeys(cuts, 0)
+        self.cuts = cuts
+        order = _by_length(self.seqs)
+        steerings = [-1, *active] if active else []  # nothing to compare: no rows at all
+        self.shared = [(p, steerings) for p in order if cuts[p] > 0]
+        self.cells = [(s, p) for p in order if cuts[p] == 0 for s in steerings]
+
+    def logprobs(
+        self, batch_size: int, store: runtime.PrefixStore, progress: bool | None
+    ) -> Iterator[tuple[int, int, Tensor]]:
+        """``(steering, prompt, log-probabilities [positions, vocab])`` per row."""
+        total = len(self.cells) + sum(len(ss) for _, ss in self.shared)
+        bar = runtime.progress(total, "score", progress if total > batch_size else False)
+        dev = runtime.device(self.model)
+        for p, steerings in self.shared:
+            n_prompt, cut = len(self.rows[p]), self.cuts[p]
+            for chunk in runtime.chunks(len(steerings), batch_size):
+                batch = [steerings[i] for i in chunk]
+                n = len(batch)
+                cache = store.cache(self.rows[p][:cut], n, prompt_end=n_prompt)
+                tokens = torch.tensor([self.seqs[p]] * n, device=dev)
+                ctx = runtime.TokenContext(
+                    torch.zeros(n, dtype=torch.long, device=dev),
+                    torch.full((n,), n_prompt, dtype=torch.long, device=dev),
+                    cut,
+                )
+                with steer_rows(self.model, [self._plan(s) for s in batch]):
+                    logits, _ = runtime.continue_from(
+                        self.model, tokens, torch.ones_like(tokens), cache, cut, ctx
+                    )
+                logp = _log_softmax(logits[:, n_prompt - 1 - cut :])
+                yield from ((s, p, logp[b]) for b, s in enumerate(batch))
+                bar.update(n)
+        for chunk in runtime.chunks(len(self.cells), batch_size):
+            cells = [self.cells[i] for i in chunk]
+            tokens, mask = runtime.right_pad(self.model, [self.seqs[p] for _, p in cells])
+            row_idx: list[int] = []
+            col_idx: list[int] = []
+            for b, (_, p) in enumerate(cells):
+                n_prompt = len(self.rows[p])
+                row_idx += [b] * self.sizes[p]
+                col_idx += range(n_prompt - 1, n_prompt - 1 + self.sizes[p])
+            ends = torch.tensor([len(self.rows[p]) for _, p in cells], device=dev)
+            with steer_rows(self.model, [self._plan(s) for s, _ in cells]):
+                logits = runtime.logits_at(
+                    self.model,
+                    tokens,
+                    mask,
+                    torch.tensor(row_idx, device=dev),
+                    torch.tensor(col_idx, device=dev),
+                    runtime.TokenContext.prompts(ends),
+                )
+            logp = _log_softmax(logits)
+            pieces = logp.split([self.sizes[p] for _, p in cells])
+            yield from ((s, p, lp) for (s, p), lp in zip(cells, pieces, strict=True))
+            bar.update(len(cells))
+        bar.close()
+
+    def _plan(self, s: int) -> RowSteering:
+        return None if s < 0 else self.plans[s]
 
 
 def _unsteered_prefix(applied: Sequence[Sequence[Any]], length: int) -> int:

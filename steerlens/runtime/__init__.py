@@ -9,6 +9,7 @@
   published for steering hooks.
 - `forward`: logits at chosen positions, per-token log-probabilities of
   token rows, next-token logits, one KV-cached decoding step.
+- `prefixes`: KV caches of prompt prefixes, computed once and reused (`PrefixStore`).
 - `decoding`: the decoder (greedy or sampled, KV-cached).
 - `logprobs`: token log-probabilities, KL divergences and loss units.
 - `devices`: `device=` and `dtype=` checked against this machine.
@@ -30,10 +31,10 @@ from steerlens.runtime.decoding import decode_tokens
 from steerlens.runtime.devices import check_device, check_dtype, default_device
 from steerlens.runtime.forward import (
     check_fits,
+    continue_from,
     last_logits,
     logits_at,
     next_logits,
-    prefix_cache,
     score_rows,
 )
 from steerlens.runtime.logprobs import check_coldness, kl_divergence, token_logprobs
@@ -57,6 +58,7 @@ from steerlens.runtime.model import (
     unembed_matrix,
     vocab_size,
 )
+from steerlens.runtime.prefixes import PrefixStore, prefix_cache
 from steerlens.runtime.progress import progress, show_progress
 from steerlens.runtime.tokens import (
     answer_token_ids,
@@ -70,6 +72,7 @@ from steerlens.runtime.tokens import (
 
 __all__ = [
     "HOOK_TEMPLATE",
+    "PrefixStore",
     "TokenContext",
     "answer_token_ids",
     "chat_prompt",
@@ -83,6 +86,7 @@ __all__ = [
     "check_prompts",
     "chunks",
     "completion_tokens",
+    "continue_from",
     "current_context",
     "d_model",
     "decode",

@@ -183,46 +183,42 @@ def next_logits(
     Models that take Hugging Face cache objects (``TransformerBridge``) run only the tokens
     past ``n_cached``; others recompute the whole left-padded sequence (``cache`` stays None).
     """
+    if supports_kv_cache(model):
+        logits, cache = continue_from(model, tokens, attention_mask, cache, n_cached, context)
+        return logits[:, -1, :], cache
     with token_context(context):
-        if supports_kv_cache(model):
-            logits, cache = model(
-                tokens[:, n_cached:],
-                attention_mask=attention_mask,
-                past_key_values=cache,
-                return_type="logits_and_cache",
-            )
-            return logits[:, -1, :], cache
         logits = model(tokens, attention_mask=attention_mask)
     return logits[:, -1, :], None
 
 
-def prefix_cache(model: Any, tokens: Sequence[int], n_rows: int, *, prompt_end: int) -> Any:
-    """The KV cache of ``tokens`` (the first tokens of a prompt ``prompt_end`` tokens long),
-    computed once and repeated for ``n_rows`` rows: pass it to `next_logits` with
-    ``n_cached=len(tokens)`` to run the rest of the prompt in each row (each row may be steered
-    differently there). Needs a model that takes Hugging Face caches (`supports_kv_cache`).
+def continue_from(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"],
+    cache: Any,
+    n_cached: int,
+    context: TokenContext,
+) -> tuple[Float[Tensor, "batch new vocab"], Any]:
+    """The logits at every position of ``tokens`` past the first ``n_cached``, whose keys and
+    values ``cache`` holds (e.g. from `prefix_cache`), and the extended cache. Needs a model
+    that takes Hugging Face caches (`supports_kv_cache`).
 
     Example:
         >>> import torch
-        >>> from steerlens.runtime.context import TokenContext
+        >>> from steerlens.runtime.prefixes import prefix_cache
         >>> from steerlens.testing import tiny_model
         >>> model = tiny_model()
-        >>> ids = [5, 6, 7, 8]
-        >>> cache = prefix_cache(model, ids[:3], 2, prompt_end=4)
-        >>> ctx = TokenContext(torch.zeros(2, dtype=torch.long), torch.full((2,), 4), 3)
-        >>> tokens = torch.tensor([ids, ids])
-        >>> logits, _ = next_logits(model, tokens, torch.ones_like(tokens), cache, 3, ctx)
-        >>> torch.allclose(logits[1], model(torch.tensor([ids]))[0, -1], atol=1e-5)
+        >>> ids = torch.tensor([[5, 6, 7, 8]])
+        >>> cache = prefix_cache(model, [5, 6], 1, prompt_end=4)
+        >>> ctx = TokenContext(torch.zeros(1, dtype=torch.long), torch.full((1,), 4), 2)
+        >>> logits, _ = continue_from(model, ids, torch.ones_like(ids), cache, 2, ctx)
+        >>> torch.allclose(logits[0], model(ids)[0, 2:], atol=1e-5)
         True
     """
-    ids = torch.tensor([list(tokens)], device=device(model))
-    ctx = TokenContext.prompts(torch.tensor([prompt_end], device=ids.device))
-    with torch.no_grad(), token_context(ctx):
-        _, cache = model(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            past_key_values=None,
+    with token_context(context):
+        return model(
+            tokens[:, n_cached:],
+            attention_mask=attention_mask,
+            past_key_values=cache,
             return_type="logits_and_cache",
         )
-    cache.batch_repeat_interleave(n_rows)
-    return cache

@@ -31,6 +31,7 @@ import torch
 from steerlens import Steering, runtime, steer
 from steerlens.errors import InputError, SpecError
 from steerlens.evaluation import next_token_logprobs, propensities, rollout_kl
+from steerlens.runtime import prefixes
 from steerlens.steering.interventions import Ablate, Clamp
 from steerlens.testing import tiny_model
 
@@ -333,13 +334,14 @@ def test_a_shared_unsteered_prefix_equals_one_steering_at_a_time(tiny64, monkeyp
     same attention sums, in another grouping: the module docstring's DELTA). Plan 3 steers every
     token, so those rows take the full path."""
     calls = []
-    real = runtime.prefix_cache
-    monkeypatch.setattr(runtime, "prefix_cache", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = prefixes.prefix_cache
+    monkeypatch.setattr(prefixes, "prefix_cache", lambda *a, **k: calls.append(a) or real(*a, **k))
     plans = _suffix_steerings()
     only_suffix = [plans[i] for i in (0, 1, 2, 4)]
     ids = [0, 5, 77]
     out = next_token_logprobs(tiny64, PROMPTS, only_suffix, ids, batch_size=batch_size)
     assert calls, "the prefix path was not taken"
+    assert len({c[1] for c in calls}) == len(calls), "a prefix ran twice"
     for s, plan in enumerate(only_suffix):
         for p, text in enumerate(PROMPTS):
             row = runtime.encode(tiny64, text)
@@ -352,3 +354,25 @@ def test_a_shared_unsteered_prefix_equals_one_steering_at_a_time(tiny64, monkeyp
     mixed = next_token_logprobs(tiny64, PROMPTS, plans, ids, batch_size=batch_size)
     assert not calls  # one steering of every token: no prefix is unsteered
     torch.testing.assert_close(mixed[[0, 1, 2, 4]], out, atol=2 * DELTA, rtol=0)
+
+
+def test_a_prefix_store_runs_each_prefix_once_across_calls(tiny64, monkeypatch):
+    calls = []
+    real = prefixes.prefix_cache
+    monkeypatch.setattr(prefixes, "prefix_cache", lambda *a, **k: calls.append(a) or real(*a, **k))
+    plans = [_suffix_steerings()[i] for i in (0, 1, 2)]
+    store = runtime.PrefixStore(tiny64)
+    first = next_token_logprobs(tiny64, PROMPTS, plans, [0, 5], prefixes=store)
+    again = next_token_logprobs(tiny64, PROMPTS, plans[1:], [0, 5], prefixes=store)
+    assert calls and store.hits == len(calls)  # the second call computed no prefix
+    torch.testing.assert_close(again, first[1:], atol=DELTA, rtol=0)
+
+
+def test_a_full_prefix_store_drops_the_least_recently_used():
+    model = tiny_model()
+    store = runtime.PrefixStore(model, max_bytes=1)
+    store.cache([5, 6], 1, prompt_end=3)
+    store.cache([7, 8], 2, prompt_end=3)
+    assert len(store) == 1  # over budget: only the newest stays
+    store.cache([7, 8], 1, prompt_end=3)
+    assert store.hits == 1

@@ -106,8 +106,12 @@ class Setup:
     examples: int = 8
     seed: int = 0
     chat: bool = True
+    # Layers whose contrasts are collected in the same forward passes as this one's, into
+    # ``contrasts`` (``(n, layer) -> differences``): setups of one behaviour at several layers
+    # pass the same dict and run the contrast prompts once.
+    contrast_layers: tuple[int, ...] = ()
+    contrasts: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
     _trained: dict[tuple[int, ...], SteeringVector] = field(default_factory=dict, repr=False)
-    _contrasts: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
     def order(self) -> list[int]:
@@ -134,7 +138,7 @@ class Setup:
     def one_shot(self, groups: Sequence[Sequence[int]]) -> list[SteeringVector]:
         """One vector per group of training-item indices, all trained in one batched call
         (and each only once per setup)."""
-        todo = [tuple(g) for g in groups if tuple(g) not in self._trained]
+        todo = list(dict.fromkeys(tuple(g) for g in groups if tuple(g) not in self._trained))
         if todo:
             jobs = [
                 Job(
@@ -150,13 +154,14 @@ class Setup:
 
     def single_examples(self) -> list[SteeringVector]:
         """The ``examples`` one-shot vectors, one per single training item."""
-        return self.one_shot([[i] for i in self.order[: self.examples]])
+        return self.one_shot(OneShotEach().training_groups(self))
 
     def contrast(self, n: int) -> torch.Tensor:
         """Paired differences of ``blocks.{layer}.hook_resid_pre`` at the answer letter,
         matching minus other, for up to ``n`` training items in both letter orders
-        (``[pairs, d_model]``; collected once per ``n`` and shared by CAA and PCA)."""
-        if n not in self._contrasts:
+        (``[pairs, d_model]``; collected once per ``n`` and shared by CAA and PCA, and by the
+        setups at ``contrast_layers``)."""
+        if (n, self.layer) not in self.contrasts:
             pos, neg = [], []
             for i in self.order[:n]:
                 item = self.behaviour.train[i]
@@ -165,9 +170,12 @@ class Setup:
                     m = item.matching_letter(swapped)
                     pos.append(prompt + m)
                     neg.append(prompt + LETTERS[1 - LETTERS.index(m)])
-            acts = collect_activations(self.model, pos + neg, self.layer)[self.layer]
-            self._contrasts[n] = (acts[: len(pos)] - acts[len(pos) :]).float()
-        return self._contrasts[n]
+            layers = sorted({self.layer, *self.contrast_layers})
+            acts = collect_activations(self.model, pos + neg, layers)
+            for layer in layers:
+                a = acts[layer]
+                self.contrasts[(n, layer)] = (a[: len(pos)] - a[len(pos) :]).float()
+        return self.contrasts[(n, self.layer)]
 
     def vector(self, direction: torch.Tensor, provenance: dict[str, Any]) -> SteeringVector:
         """A vector at this setup's layer, on the model's device."""
@@ -186,7 +194,11 @@ class Setup:
 
 
 class Method(Protocol):
-    """A benchmark entry: named vectors for one behaviour at one layer."""
+    """A benchmark entry: named vectors for one behaviour at one layer.
+
+    A method that trains one-shot vectors may also say which groups of training items it
+    will train on (``training_groups(setup)``), so the benchmark trains every method's
+    groups in one batched call before asking for vectors."""
 
     @property
     def name(self) -> str: ...
@@ -205,6 +217,9 @@ class OneShotEach:
 
     name: str = "one-shot"
 
+    def training_groups(self, setup: Setup) -> list[tuple[int, ...]]:
+        return [(i,) for i in setup.order[: setup.examples]]
+
     def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
         return {_label(self.name, i): v for i, v in enumerate(setup.single_examples())}
 
@@ -216,15 +231,18 @@ class OneShotK:
     k: int = 4
     name: str = "one-shot k=4"
 
-    def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
+    def training_groups(self, setup: Setup) -> list[tuple[int, ...]]:
         start = setup.examples
-        group = setup.order[start : start + self.k]
+        group = tuple(setup.order[start : start + self.k])
         if len(group) < self.k:
             raise SpecError(
                 f"{setup.behaviour.name!r} has {len(setup.behaviour.train)} training items; "
                 f"{self.name} needs {setup.examples + self.k} (the single examples first)."
             )
-        return {self.name: setup.one_shot([group])[0]}
+        return [group]
+
+    def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
+        return {self.name: setup.one_shot(self.training_groups(setup))[0]}
 
 
 @dataclass(frozen=True)
@@ -232,6 +250,9 @@ class EnsembleOfOneShot:
     """The normalised mean of the single-example vectors (`steerlens.steering.ensemble`)."""
 
     name: str = "ensemble"
+
+    def training_groups(self, setup: Setup) -> list[tuple[int, ...]]:
+        return OneShotEach().training_groups(setup)
 
     def vectors(self, setup: Setup) -> dict[str, SteeringVector]:
         return {self.name: ensemble(setup.single_examples())}

@@ -28,7 +28,8 @@ class CellResult:
 @dataclass(frozen=True)
 class BenchResult:
     """What `benchmark` returns: one row per (behaviour, layer, vector), the per-item slopes,
-    the cosines between vectors, and the times of each phase.
+    the cosines between vectors, the times of each phase, and the vectors themselves
+    (``vectors[(behaviour, layer, label)]``, e.g. to save one with ``.save``).
 
     ``rows`` are plain dicts (``table()`` gives a pandas DataFrame); ``leaderboard()`` the
     per-method summary; ``figures()`` the plotly figures.
@@ -39,6 +40,7 @@ class BenchResult:
     cosines: dict[tuple[str, int], dict[str, Any]]
     times: dict[str, float]
     settings: BenchSettings
+    vectors: dict[tuple[str, int, str], SteeringVector] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, cells: Sequence[CellResult], settings: BenchSettings) -> BenchResult:
@@ -57,6 +59,11 @@ class BenchResult:
             cosines={(cell.behaviour, cell.layer): cell.cosines for cell in cells},
             times=times,
             settings=settings,
+            vectors={
+                (cell.behaviour, cell.layer, label): vector
+                for cell in cells
+                for label, vector in cell.vectors.items()
+            },
         )
 
     def table(self) -> Any:

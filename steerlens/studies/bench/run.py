@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,20 +127,19 @@ def benchmark(
     store = None
     if folder is not None:
         store = BenchFolder.open(folder, bench_spec(model, data, methods, layers, settings))
+    # Every cell scores the same prompts (a behaviour's test items at each layer, the others'
+    # as entanglement items): their unsteered prefixes are computed once for the whole run.
+    shared = Shared(neutral, others, runtime.PrefixStore(model, PREFIX_MEMORY), tuple(layers))
     cells = []
-    for layer in layers:
-        scale: float | None = None
-        for behaviour in data:
+    for behaviour in data:
+        for layer in layers:
             if store is not None and store.has(behaviour.name, layer):
                 cells.append(store.read(behaviour.name, layer))
                 if progress:
                     print(f"bench: {behaviour.name} at layer {layer} read from the folder")
                 continue
-            if scale is None:
-                # The calibration grid's unit: the mean residual norm (first tokens left out).
-                scale = float(residual_norms(model, neutral, layers=[layer]).other_mean[0])
-            cell = CellRun(model, behaviour, layer, positions, settings, scale, neutral, progress)
-            result = cell.run(methods, {k: v for k, v in others.items() if k != behaviour.name})
+            cell = CellRun(model, behaviour, layer, positions, settings, shared, progress)
+            result = cell.run(methods)
             if store is not None:
                 store.write(result)
             cells.append(result)
@@ -183,10 +182,41 @@ def _fingerprint(behaviour: Behaviour) -> str:
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
+def _none(setup: Setup) -> list[tuple[int, ...]]:
+    return []
+
+
 def _cosines(vectors: dict[tuple[str, str], SteeringVector], layer: int) -> dict[str, Any]:
     labels = [label for _, label in vectors]
     units = torch.stack([_unit(v, layer) for v in vectors.values()])
     return {"labels": labels, "cosine": (units @ units.T).tolist()}
+
+
+# Memory for the unsteered prefixes kept across cells (bytes; the least recently used go first).
+PREFIX_MEMORY = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every cell of one run uses: the chat-formatted neutral prompts of the
+    calibration, each data set's entanglement prompts, the prefix store and the run's layers;
+    and, filled as cells first need them, each layer's calibration unit and each behaviour's
+    contrasts (collected at every layer at once)."""
+
+    neutral: list[str]
+    others: dict[str, ABPrompts]
+    prefixes: runtime.PrefixStore
+    layers: tuple[int, ...]
+    scales: dict[int, float] = field(default_factory=dict)
+    contrasts: dict[str, dict[tuple[int, int], torch.Tensor]] = field(default_factory=dict)
+
+    def scale(self, model: Any, layer: int) -> float:
+        """The calibration grid's unit at ``layer``: the mean residual norm on the neutral
+        prompts (first tokens left out)."""
+        if layer not in self.scales:
+            norms = residual_norms(model, self.neutral, layers=[layer])
+            self.scales[layer] = float(norms.other_mean[0])
+        return self.scales[layer]
 
 
 @dataclass
@@ -198,8 +228,7 @@ class CellRun:
     layer: int
     positions: Positions
     settings: BenchSettings
-    scale: float
-    neutral: list[str]  # the chat-formatted neutral prompts of the calibration
+    shared: Shared
     progress: bool | None
 
     def __post_init__(self) -> None:
@@ -211,10 +240,17 @@ class CellRun:
             self.settings.optimizer,
             examples=self.settings.examples,
             seed=self.settings.seed,
+            contrast_layers=self.shared.layers,
+            contrasts=self.shared.contrasts.setdefault(self.behaviour.name, {}),
         )
 
-    def run(self, methods: Sequence[Method], others: dict[str, ABPrompts]) -> CellResult:
+    @property
+    def scale(self) -> float:
+        return self.shared.scale(self.model, self.layer)
+
+    def run(self, methods: Sequence[Method]) -> CellResult:
         """Every phase of this cell, timed."""
+        others = {k: v for k, v in self.shared.others.items() if k != self.behaviour.name}
         times: dict[str, float] = {}
         start = time.perf_counter()
 
@@ -227,6 +263,10 @@ class CellRun:
                 where = f"{self.behaviour.name} at layer {self.layer}"
                 print(f"bench: {where}: {phase} took {times[phase]:.1f} s")
 
+        groups = [g for m in methods for g in getattr(m, "training_groups", _none)(self.setup)]
+        if groups:
+            self.setup.one_shot(groups)  # every method's one-shot vectors in one batched call
+            lap("vectors: one-shot training")
         vectors: dict[tuple[str, str], SteeringVector] = {}
         for method in methods:
             for label, vector in method.vectors(self.setup).items():
@@ -277,10 +317,11 @@ class CellRun:
         )
         kl = rollout_kl(
             self.model,
-            self.neutral,
+            self.shared.neutral,
             plans,
             n_tokens=self.settings.rollout_tokens,
             batch_size=self.settings.batch_size,
+            prefixes=self.shared.prefixes,
         )
         p95 = torch.quantile(kl.double(), 0.95, dim=1).reshape(len(units), len(grid)).numpy()
         return {
@@ -301,6 +342,7 @@ class CellRun:
             list(prompts.matching),
             list(prompts.other),
             batch_size=self.settings.batch_size,
+            prefixes=self.shared.prefixes,
         )
         # Both letter orders of an item are adjacent: the item's propensity is their mean.
         return scores.double().reshape(len(plans), -1, 2).mean(-1).numpy()

@@ -56,7 +56,8 @@ def make_engine(
     groups: Sequence[int] | None = None,
 ) -> PackedEngine | HookedEngine:
     """The packed engine when this model's family has an adapter and the packed forward
-    reproduces the hooked one here (checked once, unsteered), else the hooked engine.
+    reproduces the hooked one here (checked once, unsteered, on the group with the longest
+    datapoint), else the hooked engine.
 
     A bridged Hugging Face model whose family has no adapter takes the hooked path with a
     `NoAdapterNotice`, once per family per process; other models (``HookedTransformer``, your
@@ -74,8 +75,13 @@ def make_engine(
         packed = PackedEngine(model, data, layers, groups, adapter=adapter)
     except NotImplementedError:
         return hooked
+    # One group is enough to catch an adapter that does not reproduce the model; the one with
+    # the longest sequence also meets every sliding window the data reaches.
+    lengths = [len(d.prompt_tokens) + max(len(c.tokens) for c in d.completions) for d in data]
+    longest = max(range(len(data)), key=lengths.__getitem__)
+    check = {(list(groups) if groups is not None else [0] * len(data))[longest]: unsteered}
     with torch.no_grad():
-        a, b = packed.logits(unsteered).float(), hooked.logits(unsteered).float()
+        a, b = packed.logits(check).float(), hooked.logits(check).float()
     tol = 1e-4 if runtime.dtype(model) == torch.float32 else 5e-2
     if a.shape != b.shape or not torch.allclose(a, b, atol=tol * max(1.0, float(b.abs().max()))):
         warnings.warn(

@@ -1,12 +1,16 @@
 """``PackedEngine``: the fast path for Hugging Face decoders under a ``TransformerBridge`` whose
 family has an adapter (`steerlens.training.engines.families`).
 
-Each group is one batch row in which its datapoints and completions are packed into one
-sequence with a tree attention mask, so each prompt is computed once per step and completions
-see only their own prompt; position ids restart the count per completion, so every token has
+Each group is one batch row (one row per datapoint when prompts have frozen prefixes, see
+below) in which its datapoints and completions are packed into one sequence with a tree
+attention mask, so each prompt is computed once per step and completions see only their own
+prompt; position ids restart the count per completion, so every token has
 the position it has in its own ``prompt + completion``. Sliding-window layers get the tree mask
-cut to their window (by those positions). The blocks below the first steered layer run once,
-at construction, since they do not depend on the vector; the unembedding runs only at scored
+cut to their window (by those positions). What does not depend on the vector is computed once,
+at construction: the blocks below the first steered layer, and, at every layer, the keys and
+values of the *frozen* positions (a prompt's tokens before its first steered or scored token,
+e.g. all but the last few with ``Positions.last``), which each step's attention reads from a
+cache; each step runs only the other (*live*) positions. The unembedding runs only at scored
 positions.
 """
 
@@ -40,6 +44,7 @@ class _PackedRow:
         self.steer: list[bool] = []
         self.sign: list[float] = []
         self.scored: list[int] = []
+        self.frozen: list[int] = []
         self.blocks: list[tuple[int, int, list[tuple[int, int]]]] = []
         for tdp in data:
             base, p = len(self.ids), len(tdp.prompt_tokens)
@@ -47,8 +52,13 @@ class _PackedRow:
             self.ids += tdp.prompt_tokens
             self.pos += list(range(p))
             # The prompt's steer mask is the same for every completion; take it from the first.
-            self.steer += steer_mask(tdp, len(tdp.completions[0].tokens), device)[:p].tolist()
+            steer = steer_mask(tdp, len(tdp.completions[0].tokens), device)[:p].tolist()
+            self.steer += steer
             self.sign += [s] * p
+            # Tokens before the first steered one and before the last (always scored) see only
+            # earlier tokens of their prompt, so no steering reaches them.
+            first = steer.index(True) if True in steer else p
+            self.frozen += list(range(base, base + min(first, p - 1)))
             segments = []
             for comp in tdp.completions:
                 # A completion's last token is never scored and nothing attends to it (the
@@ -75,6 +85,46 @@ class _PackedRow:
                     torch.ones(n, n, device=device).tril().bool()
                 )
         return allow
+
+
+def _layout(packed: Sequence[_PackedRow]) -> tuple[list[list[int]], Tensor, int]:
+    """Each row's positions reordered frozen first, then live, both blocks padded to a common
+    width with filler slots: the order (indices into the packed row), which slots are real
+    (bool ``[rows, slots]``) and the frozen width."""
+    n_frozen = max(len(r.frozen) for r in packed)
+    lives = [[i for i in range(len(r.ids)) if i not in set(r.frozen)] for r in packed]
+    n_live = max(len(live) for live in lives)
+    orders, real = [], []
+    for r, live in zip(packed, lives, strict=True):
+        fill_f, fill_l = n_frozen - len(r.frozen), n_live - len(live)
+        orders.append(r.frozen + [0] * fill_f + live + [0] * fill_l)
+        real.append(
+            [True] * len(r.frozen) + [False] * fill_f + [True] * len(live) + [False] * fill_l
+        )
+    return orders, torch.tensor(real), n_frozen
+
+
+class _Record:
+    """Keeps each layer's keys and values (what Hugging Face attention passes to a cache's
+    ``update``), detached, and hands them back unchanged."""
+
+    def __init__(self) -> None:
+        self.kv: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> Any:
+        self.kv[layer_idx] = (k.detach(), v.detach())
+        return k, v
+
+
+class _Prefixed:
+    """Puts the recorded keys and values of the frozen positions before each layer's own."""
+
+    def __init__(self, kv: Mapping[int, tuple[Tensor, Tensor]]) -> None:
+        self.kv = kv
+
+    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> Any:
+        fk, fv = self.kv[layer_idx]
+        return torch.cat([fk, k], dim=-2), torch.cat([fv, v], dim=-2)
 
 
 def _take(tree: Any, index: Tensor) -> Any:
@@ -112,40 +162,72 @@ class PackedEngine:
         group_of = check_groups(data, groups)
         dev = runtime.device(model)
         n_groups = (group_of[-1] + 1) if group_of else 0
-        packed = [
-            _PackedRow([d for d, g in zip(data, group_of, strict=True) if g == k], dev)
-            for k in range(n_groups)
-        ]
+        packed = [_PackedRow([d], dev) for d in data]
+        row_group = list(group_of)
+        if not any(r.frozen for r in packed):
+            # Without frozen prefixes a step runs every position, so a group's datapoints
+            # share one row (no padding between them); with them, each datapoint's few live
+            # positions are a row of their own, so rows are about equally long.
+            packed = [
+                _PackedRow([d for d, g in zip(data, group_of, strict=True) if g == k], dev)
+                for k in range(n_groups)
+            ]
+            row_group = list(range(n_groups))
         t = max(len(r.ids) for r in packed)
 
         def padded(values: list, fill: Any) -> list:
             return values + [fill] * (t - len(values))
 
-        self.position_ids = torch.tensor([padded(r.pos, 0) for r in packed], device=dev)
+        orders, real, n_frozen = _layout(packed)
+        order = torch.tensor(orders, device=dev)
+        real = real.to(dev)
+        rows = torch.arange(len(packed), device=dev)[:, None]
+        position_ids = torch.tensor([padded(r.pos, 0) for r in packed], device=dev)[rows, order]
         allow = torch.stack([r.allowed(t, dev) for r in packed])
+        allow = allow[rows[:, :, None], order[:, :, None], order[:, None, :]]
+        # A filler slot is seen by nothing and sees only itself (so its softmax stays finite).
+        allow = (allow & real[:, :, None] & real[:, None, :]) | torch.diag_embed(~real)
+        steer = torch.tensor([padded(r.steer, False) for r in packed], device=dev)[rows, order]
+        sign = torch.tensor([padded(r.sign, 1.0) for r in packed], device=dev)[rows, order]
         # One additive mask per attention window among the layers (None: full attention).
         dtype = runtime.dtype(model)
-        distance = self.position_ids[:, :, None] - self.position_ids[:, None, :]
-        self.masks: dict[int | None, Tensor] = {}
+        distance = position_ids[:, :, None] - position_ids[:, None, :]
+        masks: dict[int | None, Tensor] = {}
         for w in {adapter.window(i) for i in range(adapter.n_layers)}:
             sees = allow if w is None else allow & (distance < w)
-            self.masks[w] = torch.zeros(len(packed), 1, t, t, dtype=dtype, device=dev).masked_fill(
-                ~sees[:, None], torch.finfo(dtype).min
-            )
-        self.steer_mask = torch.tensor([padded(r.steer, False) for r in packed], device=dev)
-        self.sign = torch.tensor([padded(r.sign, 1.0) for r in packed], device=dev)
-        self.scored = [r.scored for r in packed]
-        self.groups = Groups(list(range(len(packed))), [len(s) for s in self.scored])
-        self.layout = score_layout(data, dev)
+            masks[w] = torch.zeros(len(packed), 1, *sees.shape[1:], dtype=dtype, device=dev)
+            masks[w] = masks[w].masked_fill(~sees[:, None], torch.finfo(dtype).min)
         self.start = self.layers[0]
         pad = runtime.pad_token_id(model)
+        ids = torch.tensor([padded(r.ids, pad) for r in packed], device=dev)[rows, order]
+        self.kv: dict[int, tuple[Tensor, Tensor]] = {}
         with torch.no_grad():
-            ids = torch.tensor([padded(r.ids, pad) for r in packed], device=dev)
-            h = adapter.embed(ids, self.position_ids)
-            self.pos_emb = adapter.positions(h, self.position_ids)
+            h = adapter.embed(ids, position_ids)
+            pos_emb = adapter.positions(h, position_ids)
             for i in range(self.start):
-                h = self._block(i, h, self.masks, self.position_ids, self.pos_emb)
-        self.h_start = h.detach()
+                h = adapter.block(i, h, masks[adapter.window(i)], position_ids, pos_emb)
+            if n_frozen:
+                record, hf = _Record(), h[:, :n_frozen]
+                pos_f = position_ids[:, :n_frozen]
+                emb_f = adapter.positions(hf, pos_f)
+                for i in range(self.start, adapter.n_layers):
+                    mask = masks[adapter.window(i)][:, :, :n_frozen, :n_frozen]
+                    hf = adapter.block(i, hf, mask, pos_f, emb_f, record)
+                self.kv = record.kv
+        # Each step runs the live slots only: their queries see every slot's keys.
+        self.h_start = h[:, n_frozen:].detach()
+        self.position_ids = position_ids[:, n_frozen:]
+        self.pos_emb = adapter.positions(self.h_start, self.position_ids)
+        self.masks = {w: m[:, :, n_frozen:, :] for w, m in masks.items()}
+        if bool(steer[:, :n_frozen].any()):
+            raise AssertionError("a frozen position is steered")
+        self.steer_mask, self.sign = steer[:, n_frozen:], sign[:, n_frozen:]
+        slot = [
+            {int(o): k - n_frozen for k, o in enumerate(row) if k >= n_frozen} for row in orders
+        ]
+        self.scored = [[slot[k][s] for s in r.scored] for k, r in enumerate(packed)]
+        self.groups = Groups(row_group, [len(s) for s in self.scored])
+        self.layout = score_layout(data, dev)
 
     def _block(
         self,
@@ -154,26 +236,29 @@ class PackedEngine:
         masks: Mapping[int | None, Tensor],
         position_ids: Tensor,
         pos_emb: Any,
+        frozen: Mapping[int, tuple[Tensor, Tensor]],
     ) -> Tensor:
-        return self.adapter.block(i, h, masks[self.adapter.window(i)], position_ids, pos_emb)
+        cache = _Prefixed(frozen) if frozen else None
+        mask = masks[self.adapter.window(i)]
+        return self.adapter.block(i, h, mask, position_ids, pos_emb, cache)
 
     def logits(self, apply: SteerFn | Mapping[int, SteerFn]) -> Float[Tensor, "n vocab"]:
         """Logits at the scored positions: of every group under ``apply``, or of the groups
         in the mapping ``{group: apply}``, each under its own function (in group order)."""
         chosen, spans = self.groups.select(apply)
-        if chosen == list(range(self.groups.count)):
+        if chosen == list(range(len(self.scored))):  # every row, as built
             h, masks, pos = self.h_start, self.masks, self.position_ids
-            pos_emb, steer, sign = self.pos_emb, self.steer_mask, self.sign
+            pos_emb, steer, sign, kv = self.pos_emb, self.steer_mask, self.sign, self.kv
         else:
             index = torch.tensor(chosen, dtype=torch.long, device=self.h_start.device)
             h, masks, pos = self.h_start[index], _take(self.masks, index), self.position_ids[index]
-            pos_emb = _take(self.pos_emb, index)
+            pos_emb, kv = _take(self.pos_emb, index), _take(self.kv, index)
             steer, sign = self.steer_mask[index], self.sign[index]
         steered = set(self.layers)
         for i in range(self.start, self.adapter.n_layers):
             if i in steered:
                 h = apply_spans(spans, i, h, steer, sign)
-            h = self._block(i, h, masks, pos, pos_emb)
+            h = self._block(i, h, masks, pos, pos_emb, kv)
         t = h.shape[1]
         flat = torch.tensor(
             [k * t + s for k, r in enumerate(chosen) for s in self.scored[r]],

@@ -19,6 +19,7 @@ from steerlens.studies.bench import (
     BenchSettings,
     EnsembleOfOneShot,
     OneShotEach,
+    OneShotK,
     RandomDirection,
     benchmark,
 )
@@ -109,6 +110,21 @@ def test_benchmark_rows_metrics_and_best_of(tiny, behaviours):
     assert set(board.index) == set(names)
     figs = result.figures()
     assert set(figs) == {"slopes", "tradeoff", "examples"}
+
+
+def test_every_one_shot_vector_is_trained_once_in_one_batched_call(tiny, behaviours, monkeypatch):
+    from steerlens.studies.bench import methods as methods_module
+
+    calls = []
+    real = methods_module.optimize_many
+    monkeypatch.setattr(
+        methods_module,
+        "optimize_many",
+        lambda model, jobs: calls.append(len(jobs)) or real(model, jobs),
+    )
+    chosen = [OneShotEach(), OneShotK(k=2, name="k=2"), EnsembleOfOneShot()]
+    benchmark(tiny, behaviours[:1], chosen, [1], SMALL)
+    assert calls == [SMALL.examples + 1]  # E singles (shared with the ensemble) and one k-group
 
 
 def test_the_equal_cost_multiplier_meets_the_budget(tiny, behaviours):
@@ -250,3 +266,12 @@ def test_a_folder_records_settings_that_rebuild_exactly(tiny, behaviours):
 
     spec = bench_spec(tiny, behaviours, [CAA(n=4)], [1], SMALL)
     assert BenchSettings.from_dict(spec["settings"], spec["optimizer"]) == SMALL
+
+
+def test_contrasts_collected_for_all_layers_at_once_equal_one_layer_at_a_time(tiny, behaviours):
+    both = benchmark(tiny, behaviours[:1], [CAA(n=4)], [0, 1], SMALL)
+    for layer in (0, 1):
+        alone = benchmark(tiny, behaviours[:1], [CAA(n=4)], [layer], SMALL)
+        got = both.vectors[("toy", layer, "CAA")].directions[layer]
+        want = alone.vectors[("toy", layer, "CAA")].directions[layer]
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

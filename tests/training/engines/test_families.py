@@ -250,3 +250,13 @@ def test_soft_capped_attention_keeps_the_eager_kernel():
     model = tiny_family_model("gemma2", n_layers=2)
     assert model.original_model.config.attn_logit_softcapping
     assert adapter_for(model).attention(model.original_model.config) == "eager"
+
+
+def test_a_prompt_before_its_first_steered_token_is_computed_once(family):
+    """With ``last:2`` every prompt token before its last two is frozen: its keys and values
+    are computed at construction, and each step runs only the other positions."""
+    _, model = family
+    _, tail, _ = _engines(model, "last:2", [1])
+    _, whole, _ = _engines(model, None, [1])
+    assert tail.kv and not whole.kv
+    assert tail.h_start.shape[1] < whole.h_start.shape[1]

@@ -161,8 +161,12 @@ class FamilyAdapter:
         mask: Tensor,
         position_ids: Tensor,
         positions: PositionEmbeddings,
+        cache: Any = None,
     ) -> Tensor:
-        """Block ``layer`` with the 4-D additive attention ``mask`` ``[batch, 1, pos, pos]``."""
+        """Block ``layer`` with the 4-D additive attention ``mask`` ``[batch, 1, queries,
+        keys]``. With ``cache`` (an object with Hugging Face's ``update(k, v, layer_idx)``), the
+        block's attention reads the keys and values ``cache.update`` returns, so ``mask``'s key
+        axis covers those."""
         raise NotImplementedError
 
     def final_norm(self, h: Tensor) -> Tensor:
@@ -217,12 +221,14 @@ class RotaryDecoder(FamilyAdapter):
         mask: Tensor,
         position_ids: Tensor,
         positions: PositionEmbeddings,
+        cache: Any = None,
     ) -> Tensor:
         out = self.layers[layer](
             h,
             attention_mask=mask,
             position_ids=position_ids,
             position_embeddings=self.rotary(positions, layer),
+            past_key_values=cache,
         )
         return _first(out)
 

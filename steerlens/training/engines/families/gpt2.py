@@ -33,8 +33,9 @@ class GPT2Adapter(FamilyAdapter):
         mask: Tensor,
         position_ids: Tensor,
         positions: PositionEmbeddings,
+        cache: Any = None,
     ) -> Tensor:
-        out = self.base.h[layer](h, attention_mask=mask)
+        out = self.base.h[layer](h, attention_mask=mask, past_key_values=cache)
         return out[0] if isinstance(out, tuple) else out
 
     def final_norm(self, h: Tensor) -> Tensor:

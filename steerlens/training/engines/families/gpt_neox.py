@@ -33,9 +33,14 @@ class GPTNeoXAdapter(FamilyAdapter):
         mask: Tensor,
         position_ids: Tensor,
         positions: PositionEmbeddings,
+        cache: Any = None,
     ) -> Tensor:
         out = self.base.layers[layer](
-            h, attention_mask=mask, position_ids=position_ids, position_embeddings=positions["rope"]
+            h,
+            attention_mask=mask,
+            position_ids=position_ids,
+            position_embeddings=positions["rope"],
+            layer_past=cache,
         )
         return out[0] if isinstance(out, tuple) else out
 
