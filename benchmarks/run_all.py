@@ -212,9 +212,10 @@ def table() -> str:
         many = RESULTS / f"many_steerings_{positions}.json"
         if many.exists():
             lines += _many_steerings_rows(json.loads(many.read_text()))
-    bench = RESULTS / "bench_miniature.json"
-    if bench.exists():
-        lines += _bench_rows(json.loads(bench.read_text()))
+    for size in ("default", "miniature"):
+        bench = RESULTS / f"bench_{size}.json"
+        if bench.exists():
+            lines += _bench_rows(size, json.loads(bench.read_text()))
     return "\n".join(lines)
 
 
@@ -242,10 +243,16 @@ def _many_steerings_rows(r: dict) -> list[str]:
     ]
 
 
-def _bench_rows(r: dict) -> list[str]:
-    phases = ", ".join(f"{k} {v:.0f} s" for k, v in r["phase_s"].items())
+BENCH_TITLES = {
+    "default": "The default benchmark (`steerlens bench run`'s defaults)",
+    "miniature": "The benchmark in miniature (notebook 09's settings)",
+}
+
+
+def _bench_rows(size: str, r: dict) -> list[str]:
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in r["phase_s"].items() if v >= 0.5)
     lines = [
-        "## The benchmark in miniature (`benchmarks/bench_miniature.py`, notebook 09's settings)",
+        f"## {BENCH_TITLES[size]}: `{r['command']}`",
         "",
         f"The embedded model, behaviours {', '.join(r['behaviours'])}, layer(s) "
         f"{', '.join(map(str, r['layers']))}, {r['threads']} CPU threads: {r['total_s']:.0f} s "
@@ -353,9 +360,10 @@ def main() -> None:
             "families.py",
             "coherent_refusal.py",
             "many_steerings.py",
-            "bench_miniature.py",
         ):
             subprocess.run([sys.executable, str(HERE / script)], check=True)
+        for size in ("default", "miniature"):
+            subprocess.run([sys.executable, str(HERE / "bench.py"), "--size", size], check=True)
     DOC.write_text(table())
     print(DOC.read_text())
 

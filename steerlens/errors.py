@@ -56,6 +56,10 @@ class ContextWindowError(SteerlensError):
     """Tokens that do not fit in the model's context window (``cfg.n_ctx``)."""
 
 
+class ContextWindowWarning(UserWarning):
+    """Generation stopped early because the model's context window is full."""
+
+
 class AnswerTokenError(SteerlensError):
     """An answer string (``"A"``, ``" Yes"``) that is not exactly one token."""
 

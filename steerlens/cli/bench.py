@@ -58,7 +58,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "are held out for testing; repeat for several",
     )
     brun.add_argument(
-        "--layers", type=int, nargs="+", default=[8], metavar="L", help="(default: 8)"
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="L",
+        help="(default: a quarter and half of the way up; 8 and 15 on the embedded model)",
     )
     brun.add_argument("--examples", type=positive_int, default=8, help="E (default: 8)")
     brun.add_argument(

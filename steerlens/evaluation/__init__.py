@@ -11,6 +11,8 @@
   `information_complexity`: base-model surprisal (section 2.2).
 - `next_token_logprobs`, `propensities`, `rollout_kl`: many steerings at once, every
   ``(steering, prompt)`` pair a row of shared batches.
+- `PromptScorer`: fixed prompts under many steerings of one position rule, with what no
+  steering changes (frozen prefixes, lower blocks) computed once.
 
 Every result is a small frozen dataclass that prints as a short table and has ``to_dict()``.
 
@@ -47,6 +49,7 @@ from steerlens.evaluation.rates import (
     behavior_change_rates,
     wilson_interval,
 )
+from steerlens.evaluation.scorer import PromptScorer
 from steerlens.evaluation.surprisal import (
     InformationComplexity,
     SurprisalComparison,
@@ -69,6 +72,7 @@ __all__ = [
     "InformationComplexity",
     "MetricResult",
     "ModelJudge",
+    "PromptScorer",
     "RateResult",
     "RefusalJudge",
     "StringMatchJudge",

@@ -231,11 +231,22 @@ def _verdict(value: Any) -> bool:
     )
 
 
-def judge_texts(judge: Judge, texts: Sequence[str]) -> list[bool]:
-    """Apply ``judge`` to every text (in one batch when it has ``judge_all``)."""
+def judge_texts(judge: Judge, texts: Sequence[str], *, where: str | None = None) -> list[bool]:
+    """Apply ``judge`` to every text (in one batch when it has ``judge_all``). With
+    ``where`` (e.g. ``"at layer 8, strength 2"``), an error the judge raises comes back as a
+    `SpecError` that names the place and the first text."""
     check_judge(judge)
     batch = getattr(judge, "judge_all", None)
-    verdicts = list(batch(texts)) if callable(batch) else [judge(t) for t in texts]
+    try:
+        verdicts = list(batch(texts)) if callable(batch) else [judge(t) for t in texts]
+    except Exception as err:
+        if where is None:
+            raise
+        first = short(texts[0], 60) if texts else "none"
+        raise SpecError(
+            f"the judge failed on the replies {where}: {type(err).__name__}: {err}; make "
+            f"judge(text) return a bool for every reply (first reply: {first})."
+        ) from err
     if len(verdicts) != len(texts):
         raise SpecError(
             f"the judge returned {len(verdicts)} verdicts for {len(texts)} texts; "

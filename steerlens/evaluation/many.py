@@ -31,15 +31,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import InputError, SpecError
+from steerlens.errors import SpecError
+from steerlens.evaluation.inputs import Prompts, check_in_vocab, check_token_ids, prompt_rows
 from steerlens.steering.steer import (
     RowSteering,
     check_row_steerings,
     resolve_steering,
     steer_rows,
 )
-
-Prompts = str | Sequence[str] | Sequence[Sequence[int]] | Sequence[Tensor]
 
 
 @torch.no_grad()
@@ -96,9 +95,9 @@ def next_token_logprobs(
         >>> torch.allclose(lp[1, 1], alone[0].log_softmax(-1)[[5, 6, 7]], atol=1e-5)
         True
     """
-    rows = _prompt_tokens(model, prompts, bos=bos)
+    rows = prompt_rows(model, prompts, bos=bos)
     plans, _ = _steerings(model, steerings)
-    ids = _token_ids(model, token_ids, what="token_ids")
+    ids = check_token_ids(model, token_ids, what="token_ids")
     runtime.check_batch_size(batch_size)
     return _next_token_logprobs(model, rows, plans, ids, batch_size, progress, prefixes)
 
@@ -155,10 +154,10 @@ def propensities(
         >>> propensities(model, prompts, plans, matching=[a, b], other=[b, a]).shape
         torch.Size([2, 2])
     """
-    rows = _prompt_tokens(model, prompts, bos=bos)
+    rows = prompt_rows(model, prompts, bos=bos)
     plans, _ = _steerings(model, steerings)
-    yes = _token_ids(model, matching, what="matching", count=len(rows))
-    no = _token_ids(model, other, what="other", count=len(rows))
+    yes = check_token_ids(model, matching, what="matching", count=len(rows))
+    no = check_token_ids(model, other, what="other", count=len(rows))
     same = [p for p, (m, o) in enumerate(zip(yes, no, strict=True)) if m == o]
     if same:
         raise SpecError(
@@ -232,7 +231,7 @@ def rollout_kl(
         >>> bool(kl[0].eq(0).all()), bool(kl[1].max() < 1e-5), bool(kl[2].min() > 0)
         (True, True, True)
     """
-    rows = _prompt_tokens(model, prompts, bos=bos)
+    rows = prompt_rows(model, prompts, bos=bos)
     plans, applies = _steerings(model, steerings)
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, numbers.Integral) or n_tokens < 1:
         raise SpecError(f"n_tokens must be an int >= 1, got {n_tokens!r}.")
@@ -252,7 +251,7 @@ def rollout_kl(
         if s < 0:
             reference[p] = lp
             continue
-        kl = _kl(lp, reference[p]).clamp_min(0.0)
+        kl = runtime.kl_of_logprobs(lp, reference[p]).clamp_min(0.0)
         out[s, starts[p] : starts[p] + sizes[p]] = kl.cpu()
         left[p] -= 1
         if not left[p]:
@@ -306,7 +305,7 @@ def _next_token_logprobs(
                     model, tokens, torch.ones_like(tokens), cache, cut, ctx
                 )
             if not checked:
-                _check_in_vocab(ids, logits.shape[-1], "token_ids", SpecError)
+                check_in_vocab(ids, logits.shape[-1], "token_ids", SpecError)
                 out = out.to(_wide(logits.dtype))
                 checked = True
             out[list(chunk), p] = _log_softmax(logits)[:, index].cpu().to(out.dtype)
@@ -325,7 +324,7 @@ def _next_token_logprobs(
                 runtime.TokenContext.prompts(ends),
             )
         if not checked:
-            _check_in_vocab(ids, logits.shape[-1], "token_ids", SpecError)
+            check_in_vocab(ids, logits.shape[-1], "token_ids", SpecError)
             out = out.to(_wide(logits.dtype))
             checked = True
         picked = _log_softmax(logits)[:, index].cpu()
@@ -456,14 +455,6 @@ def _log_softmax(logits: Tensor) -> Tensor:
     return logits.to(_wide(logits.dtype)).log_softmax(-1)
 
 
-def _kl(logp: Tensor, logq: Tensor) -> Tensor:
-    """``KL(p || q)`` per row from log-probabilities, in their dtype (terms with ``p = 0`` count
-    0). `steerlens.runtime.kl_divergence` computes in float32; this keeps a float64 model's
-    precision so that checks against one steering at a time are exact to float64 rounding."""
-    p = logp.exp()
-    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
-
-
 def _by_length(rows: Sequence[Sequence[int]]) -> list[int]:
     """Prompt indices, shortest rows first (ties in prompt order): batches pad little."""
     return sorted(range(len(rows)), key=lambda p: len(rows[p]))
@@ -476,99 +467,6 @@ def _steerings(
     whether each applies anything (``None`` or an empty list does not)."""
     plans = check_row_steerings(steerings)
     return plans, [bool(resolve_steering(model, plan)) for plan in plans]
-
-
-def _prompt_tokens(model: Any, prompts: Prompts, *, bos: bool) -> list[list[int]]:
-    """Each prompt's token ids: texts encoded once, token lists checked and kept."""
-    if isinstance(prompts, Tensor):
-        raise InputError(
-            "prompts is a tensor; pass a list of token lists (or of 1-D tensors), one per prompt."
-        )
-    items: list[Any]
-    if isinstance(prompts, (str, bytes, bytearray)) or not prompts:
-        # One text; anything else here (None, bytes, an empty list) gets check_prompts's error.
-        items = runtime.check_prompts(prompts)  # type: ignore[arg-type]
-    else:
-        items = list(prompts)
-    if isinstance(items[0], str):
-        texts = runtime.check_prompts(items)
-        rows = [runtime.encode(model, t, bos=bos) for t in texts]
-    else:
-        if bos:
-            raise SpecError(
-                "bos=True applies to text prompts; token lists are used as given, so put the "
-                "BOS id at their front yourself."
-            )
-        rows = [_token_row(item, i) for i, item in enumerate(items)]
-        vocab = runtime.vocab_size(model)
-        if vocab is not None:
-            for i, row in enumerate(rows):
-                _check_in_vocab(row, vocab, f"prompt {i}", InputError)
-    longest = max(range(len(rows)), key=lambda p: len(rows[p]))
-    runtime.check_fits(
-        model, len(rows[longest]), f"prompt {longest}", "use a shorter prompt or leave it out"
-    )
-    return rows
-
-
-def _token_row(item: Any, i: int) -> list[int]:
-    if isinstance(item, Tensor):
-        if item.dim() != 1 or item.is_floating_point() or item.is_complex():
-            raise InputError(
-                f"prompt {i} is a {item.dim()}-D {item.dtype} tensor; a tokenised prompt is a "
-                "1-D integer tensor or a list of ints."
-            )
-        item = item.tolist()
-    if isinstance(item, numbers.Integral):
-        raise InputError(
-            "prompts is a list of ints; pass a list of token lists, e.g. [ids] for one "
-            "tokenised prompt."
-        )
-    if isinstance(item, (str, bytes)) or not isinstance(item, Sequence):
-        raise InputError(
-            f"prompt {i} is a {type(item).__name__}; pass all prompts as text or all as token "
-            "lists (lists of ints)."
-        )
-    row = list(item)
-    if not row:
-        raise InputError(f"prompt {i} has no tokens; a prompt needs at least one.")
-    bad = next((t for t in row if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
-    if bad is not None:
-        raise InputError(f"prompt {i} holds {bad!r}, not a token id (an int).")
-    return [int(t) for t in row]
-
-
-def _token_ids(model: Any, ids: Sequence[int], *, what: str, count: int | None = None) -> list[int]:
-    """``ids`` as a list of ints inside the vocabulary (``count`` of them when given)."""
-    if isinstance(ids, Tensor):
-        ids = ids.tolist()
-    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
-        raise SpecError(
-            f"{what} must be a list of token ids, got {type(ids).__name__}; get ids with "
-            "steerlens.runtime.answer_token_ids(model, ['A', 'B'])."
-        )
-    out = list(ids)
-    if not out:
-        raise SpecError(f"{what} is empty; give at least one token id.")
-    if count is not None and len(out) != count:
-        raise SpecError(
-            f"{what} has {len(out)} token ids for {count} prompts; give one per prompt."
-        )
-    bad = next((t for t in out if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
-    if bad is not None:
-        raise SpecError(f"{what} holds {bad!r}, not a token id (an int).")
-    vocab = runtime.vocab_size(model)
-    if vocab is not None:
-        _check_in_vocab(out, vocab, what, SpecError)
-    return [int(t) for t in out]
-
-
-def _check_in_vocab(ids: Sequence[int], vocab: int, what: str, error: type[Exception]) -> None:
-    bad = [int(t) for t in ids if not 0 <= t < vocab]
-    if bad:
-        raise error(
-            f"{what} has token id(s) {bad[:8]} outside the model's vocabulary (0 to {vocab - 1})."
-        )
 
 
 __all__ = ["next_token_logprobs", "propensities", "rollout_kl"]

@@ -14,7 +14,6 @@ the cache cannot be read or written, a scratch folder for this process stands in
 from __future__ import annotations
 
 import atexit
-import contextlib
 import errno
 import functools
 import hashlib
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from steerlens.errors import CacheError, ModelError, SteerlensError
 from steerlens.loading.gguf_header import gguf_architecture
@@ -264,39 +264,42 @@ def publish_cache(staging: Path, folder: Path) -> Path:
     """Rename the complete ``staging`` folder to ``folder`` atomically; return ``folder``.
 
     When another process published ``folder`` first and it is valid, theirs is kept and
-    ``staging`` is left for the caller to delete. A damaged ``folder`` is renamed aside before
-    it is deleted, so a valid published folder is never deleted while someone reads it.
+    ``staging`` is left for the caller to delete. A damaged ``folder`` is replaced, under a
+    lock beside it (``.<name>.lock``) that every publisher takes, so no publisher ever moves a
+    valid folder aside while someone reads it. Where the lock cannot be made (a read-only
+    shared cache), the folder is only ever published, never replaced.
     """
-    for _ in range(10):
-        try:
-            os.rename(staging, folder)
-            return folder
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
+    try:
+        os.rename(staging, folder)
+        return folder
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+    lock = FileLock(str(folder.with_name(f".{folder.name}.lock")), timeout=STALE_STAGING_S)
+    try:
+        lock.acquire()
+        held = True
+    except OSError:  # no lock where we cannot write: keep whatever is there
+        held = False
+    try:
         state = cache_state(folder)
         if state == "valid":
             return folder
-        if state == "unreadable":
-            raise PermissionError(errno.EACCES, "cache folder exists but cannot be read", folder)
-        if state == "absent":
-            continue
-        aside = staging.with_name(staging.name + "_old")
-        try:
+        if state == "unreadable" or not held:
+            raise PermissionError(errno.EACCES, "cache folder exists but cannot be used", folder)
+        if state != "absent":  # damaged: no other publisher is in here to replace it
+            aside = staging.with_name(staging.name + "_old")
             os.rename(folder, aside)
-        except FileNotFoundError:
-            continue  # another process moved it first
-        if cache_is_valid(aside):
-            # Published by another process between our check and our rename: put it back.
-            # If yet another folder took its place, the swept name lets it go once we exit.
-            with contextlib.suppress(OSError):
-                os.rename(aside, folder)
-        else:
             shutil.rmtree(aside, ignore_errors=True)
-    raise CacheError(
-        f"could not publish the model cache {folder}: other processes kept replacing it; "
-        "load again, or set STEERLENS_CACHE to a folder of your own."
-    )
+        try:
+            os.rename(staging, folder)
+        except OSError as exc:  # published meanwhile by a first, lock-free rename
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not cache_is_valid(folder):
+                raise
+        return folder
+    finally:
+        if held:
+            lock.release()
 
 
 def sweep_stale_staging(root: Path, *, max_age_s: float = STALE_STAGING_S) -> list[Path]:

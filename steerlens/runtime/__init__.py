@@ -37,7 +37,12 @@ from steerlens.runtime.forward import (
     next_logits,
     score_rows,
 )
-from steerlens.runtime.logprobs import check_coldness, kl_divergence, token_logprobs
+from steerlens.runtime.logprobs import (
+    check_coldness,
+    kl_divergence,
+    kl_of_logprobs,
+    token_logprobs,
+)
 from steerlens.runtime.model import (
     HOOK_TEMPLATE,
     check_layer,
@@ -101,6 +106,7 @@ __all__ = [
     "hf_model_type",
     "hook_name",
     "kl_divergence",
+    "kl_of_logprobs",
     "last_logits",
     "left_pad",
     "logits_at",

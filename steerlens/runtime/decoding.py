@@ -4,13 +4,14 @@ reentrant steering."""
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from steerlens.errors import ContextWindowError, SpecError
+from steerlens.errors import ContextWindowError, ContextWindowWarning, SpecError
 from steerlens.runtime.batch import left_pad
 from steerlens.runtime.context import TokenContext
 from steerlens.runtime.forward import next_logits
@@ -28,10 +29,11 @@ def decode_tokens(
     """New token ids after each prompt, decoded together (left-padded, KV-cached).
 
     A row stops after its first end-of-turn token, which is kept; all rows stop at
-    ``max_new_tokens`` or the model's context window. ``temperature`` 0 is greedy; otherwise
-    row ``i``'s tokens are sampled from ``softmax(logits / temperature)`` with
-    ``generators[i]`` (one per row, so a row's sample does not depend on its batch). Steering hooks
-    installed around the call see the prompt as "prompt" and each new token as "generated".
+    ``max_new_tokens`` or, with a `ContextWindowWarning`, at the model's context window.
+    ``temperature`` 0 is greedy; otherwise row ``i``'s tokens are sampled from
+    ``softmax(logits / temperature)`` with ``generators[i]`` (one per row, so a row's sample
+    does not depend on its batch). Steering hooks installed around the call see the prompt as
+    "prompt" and each new token as "generated".
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -72,8 +74,16 @@ def decode_tokens(
     done = torch.zeros(len(token_lists), dtype=torch.bool, device=tokens.device)
     new_tokens: list[Tensor] = []
     cache, n_cached = None, 0
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         if window is not None and tokens.shape[1] >= window:
+            warnings.warn(
+                f"steerlens: generation stopped after {step} of max_new_tokens="
+                f"{max_new_tokens} tokens: the context window (cfg.n_ctx = {window}) is full "
+                f"(the longest prompt of the batch has {longest} tokens; shorter prompts are "
+                "padded to it); use shorter prompts or fewer new tokens.",
+                ContextWindowWarning,
+                stacklevel=2,
+            )
             break
         ctx = TokenContext(n_pad, prompt_end, offset=n_cached)
         logits, cache = next_logits(model, tokens, mask, cache, n_cached, ctx)

@@ -47,6 +47,21 @@ def kl_divergence(
     return terms.sum(-1)
 
 
+def kl_of_logprobs(
+    logp: Float[Tensor, "n vocab"], logq: Float[Tensor, "n vocab"]
+) -> Float[Tensor, " n"]:
+    """``KL(p || q)`` per row from two log-probability tensors, in their dtype (float64 stays
+    exact to its rounding); terms where ``p = 0`` count 0.
+
+    Example:
+        >>> p, q = torch.tensor([[0.5, 0.5]]).log(), torch.tensor([[0.9, 0.1]]).log()
+        >>> round(float(kl_of_logprobs(p, q)), 4)
+        0.5108
+    """
+    p = logp.exp()
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+
+
 def check_coldness(coldness: float) -> float:
     """``coldness`` as a float, or an error when it is not > 0."""
     if not coldness > 0:

@@ -68,7 +68,27 @@ def chat_prompt(model: Any, user_message: str, *, system: str | None = None) -> 
             "this model's tokenizer has no chat template, so chat=True cannot format prompts; "
             "pass chat=False and give the full prompt text."
         )
-    return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    formatted = str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    # A message that already holds the template's own special tokens was formatted before:
+    # templating it again nests one chat inside another.
+    marker = next((t for t in _template_markers(tok) if t in user_message), None)
+    if marker is not None:
+        raise InputError(
+            f"the prompt {user_message[:60]!r} already holds the chat template's {marker!r}, "
+            "so it looks chat-formatted; pass chat=False to use it as written, or pass the "
+            "bare user message."
+        )
+    return formatted
+
+
+def _template_markers(tok: Any) -> list[str]:
+    """The tokenizer's special tokens that its chat template writes around a message."""
+    probe = str(
+        tok.apply_chat_template(
+            [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+        )
+    )
+    return [t for t in getattr(tok, "all_special_tokens", []) if t and t in probe]
 
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:

@@ -27,6 +27,7 @@ from steerlens.studies.grid import (
     FrontierPoint,
     GridResult,
     GridSource,
+    check_budget,
     layer_strength_grid,
 )
 
@@ -371,6 +372,7 @@ def calibrate(
         1
     """
     swept = _layers(vector, layers)
+    check_budget(max_kl, max_nll_ratio, min_distinct)  # before any generation
     if max_kl is not None and neutral_prompts is None:
         raise SpecError(
             "max_kl limits the side-effect KL, which is measured on neutral prompts; pass "

@@ -33,7 +33,7 @@ from steerlens.errors import InputError, SpecError, SteerlensError
 from steerlens.evaluation.coherence import MetricResult, distinct_n, reply_nll, side_effect_kl
 from steerlens.evaluation.judges import Judge, judge_texts
 from steerlens.evaluation.rates import RateResult
-from steerlens.io.plain import short, to_plain
+from steerlens.io.plain import to_plain
 from steerlens.steering.generate import generate, generate_each
 from steerlens.steering.interventions import check_vector
 from steerlens.steering.positions import Positions, PositionsLike, as_positions
@@ -374,15 +374,7 @@ class GridResult:
             >>> res.frontier(max_kl=0.0).steering
             Steering(Add at layer [0], strength 0, all tokens)
         """
-        budget = {
-            name: _check_limit(name, value)
-            for name, value in (
-                ("max_kl", max_kl),
-                ("max_nll_ratio", max_nll_ratio),
-                ("min_distinct", min_distinct),
-            )
-            if value is not None
-        }
+        budget = check_budget(max_kl, max_nll_ratio, min_distinct)
         if "max_kl" in budget:
             self.get("kl")
         ok = np.ones((len(self.layers), len(self.strengths)), dtype=bool)
@@ -641,10 +633,39 @@ def _describe_budget(budget: Mapping[str, float]) -> str:
     return ", ".join(f"{words[k]} {v:g}" for k, v in budget.items())
 
 
+# Each limit's domain: a KL is >= 0, an NLL ratio > 0, distinct-n a fraction in [0, 1]; a limit
+# outside it admits no cell (or every cell), which is never what was meant.
+_LIMIT_DOMAINS = {
+    "max_kl": (0.0, math.inf, "a KL in nats >= 0"),
+    "max_nll_ratio": (0.0, math.inf, "a ratio of NLLs > 0 (1 = as fluent as unsteered)"),
+    "min_distinct": (0.0, 1.0, "a fraction between 0 and 1"),
+}
+
+
 def _check_limit(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
         raise SpecError(f"{name} must be a number (or None for no limit), got {value!r}.")
-    return float(value)
+    low, high, what = _LIMIT_DOMAINS[name]
+    number = float(value)
+    ok = low <= number <= high and not (name == "max_nll_ratio" and number == 0)
+    if not ok:
+        raise SpecError(f"{name} must be {what}, got {value!r}.")
+    return number
+
+
+def check_budget(
+    max_kl: float | None = None,
+    max_nll_ratio: float | None = None,
+    min_distinct: float | None = None,
+) -> dict[str, float]:
+    """The coherence budget's limits that apply, each checked against its domain.
+
+    Example:
+        >>> check_budget(max_kl=0.5)
+        {'max_kl': 0.5}
+    """
+    given = (("max_kl", max_kl), ("max_nll_ratio", max_nll_ratio), ("min_distinct", min_distinct))
+    return {name: _check_limit(name, value) for name, value in given if value is not None}
 
 
 def _nan_to_none(values: np.ndarray) -> list[list[float | None]]:
@@ -754,16 +775,6 @@ def _direction(model: Any, value: Any, layer: int) -> Tensor:
     return check_vector(value, name=what, d_model=runtime.d_model(model)).detach()
 
 
-def _judge(judge: Judge, replies: Sequence[str], where: str) -> list[bool]:
-    try:
-        return judge_texts(judge, replies)
-    except Exception as err:
-        raise SpecError(
-            f"the judge failed on the replies {where}: {type(err).__name__}: {err}; make "
-            f"judge(text) return a bool for every reply (first reply: {short(replies[0], 60)})."
-        ) from err
-
-
 def _measure(
     model: Any,
     prompts: list[str],
@@ -775,7 +786,9 @@ def _measure(
     n: int,
     batch_size: int,
 ) -> tuple[RateResult, MetricResult | None, MetricResult | None]:
-    rate = RateResult.from_outcomes(_judge(judge, replies, where), prompts=prompts, texts=replies)
+    rate = RateResult.from_outcomes(
+        judge_texts(judge, replies, where=where), prompts=prompts, texts=replies
+    )
     nll = None
     if any(replies):
         nll = reply_nll(model, prompts, replies, chat=chat, batch_size=batch_size)
@@ -951,4 +964,4 @@ def _value(result: MetricResult | None, attr: str) -> float:
     return math.nan if result is None else float(getattr(result, attr))
 
 
-__all__ = ["FrontierPoint", "GridResult", "layer_strength_grid"]
+__all__ = ["FrontierPoint", "GridResult", "check_budget", "layer_strength_grid"]

@@ -674,7 +674,9 @@ def generalization_matrix(
             batch_size=batch_size,
             progress=progress,
         )
-        verdicts = judge_texts(judge, [t for row in texts for t in row])
+        verdicts = judge_texts(
+            judge, [t for row in texts for t in row], where="of the generalization matrix"
+        )
         grid = torch.tensor(verdicts, dtype=torch.bool).reshape(len(texts), len(prompts))
         judged, baseline_judged = grid[:-1], grid[-1]
         replies = tuple(tuple(row) for row in texts[:-1])

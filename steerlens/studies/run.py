@@ -16,7 +16,7 @@ from typing import Any
 from steerlens import runtime
 from steerlens.errors import SpecError, StudyError
 from steerlens.steering.vector import SteeringVector
-from steerlens.studies.folder import IfChanged, StudyFolder
+from steerlens.studies.folder import IfChanged, StudyFolder, writer_lock
 from steerlens.studies.phases import Backend, PhaseOutcome, grid_sources
 from steerlens.studies.serial_backend import SerialBackend
 from steerlens.studies.spec import StudySpec, Unit
@@ -98,6 +98,21 @@ def run_study(
         spec = StudySpec.from_toml(spec)
     runtime.check_batch_size(batch_size)
     worker = _backend(backend, device, progress)
+    # One run at a time per folder: a second one would delete the first's temporary files.
+    with writer_lock(folder):
+        return _run(folder, spec, worker, if_changed, evaluate, batch_size, progress)
+
+
+def _run(
+    folder: str | Path,
+    spec: StudySpec,
+    worker: Backend,
+    if_changed: IfChanged,
+    evaluate: bool,
+    batch_size: int,
+    progress: bool | None,
+) -> StudyFolder:
+    """`run_study`'s phases, with the folder's writer lock held."""
     study = StudyFolder.prepare(folder, spec, if_changed=if_changed)
     units = spec.units()
     finished = study.finished()

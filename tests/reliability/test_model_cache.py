@@ -315,7 +315,21 @@ def test_publish_replaces_a_damaged_folder(tmp_path):
     assert cache_mod.publish_cache(staging, folder) == folder
     assert cache_mod.cache_is_valid(folder)
     assert (folder / "model.safetensors").read_bytes() == b"b" * 1000
-    assert [p.name for p in tmp_path.iterdir()] == [CACHE_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CACHE_NAME, f".{CACHE_NAME}.lock"])
+
+
+def test_a_damaged_folder_is_not_replaced_where_no_lock_can_be_made(tmp_path, monkeypatch):
+    folder = valid_cache(tmp_path / CACHE_NAME, fill=b"a")
+    (folder / "model.safetensors").write_bytes(b"a" * 10)
+    staging = valid_cache(tmp_path / f".{CACHE_NAME}.1@h.abc", fill=b"b")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "read-only", str(tmp_path))
+
+    monkeypatch.setattr(cache_mod.FileLock, "acquire", refuse)
+    with pytest.raises(PermissionError, match="cannot be used"):
+        cache_mod.publish_cache(staging, folder)
+    assert (folder / "model.safetensors").read_bytes() == b"a" * 10  # left as it was
 
 
 @pytest.mark.parametrize("damaged_first", [False, True])
@@ -349,7 +363,8 @@ def test_simultaneous_first_conversions_all_succeed(tmp_path, monkeypatch, damag
     for t in threads:
         t.join(60)
     assert results == [folder] * n
-    assert [p.name for p in folder.parent.iterdir()] == [CACHE_NAME]  # no staging left
+    left = sorted(p.name for p in folder.parent.iterdir())
+    assert left in ([CACHE_NAME], sorted([CACHE_NAME, f".{CACHE_NAME}.lock"]))  # no staging
 
 
 def test_no_writable_folder_at_all_is_a_cache_error(fake_gguf, monkeypatch):

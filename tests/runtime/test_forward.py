@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from steerlens import runtime
-from steerlens.errors import ContextWindowError, InputError, SpecError
+from steerlens.errors import ContextWindowError, ContextWindowWarning, InputError, SpecError
 
 
 def _plain_logprobs(model, ids, n_prompt):
@@ -70,6 +70,13 @@ def test_decoder_refuses_bad_settings_and_full_contexts(tiny):
         runtime.decode_tokens(tiny, [[5] * n_ctx], max_new_tokens=1)
 
 
+def test_a_generation_cut_by_the_context_window_says_so(tiny):
+    n_ctx = runtime.n_ctx(tiny)
+    with pytest.warns(ContextWindowWarning, match=r"stopped after 2 of max_new_tokens=10"):
+        out = runtime.decode_tokens(tiny, [[5] * (n_ctx - 2), [6]], max_new_tokens=10)
+    assert [len(o) <= 2 for o in out] == [True, True]
+
+
 def test_kl_divergence_is_zero_for_equal_distributions_and_positive_otherwise():
     p = torch.log_softmax(torch.randn(3, 10), -1)
     q = torch.log_softmax(torch.randn(3, 10), -1)
@@ -91,3 +98,10 @@ def test_the_bos_rule(tiny):
     ids = runtime.encode(tiny, text, bos=True)
     tokens, merged = runtime.completion_tokens(tiny, ids, text, " sat")
     assert not merged and tokens == runtime.encode(tiny, " sat")
+
+
+def test_a_prompt_that_is_already_chat_formatted_is_not_templated_again(tiny):
+    once = runtime.chat_prompt(tiny, "Hi")
+    with pytest.raises(InputError, match=r"already holds the chat template's '<\|im_start\|>'"):
+        runtime.format_prompts(tiny, [once], chat=True)
+    assert runtime.format_prompts(tiny, [once], chat=False) == [once]

@@ -151,3 +151,15 @@ def test_positions_restrict_every_cell_and_the_plan(tiny, vector):
         )
         assert tuple(steered) == cal.grid.replies_at(1, s)
     assert cal.grid.frontier().steering.positions == Positions.opening(2)
+
+
+@pytest.mark.parametrize(
+    ("limit", "value"),
+    [("max_nll_ratio", -1.0), ("max_nll_ratio", 0.0), ("max_kl", -0.5), ("min_distinct", 1.5)],
+)
+def test_a_budget_outside_its_domain_is_refused_before_any_generation(tiny, limit, value):
+    from steerlens.evaluation import StringMatchJudge
+
+    v = SteeringVector.from_tensor(torch.ones(64), layer=1, model=tiny)
+    with pytest.raises(SpecError, match=rf"{limit} must be"):
+        calibrate(tiny, v, ["never run"], StringMatchJudge(["x"]), **{limit: value})

@@ -218,3 +218,15 @@ def test_matrix_on_the_embedded_model(smol):
     assert m.replies is not None and m.replies[0][2] == steerlens.generate(
         smol, "The weather today is", vectors["Paris"], max_new_tokens=4
     )
+
+
+def test_a_failing_judge_is_named_with_the_place_and_a_reply(tiny, vectors):
+    def judge(text):
+        raise RuntimeError("judge offline")
+
+    with pytest.raises(
+        SpecError,
+        match=r"judge failed on the replies of the generalization.*"
+        r"RuntimeError: judge offline.*first reply",
+    ):
+        generalization_matrix(tiny, vectors, EXAMPLES, judge=judge, max_new_tokens=2)

@@ -4,6 +4,9 @@ the evaluation phase; ``steerlens study run``."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from steerlens.errors import LayerError, StudyError, StudyFolderError
 from steerlens.evaluation.judges import StringMatchJudge
 from steerlens.studies import phases as phases_mod
 from steerlens.studies import serial_backend as serial_mod
-from steerlens.studies.folder import StudyFolder
+from steerlens.studies.folder import StudyFolder, writer_lock
 from steerlens.studies.run import run_study
 from steerlens.studies.serial_backend import SerialBackend
 from steerlens.studies.spec import OptimizerSettings, StudySpec
@@ -405,3 +408,24 @@ def test_study_run_help_gives_every_default(capsys):
     for option in ("--folder", "--backend", "--batch-size", "--if-changed", "--threads"):
         assert option in out
     assert out.count("(default:") >= 7
+
+
+def test_a_folder_in_use_by_another_run_is_refused_with_its_holder(spec, tmp_path):
+    folder = tmp_path / "s"
+    with writer_lock(folder):
+        with pytest.raises(StudyFolderError, match=rf"in use by process {os.getpid()} on .+ since"):
+            run_study(spec, folder, progress=False)
+        assert not folder.exists()  # the refused run wrote nothing
+    assert run_study(spec, folder, progress=False).finished()  # free again
+
+
+def test_a_lock_left_by_a_process_that_died_is_recovered(tmp_path):
+    folder = tmp_path / "s"
+    code = (
+        "import os, sys; from steerlens.studies.folder import writer_lock\n"
+        "cm = writer_lock(sys.argv[1]); cm.__enter__(); os._exit(9)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], check=False)
+    assert done.returncode == 9
+    with writer_lock(folder):  # the OS released the dead process's lock
+        pass

@@ -20,7 +20,7 @@ from steerlens.studies.bench.methods import (
     default_methods,
 )
 from steerlens.studies.bench.results import BenchResult, CellResult
-from steerlens.studies.bench.run import benchmark
+from steerlens.studies.bench.run import benchmark, default_layers
 from steerlens.studies.bench.settings import BenchSettings
 
 __all__ = [
@@ -37,5 +37,6 @@ __all__ = [
     "RandomDirection",
     "Setup",
     "benchmark",
+    "default_layers",
     "default_methods",
 ]

@@ -30,7 +30,7 @@ from steerlens import runtime
 from steerlens.analysis.scale import residual_norms
 from steerlens.datasets import Behaviour, load_behaviour
 from steerlens.errors import SpecError
-from steerlens.evaluation.many import propensities, rollout_kl
+from steerlens.evaluation.scorer import PromptScorer
 from steerlens.steering.positions import Positions
 from steerlens.steering.steer import Steering
 from steerlens.steering.vector import SteeringVector
@@ -49,8 +49,10 @@ from steerlens.studies.bench.settings import (
     BEST_OF,
     CALIBRATION_FRACTIONS,
     DEFAULT_BEHAVIOURS,
+    LAYER_FRACTIONS,
     BenchSettings,
 )
+from steerlens.studies.folder import writer_lock
 
 
 def _unit(vector: SteeringVector, layer: int) -> torch.Tensor:
@@ -71,7 +73,7 @@ def benchmark(
     model: Any,
     behaviours: Sequence[str | Behaviour] = DEFAULT_BEHAVIOURS,
     methods: Sequence[Method] | None = None,
-    layers: Sequence[int] = (8,),
+    layers: Sequence[int] | None = None,
     settings: BenchSettings | None = None,
     *,
     folder: str | Path | None = None,
@@ -85,7 +87,8 @@ def benchmark(
             objects from your own files (`steerlens.datasets.load_behaviour`).
         methods: the entries to compare (default: `default_methods`); best-of-E is added
             when the single-example one-shot method is among them.
-        layers: the layers to steer at.
+        layers: the layers to steer at (default: `default_layers`, a quarter and half of the
+            way up).
         settings: a `BenchSettings`.
         folder: a folder to write each (behaviour, layer) cell to as it finishes; run again
             with the same arguments, it reads the finished cells and runs only the rest.
@@ -114,7 +117,7 @@ def benchmark(
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise SpecError(f"method names must differ, got {names}; give each a name=.")
-    layers = runtime.check_layers(model, list(layers))
+    layers = runtime.check_layers(model, default_layers(model) if layers is None else list(layers))
     data = [b if isinstance(b, Behaviour) else load_behaviour(b) for b in behaviours]
     for b in data:
         if len(b.test) == 0:
@@ -122,14 +125,42 @@ def benchmark(
     mmlu = load_behaviour("mmlu")
     positions = answer_positions(model)
     neutral = runtime.format_prompts(model, list(settings.neutral_prompts), chat=True)
-    others = {b.name: ABPrompts.of(model, b.test[: settings.entanglement_items]) for b in data}
-    others["mmlu"] = ABPrompts.of(model, mmlu.test[: settings.entanglement_items])
-    store = None
-    if folder is not None:
+    # Each behaviour's test items serve its own steerability and, their first ones, the other
+    # behaviours' entanglement; MMLU's only the latter.
+    n_test = max(settings.test_items, settings.entanglement_items)
+    sets = {b.name: ABPrompts.of(model, b.test[:n_test]) for b in data}
+    sets["mmlu"] = ABPrompts.of(model, mmlu.test[: settings.entanglement_items])
+    shared = Shared(
+        model,
+        positions,
+        tuple(layers),
+        neutral,
+        sets,
+        tuple(sets),
+        settings.batch_size,
+    )
+    if folder is None:
+        return BenchResult.of(
+            _cells(data, layers, methods, settings, shared, None, progress), settings
+        )
+    with writer_lock(folder):  # one run at a time writes a folder
         store = BenchFolder.open(folder, bench_spec(model, data, methods, layers, settings))
-    # Every cell scores the same prompts (a behaviour's test items at each layer, the others'
-    # as entanglement items): their unsteered prefixes are computed once for the whole run.
-    shared = Shared(neutral, others, runtime.PrefixStore(model, PREFIX_MEMORY), tuple(layers))
+        return BenchResult.of(
+            _cells(data, layers, methods, settings, shared, store, progress), settings
+        )
+
+
+def _cells(
+    data: Sequence[Behaviour],
+    layers: Sequence[int],
+    methods: Sequence[Method],
+    settings: BenchSettings,
+    shared: Shared,
+    store: BenchFolder | None,
+    progress: bool | None,
+) -> list[CellResult]:
+    """Every (behaviour, layer) cell: read from ``store`` when it finished before, else run
+    (and written to ``store``)."""
     cells = []
     for behaviour in data:
         for layer in layers:
@@ -138,12 +169,28 @@ def benchmark(
                 if progress:
                     print(f"bench: {behaviour.name} at layer {layer} read from the folder")
                 continue
-            cell = CellRun(model, behaviour, layer, positions, settings, shared, progress)
+            cell = CellRun(
+                shared.model, behaviour, layer, shared.positions, settings, shared, progress
+            )
             result = cell.run(methods)
             if store is not None:
                 store.write(result)
             cells.append(result)
-    return BenchResult.of(cells, settings)
+        shared.drop(f"{behaviour.name} validation")  # only this behaviour's cells use it
+    return cells
+
+
+def default_layers(model: Any) -> list[int]:
+    """The benchmark's default layers: a quarter and half of the way up the model (8 and 15
+    of the embedded model's 30).
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> default_layers(tiny_model())
+        [0, 1]
+    """
+    n = runtime.n_layers(model)
+    return sorted({min(n - 1, round(n * f)) for f in LAYER_FRACTIONS})
 
 
 def bench_spec(
@@ -192,31 +239,75 @@ def _cosines(vectors: dict[tuple[str, str], SteeringVector], layer: int) -> dict
     return {"labels": labels, "cosine": (units @ units.T).tolist()}
 
 
-# Memory for the unsteered prefixes kept across cells (bytes; the least recently used go first).
-PREFIX_MEMORY = 4 * 2**30
+# Steerings per forward pass in the calibration: its few short prompts make small batches.
+CALIBRATION_COPIES = 8
 
 
 @dataclass(frozen=True)
 class Shared:
-    """What every cell of one run uses: the chat-formatted neutral prompts of the
-    calibration, each data set's entanglement prompts, the prefix store and the run's layers;
-    and, filled as cells first need them, each layer's calibration unit and each behaviour's
-    contrasts (collected at every layer at once)."""
+    """What every cell of one run uses: the model, the position rule and the run's layers,
+    the chat-formatted neutral prompts of the calibration, and the A/B prompt sets the cells
+    score (each behaviour's test items and MMLU's; validation items are added per behaviour).
+    Filled as cells first need them: each layer's calibration unit, each behaviour's
+    contrasts (collected at every layer at once), and one `PromptScorer` per prompt set and
+    one for the calibration's rollouts, each computing its unsteered work once for every
+    vector, multiplier and layer of the run.
+    """
 
-    neutral: list[str]
-    others: dict[str, ABPrompts]
-    prefixes: runtime.PrefixStore
+    model: Any
+    positions: Positions
     layers: tuple[int, ...]
+    neutral: list[str]
+    sets: dict[str, ABPrompts]
+    test_sets: tuple[str, ...] = ()  # the sets entanglement is measured on
+    batch_size: int = 32
     scales: dict[int, float] = field(default_factory=dict)
     contrasts: dict[str, dict[tuple[int, int], torch.Tensor]] = field(default_factory=dict)
+    scorers: dict[str, PromptScorer] = field(default_factory=dict)
+    rollouts: dict[int, PromptScorer] = field(default_factory=dict)  # by rollout length
 
-    def scale(self, model: Any, layer: int) -> float:
+    def scale(self, layer: int) -> float:
         """The calibration grid's unit at ``layer``: the mean residual norm on the neutral
         prompts (first tokens left out)."""
         if layer not in self.scales:
-            norms = residual_norms(model, self.neutral, layers=[layer])
+            norms = residual_norms(self.model, self.neutral, layers=[layer])
             self.scales[layer] = float(norms.other_mean[0])
         return self.scales[layer]
+
+    def scorer(self, name: str) -> PromptScorer:
+        """The scorer of the prompt set ``name`` (built on first use)."""
+        if name not in self.scorers:
+            prompts = list(self.sets[name].prompts)
+            self.scorers[name] = PromptScorer(
+                self.model, prompts, self.positions, self.layers, batch_size=self.batch_size
+            )
+        return self.scorers[name]
+
+    def calibration(self, n_tokens: int) -> PromptScorer:
+        """The scorer of the neutral prompts, whose completions are the unsteered model's
+        greedy rollouts of ``n_tokens`` (decoded once): its ``kl`` is
+        `steerlens.evaluation.rollout_kl` along them."""
+        if n_tokens not in self.rollouts:
+            rows = [runtime.encode(self.model, t) for t in self.neutral]
+            rollouts: list[list[int]] = []
+            for chunk in runtime.chunks(len(rows), self.batch_size):
+                batch = [rows[i] for i in chunk]
+                rollouts += runtime.decode_tokens(self.model, batch, max_new_tokens=n_tokens)
+            self.rollouts[n_tokens] = PromptScorer(
+                self.model,
+                rows,
+                self.positions,
+                self.layers,
+                completions=rollouts,
+                batch_size=self.batch_size,
+                copies=CALIBRATION_COPIES,
+            )
+        return self.rollouts[n_tokens]
+
+    def drop(self, name: str) -> None:
+        """Forget a prompt set and its scorer (their memory is freed)."""
+        self.sets.pop(name, None)
+        self.scorers.pop(name, None)
 
 
 @dataclass
@@ -246,11 +337,11 @@ class CellRun:
 
     @property
     def scale(self) -> float:
-        return self.shared.scale(self.model, self.layer)
+        return self.shared.scale(self.layer)
 
     def run(self, methods: Sequence[Method]) -> CellResult:
         """Every phase of this cell, timed."""
-        others = {k: v for k, v in self.shared.others.items() if k != self.behaviour.name}
+        others = [k for k in self.shared.test_sets if k != self.behaviour.name]
         times: dict[str, float] = {}
         start = time.perf_counter()
 
@@ -274,8 +365,7 @@ class CellRun:
             lap(f"vectors: {method.name}")
         multipliers = self.calibrate(vectors)
         lap("calibration")
-        test = ABPrompts.of(self.model, self.behaviour.test[: self.settings.test_items])
-        curves, base = self.curves(vectors, multipliers, test)
+        curves, base = self.curves(vectors, multipliers)
         lap("steerability")
         changes = self.entanglement(vectors, multipliers, others)
         lap("entanglement")
@@ -315,14 +405,7 @@ class CellRun:
         plans = _plans(
             [u for u in units for _ in grid], self.layer, grid * len(units), self.positions
         )
-        kl = rollout_kl(
-            self.model,
-            self.shared.neutral,
-            plans,
-            n_tokens=self.settings.rollout_tokens,
-            batch_size=self.settings.batch_size,
-            prefixes=self.shared.prefixes,
-        )
+        kl = self.shared.calibration(self.settings.rollout_tokens).kl(plans)
         p95 = torch.quantile(kl.double(), 0.95, dim=1).reshape(len(units), len(grid)).numpy()
         return {
             label: metrics.calibrated_multiplier(np.asarray(grid), p95[i], self.settings.budget)
@@ -334,15 +417,15 @@ class CellRun:
         # and flagged (budget_reached=False), never silently treated as equal cost.
         return multiplier if multiplier is not None else CALIBRATION_FRACTIONS[-1] * self.scale
 
-    def _score(self, plans: Sequence[Steering | None], prompts: ABPrompts) -> np.ndarray:
-        scores = propensities(
-            self.model,
-            list(prompts.prompts),
+    def _score(self, plans: Sequence[Steering | None], name: str, n_items: int) -> np.ndarray:
+        """``[plans, items]`` propensities on the first ``n_items`` items of a prompt set."""
+        prompts = self.shared.sets[name]
+        rows = range(2 * min(n_items, len(prompts.prompts) // 2))
+        scores = self.shared.scorer(name).propensities(
             plans,
-            list(prompts.matching),
-            list(prompts.other),
-            batch_size=self.settings.batch_size,
-            prefixes=self.shared.prefixes,
+            [prompts.matching[r] for r in rows],
+            [prompts.other[r] for r in rows],
+            prompts=rows,
         )
         # Both letter orders of an item are adjacent: the item's propensity is their mean.
         return scores.double().reshape(len(plans), -1, 2).mean(-1).numpy()
@@ -351,7 +434,6 @@ class CellRun:
         self,
         vectors: dict[tuple[str, str], SteeringVector],
         multipliers: dict[str, float | None],
-        prompts: ABPrompts,
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Per vector, ``[items, grid]`` propensities; and the unsteered ``[items]``."""
         grid = [g for g in self.settings.grid if g != 0.0]
@@ -359,7 +441,7 @@ class CellRun:
         strengths = [g * self._strength(multipliers[label]) for _, label in vectors for g in grid]
         plans: list[Steering | None] = [None]
         plans += _plans([u for u in units for _ in grid], self.layer, strengths, self.positions)
-        scores = self._score(plans, prompts)
+        scores = self._score(plans, self.behaviour.name, self.settings.test_items)
         base = scores[0]
         out = {}
         for i, (_, label) in enumerate(vectors):
@@ -373,15 +455,15 @@ class CellRun:
         self,
         vectors: dict[tuple[str, str], SteeringVector],
         multipliers: dict[str, float | None],
-        others: dict[str, ABPrompts],
+        others: Sequence[str],
     ) -> dict[str, dict[str, float]]:
         """Per vector, the change of the behaviour rate on each other data set at equal cost."""
         units = self._units(vectors)
         strengths = [self._strength(multipliers[label]) for _, label in vectors]
         plans: list[Steering | None] = [None, *_plans(units, self.layer, strengths, self.positions)]
         changes: dict[str, dict[str, float]] = {label: {} for _, label in vectors}
-        for name, prompts in others.items():
-            scores = self._score(plans, prompts)
+        for name in others:
+            scores = self._score(plans, name, self.settings.entanglement_items)
             base = metrics.behaviour_rate(scores[0])
             for i, (_, label) in enumerate(vectors):
                 changes[label][name] = metrics.behaviour_rate(scores[1 + i]) - base
@@ -398,10 +480,11 @@ class CellRun:
         if not singles or not order:
             return None
         items = [self.behaviour.train[i] for i in order]
-        prompts = ABPrompts.of(self.model, items)
+        name = f"{self.behaviour.name} validation"
+        self.shared.sets.setdefault(name, ABPrompts.of(self.model, items))
         units = self._units(singles)
         strengths = [self._strength(multipliers[label]) for _, label in singles]
-        scores = self._score(_plans(units, self.layer, strengths, self.positions), prompts)
+        scores = self._score(_plans(units, self.layer, strengths, self.positions), name, len(items))
         labels = [label for _, label in singles]
         return labels[int(np.argmax(scores.mean(axis=1)))]
 
@@ -449,4 +532,4 @@ class CellRun:
         }
 
 
-__all__ = ["bench_spec", "benchmark"]
+__all__ = ["bench_spec", "benchmark", "default_layers"]

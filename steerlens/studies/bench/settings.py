@@ -20,6 +20,8 @@ NEUTRAL_PROMPTS = (
     "Tell me about the planet Mars.",
     "What does a carpenter do?",
 )
+# The default layers, as fractions of the model's depth (`default_layers`).
+LAYER_FRACTIONS = (0.25, 0.5)
 # Multipliers tried for calibration, as fractions of the layer's typical residual norm.
 CALIBRATION_FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 # The steerability grid, as fractions of each vector's equal-cost multiplier.

@@ -57,9 +57,13 @@ class HookedEngine:
         self.groups = Groups(row_group, [len(sp) for sp in score_pos])
         self.layout = score_layout(data, dev)
 
-    def logits(self, apply: SteerFn | Mapping[int, SteerFn]) -> Float[Tensor, "n vocab"]:
+    def logits(
+        self, apply: SteerFn | Mapping[int, SteerFn], *, start: int | None = None
+    ) -> Float[Tensor, "n vocab"]:
         """Logits at the scored positions: of every group under ``apply``, or of the groups
-        in the mapping ``{group: apply}``, each under its own function (in group order)."""
+        in the mapping ``{group: apply}``, each under its own function (in group order).
+        ``start`` (the lowest layer steered) is accepted for the packed engine's sake; every
+        forward here runs the whole model."""
         chosen, spans = self.groups.select(apply)
         dev = self.tokens.device
         index = torch.tensor(chosen, dtype=torch.long, device=dev)

@@ -26,6 +26,7 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.training.data import TokenizedDatapoint, score_layout
 from steerlens.training.engines.families import FamilyAdapter, adapter_for, architecture
+from steerlens.training.engines.families.base import KeyRecorder
 from steerlens.training.engines.steering import (
     Groups,
     SteerFn,
@@ -102,29 +103,6 @@ def _layout(packed: Sequence[_PackedRow]) -> tuple[list[list[int]], Tensor, int]
             [True] * len(r.frozen) + [False] * fill_f + [True] * len(live) + [False] * fill_l
         )
     return orders, torch.tensor(real), n_frozen
-
-
-class _Record:
-    """Keeps each layer's keys and values (what Hugging Face attention passes to a cache's
-    ``update``), detached, and hands them back unchanged."""
-
-    def __init__(self) -> None:
-        self.kv: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> Any:
-        self.kv[layer_idx] = (k.detach(), v.detach())
-        return k, v
-
-
-class _Prefixed:
-    """Puts the recorded keys and values of the frozen positions before each layer's own."""
-
-    def __init__(self, kv: Mapping[int, tuple[Tensor, Tensor]]) -> None:
-        self.kv = kv
-
-    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> Any:
-        fk, fv = self.kv[layer_idx]
-        return torch.cat([fk, k], dim=-2), torch.cat([fv, v], dim=-2)
 
 
 def _take(tree: Any, index: Tensor) -> Any:
@@ -207,12 +185,12 @@ class PackedEngine:
             for i in range(self.start):
                 h = adapter.block(i, h, masks[adapter.window(i)], position_ids, pos_emb)
             if n_frozen:
-                record, hf = _Record(), h[:, :n_frozen]
+                record, hf = KeyRecorder(), h[:, :n_frozen]
                 pos_f = position_ids[:, :n_frozen]
                 emb_f = adapter.positions(hf, pos_f)
                 for i in range(self.start, adapter.n_layers):
                     mask = masks[adapter.window(i)][:, :, :n_frozen, :n_frozen]
-                    hf = adapter.block(i, hf, mask, pos_f, emb_f, record)
+                    hf = adapter.block(i, hf, mask, pos_f, emb_f, record=record)
                 self.kv = record.kv
         # Each step runs the live slots only: their queries see every slot's keys.
         self.h_start = h[:, n_frozen:].detach()
@@ -228,6 +206,15 @@ class PackedEngine:
         self.scored = [[slot[k][s] for s in r.scored] for k, r in enumerate(packed)]
         self.groups = Groups(row_group, [len(s) for s in self.scored])
         self.layout = score_layout(data, dev)
+        # The unsteered live slots entering each steered layer, so that a call whose functions
+        # steer only higher layers starts there.
+        self.h_at = {self.start: self.h_start}
+        with torch.no_grad():
+            h = self.h_start
+            for i in range(self.start, self.layers[-1]):
+                h = self._block(i, h, self.masks, self.position_ids, self.pos_emb, self.kv)
+                if i + 1 in self.layers:
+                    self.h_at[i + 1] = h
 
     def _block(
         self,
@@ -238,24 +225,34 @@ class PackedEngine:
         pos_emb: Any,
         frozen: Mapping[int, tuple[Tensor, Tensor]],
     ) -> Tensor:
-        cache = _Prefixed(frozen) if frozen else None
         mask = masks[self.adapter.window(i)]
-        return self.adapter.block(i, h, mask, position_ids, pos_emb, cache)
+        return self.adapter.block(i, h, mask, position_ids, pos_emb, frozen.get(i))
 
-    def logits(self, apply: SteerFn | Mapping[int, SteerFn]) -> Float[Tensor, "n vocab"]:
+    def logits(
+        self, apply: SteerFn | Mapping[int, SteerFn], *, start: int | None = None
+    ) -> Float[Tensor, "n vocab"]:
         """Logits at the scored positions: of every group under ``apply``, or of the groups
-        in the mapping ``{group: apply}``, each under its own function (in group order)."""
+        in the mapping ``{group: apply}``, each under its own function (in group order).
+        ``start``: one of the engine's layers below which no function steers; the forward
+        begins there."""
+        first = self.start if start is None else start
+        if first not in self.h_at:
+            raise ValueError(f"start must be one of the engine's layers {self.layers}")
         chosen, spans = self.groups.select(apply)
         if chosen == list(range(len(self.scored))):  # every row, as built
-            h, masks, pos = self.h_start, self.masks, self.position_ids
+            h, masks, pos = self.h_at[first], self.masks, self.position_ids
             pos_emb, steer, sign, kv = self.pos_emb, self.steer_mask, self.sign, self.kv
         else:
             index = torch.tensor(chosen, dtype=torch.long, device=self.h_start.device)
-            h, masks, pos = self.h_start[index], _take(self.masks, index), self.position_ids[index]
+            h, masks, pos = (
+                self.h_at[first][index],
+                _take(self.masks, index),
+                self.position_ids[index],
+            )
             pos_emb, kv = _take(self.pos_emb, index), _take(self.kv, index)
             steer, sign = self.steer_mask[index], self.sign[index]
         steered = set(self.layers)
-        for i in range(self.start, self.adapter.n_layers):
+        for i in range(first, self.adapter.n_layers):
             if i in steered:
                 h = apply_spans(spans, i, h, steer, sign)
             h = self._block(i, h, masks, pos, pos_emb, kv)

@@ -221,7 +221,7 @@ def test_the_fast_path_runs_the_family_modules_without_changing_the_model(family
     """The packed engine runs unwrapped Hugging Face modules (no bridge hooks, fused attention
     where the family allows it) that share the model's parameters; the model, its config and
     its hooks are untouched."""
-    from steerlens.training.engines.families.base import unwrapped
+    from steerlens.training.engines.families.base import FROZEN_ATTENTION, unwrapped
 
     _, model = family
     hf = model.original_model
@@ -235,7 +235,7 @@ def test_the_fast_path_runs_the_family_modules_without_changing_the_model(family
     assert {id(p) for p in shadow.parameters()} <= {id(p) for p in hf.parameters()}
     assert hf.config._attn_implementation == before
     softcap = getattr(hf.config, "attn_logit_softcapping", None)
-    expected = "eager" if softcap else "sdpa"
+    expected = "eager" if softcap else FROZEN_ATTENTION
     assert {m.config._attn_implementation for m in modules if "config" in vars(m)} == {expected}
     # The model still fires its hook points, and a second shadow is independent of the first.
     seen = []
@@ -260,3 +260,29 @@ def test_a_prompt_before_its_first_steered_token_is_computed_once(family):
     _, whole, _ = _engines(model, None, [1])
     assert tail.kv and not whole.kv
     assert tail.h_start.shape[1] < whole.h_start.shape[1]
+
+
+def test_frozen_prefix_attention_equals_sdpa_over_the_concatenated_keys():
+    """Grouped-query attention over frozen keys and the block's own, without concatenating or
+    repeating them, gives what PyTorch's kernel gives on the concatenation (repeated per
+    query head), under an additive mask that hides some keys."""
+    from steerlens.training.engines.families.base import frozen_prefix_attention
+
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    b, heads, kv, q, n, d = 2, 6, 2, 3, 5, 4
+    query, key, value = rand(b, heads, q, d), rand(b, kv, q, d), rand(b, kv, q, d)
+    fk, fv = rand(b, kv, n, d), rand(b, kv, n, d)
+    hidden = torch.rand(b, 1, q, n + q, generator=gen) < 0.3
+    hidden[..., n:] = False  # every query sees its own keys
+    mask = torch.zeros(b, 1, q, n + q, dtype=torch.float64).masked_fill(hidden, -1e9)
+    out, _ = frozen_prefix_attention(None, query, key, value, mask, scaling=0.7, frozen=(fk, fv))
+    keys = torch.cat([fk, key], dim=2).repeat_interleave(heads // kv, dim=1)
+    values = torch.cat([fv, value], dim=2).repeat_interleave(heads // kv, dim=1)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        query, keys, values, attn_mask=mask, scale=0.7
+    )
+    torch.testing.assert_close(out, want.transpose(1, 2), atol=1e-12, rtol=0)

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 # Per-layer-type position embeddings (e.g. rotary ``(cos, sin)``), batch first.
 PositionEmbeddings = dict[str, Any]
@@ -107,9 +109,82 @@ def unwrapped(module: torch.nn.Module, attention: str | None = None) -> torch.nn
     return visit(module)
 
 
+# The attention implementation the packed engine's modules run: PyTorch's fused
+# ``scaled_dot_product_attention``, or, when a block is given the keys and values of frozen
+# positions (``frozen=(keys, values)``), attention over those and the block's own keys without
+# concatenating them or repeating them per query head (grouped-query attention reads each key
+# once), which is most of a step's memory traffic when few positions are live.
+FROZEN_ATTENTION = "steerlens_frozen_prefix"
+
+
+def frozen_prefix_attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    frozen: tuple[Tensor, Tensor] | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """Hugging Face's attention interface: ``query`` ``[batch, heads, q, dim]``, ``key`` and
+    ``value`` ``[batch, kv_heads, k, dim]``, ``attention_mask`` additive over the frozen keys
+    then the block's own; returns ``[batch, q, heads, dim]``."""
+    if frozen is None:
+        sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        return sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)  # type: ignore[no-any-return]
+    frozen_k, frozen_v = frozen
+    b, h, q, d = query.shape
+    kv = key.shape[1]
+    # Query head kv * g + r reads key head kv (as repeat_kv lays them out).
+    grouped = query.reshape(b, kv, (h // kv) * q, d)
+    scale = scaling if scaling is not None else d**-0.5
+    scores = (
+        torch.cat(
+            [grouped @ frozen_k.transpose(-1, -2), grouped @ key.transpose(-1, -2)], dim=-1
+        ).view(b, kv, h // kv, q, -1)
+        * scale
+    )
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, None, :, : scores.shape[-1]]
+    wide = torch.promote_types(query.dtype, torch.float32)
+    probs = scores.softmax(-1, dtype=wide).to(query.dtype).view(b, kv, (h // kv) * q, -1)
+    n = frozen_k.shape[-2]
+    out = probs[..., :n] @ frozen_v + probs[..., n:] @ value
+    return out.view(b, h, q, d).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(FROZEN_ATTENTION, frozen_prefix_attention)
+
+
 def soft_cap(x: Tensor, cap: float | None) -> Tensor:
     """``cap * tanh(x / cap)`` (Gemma's logit soft-capping); ``x`` unchanged without a cap."""
     return x if not cap else torch.tanh(x / cap) * cap
+
+
+class KeyRecorder:
+    """A stand-in cache that keeps each layer's keys and values (what Hugging Face attention
+    passes to ``update``), detached, and hands them back unchanged."""
+
+    def __init__(self) -> None:
+        self.kv: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> Any:
+        self.kv[layer_idx] = (k.detach(), v.detach())
+        return k, v
+
+
+class PrefixedKeys:
+    """A stand-in cache (Hugging Face attention calls ``update(k, v, layer_idx)``) that puts
+    one layer's frozen keys and values before the block's own."""
+
+    def __init__(self, frozen: tuple[Tensor, Tensor]) -> None:
+        self.frozen = frozen
+
+    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> Any:
+        fk, fv = self.frozen
+        return torch.cat([fk, k], dim=-2), torch.cat([fv, v], dim=-2)
 
 
 def _first(out: Any) -> Tensor:
@@ -125,6 +200,8 @@ class FamilyAdapter:
 
     family: ClassVar[str] = ""
     architectures: ClassVar[tuple[str, ...]] = ()
+    # The keyword under which the family's blocks take a KV cache.
+    cache_keyword: ClassVar[str] = "past_key_values"
 
     def __init__(self, hf: Any) -> None:
         self.hf: Any = unwrapped(hf, self.attention(hf.config))
@@ -132,10 +209,27 @@ class FamilyAdapter:
 
     @staticmethod
     def attention(config: Any) -> str:
-        """The attention implementation the packed engine runs: PyTorch's fused
-        ``scaled_dot_product_attention``, except where the family soft-caps attention scores
-        (which that kernel cannot do)."""
-        return "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
+        """The attention implementation the packed engine runs: `frozen_prefix_attention`
+        (PyTorch's fused ``scaled_dot_product_attention`` on whole sequences), except where
+        the family soft-caps attention scores (``"eager"``, the family's own)."""
+        if getattr(config, "attn_logit_softcapping", None):
+            return "eager"
+        return FROZEN_ATTENTION
+
+    def attention_kwargs(
+        self, frozen: tuple[Tensor, Tensor] | None = None, record: KeyRecorder | None = None
+    ) -> dict[str, Any]:
+        """The keyword arguments of a block call that give its attention the keys and values
+        of frozen positions (straight to `frozen_prefix_attention`, or, for the family's own
+        eager attention, as a cache that puts them first), or that record its keys and values
+        into ``record``."""
+        if record is not None:
+            return {self.cache_keyword: record}
+        if frozen is None:
+            return {}
+        if self.attention(self.config) == FROZEN_ATTENTION:
+            return {"frozen": frozen}
+        return {self.cache_keyword: PrefixedKeys(frozen)}
 
     @property
     def n_layers(self) -> int:
@@ -161,12 +255,14 @@ class FamilyAdapter:
         mask: Tensor,
         position_ids: Tensor,
         positions: PositionEmbeddings,
-        cache: Any = None,
+        frozen: tuple[Tensor, Tensor] | None = None,
+        record: KeyRecorder | None = None,
     ) -> Tensor:
         """Block ``layer`` with the 4-D additive attention ``mask`` ``[batch, 1, queries,
-        keys]``. With ``cache`` (an object with Hugging Face's ``update(k, v, layer_idx)``), the
-        block's attention reads the keys and values ``cache.update`` returns, so ``mask``'s key
-        axis covers those."""
+        keys]``. With ``frozen`` (this layer's keys and values of frozen positions,
+        ``[batch, kv_heads, n, dim]`` each), attention reads those before the block's own, and
+        ``mask``'s key axis covers both; with ``record``, the block's keys and values are kept
+        there (`attention_kwargs`)."""
         raise NotImplementedError
 
     def final_norm(self, h: Tensor) -> Tensor:
@@ -221,14 +317,15 @@ class RotaryDecoder(FamilyAdapter):
         mask: Tensor,
         position_ids: Tensor,
         positions: PositionEmbeddings,
-        cache: Any = None,
+        frozen: tuple[Tensor, Tensor] | None = None,
+        record: KeyRecorder | None = None,
     ) -> Tensor:
         out = self.layers[layer](
             h,
             attention_mask=mask,
             position_ids=position_ids,
             position_embeddings=self.rotary(positions, layer),
-            past_key_values=cache,
+            **self.attention_kwargs(frozen, record),
         )
         return _first(out)
 

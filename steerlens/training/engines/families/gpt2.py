@@ -4,7 +4,12 @@ from typing import Any
 
 from torch import Tensor
 
-from steerlens.training.engines.families.base import FamilyAdapter, PositionEmbeddings, register
+from steerlens.training.engines.families.base import (
+    FamilyAdapter,
+    KeyRecorder,
+    PositionEmbeddings,
+    register,
+)
 
 
 @register
@@ -33,9 +38,10 @@ class GPT2Adapter(FamilyAdapter):
         mask: Tensor,
         position_ids: Tensor,
         positions: PositionEmbeddings,
-        cache: Any = None,
+        frozen: tuple[Tensor, Tensor] | None = None,
+        record: KeyRecorder | None = None,
     ) -> Tensor:
-        out = self.base.h[layer](h, attention_mask=mask, past_key_values=cache)
+        out = self.base.h[layer](h, attention_mask=mask, **self.attention_kwargs(frozen, record))
         return out[0] if isinstance(out, tuple) else out
 
     def final_norm(self, h: Tensor) -> Tensor:

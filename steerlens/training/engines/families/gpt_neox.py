@@ -4,7 +4,12 @@ from typing import Any
 
 from torch import Tensor
 
-from steerlens.training.engines.families.base import FamilyAdapter, PositionEmbeddings, register
+from steerlens.training.engines.families.base import (
+    FamilyAdapter,
+    KeyRecorder,
+    PositionEmbeddings,
+    register,
+)
 
 
 @register
@@ -15,6 +20,7 @@ class GPTNeoXAdapter(FamilyAdapter):
 
     family = "GPT-NeoX"
     architectures = ("GPTNeoXForCausalLM",)
+    cache_keyword = "layer_past"
 
     def __init__(self, hf: Any) -> None:
         super().__init__(hf)
@@ -33,14 +39,15 @@ class GPTNeoXAdapter(FamilyAdapter):
         mask: Tensor,
         position_ids: Tensor,
         positions: PositionEmbeddings,
-        cache: Any = None,
+        frozen: tuple[Tensor, Tensor] | None = None,
+        record: KeyRecorder | None = None,
     ) -> Tensor:
         out = self.base.layers[layer](
             h,
             attention_mask=mask,
             position_ids=position_ids,
             position_embeddings=positions["rope"],
-            layer_past=cache,
+            **self.attention_kwargs(frozen, record),
         )
         return out[0] if isinstance(out, tuple) else out
 

@@ -1,0 +1,122 @@
+"""Checked inputs of the evaluations that score prompts: prompts as token rows, and token ids
+inside the vocabulary."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from steerlens import runtime
+from steerlens.errors import InputError, SpecError
+
+# Texts used as written, or token lists (lists of ids or 1-D tensors) used as given.
+Prompts = str | Sequence[str] | Sequence[Sequence[int]] | Sequence[Tensor]
+
+
+def prompt_rows(model: Any, prompts: Prompts, *, bos: bool = False) -> list[list[int]]:
+    """Each prompt's token ids: texts encoded once, token lists checked and kept.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> prompt_rows(tiny_model(), [[5, 6], [7]])
+        [[5, 6], [7]]
+    """
+    if isinstance(prompts, Tensor):
+        raise InputError(
+            "prompts is a tensor; pass a list of token lists (or of 1-D tensors), one per prompt."
+        )
+    items: list[Any]
+    if isinstance(prompts, (str, bytes, bytearray)) or not prompts:
+        # One text; anything else here (None, bytes, an empty list) gets check_prompts's error.
+        items = runtime.check_prompts(prompts)  # type: ignore[arg-type]
+    else:
+        items = list(prompts)
+    if isinstance(items[0], str):
+        texts = runtime.check_prompts(items)
+        rows = [runtime.encode(model, t, bos=bos) for t in texts]
+    else:
+        if bos:
+            raise SpecError(
+                "bos=True applies to text prompts; token lists are used as given, so put the "
+                "BOS id at their front yourself."
+            )
+        rows = [token_row(item, i) for i, item in enumerate(items)]
+        vocab = runtime.vocab_size(model)
+        if vocab is not None:
+            for i, row in enumerate(rows):
+                check_in_vocab(row, vocab, f"prompt {i}", InputError)
+    longest = max(range(len(rows)), key=lambda p: len(rows[p]))
+    runtime.check_fits(
+        model, len(rows[longest]), f"prompt {longest}", "use a shorter prompt or leave it out"
+    )
+    return rows
+
+
+def token_row(item: Any, i: int) -> list[int]:
+    """Prompt ``i`` given as tokens, checked: a list of int ids."""
+    if isinstance(item, Tensor):
+        if item.dim() != 1 or item.is_floating_point() or item.is_complex():
+            raise InputError(
+                f"prompt {i} is a {item.dim()}-D {item.dtype} tensor; a tokenised prompt is a "
+                "1-D integer tensor or a list of ints."
+            )
+        item = item.tolist()
+    if isinstance(item, numbers.Integral):
+        raise InputError(
+            "prompts is a list of ints; pass a list of token lists, e.g. [ids] for one "
+            "tokenised prompt."
+        )
+    if isinstance(item, (str, bytes)) or not isinstance(item, Sequence):
+        raise InputError(
+            f"prompt {i} is a {type(item).__name__}; pass all prompts as text or all as token "
+            "lists (lists of ints)."
+        )
+    row = list(item)
+    if not row:
+        raise InputError(f"prompt {i} has no tokens; a prompt needs at least one.")
+    bad = next((t for t in row if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+    if bad is not None:
+        raise InputError(f"prompt {i} holds {bad!r}, not a token id (an int).")
+    return [int(t) for t in row]
+
+
+def check_token_ids(
+    model: Any, ids: Sequence[int], *, what: str, count: int | None = None
+) -> list[int]:
+    """``ids`` as a list of ints inside the vocabulary (``count`` of them when given)."""
+    if isinstance(ids, Tensor):
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise SpecError(
+            f"{what} must be a list of token ids, got {type(ids).__name__}; get ids with "
+            "steerlens.runtime.answer_token_ids(model, ['A', 'B'])."
+        )
+    out = list(ids)
+    if not out:
+        raise SpecError(f"{what} is empty; give at least one token id.")
+    if count is not None and len(out) != count:
+        raise SpecError(
+            f"{what} has {len(out)} token ids for {count} prompts; give one per prompt."
+        )
+    bad = next((t for t in out if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+    if bad is not None:
+        raise SpecError(f"{what} holds {bad!r}, not a token id (an int).")
+    vocab = runtime.vocab_size(model)
+    if vocab is not None:
+        check_in_vocab(out, vocab, what, SpecError)
+    return [int(t) for t in out]
+
+
+def check_in_vocab(ids: Sequence[int], vocab: int, what: str, error: type[Exception]) -> None:
+    """Raise ``error`` naming ``what`` when an id is outside ``0 .. vocab - 1``."""
+    bad = [int(t) for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise error(
+            f"{what} has token id(s) {bad[:8]} outside the model's vocabulary (0 to {vocab - 1})."
+        )
+
+
+__all__ = ["Prompts", "check_in_vocab", "check_token_ids", "prompt_rows", "token_row"]
