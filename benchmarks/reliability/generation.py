@@ -95,6 +95,14 @@ CASES = cases(
         ),
         ("system=123 with chat", _gen(chat=True, system=123), None, "system"),
         (
+            "a prompt already chat-formatted, with chat=True",
+            lambda c: steerlens.generate(
+                c.tiny, steerlens.runtime.chat_prompt(c.tiny, "hi"), chat=True, max_new_tokens=2
+            ),
+            None,
+            "chat template",
+        ),
+        (
             "chat=True on a model without a chat template",
             lambda c: without_chat_template(c, _gen(chat=True)),
             None,

@@ -10,7 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from steerlens.studies import StudyFolder, StudySpec, run_study
+import torch
+
+from steerlens import SteeringVector
+from steerlens.evaluation import StringMatchJudge
+from steerlens.studies import StudyFolder, StudySpec, calibrate, run_study
+from steerlens.studies.folder import writer_lock
 from steerlens.studies.serial_backend import SerialBackend
 
 from .helpers import SPEC
@@ -130,6 +135,21 @@ def _damaged_db(ctx: Ctx) -> Any:
     return _run(ctx, folder)
 
 
+def _in_use(ctx: Ctx) -> Any:
+    folder = ctx.path("busy")
+    with writer_lock(folder):  # as another run holds it
+        return _run(ctx, folder)
+
+
+def _calibrate(**budget: Any) -> Callable[[Ctx], Any]:
+    def run(ctx: Ctx) -> Any:
+        vector = SteeringVector.from_tensor(torch.ones(64), layer=1, model=ctx.tiny)
+        judge = StringMatchJudge(["x"])
+        return calibrate(ctx.tiny, vector, ["hi"], judge, max_new_tokens=2, **budget)
+
+    return run
+
+
 # (name, run, ok: None where only an error is right, what the error must name)
 CASES = cases(
     "studies",
@@ -160,5 +180,9 @@ CASES = cases(
             lambda done: len(done) == 1 or "lost",
         ),
         ("a damaged study database", _damaged_db, None, "damaged"),
+        ("a folder in use by another run", _in_use, None, "in use by process"),
+        ("calibrate(max_nll_ratio=-1)", _calibrate(max_nll_ratio=-1), None, "max_nll_ratio"),
+        ("calibrate(min_distinct=2)", _calibrate(min_distinct=2), None, "min_distinct"),
+        ("calibrate(max_kl=-0.1)", _calibrate(max_kl=-0.1), None, "max_kl"),
     ],
 )
