@@ -90,7 +90,15 @@ def atomic_path(path: str | os.PathLike[str], *, example_name: str = "output") -
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            written = tmp.stat().st_size if tmp.exists() else 0
+            raise OutputPathError(
+                f"writing {str(target)!r} failed after {written} bytes: {exc.strerror or exc}; "
+                "nothing was replaced (a file saved there before is intact). Free space or "
+                "raise the file-size limit (ulimit -f), then save again."
+            ) from exc
         # mkstemp makes the file private (0600); give it the mode a plain open() would have.
         os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask())
         os.replace(tmp, target)

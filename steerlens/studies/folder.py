@@ -436,6 +436,15 @@ class StudyFolder:
         try:
             with con:
                 yield con
+        except sqlite3.OperationalError as exc:
+            # e.g. "disk I/O error" or "database or disk is full": say where, and that what
+            # finished before is kept (the transaction was rolled back, nothing half-written).
+            raise StudyFolderError(
+                f"writing the study folder {str(self.path)!r} failed: {exc} (a full disk, a "
+                "file-size limit or a lost connection to the folder's drive); this step was "
+                "rolled back and every result saved before it is kept. Free space and run the "
+                "study again: it resumes."
+            ) from exc
         finally:
             con.close()
 

@@ -462,7 +462,7 @@ def test_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("safetensors.torch.save_file", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputPathError, match=r"v.safetensors' failed after \d+ bytes: disk full"):
         _vec(seed=5).save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["v.safetensors"]

@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 import steerlens
 from steerlens import SteeringVector
-from steerlens.errors import ModelMismatchError, SteerlensError, VectorFileError, VectorShapeError
+from steerlens.errors import (
+    ModelMismatchError,
+    OutputPathError,
+    SteerlensError,
+    VectorFileError,
+    VectorShapeError,
+)
 from steerlens.io.gguf_format import read_control_vector
 from steerlens.steering.steer import Steering
 
@@ -87,7 +93,7 @@ def test_failed_save_keeps_the_old_file(tmp_path, tiny, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("safetensors.torch.save_file", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputPathError, match=r"v.safetensors' failed after \d+ bytes: disk full"):
         _vec(tiny, seed=5).save(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.safetensors"]

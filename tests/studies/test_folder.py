@@ -179,3 +179,16 @@ def test_an_interrupted_creation_is_completed(tmp_path, spec):
     (tmp_path / "s" / "results.sqlite").unlink()
     folder = StudyFolder.prepare(tmp_path / "s", spec)
     assert (tmp_path / "s" / "spec.toml").is_file() and folder.table().empty
+
+
+def test_a_full_disk_during_a_write_names_the_folder_and_keeps_what_was_saved(
+    tmp_path, spec, results
+):
+    folder = StudyFolder.prepare(tmp_path / "study", spec)
+    unit, result = next(iter(results.items()))
+    folder.record(unit, result)
+    with pytest.raises(StudyFolderError, match=r"study' failed: database or disk is full.*kept"):
+        with folder.transaction() as con:
+            con.execute("DELETE FROM units")
+            raise sqlite3.OperationalError("database or disk is full")
+    assert folder.finished() == {unit.name}  # rolled back: nothing lost
