@@ -314,3 +314,42 @@ def test_report_writes_a_vector_card(tiny_loaded, tiny, capsys, tmp_path):
     assert cli.main(["report", str(path), "-o", str(page)]) == 0
     assert f"wrote {page}" in capsys.readouterr().out
     assert "one_shot_optimization" in page.read_text()
+
+
+def test_generate_and_sweep_apply_a_vector_at_the_positions_asked(
+    tiny_loaded, tiny, capsys, tmp_path, monkeypatch
+):
+    """``--positions`` reaches the plan (generate) and the grid (sweep); a typo or a rule
+    without a vector is refused before the model loads."""
+    import importlib
+
+    generate_mod = importlib.import_module("steerlens.steering.generate")
+    grid_mod = importlib.import_module("steerlens.studies.grid")
+    from steerlens import Positions
+
+    vector = steerlens.SteeringVector.from_tensor(torch.ones(64), layer=1, model=tiny)
+    path = vector.save(tmp_path / "v.safetensors")
+    plans = []
+    real_generate = generate_mod.generate
+    monkeypatch.setattr(
+        generate_mod,
+        "generate",
+        lambda m, p, plan, **k: plans.append(plan) or real_generate(m, p, plan, **k),
+    )
+    argv = ["generate", "hi", "--vector", str(path), "--max-new-tokens", "2", "--no-chat"]
+    assert cli.main([*argv, "--positions", "opening:2"]) == 0
+    assert plans[-1].positions == Positions.opening(2)
+    capsys.readouterr()
+    assert cli.main([*argv, "--positions", "first:2"]) == 2
+    assert "--positions: unknown position spec 'first:2'" in capsys.readouterr().err
+    assert cli.main(["generate", "hi", "--positions", "last:2"]) == 2
+    assert "--positions apply to a vector" in capsys.readouterr().err
+    grids = []
+    real_grid = grid_mod.layer_strength_grid
+    monkeypatch.setattr(
+        grid_mod, "layer_strength_grid", lambda *a, **k: grids.append(k) or real_grid(*a, **k)
+    )
+    sweep = ["sweep", str(path), "--prompt", "hi", "--judge-any-of", "a", "--layers", "1"]
+    sweep += ["--strengths", "1", "--max-new-tokens", "2", "--no-progress", "--no-chat"]
+    assert cli.main([*sweep, "--positions", "last:1", "-o", str(tmp_path / "s.html")]) == 0
+    assert grids[-1]["positions"] == Positions.last(1)

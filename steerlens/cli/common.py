@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from steerlens.errors import InputError, OutputPathError
+from steerlens.errors import InputError, OutputPathError, SteerlensError
 
 # The documented recipe (README, docs/howto.md), tuned on the embedded SmolLM2-135M-Instruct.
 DEFAULT_LAYER = 8
@@ -79,6 +79,27 @@ def add_max_steps(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="Adam steps (default: %(default)s)",
     )
+
+
+def add_positions(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--positions",
+        default="all",
+        metavar="RULE",
+        help="which tokens the vector steers: all, prompt, generated, last:N or opening:N "
+        "(the first N tokens of the reply, as the README's refusal vector is applied: "
+        "opening:2) (default: %(default)s)",
+    )
+
+
+def positions_of(args: argparse.Namespace) -> Any:
+    """``--positions`` read before the model loads (a clear error for a typo)."""
+    from steerlens.steering.positions import as_positions
+
+    try:
+        return as_positions(args.positions)
+    except SteerlensError as exc:
+        raise InputError(f"--positions: {exc}") from None
 
 
 def add_progress(p: argparse.ArgumentParser) -> None:

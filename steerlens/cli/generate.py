@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import math
 
-from steerlens.cli.common import FORMATTER, add_model_options, check_settings, load, start
+from steerlens.cli.common import (
+    FORMATTER,
+    add_model_options,
+    add_positions,
+    check_settings,
+    load,
+    positions_of,
+    start,
+)
 from steerlens.errors import InputError
 
 STRENGTH_HELP = """\
@@ -33,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="how the vector is applied; see --strength (default: add)",
     )
     gen.add_argument("--strength", type=float, default=None, metavar="S", help=STRENGTH_HELP)
+    add_positions(gen)
     gen.add_argument(
         "--max-new-tokens",
         type=int,
@@ -76,9 +85,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.vector:
         vector = SteeringVector.load(args.vector)
         strength = 1.0 if args.strength is None else args.strength
-        plan = Steering(vector, strength=strength, kind=KINDS[args.mode or "add"])
-    elif args.strength is not None or args.mode is not None:
-        raise InputError("--strength and --mode apply to a vector; pass --vector FILE too.")
+        positions = positions_of(args)
+        plan = Steering(
+            vector, strength=strength, kind=KINDS[args.mode or "add"], positions=positions
+        )
+    elif args.strength is not None or args.mode is not None or args.positions != "all":
+        raise InputError(
+            "--strength, --mode and --positions apply to a vector; pass --vector FILE too."
+        )
     start(args)
     model = load(args)
     outputs = generate(

@@ -9,11 +9,13 @@ from pathlib import Path
 from steerlens.cli.common import (
     FORMATTER,
     add_model_options,
+    add_positions,
     add_progress,
     check_output_file,
     check_settings,
     load,
     load_vector_file,
+    positions_of,
     prompt_texts,
     start,
 )
@@ -89,6 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the coherence budget of the frontier: steered replies' NLL at most R times the "
         "unsteered replies' (default: %(default)s)",
     )
+    add_positions(sweep)
     sweep.add_argument(
         "--no-chat",
         action="store_true",
@@ -131,6 +134,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     layers = _numbers(args.layers, "--layers", int) if args.layers else list(vector.layers)
     strengths = _numbers(args.strengths, "--strengths")
+    positions = positions_of(args)
     check_settings(args)
     start(args)
     model = load(args)
@@ -147,6 +151,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         judge=StringMatchJudge(args.judge_any_of),
         neutral_prompts=args.neutral or None,
         max_new_tokens=args.max_new_tokens,
+        positions=positions,
         progress=args.progress,
     )
     print(grid)
