@@ -353,3 +353,11 @@ def test_generate_and_sweep_apply_a_vector_at_the_positions_asked(
     sweep += ["--strengths", "1", "--max-new-tokens", "2", "--no-progress", "--no-chat"]
     assert cli.main([*sweep, "--positions", "last:1", "-o", str(tmp_path / "s.html")]) == 0
     assert grids[-1]["positions"] == Positions.last(1)
+
+
+def test_an_unknown_option_points_to_the_sub_command_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sweep", "v.safetensors", "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --bogus (see 'steerlens sweep --help')" in err

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
+    parser.set_defaults(commands=sub.choices)
     return parser
 
 
@@ -74,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     error, 130 interrupted (Ctrl-C). ``STEERLENS_TRACEBACK=1`` shows the traceback of
     unexpected errors.
     """
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # named by the sub-command, whose --help lists what it takes
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

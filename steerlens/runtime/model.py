@@ -89,7 +89,7 @@ def check_layer(model: Any, layer: int, *, what: str = "layer") -> int:
     if not 0 <= layer < n:
         raise LayerError(
             f"{what} {layer} is out of range: hook {hook_name(layer)!r} not found; the model "
-            f"has {n} layers (0-{n - 1}); pass a {what} between 0 and {n - 1}."
+            f"has {n} layers (0-{n - 1}); pass a layer between 0 and {n - 1}."
         )
     return layer
 
