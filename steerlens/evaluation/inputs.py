@@ -7,6 +7,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from steerlens import runtime
@@ -119,4 +120,45 @@ def check_in_vocab(ids: Sequence[int], vocab: int, what: str, error: type[Except
         )
 
 
-__all__ = ["Prompts", "check_in_vocab", "check_token_ids", "prompt_rows", "token_row"]
+def answer_pairs(
+    model: Any, matching: Sequence[int], other: Sequence[int], count: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Per prompt, the checked ids of the matching and the other answer (two different
+    tokens each), and the sorted ids to read.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> answer_pairs(tiny_model(), [5, 6], [6, 5], 2)
+        ([5, 6], [6, 5], [5, 6])
+    """
+    yes = check_token_ids(model, matching, what="matching", count=count)
+    no = check_token_ids(model, other, what="other", count=count)
+    same = [p for p, (m, o) in enumerate(zip(yes, no, strict=True)) if m == o]
+    if same:
+        raise SpecError(
+            f"matching and other give the same token for prompt(s) {same[:8]}; give each "
+            "prompt two different answer tokens."
+        )
+    return yes, no, sorted(set(yes) | set(no))
+
+
+def propensity_of(
+    logp: Tensor, ids: Sequence[int], yes: Sequence[int], no: Sequence[int]
+) -> Tensor:
+    """``logp[..., p, matching] - logp[..., p, other]`` from ``[steerings, prompts, ids]``
+    log-probabilities read at ``ids``."""
+    column = {t: k for k, t in enumerate(ids)}
+    picked = torch.tensor([[column[m], column[o]] for m, o in zip(yes, no, strict=True)])
+    both = logp.gather(-1, picked.expand(logp.shape[0], -1, -1))
+    return both[..., 0] - both[..., 1]
+
+
+__all__ = [
+    "Prompts",
+    "answer_pairs",
+    "check_in_vocab",
+    "check_token_ids",
+    "prompt_rows",
+    "propensity_of",
+    "token_row",
+]

@@ -32,7 +32,14 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import SpecError
-from steerlens.evaluation.inputs import Prompts, check_in_vocab, check_token_ids, prompt_rows
+from steerlens.evaluation.inputs import (
+    Prompts,
+    answer_pairs,
+    check_in_vocab,
+    check_token_ids,
+    prompt_rows,
+    propensity_of,
+)
 from steerlens.steering.steer import (
     RowSteering,
     check_row_steerings,
@@ -156,21 +163,10 @@ def propensities(
     """
     rows = prompt_rows(model, prompts, bos=bos)
     plans, _ = _steerings(model, steerings)
-    yes = check_token_ids(model, matching, what="matching", count=len(rows))
-    no = check_token_ids(model, other, what="other", count=len(rows))
-    same = [p for p, (m, o) in enumerate(zip(yes, no, strict=True)) if m == o]
-    if same:
-        raise SpecError(
-            f"matching and other give the same token for prompt(s) {same[:8]}; give each "
-            "prompt two different answer tokens."
-        )
+    yes, no, ids = answer_pairs(model, matching, other, len(rows))
     runtime.check_batch_size(batch_size)
-    ids = sorted(set(yes) | set(no))
     logp = _next_token_logprobs(model, rows, plans, ids, batch_size, progress, prefixes)
-    column = {t: k for k, t in enumerate(ids)}
-    picked = torch.tensor([[column[m], column[o]] for m, o in zip(yes, no, strict=True)])
-    both = logp.gather(-1, picked.expand(len(plans), -1, -1))
-    return both[..., 0] - both[..., 1]
+    return propensity_of(logp, ids, yes, no)
 
 
 @torch.no_grad()

@@ -22,7 +22,13 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import SpecError
-from steerlens.evaluation.inputs import Prompts, check_token_ids, prompt_rows
+from steerlens.evaluation.inputs import (
+    Prompts,
+    answer_pairs,
+    check_token_ids,
+    prompt_rows,
+    propensity_of,
+)
 from steerlens.steering.positions import PositionsLike, as_positions
 from steerlens.steering.steer import Applied, RowSteering, check_row_steerings, resolve_steering
 from steerlens.training.data import Datapoint, TokenizedCompletion, TokenizedDatapoint
@@ -235,14 +241,9 @@ class PromptScorer:
         `steerlens.evaluation.propensities` (``matching`` and ``other`` give one id per
         prompt scored)."""
         n = len(self.rows) if prompts is None else len(prompts)
-        yes = check_token_ids(self.model, matching, what="matching", count=n)
-        no = check_token_ids(self.model, other, what="other", count=n)
-        ids = sorted(set(yes) | set(no))
+        yes, no, ids = answer_pairs(self.model, matching, other, n)
         logp = self.next_token_logprobs(steerings, ids, prompts=prompts)
-        column = {t: k for k, t in enumerate(ids)}
-        picked = torch.tensor([[column[m], column[o]] for m, o in zip(yes, no, strict=True)])
-        both = logp.gather(-1, picked.expand(logp.shape[0], -1, -1))
-        return both[..., 0] - both[..., 1]
+        return propensity_of(logp, ids, yes, no)
 
     def _start(self, applied: list[Applied]) -> int:
         """The layer a steering's forward starts at: its lowest (the highest built for when

@@ -110,6 +110,8 @@ def test_steerings_the_scorer_was_not_built_for_are_refused(tiny64):
         scorer.next_token_logprobs([Steering(v, layer=0, positions="last:2")], IDS)
     with pytest.raises(SpecError, match="not among the scorer's 3 prompts"):
         scorer.next_token_logprobs([None], IDS, prompts=[3])
+    with pytest.raises(SpecError, match=r"the same token for prompt\(s\) \[0\]"):
+        scorer.propensities([None], [5, 5, 7], [5, 6, 5])
     plan = Steering(v, layer=1, positions="last:2")
     gen = torch.Generator().manual_seed(1)
     states = torch.randn(8, 64, generator=gen, dtype=torch.float64)
