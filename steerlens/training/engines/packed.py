@@ -93,7 +93,10 @@ def _layout(packed: Sequence[_PackedRow]) -> tuple[list[list[int]], Tensor, int]
     width with filler slots: the order (indices into the packed row), which slots are real
     (bool ``[rows, slots]``) and the frozen width."""
     n_frozen = max(len(r.frozen) for r in packed)
-    lives = [[i for i in range(len(r.ids)) if i not in set(r.frozen)] for r in packed]
+    lives = []
+    for r in packed:
+        frozen = set(r.frozen)
+        lives.append([i for i in range(len(r.ids)) if i not in frozen])
     n_live = max(len(live) for live in lives)
     orders, real = [], []
     for r, live in zip(packed, lives, strict=True):
