@@ -87,7 +87,10 @@ class PromptScorer:
         self.positions = as_positions(positions)
         self.layers = sorted(set(runtime.check_layers(model, layers)))
         runtime.check_batch_size(batch_size)
-        runtime.check_batch_size(copies)
+        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+            raise SpecError(
+                f"copies must be an int >= 1 (steerings per forward pass), got {copies!r}."
+            )
         if completions is None:
             # A one-token stand-in puts one scored position right after each prompt.
             completions = [[0]] * len(self.rows)

@@ -108,6 +108,8 @@ def test_steerings_the_scorer_was_not_built_for_are_refused(tiny64):
         scorer.next_token_logprobs([Steering(v, layer=1, positions="last:3")], IDS)
     with pytest.raises(SpecError, match=r"layer 0.*PromptScorer\(layers=...\)"):
         scorer.next_token_logprobs([Steering(v, layer=0, positions="last:2")], IDS)
+    with pytest.raises(SpecError, match=r"copies must be an int >= 1"):
+        PromptScorer(tiny64, PROMPTS, "last:2", [1], copies=0)
     with pytest.raises(SpecError, match="not among the scorer's 3 prompts"):
         scorer.next_token_logprobs([None], IDS, prompts=[3])
     with pytest.raises(SpecError, match=r"the same token for prompt\(s\) \[0\]"):
