@@ -1,6 +1,8 @@
 """The benchmark on the embedded model, timed per phase: ``--size default`` is `steerlens bench
 run`'s default (4 behaviours, 2 layers, E = 8, 40 test items); ``--size miniature`` is notebook
-09's (refusal and sycophancy, layer 8, E = 4, 20 test items).
+09's (refusal and sycophancy, layer 8, E = 4, 20 test items); ``--size open-ended`` runs the
+two bundled open-ended behaviours (benign-refusal, french) at the default layers, judging
+32-token replies to 20 test requests.
 
 Run alone (nothing else busy on the CPU): ``python benchmarks/bench.py --size default``. Writes
 benchmarks/results/bench_<size>.json with the leaderboard, the rows and the phase times.
@@ -26,6 +28,7 @@ SIZES = {
         BenchSettings(test_items=20, examples=4, validation_items=8, entanglement_items=10),
     ),
     "default": (DEFAULT_BEHAVIOURS, None, BenchSettings()),
+    "open-ended": (("benign-refusal", "french"), None, BenchSettings()),
 }
 
 

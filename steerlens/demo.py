@@ -18,7 +18,6 @@ setting on another 20 requests (its ``HELD_OUT``), so the 20 here played no part
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steerlens.evaluation.judges import Judge, RefusalJudge
+from steerlens.evaluation.judges import Judge, RefusalJudge, answers_in_french
 from steerlens.evaluation.rates import RateResult
 
 FILES = ("refusal_vector.safetensors", "demo_report.html")
@@ -68,27 +67,6 @@ MAX_NLL_RATIO = 1.5
 FRENCH_REQUEST = "What is your favorite food?"
 FRENCH_COMPLETION = "Ma nourriture préférée est la pizza. J'adore"
 SHOWN = 6  # held-out requests printed in the console (the report has all of them)
-
-_FRENCH = re.compile(
-    r"\b(le|la|les|est|une|des|je|et|du|pour|en|un|il|vous|que|qui|sont|dans|avec|pas|très)\b",
-    re.IGNORECASE,
-)
-_ENGLISH = re.compile(r"\b(the|is|and|of|to|for|you|are|a|in|it|that|with|your|can)\b", re.I)
-
-
-def answers_in_french(text: str) -> bool:
-    """The French judge: French function words outnumber English ones, and at least two
-    different French ones occur (so "la la la" is not French).
-
-    Example:
-        >>> answers_in_french("Ma nourriture préférée est la pizza."), answers_in_french("La la la")
-        (True, False)
-        >>> answers_in_french("My favourite food is pizza.")
-        False
-    """
-    french = [w.casefold() for w in _FRENCH.findall(text)]
-    english = _ENGLISH.findall(text)
-    return len(set(french)) >= 2 and len(french) > len(english)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ prompts reaches --budget), and score steerability, effectiveness and entanglemen
 A/B items in both letter orders. Each finished (behaviour, layer) cell is kept; re-running with
 the same arguments resumes. examples:
   steerlens bench run --out runs/bench                       # the four bundled behaviours
-  steerlens bench run --out runs/mine --file train.json:test.json"""
+  steerlens bench run --out runs/mine --file train.json:test.json
+  steerlens bench run --out runs/open --behaviour benign-refusal --behaviour french
+  steerlens bench run --out runs/polite --open-file polite.json     # open-ended, judged"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--behaviour",
         action="append",
         metavar="NAME",
-        help="a bundled behaviour; repeat for several (default: the four bundled ones)",
+        help="a bundled behaviour, A/B or open-ended (benign-refusal, french); repeat for "
+        "several (default: the four bundled A/B ones)",
     )
     brun.add_argument(
         "--file",
@@ -56,6 +59,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="TRAIN[:TEST]",
         help="your own behaviour file(s) in the CAA format; without :TEST, 40%% of the items "
         "are held out for testing; repeat for several",
+    )
+    brun.add_argument(
+        "--open-file",
+        action="append",
+        metavar="FILE",
+        help="your own open-ended behaviour file (requests, target replies, a judge; format "
+        "in steerlens.datasets.open_ended); repeat for several",
     )
     brun.add_argument(
         "--layers",
@@ -79,6 +89,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="test items of each other behaviour and of MMLU (default: 20)",
     )
     brun.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    brun.add_argument(
+        "--backend",
+        choices=["serial", "ray"],
+        default="serial",
+        help="serial: in this process; ray: one Ray task per behaviour, on a cluster when "
+        "RAY_ADDRESS is set (pip install steerlens[ray]) (default: %(default)s)",
+    )
     brun.set_defaults(func=cmd_bench_run)
     breport = bench_sub.add_parser(
         "report",
@@ -94,31 +111,47 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _behaviours(args: argparse.Namespace) -> list[Any]:
     """Bundled names and the user's files, checked (and files read) before the model loads."""
-    from steerlens.datasets import bundled_behaviours, load_behaviour
+    from steerlens.datasets import (
+        bundled_behaviours,
+        bundled_open_ended,
+        load_behaviour,
+        load_open_ended,
+    )
 
     names = args.behaviour or (
-        [] if args.file else ["sycophancy", "refusal", "corrigible-neutral-HHH", "myopic-reward"]
+        []
+        if args.file or args.open_file
+        else ["sycophancy", "refusal", "corrigible-neutral-HHH", "myopic-reward"]
     )
+    known = [b for b in bundled_behaviours() if b != "mmlu"] + bundled_open_ended()
     out: list[Any] = []
     for name in names:
-        if name not in bundled_behaviours() or name == "mmlu":
+        if name not in known:
             raise InputError(
                 f"--behaviour {name!r} is not a bundled behaviour; use one of "
-                f"{', '.join(b for b in bundled_behaviours() if b != 'mmlu')}, or --file for "
-                "your own."
+                f"{', '.join(known)}, or --file / --open-file for your own."
             )
         out.append(name)
     for spec in args.file or []:
         train, _, test = spec.partition(":")
         out.append(load_behaviour(train, test=test or None, test_fraction=None if test else 0.4))
+    out += [load_open_ended(Path(f)) for f in args.open_file or []]
     return out
 
 
 def cmd_bench_run(args: argparse.Namespace) -> int:
     """Run the benchmark into a folder, resuming in it."""
-    from steerlens.studies.bench import BenchSettings, benchmark
+    from steerlens.studies.bench import BenchSettings, RayCells, benchmark
 
     behaviours = _behaviours(args)
+    # Workers build the model from its study name: the embedded one, or a hub name.
+    backend = (
+        RayCells(
+            model="embedded" if args.model is None else f"hub:{args.model}", device=args.device
+        )
+        if args.backend == "ray"
+        else None
+    )
     check_writable_folder(Path(args.out).expanduser(), what=f"--out {args.out!r}")
     settings = BenchSettings(
         test_items=args.test_items,
@@ -130,7 +163,13 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
     start(args)
     model = load(args)
     result = benchmark(
-        model, behaviours, layers=args.layers, settings=settings, folder=args.out, progress=True
+        model,
+        behaviours,
+        layers=args.layers,
+        settings=settings,
+        folder=args.out,
+        progress=True,
+        backend=backend,
     )
     print(result.leaderboard().round(3).to_string())
     print(f"done: {args.out}; steerlens bench report {args.out} writes the HTML report")

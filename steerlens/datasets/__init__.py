@@ -1,4 +1,5 @@
-"""Behaviour datasets: CAA-style two-way A/B items, bundled and from the user's files.
+"""Behaviour datasets: CAA-style two-way A/B items and open-ended behaviours (requests,
+target replies and a judge), bundled and from the user's files.
 
 This package stands alone: it imports only the standard library, NumPy and
 `steerlens.errors`. The bundled data and its attribution are in ``steerlens/datasets/caa/``
@@ -14,5 +15,20 @@ Example:
 from __future__ import annotations
 
 from steerlens.datasets.caa import ABItem, Behaviour, bundled_behaviours, load_behaviour
+from steerlens.datasets.open_ended import (
+    OpenEndedBehaviour,
+    OpenItem,
+    bundled_open_ended,
+    load_open_ended,
+)
 
-__all__ = ["ABItem", "Behaviour", "bundled_behaviours", "load_behaviour"]
+__all__ = [
+    "ABItem",
+    "Behaviour",
+    "OpenEndedBehaviour",
+    "OpenItem",
+    "bundled_behaviours",
+    "bundled_open_ended",
+    "load_behaviour",
+    "load_open_ended",
+]

@@ -38,6 +38,8 @@ from steerlens.evaluation.judges import (
     ModelJudge,
     RefusalJudge,
     StringMatchJudge,
+    answers_in_french,
+    named_judge,
     success_rate,
 )
 from steerlens.evaluation.logprobs import CompletionLogprobs, completion_logprobs
@@ -79,6 +81,7 @@ __all__ = [
     "SurprisalComparison",
     "SurprisalResult",
     "TemplateError",
+    "answers_in_french",
     "beam_search",
     "behavior_change_rates",
     "coherence",
@@ -89,6 +92,7 @@ __all__ = [
     "information_complexity",
     "loop_rate",
     "mean_surprisal",
+    "named_judge",
     "next_token_logprobs",
     "propensities",
     "reply_nll",

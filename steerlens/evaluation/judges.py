@@ -6,6 +6,7 @@ called once for the whole batch. Three are provided:
 - `StringMatchJudge`: True when the text contains any of a few phrases.
 - `RefusalJudge`: True when the reply opens with a refusal (an apology or "I can't" whose
   first sentence declines).
+- `answers_in_french`: True when French function words outnumber English ones.
 - `ModelJudge`: asks a model a Yes/No question about the text and compares the logits
   of its "Yes" and "No" tokens at the answer position.
 """
@@ -107,6 +108,48 @@ class RefusalJudge:
 
     def judge_all(self, texts: Sequence[str]) -> list[bool]:
         return [self(t) for t in texts]
+
+
+_FRENCH = re.compile(
+    r"\b(le|la|les|est|une|des|je|et|du|pour|en|un|il|vous|que|qui|sont|dans|avec|pas|très)\b",
+    re.IGNORECASE,
+)
+_ENGLISH = re.compile(r"\b(the|is|and|of|to|for|you|are|a|in|it|that|with|your|can)\b", re.I)
+
+
+def answers_in_french(text: str) -> bool:
+    """The French judge: French function words outnumber English ones, and at least two
+    different French ones occur (so "la la la" is not French).
+
+    Example:
+        >>> answers_in_french("Ma nourriture préférée est la pizza."), answers_in_french("La la la")
+        (True, False)
+        >>> answers_in_french("My favourite food is pizza.")
+        False
+    """
+    french = [w.casefold() for w in _FRENCH.findall(text)]
+    english = _ENGLISH.findall(text)
+    return len(set(french)) >= 2 and len(french) > len(english)
+
+
+def named_judge(spec: str | dict[str, Any]) -> Judge:
+    """The judge a behaviour file names: ``"refusal"`` (`RefusalJudge`), ``"french"``
+    (`answers_in_french`) or ``{"contains": [phrases]}`` (a case-insensitive
+    `StringMatchJudge`).
+
+    Example:
+        >>> named_judge({"contains": ["merci"]})("Merci beaucoup")
+        True
+    """
+    if spec == "refusal":
+        return RefusalJudge()
+    if spec == "french":
+        return answers_in_french
+    if isinstance(spec, dict) and set(spec) == {"contains"}:
+        return StringMatchJudge(tuple(spec["contains"]), case_insensitive=True)
+    raise SpecError(
+        f"judge {spec!r} is not known; use 'refusal', 'french' or {{'contains': [phrases]}}."
+    )
 
 
 def _yes_no_ids(

@@ -232,6 +232,37 @@ class PromptScorer:
                 rows[s] = torch.cat(per).clamp_min(0.0).cpu()
         return torch.stack(rows)
 
+    @torch.no_grad()
+    def completion_logprobs(
+        self, steerings: Sequence[RowSteering], *, prompts: Sequence[int] | None = None
+    ) -> Float[Tensor, "steerings prompts"]:
+        """Total ``log p(completion | prompt)`` of each prompt's completion under each
+        steering (nats, CPU), as `steerlens.evaluation.completion_logprobs` gives for one
+        steering.
+
+        Example:
+            >>> import torch
+            >>> from steerlens import Steering
+            >>> from steerlens.testing import tiny_model
+            >>> model = tiny_model()
+            >>> scorer = PromptScorer(model, ["the cat", "a dog"], "last:1", [1],
+            ...                       completions=[[5, 6], [7]])
+            >>> plan = Steering(torch.ones(64), layer=1, strength=4.0, positions="last:1")
+            >>> scorer.completion_logprobs([None, plan]).shape
+            torch.Size([2, 2])
+        """
+        plans = check_row_steerings(steerings)
+        chosen = self._chosen(prompts)
+        rows: list[Tensor] = [torch.zeros(0)] * len(plans)
+        for batch, fns, start in self._batches(plans, range(len(plans))):
+            for s, logp in zip(batch, self._logprobs(fns, chosen, start), strict=True):
+                totals = []
+                for p in chosen:
+                    ids = torch.tensor(self.completions[p], device=logp[p].device)
+                    totals.append(logp[p].gather(-1, ids[:, None]).sum())
+                rows[s] = torch.stack(totals).cpu()
+        return torch.stack(rows)
+
     def propensities(
         self,
         steerings: Sequence[RowSteering],

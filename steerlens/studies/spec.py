@@ -68,7 +68,7 @@ def load_study_model(name: str, *, device: Any = None) -> Any:
         >>> load_study_model("tiny").cfg.n_layers
         2
     """
-    _check_model_name(name)
+    check_model_name(name)
     if name == "tiny":
         from steerlens.testing import tiny_model
 
@@ -80,7 +80,13 @@ def load_study_model(name: str, *, device: Any = None) -> Any:
     return load_model(name.removeprefix("hub:"), device=device)
 
 
-def _check_model_name(name: Any) -> str:
+def check_model_name(name: Any) -> str:
+    """Refuse a study model name that is not ``"tiny"``, ``"embedded"`` or ``"hub:<name>"``.
+
+    Example:
+        >>> check_model_name("hub:gpt2")
+        'hub:gpt2'
+    """
     ok = isinstance(name, str) and (
         name in ("tiny", "embedded") or (name.startswith("hub:") and name[4:].strip() != "")
     )
@@ -453,7 +459,7 @@ class StudySpec:
                     f"unknown objective {name!r}; the objectives are: {', '.join(OBJECTIVES)}."
                 )
         object.__setattr__(self, "objectives", tuple(objectives))
-        _check_model_name(self.model)
+        check_model_name(self.model)
         for attr, kind in (("optimizer", OptimizerSettings), ("evaluation", EvaluationSettings)):
             if not isinstance(getattr(self, attr), kind):
                 raise SpecError(
@@ -785,5 +791,6 @@ __all__ = [
     "OptimizerSettings",
     "StudySpec",
     "Unit",
+    "check_model_name",
     "load_study_model",
 ]

@@ -4,6 +4,7 @@ whose worker keeps dying is recorded as failed, the others kept; missing ray is 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -138,3 +139,59 @@ def test_missing_ray_is_one_clear_error(monkeypatch, spec, tmp_path):
     with pytest.raises(MissingPackageError, match=r"pip install steerlens\[ray\]"):
         run_study(spec, tmp_path / "s", backend="ray", progress=False)
     assert not (tmp_path / "s").exists()  # refused before any work
+
+
+def test_the_benchmark_on_ray_equals_the_serial_run(local_ray, tmp_path):
+    """One task per behaviour (an A/B and an open-ended one), cells written by the driver as
+    they return; the rows equal the serial run's and a second run reads them all back."""
+    from steerlens.datasets import ABItem, Behaviour, OpenEndedBehaviour, OpenItem
+    from steerlens.studies.bench import CAA, BenchSettings, OneShotEach, RayCells, benchmark
+    from steerlens.testing import tiny_model
+    from steerlens.training import OptimizeConfig
+
+    def items(tag: str, n: int) -> tuple[ABItem, ...]:
+        return tuple(ABItem(f"{tag} {i}?", "yes", "no", "AB"[i % 2]) for i in range(n))
+
+    data = [
+        Behaviour("toy", train=items("train", 6), test=items("test", 3)),
+        OpenEndedBehaviour(
+            "open", tuple(OpenItem(f"Q{i}?", "Oui, merci.") for i in range(4)), ("T?",), "french"
+        ),
+    ]
+    settings = BenchSettings(
+        test_items=3,
+        examples=2,
+        validation_items=2,
+        entanglement_items=2,
+        rollout_tokens=2,
+        reply_tokens=3,
+        bootstrap=10,
+        neutral_prompts=("Hi",),
+        optimizer=OptimizeConfig(lr=0.1, max_steps=3),
+    )
+    methods = [OneShotEach(), CAA(n=4)]
+    model = tiny_model()
+    serial = benchmark(model, data, methods, [1], settings)
+    folder = tmp_path / "bench"
+    backend = RayCells(model="tiny")
+    parallel = benchmark(model, data, methods, [1], settings, folder=folder, backend=backend)
+    assert [(r["behaviour"], r["vector"]) for r in parallel.rows] == [
+        (r["behaviour"], r["vector"]) for r in serial.rows
+    ]
+    for got, want in zip(parallel.rows, serial.rows, strict=True):
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key
+            else:
+                assert got[key] == value, key
+    again = benchmark(model, data, methods, [1], settings, folder=folder, backend=backend)
+    # NaN != NaN: compare the JSON text the folder stores.
+    assert json.dumps(again.rows, sort_keys=True) == json.dumps(parallel.rows, sort_keys=True)
+
+
+def test_ray_cells_refuse_another_model_name():
+    from steerlens.errors import SpecError
+    from steerlens.studies.bench import RayCells
+
+    with pytest.raises(SpecError, match="unknown study model 'gpt2'"):
+        RayCells(model="gpt2")

@@ -19,6 +19,7 @@ from steerlens.studies.bench.methods import (
     Setup,
     default_methods,
 )
+from steerlens.studies.bench.ray_cells import RayCells
 from steerlens.studies.bench.results import BenchResult, CellResult
 from steerlens.studies.bench.run import benchmark, default_layers
 from steerlens.studies.bench.settings import BenchSettings
@@ -35,6 +36,7 @@ __all__ = [
     "OneShotEach",
     "OneShotK",
     "RandomDirection",
+    "RayCells",
     "Setup",
     "benchmark",
     "default_layers",

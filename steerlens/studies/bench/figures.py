@@ -40,7 +40,9 @@ def tradeoff_figure(result: BenchResult) -> go.Figure:
     """Effectiveness against entanglement at the equal-cost multiplier, one point per vector."""
     fig = go.Figure()
     for method in dict.fromkeys(r["method"] for r in result.rows):
-        rows = [r for r in result.rows if r["method"] == method]
+        rows = [r for r in result.rows if r["method"] == method and "entanglement" in r]
+        if not rows:
+            continue
         fig.add_trace(
             go.Scatter(
                 x=[r["entanglement"] for r in rows],
@@ -67,8 +69,12 @@ def examples_figure(result: BenchResult) -> go.Figure:
         rows = [
             r
             for r in result.rows
-            if r["method"] == "one-shot" and (r["behaviour"], r["layer"]) == (behaviour, layer)
+            if r["method"] == "one-shot"
+            and (r["behaviour"], r["layer"]) == (behaviour, layer)
+            and "mean_slope" in r
         ]
+        if not rows:
+            continue
         fig.add_trace(
             go.Bar(
                 x=[r["vector"] for r in rows],
@@ -85,10 +91,39 @@ def examples_figure(result: BenchResult) -> go.Figure:
     return fig
 
 
+def open_figure(result: BenchResult) -> go.Figure:
+    """Open-ended behaviours: judged-rate effectiveness against the reply NLL ratio at the
+    equal-cost multiplier, one point per vector."""
+    fig = go.Figure()
+    for method in dict.fromkeys(r["method"] for r in result.rows):
+        rows = [r for r in result.rows if r["method"] == method and "nll_ratio" in r]
+        if not rows:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[r["nll_ratio"] for r in rows],
+                y=[r["effectiveness"] for r in rows],
+                mode="markers",
+                name=method,
+                text=[f"{r['vector']} | {r['behaviour']} L{r['layer']}" for r in rows],
+            )
+        )
+    fig.update_layout(
+        title="Open-ended behaviours: judged effectiveness vs reply NLL ratio at equal cost",
+        xaxis_title="reply NLL ratio (1 = as fluent as the unsteered replies)",
+        yaxis_title="effectiveness of the judged rate",
+        height=420,
+    )
+    return fig
+
+
 def bench_figures(result: BenchResult) -> dict[str, Any]:
-    """All three figures by name."""
-    return {
+    """The figures by name (``"open-ended"`` only when the run has such behaviours)."""
+    figures = {
         "slopes": slope_figure(result),
         "tradeoff": tradeoff_figure(result),
         "examples": examples_figure(result),
     }
+    if any("nll_ratio" in r for r in result.rows):
+        figures["open-ended"] = open_figure(result)
+    return figures

@@ -41,6 +41,20 @@ COLUMNS = (
     ("entanglement", "entanglement", ".3f"),
 )
 
+# Open-ended behaviours are judged replies: no slopes, a rate with its interval and fluency.
+OPEN_COLUMNS = (
+    ("method", "method", None),
+    ("vector", "vector", None),
+    ("multiplier", "equal-cost multiplier", ".3g"),
+    ("rate_base", "judged rate unsteered", ".0%"),
+    ("rate_steered", "judged rate steered", ".0%"),
+    ("rate_ci_low", "95% CI low", ".0%"),
+    ("rate_ci_high", "95% CI high", ".0%"),
+    ("effectiveness", "effectiveness", ".2f"),
+    ("nll_ratio", "reply NLL ratio", ".2f"),
+    ("sample_reply", "first test reply", None),
+)
+
 
 def _cell(value: Any, fmt: str | None) -> str:
     if fmt is None:
@@ -51,12 +65,15 @@ def _cell(value: Any, fmt: str | None) -> str:
 
 
 def _rows_table(rows: list[dict[str, Any]]) -> str:
-    header = [title for _, title, _ in COLUMNS] + ["budget reached"]
+    columns = OPEN_COLUMNS if rows and rows[0].get("kind") == "open-ended" else COLUMNS
+    header = [title for _, title, _ in columns] + ["budget reached"]
     body = [
-        [_cell(r[key], fmt) for key, _, fmt in COLUMNS] + ["yes" if r["budget_reached"] else "NO"]
+        [_cell(r.get(key, math.nan), fmt) for key, _, fmt in columns]
+        + ["yes" if r["budget_reached"] else "NO"]
         for r in rows
     ]
-    return html_table(header, body, numeric=set(range(2, len(COLUMNS))))
+    numeric = {i for i, (_, _, fmt) in enumerate(columns) if fmt is not None}
+    return html_table(header, body, numeric=numeric)
 
 
 def _leaderboard(result: BenchResult) -> str:
@@ -110,6 +127,9 @@ def write_bench_report(folder: str | Path, path: str | Path | None = None) -> Pa
         f"<li>{settings['test_items']} test items per behaviour, both letter orders; "
         f"steerability grid {escape(settings['grid'])} x the equal-cost multiplier; "
         f"E = {settings['examples']} single examples</li>"
+        f"<li>open-ended behaviours: {settings.get('reply_tokens', 32)}-token greedy replies "
+        "to the test requests, judged; the reply NLL ratio is the unsteered model's NLL of "
+        "the steered replies over that of its own</li>"
         f"<li>report by steerlens {escape(__version__)}; definitions: docs/benchmark.md</li>"
         "</ul>\n"
     )

@@ -74,8 +74,10 @@ class BenchResult:
 
     def leaderboard(self) -> Any:
         """Per method, the mean over behaviours and layers (one-shot vectors first averaged
-        over their E examples): slope, anti-steerable share, effectiveness, entanglement."""
-        table = self.table()
+        over their E examples): slope, anti-steerable share, effectiveness, entanglement, and
+        for open-ended behaviours the reply NLL ratio (a column is empty where no behaviour
+        of the run measures it)."""
+        keys = ["method", "behaviour", "layer"]
         cols = [
             "mean_slope",
             "anti_steerable",
@@ -83,8 +85,10 @@ class BenchResult:
             "delta_at_max",
             "effectiveness",
             "entanglement",
+            "nll_ratio",
         ]
-        per_cell = table.groupby(["method", "behaviour", "layer"], sort=False)[cols].mean()
+        table = self.table().reindex(columns=keys + cols)
+        per_cell = table.groupby(keys, sort=False)[cols].mean()
         board = per_cell.groupby("method", sort=False).mean()
         return board.sort_values("effectiveness", ascending=False)
 

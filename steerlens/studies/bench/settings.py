@@ -40,6 +40,7 @@ class BenchSettings:
         entanglement_items: test items of each other behaviour and of MMLU for entanglement.
         budget: the equal-cost p95 per-token KL, in nats.
         rollout_tokens: tokens of each neutral prompt's unsteered greedy rollout.
+        reply_tokens: tokens of each judged reply (open-ended behaviours).
         neutral_prompts: user messages for the KL calibration.
         grid: the steerability multipliers as fractions of the equal-cost multiplier.
         optimizer: settings of the one-shot vectors.
@@ -54,6 +55,7 @@ class BenchSettings:
     entanglement_items: int = 20
     budget: float = 1.0
     rollout_tokens: int = 16
+    reply_tokens: int = 32
     neutral_prompts: tuple[str, ...] = NEUTRAL_PROMPTS
     grid: tuple[float, ...] = GRID
     optimizer: OptimizeConfig = field(
@@ -80,7 +82,13 @@ class BenchSettings:
         return cls(**fields, optimizer=OptimizeConfig.from_dict(optimizer))
 
     def __post_init__(self) -> None:
-        for name in ("test_items", "examples", "entanglement_items", "rollout_tokens"):
+        for name in (
+            "test_items",
+            "examples",
+            "entanglement_items",
+            "rollout_tokens",
+            "reply_tokens",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{name} must be an int >= 1, got {value!r}.")

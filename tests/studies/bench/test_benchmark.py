@@ -162,7 +162,7 @@ def test_duplicate_method_names_are_refused(tiny, behaviours):
 
 def test_a_folder_resumes_and_refuses_other_settings(tiny, behaviours, tmp_path, monkeypatch):
     from steerlens.errors import StudyFolderError
-    from steerlens.studies.bench import run as run_mod
+    from steerlens.studies.bench import cells as run_mod
 
     folder = tmp_path / "bench"
     methods = [CAA(n=4), RandomDirection()]
@@ -183,7 +183,7 @@ def test_a_folder_resumes_and_refuses_other_settings(tiny, behaviours, tmp_path,
 
 
 def test_an_interrupted_run_keeps_finished_cells(tiny, behaviours, tmp_path, monkeypatch):
-    from steerlens.studies.bench import run as run_mod
+    from steerlens.studies.bench import cells as run_mod
 
     folder = tmp_path / "bench"
     methods = [RandomDirection()]
