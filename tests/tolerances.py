@@ -17,9 +17,9 @@ are contractive (initialiser std 0.02), so each logit of either order is within 
 the exact one, with n the longest reduction in precision u and L the largest |logit|; two orders
 differ by twice that, and a log-softmax at most doubles the largest move of its inputs:
 ``4 (n + 3) u max(L, 1)``. The final RMSNorm with tied embeddings keeps every logit of
-`steerlens.testing.tiny_model` below ``TINY_LOGITS`` = 2 however strongly a row is steered; the
-other families' tiny models reach 7.4, below ``FAMILY_LOGITS`` = 8 (`check_logits` checks the
-premise). In a float32 tiny model the longest reduction is the vocabulary (``TINY_VOCAB`` = 265
+`steerlens.testing.tiny_model` below ``TINY_LOGITS`` = 2 however strongly a row is steered
+(`check_logits` checks the premise); the other families' tiny models reach 7.4, so their bound
+takes L = 8. In a float32 tiny model the longest reduction is the vocabulary (``TINY_VOCAB`` = 265
 > d_mlp <= 256), so ``TINY32`` is about 1.3e-4. In a float64 tiny model only the Bridge's
 attention softmax rounds in float32 (n = the keys of the longest row); every other reduction
 adds below 1e-12. A loss that averages log-probabilities, or is the log of one minus a
@@ -49,7 +49,6 @@ U32 = 2.0**-24  # float32 unit roundoff
 U64 = 2.0**-53  # float64 unit roundoff
 TINY_VOCAB = 265  # the tiny tokenizer's vocabulary: the tiny models' longest reduction
 TINY_LOGITS = 2.0  # every logit of tiny_model is below this (module docstring)
-FAMILY_LOGITS = 8.0  # every logit of the other families' tiny models is below this
 REAL = 1e-3  # the least move of a log-probability that a real error makes in these tests
 
 
@@ -66,7 +65,6 @@ def logprob_bound(n_terms: int, largest_logit: float = TINY_LOGITS, u: float = U
 
 
 TINY32 = logprob_bound(TINY_VOCAB)  # every reduction of tiny_model in float32
-FAMILY32 = logprob_bound(TINY_VOCAB, FAMILY_LOGITS)  # the same for every family's tiny model
 
 
 def check_logits(logits: torch.Tensor, largest: float = TINY_LOGITS) -> None:

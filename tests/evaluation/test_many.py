@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tolerances import REAL, TINY32, TINY_VOCAB, U32, logprob_bound
+from tolerances import REAL, TINY32, TINY_VOCAB, U32, check_logits, logprob_bound
 
 from steerlens import Steering, runtime, steer
 from steerlens.errors import InputError, SpecError
@@ -39,6 +39,11 @@ N_TOKENS = 5  # rollout length in the KL tests
 
 def test_rows_fit_the_tolerance(tiny64):
     longest = max(len(runtime.encode(tiny64, t, bos=True)) for t in PROMPTS)
+    for text in PROMPTS:  # the bound's premise: logits below TINY_LOGITS, steered or not
+        ids = torch.tensor([runtime.encode(tiny64, text)])
+        for plan in _steerings():
+            with torch.no_grad(), steer(tiny64, plan):
+                check_logits(tiny64(ids))
     assert longest + N_TOKENS <= KEYS
     assert runtime.vocab_size(tiny64) == TINY_VOCAB and max(KEYS, 2 * 64) < TINY_VOCAB  # d_mlp
 
