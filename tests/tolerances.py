@@ -8,7 +8,7 @@ of the code; these are derived from the computation.
 
 Sums. Any order of a float sum of n terms is within (n - 1) u sum |x_i| of the exact sum, with u
 the unit roundoff (``U32 = 2**-24`` in float32, ``U64 = 2**-53`` in float64); two orders are
-within twice that (`reorder_bound`).
+within twice that.
 
 Log-probabilities (`logprob_bound`). A float32 softmax over n terms is within (n + 3) u of the
 exact weights, relatively (n - 1 for the sum, one each for the exponential, the division and the
@@ -42,7 +42,6 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 U32 = 2.0**-24  # float32 unit roundoff
@@ -50,12 +49,6 @@ U64 = 2.0**-53  # float64 unit roundoff
 TINY_VOCAB = 265  # the tiny tokenizer's vocabulary: the tiny models' longest reduction
 TINY_LOGITS = 2.0  # every logit of tiny_model is below this (module docstring)
 REAL = 1e-3  # the least move of a log-probability that a real error makes in these tests
-
-
-def reorder_bound(terms, u: float = U32) -> float:
-    """The most two summation orders of ``terms`` can differ by: ``2 (n - 1) u sum |x_i|``."""
-    x = np.abs(np.asarray(terms, dtype=np.float64)).ravel()
-    return 2 * max(len(x) - 1, 0) * u * float(x.sum())
 
 
 def logprob_bound(n_terms: int, largest_logit: float = TINY_LOGITS, u: float = U32) -> float:
