@@ -1,18 +1,11 @@
 """Many steerings in shared batches equal one steering at a time.
 
-Tolerance, derived rather than tuned. The checks run the tiny model in float64, but
-TransformerLens's Bridge computes each attention softmax in float32 (u = 2**-24, about 6e-8)
-whatever the model's dtype. Packing rows differently (other rows beside them, another padded
-width, another batch size) changes the order of that softmax's sum over keys, so a batched row
-and the same row run alone can differ by its rounding: a float32 softmax over K keys is within
-(K + 3) u of the exact weights, relatively (K - 1 for the sum, one each for the exponential, the
-division and the cast), so two runs differ by at most 2 (K + 3) u. The attention output is a
-convex combination of values, so it moves by at most that fraction of the values; the random
-model's layers (initialiser std 0.02) are contractive and the final RMSNorm keeps its logits
-O(1) (below 2 here, however strongly a row is steered), so the logits move by at most about
-2 (K + 3) u, and a log-softmax at most doubles the largest move of its inputs. With K <= KEYS
-(the longest padded row, checked below) that is ``DELTA = 4 (KEYS + 3) u``, about 8e-6. Every
-other reduction runs in float64 and adds below 1e-12.
+Tolerance: tests/tolerances.py derives it. The checks run the tiny model in float64, but
+TransformerLens's Bridge computes each attention softmax in float32 whatever the model's dtype,
+and packing rows differently (other rows beside them, another padded width, another batch size)
+changes the order of that softmax's sum over keys. So a batched row and the same row alone
+differ by at most ``DELTA = logprob_bound(KEYS)`` (about 8e-6) with KEYS the longest padded row,
+checked below; with every reduction in float32 the longest is the vocabulary, ``DELTA32``.
 
 A real mistake (a row under another row's steering, a token counted as prompt that is generated)
 moves log-probabilities by more than ``REAL = 1e-3`` here, which each test checks, so the bound
@@ -27,6 +20,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tolerances import REAL, TINY32, TINY_VOCAB, U32, check_logits, logprob_bound
 
 from steerlens import Steering, runtime, steer
 from steerlens.errors import InputError, SpecError
@@ -35,12 +29,9 @@ from steerlens.runtime import prefixes
 from steerlens.steering.interventions import Ablate, Clamp
 from steerlens.testing import tiny_model
 
-U32 = 2.0**-24  # float32 unit roundoff: the Bridge's attention softmax
 KEYS = 32  # the most keys in any attention row of these tests (prompts + rollouts, padded)
-DELTA = 4 * (KEYS + 3) * U32  # log-probabilities of differently packed rows (module docstring)
-REAL = 1e-3  # the least change a real error makes here (checked in each test)
-VOCAB = 265  # the longest reduction in a float32 forward of the tiny model: its vocabulary
-DELTA32 = 4 * (VOCAB + 3) * U32  # the same bound with every reduction in float32
+DELTA = logprob_bound(KEYS)  # log-probabilities of differently packed rows (module docstring)
+DELTA32 = TINY32  # the same bound with every reduction in float32
 PROMPTS = ["the cat", "a dog ran far away today", "in", "the quick brown fox jumps"]
 SAME_LENGTH = ["the cat", "so far", "we ran", "my hat"]  # 6 tokens each
 N_TOKENS = 5  # rollout length in the KL tests
@@ -48,8 +39,13 @@ N_TOKENS = 5  # rollout length in the KL tests
 
 def test_rows_fit_the_tolerance(tiny64):
     longest = max(len(runtime.encode(tiny64, t, bos=True)) for t in PROMPTS)
+    for text in PROMPTS:  # the bound's premise: logits below TINY_LOGITS, steered or not
+        ids = torch.tensor([runtime.encode(tiny64, text)])
+        for plan in _steerings():
+            with torch.no_grad(), steer(tiny64, plan):
+                check_logits(tiny64(ids))
     assert longest + N_TOKENS <= KEYS
-    assert runtime.vocab_size(tiny64) == VOCAB and max(KEYS, 2 * 64) < VOCAB  # d_mlp = 128
+    assert runtime.vocab_size(tiny64) == TINY_VOCAB and max(KEYS, 2 * 64) < TINY_VOCAB  # d_mlp
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +117,7 @@ def test_logprobs_equal_last_logits_under_steer(tiny64):
             logits = runtime.last_logits(tiny64, rows)  # float32 roundings of float64 logits
         expected = logits.double().log_softmax(-1)
         # float32 rounding of the reference, doubled by log-softmax (module docstring)
-        bound = 2 * 2**-24 * float(logits.abs().max()) + DELTA
+        bound = 2 * U32 * float(logits.abs().max()) + DELTA
         torch.testing.assert_close(out[s], expected, atol=bound, rtol=0)
 
 

@@ -2,8 +2,8 @@
 
 Tolerance: the tiny model runs in float64; the packed engine computes every step in float64,
 while the Bridge (behind `next_token_logprobs`) rounds each attention softmax in float32. So
-the two differ by the Bridge's rounding alone, which test_many.py's module docstring bounds by
-``4 (K + 3) u`` for K keys per attention row; here K <= 32 (the longest prompt), about 8e-6.
+the two differ by the Bridge's rounding alone, which tests/tolerances.py bounds by
+``logprob_bound(K)`` for K keys per attention row; here K <= 32 (the longest prompt), about 8e-6.
 A real error (a steering at the wrong tokens or layer) moves log-probabilities by more than
 1e-3, checked below.
 """
@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+from tolerances import REAL, logprob_bound
 
 from steerlens import Steering, runtime
 from steerlens.errors import SpecError
@@ -24,10 +25,8 @@ from steerlens.steering.steer import Conditional
 from steerlens.testing import tiny_family_model, tiny_model
 from steerlens.training.engines import HookedEngine, NoAdapterNotice, PackedEngine
 
-U32 = 2.0**-24
 KEYS = 32
-DELTA = 4 * (KEYS + 3) * U32
-REAL = 1e-3
+DELTA = logprob_bound(KEYS)
 PROMPTS = ["the cat sat on the mat", "a dog", "the quick brown fox jumps over"]
 IDS = [0, 5, 77]
 

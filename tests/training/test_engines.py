@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 from optimizer_cases import (
-    REL,
+    assert_losses_close,
     datapoints,
     engine_losses,
     hand_losses,
+    loss_bounds,
     rand,
 )
+from tolerances import assert_same_direction
 
 from steerlens import (
     Add,
@@ -63,22 +65,35 @@ def test_packed_engine_equals_hooked_engine_and_hand(tiny, case):
     packed = engine_losses(tiny, dps, layers, params, fast=True, **kw)
     hooked = engine_losses(tiny, dps, layers, params, fast=False, **kw)
     assert packed.shape == (6,)
-    assert packed.tolist() == pytest.approx(hooked.tolist(), rel=REL)
+    bounds = loss_bounds(tiny, dps, positions)  # float32 rounding in any order (tolerances.py)
+    assert_losses_close(packed, hooked, bounds)
     strength = spec.strength if isinstance(spec, ClampSteering) else 1.0
     ref = hand_losses(tiny, dps, layers, make_iv, positions=positions, strength=strength)
-    assert packed.tolist() == pytest.approx(ref, rel=REL)
+    assert_losses_close(packed, ref, bounds)
     unsteered = engine_losses(tiny, dps, layers, {"v": torch.zeros(64)}, fast=True)
-    assert not np.allclose(packed.numpy(), unsteered.numpy(), rtol=1e-3)  # steering matters
+    assert (np.abs(packed.numpy() - unsteered.numpy()) > 10 * bounds).any()  # it can fail
+
+
+def test_a_steering_one_position_off_exceeds_the_bound(tiny):
+    """The derived bound is no blanket: steering one more token (last:3 for last:2) moves
+    the losses past it."""
+    dps = datapoints(tiny)
+    v = rand(64, seed=1, scale=0.5)
+    packed = engine_losses(tiny, dps, [1], {"v": v}, fast=True, positions="last:2")
+    shifted = hand_losses(tiny, dps, [1], lambda s: Add(s * v), positions="last:3")
+    gap = np.abs(packed.numpy() - np.asarray(shifted))
+    assert (gap > 10 * loss_bounds(tiny, dps, "last:2")).any(), gap
 
 
 def test_evaluate_objective_fast_equals_hooked(tiny):
     dps = datapoints(tiny)
     v = rand(64, seed=4)
+    bounds = loss_bounds(tiny, dps)
     for layer in (0, 1, [0, 1]):
         fast = evaluate_objective(tiny, dps, layer, v)
         slow = evaluate_objective(tiny, dps, layer, v, fast=False)
         assert list(fast.losses) == list(slow.losses)
-        assert list(fast.losses.values()) == pytest.approx(list(slow.losses.values()), rel=REL)
+        assert_losses_close(list(fast.losses.values()), list(slow.losses.values()), bounds)
 
 
 def test_batched_equals_one_by_one(tiny):
@@ -91,10 +106,11 @@ def test_batched_equals_one_by_one(tiny):
             one = Datapoint(dp.prompt, negate=dp.negate, **{kind: [text]})
             (loss,) = evaluate_objective(tiny, one, 1, v).losses.values()
             singles.append(loss)
-    assert list(batched.losses.values()) == pytest.approx(singles, rel=REL)
-    assert batched.total == pytest.approx(sum(singles), rel=REL)
+    bounds = loss_bounds(tiny, dps)
+    assert_losses_close(list(batched.losses.values()), singles, bounds)
+    assert abs(batched.total - sum(singles)) <= bounds.sum()
     first = evaluate_objective(tiny, dps[0], 1, v)
-    assert first.total == pytest.approx(sum(singles[:3]), rel=REL)
+    assert abs(first.total - sum(singles[:3])) <= bounds[:3].sum()
 
 
 def test_hooked_optimization_follows_packed(tiny):
@@ -102,8 +118,15 @@ def test_hooked_optimization_follows_packed(tiny):
     fast = optimize_vector(tiny, dps, 1, lr=0.1, max_steps=5)
     slow = optimize_vector(tiny, dps, 1, lr=0.1, max_steps=5, fast=False)
     assert (fast.engine, slow.engine) == ("packed", "hooked")
-    assert np.allclose(fast.loss_history, slow.loss_history, rtol=1e-4)
-    assert torch.allclose(fast.vector.vector, slow.vector.vector, atol=1e-4)
+    # Losses before the first step differ by the engines' rounding alone; later rows add
+    # Adam's amplification of it (tests/tolerances.py). An amplified coordinate is one the
+    # loss hardly depends on, so the losses stay within a few times the rounding over these
+    # five small steps (lr 0.1): 10x is the allowance, still 10x below a one-position shift.
+    bounds = loss_bounds(tiny, dps)
+    assert_losses_close(fast.loss_history[0], slow.loss_history[0], bounds)
+    assert_losses_close(fast.loss_history[1:], slow.loss_history[1:], 10 * bounds)
+    other = optimize_vector(tiny, dps, 1, lr=0.1, max_steps=5, seed=1)
+    assert_same_direction(fast.vector.vector, slow.vector.vector, other.vector.vector)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from optimizer_cases import assert_losses_close, loss_bounds
+from tolerances import assert_same_direction
 
 from steerlens import Datapoint, NormCap, OptimizeConfig, optimize_vector
 from steerlens.errors import SpecError
@@ -18,8 +20,6 @@ from steerlens.training.kinds import ClampSteering
 from steerlens.training.loop import Job, optimize_many
 from steerlens.training.objectives import Objective
 from steerlens.training.stopping import Plateau
-
-REL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -45,25 +45,23 @@ def _jobs(model, fast=True):
     ]
 
 
-def _same_vector(a, b):
-    """Relative to the vector's norm: Adam divides each coordinate's step by its own gradient
-    scale, so a coordinate with a tiny gradient turns float rounding into a larger relative
-    change there while the vector as a whole stays within 1e-5."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert np.linalg.norm(a - b) <= REL * np.linalg.norm(b)
-
-
-def _close(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape
-    np.testing.assert_allclose(a, b, rtol=REL, atol=REL * max(1.0, float(np.abs(b).max())))
+def _same_training(model, job, got, alone, other):
+    """One job trained in a batch and alone. The losses before the first step differ by the
+    engine's float32 rounding (tests/tolerances.py: each loss within its token count times
+    TINY32); later rows also carry Adam's amplification of that rounding in coordinates the
+    loss hardly depends on, allowed 10x. Coordinates are compared through the direction, with
+    another job's vector as the case that must fail."""
+    bounds = loss_bounds(model, job.datapoints)
+    assert_losses_close(got.loss_history[0], alone.loss_history[0], bounds)
+    assert_losses_close(got.loss_history[1:], alone.loss_history[1:], 10 * bounds)
+    assert_same_direction(got.vector.vector, alone.vector.vector, other.vector.vector)
 
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_batched_equals_separate_runs(model, fast):
     jobs = _jobs(model, fast)
     batched = optimize_many(model, jobs)
-    for job, got in zip(jobs, batched, strict=True):
+    for i, (job, got) in enumerate(zip(jobs, batched, strict=True)):
         alone = optimize_vector(model, job.datapoints, job.layer, job.config)
         assert got.engine == ("packed" if fast else "hooked")
         assert (got.steps, got.stop_reason, got.labels) == (
@@ -71,8 +69,8 @@ def test_batched_equals_separate_runs(model, fast):
             alone.stop_reason,
             alone.labels,
         )
-        _close(got.loss_history, alone.loss_history)
-        _same_vector(got.vector.vector, alone.vector.vector)
+        other = batched[(i + 1) % len(batched)]
+        _same_training(model, job, got, alone, other)
         assert got.vector.layers == alone.vector.layers
 
 
@@ -133,7 +131,12 @@ def test_batched_equals_separate_runs_on_the_embedded_model(smol):
         # rounding (measured: within 1e-5 of the norm on one CPU, 2.9e-5 on an AMD EPYC). A
         # real mistake (a job trained on another job's row or seed) gives another direction,
         # which the cosine checks catch.
-        _close(got.loss_history, alone.loss_history)
+        # The tiny models' derived bound (tests/tolerances.py) needs their contractive random
+        # layers; a trained model's are not, so this bound stays the measured 1e-5 relative.
+        b_hist = np.asarray(alone.loss_history, dtype=np.float64)
+        np.testing.assert_allclose(
+            got.loss_history, b_hist, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(b_hist).max()))
+        )
         a, b = got.vector.vector.double(), alone.vector.vector.double()
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
     first, second = (r.vector.vector.double() for r in batched[:2])

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from tolerances import assert_same_direction
 
 from steerlens import Datapoint, OptimizeConfig, Steering, optimize_vector, runtime, steer
 from steerlens.errors import InputError, SpecError
@@ -155,7 +156,8 @@ def test_batched_equals_separate(model, fast):
         ),
         Job(DP, [0, 2], replace(base, regularizers=(SideEffect(NEUTRAL, weight=0.5),))),
     ]
-    for job, got in zip(jobs, optimize_many(model, jobs), strict=True):
+    batched = optimize_many(model, jobs)
+    for i, (job, got) in enumerate(zip(jobs, batched, strict=True)):
         alone = optimize_vector(model, job.datapoints, job.layer, job.config)
         assert got.labels == alone.labels
         assert got.loss_history.shape == alone.loss_history.shape
@@ -163,7 +165,10 @@ def test_batched_equals_separate(model, fast):
             job.datapoints is dog
         )
         np.testing.assert_allclose(got.loss_history, alone.loss_history, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(got.vector.vector, alone.vector.vector, rtol=1e-4, atol=1e-5)
+        # Adam's coordinates have no rounding bound (tests/tolerances.py): the direction, with
+        # another job's vector as the case that must fail.
+        other = batched[(i + 1) % len(batched)].vector.vector
+        assert_same_direction(got.vector.vector, alone.vector.vector, other)
 
 
 def test_target_loss_reads_the_behavior_only_and_plateau_the_total(model):

@@ -1,0 +1,76 @@
+"""How far apart two computations that add the same terms in another order may be: the suite's
+one rule, derived rather than tuned.
+
+Rows batched or alone, the packed engine or the hooked one, a KV cache or none, another batch
+size: each adds the same float terms in another order, and which order a CPU's or GPU's kernel
+picks differs between Intel, AMD and CUDA. So a bound measured on one machine is not a property
+of the code; these are derived from the computation.
+
+Sums. Any order of a float sum of n terms is within (n - 1) u sum |x_i| of the exact sum, with u
+the unit roundoff (``U32 = 2**-24`` in float32, ``U64 = 2**-53`` in float64); two orders are
+within twice that.
+
+Log-probabilities (`logprob_bound`). A float32 softmax over n terms is within (n + 3) u of the
+exact weights, relatively (n - 1 for the sum, one each for the exponential, the division and the
+cast); a dot product of n terms is within n u of sum |x_i y_i|. The tiny random models' layers
+are contractive (initialiser std 0.02), so each logit of either order is within (n + 3) u L of
+the exact one, with n the longest reduction in precision u and L the largest |logit|; two orders
+differ by twice that, and a log-softmax at most doubles the largest move of its inputs:
+``4 (n + 3) u max(L, 1)``. The final RMSNorm with tied embeddings keeps every logit of
+`steerlens.testing.tiny_model` below ``TINY_LOGITS`` = 2 however strongly a row is steered
+(`check_logits` checks the premise); the other families' tiny models reach 7.4, so their bound
+takes L = 8. In a float32 tiny model the longest reduction is the vocabulary (``TINY_VOCAB`` = 265
+> d_mlp <= 256), so ``TINY32`` is about 1.3e-4. In a float64 tiny model only the Bridge's
+attention softmax rounds in float32 (n = the keys of the longest row); every other reduction
+adds below 1e-12. A loss that averages log-probabilities, or is the log of one minus a
+probability below 1/2, inherits the bound; a total of k of them, k times it.
+
+Adam's coordinates have no such bound. Adam divides each coordinate's step by that coordinate's
+own gradient scale, so where a gradient is as small as the rounding of a d_model-wide sum, the
+summation order decides that coordinate's step (up to the learning rate, whatever the rounding).
+Trained vectors are compared through what they do (their losses, first row derived above) and
+their direction (`assert_same_direction`), never coordinate by coordinate.
+
+A bound that cannot fail checks nothing: a real error (a row under another row's steering, a
+position shifted by one, another job's seed) moves log-probabilities by more than ``REAL``,
+which the tests show next to each bound.
+
+Example:
+    >>> round(TINY32, 6), round(logprob_bound(32), 7)
+    (0.000128, 1.67e-05)
+"""
+
+from __future__ import annotations
+
+import torch
+
+U32 = 2.0**-24  # float32 unit roundoff
+U64 = 2.0**-53  # float64 unit roundoff
+TINY_VOCAB = 265  # the tiny tokenizer's vocabulary: the tiny models' longest reduction
+TINY_LOGITS = 2.0  # every logit of tiny_model is below this (module docstring)
+REAL = 1e-3  # the least move of a log-probability that a real error makes in these tests
+
+
+def logprob_bound(n_terms: int, largest_logit: float = TINY_LOGITS, u: float = U32) -> float:
+    """Log-probabilities computed in two orders whose longest reduction in precision ``u`` has
+    ``n_terms`` terms, of logits below ``largest_logit``: ``4 (n + 3) u max(L, 1)``."""
+    return 4 * (n_terms + 3) * u * max(largest_logit, 1.0)
+
+
+TINY32 = logprob_bound(TINY_VOCAB)  # every reduction of tiny_model in float32
+
+
+def check_logits(logits: torch.Tensor, largest: float = TINY_LOGITS) -> None:
+    """The premise of `logprob_bound`: every logit below ``largest``."""
+    seen = float(logits.abs().max())
+    assert seen < largest, f"logits up to {seen:.3g}, not below {largest}: the bound does not hold"
+
+
+def assert_same_direction(a, b, other, *, cosine: float = 0.999) -> None:
+    """Two trainings of one job point the same way, and ``other`` (another job's vector) does not,
+    so the check can fail. Coordinates are not compared (module docstring: Adam's amplification);
+    the losses carry the tight comparison, this one catches a vector from another job."""
+    a, b, other = (torch.as_tensor(t).double().flatten() for t in (a, b, other))
+    cos = torch.nn.functional.cosine_similarity
+    assert float(cos(a, b, dim=0)) > cosine, float(cos(a, b, dim=0))
+    assert float(cos(other, b, dim=0)) < cosine, "another job's vector passes: the check is void"
