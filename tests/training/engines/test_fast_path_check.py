@@ -136,6 +136,8 @@ def test_results_are_equal_with_and_without_the_kept_verdict():
     np.testing.assert_array_equal(first.loss_history, kept.loss_history)
     np.testing.assert_array_equal(first.loss_history, again.loss_history)
     assert torch.equal(first.vector.vector, kept.vector.vector)
+    for r in (first, kept, again):
+        assert 0.0 < r.setup_time_s < r.wall_time_s
 
 
 def test_the_kind_of_layout_names_the_windows_reached_and_shared_rows(runs):
