@@ -6,10 +6,10 @@ What the check guards is structure: the packed engine runs the model's own modul
 model's own weights, and can disagree with the hooked forward only through how it puts them
 together (masks, sliding windows, frozen prefixes, position ids) or through what the hooked
 forward has and it has not (hooks attached to the model). So a verdict holds while the model
-has the same modules, the same parameter and buffer tensors, unmodified (their in-place version
-counters), in the same dtype and on the same device, and the same hooks attached; any change to
-these forgets every verdict kept for the model. An edit through ``tensor.data`` bypasses the
-version counters: call `forget_checks` after one.
+has the same modules with the same hooks attached, the same parameter and buffer tensors,
+unmodified (their in-place version counters), in the same dtype and on the same device, and the
+same Hugging Face config; any change to these forgets every verdict kept for the model. An edit
+through ``tensor.data`` bypasses the version counters: call `forget_checks` after one.
 
 Example:
     >>> from steerlens.testing import tiny_model
@@ -53,7 +53,8 @@ def _modules(model: Any) -> list[torch.nn.Module]:
 
 def fingerprint(model: Any) -> tuple[Any, ...]:
     """What a verdict depends on: every module, the ids of the hooks attached to it, and each
-    of its parameters and buffers (storage, version counter, dtype, device, shape).
+    of its parameters and buffers (storage, version counter, dtype, device, shape); under a
+    bridge, also the Hugging Face model's config.
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -82,6 +83,9 @@ def fingerprint(model: Any) -> tuple[Any, ...]:
                 ),
             )
         )
+    hf = hf_model(model)
+    if hf is not None:
+        parts.append(hf.config.to_json_string(use_diff=False))
     return tuple(parts)
 
 

@@ -155,3 +155,11 @@ def test_the_kind_of_layout_names_the_windows_reached_and_shared_rows(runs):
     make_engine(model, tokenize(model, [long]), [1])  # reaches past the window: checked again
     make_engine(model, tokenize(model, [long, long]), [1])  # several prompts in a row: again
     assert len(runs) == 3
+
+
+def test_a_changed_config_runs_the_check_again(runs):
+    model = tiny_family_model("mistral")
+    build(model)
+    model.original_model.config.sliding_window = 3
+    build(model)
+    assert len(runs) == 2
