@@ -43,11 +43,14 @@ _VERDICTS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], dict[Hashable, 
 
 def _modules(model: Any) -> list[torch.nn.Module]:
     """The model's modules and, under a bridge, the Hugging Face model's, each once."""
-    roots = [m for m in (model, hf_model(model)) if isinstance(m, torch.nn.Module)]
+    # A plain walk: `Module.modules()` builds every module's dotted name on the way.
+    stack = [m for m in (model, hf_model(model)) if isinstance(m, torch.nn.Module)]
     seen: dict[int, torch.nn.Module] = {}
-    for root in roots:
-        for m in root.modules():
-            seen.setdefault(id(m), m)
+    while stack:
+        m = stack.pop()
+        if id(m) not in seen:
+            seen[id(m)] = m
+            stack.extend(c for c in m._modules.values() if c is not None)
     return list(seen.values())
 
 
