@@ -39,7 +39,8 @@ def table() -> str:
             "weight too (a model left with `requires_grad` on), the second into the vector only "
             "(weights frozen, as a careful user runs it: the baseline to compare against). "
             "steerlens back-propagates into the vector only. It is a re-implementation of the "
-            "algorithm, not the authors' library itself.",
+            "algorithm, not the authors' library itself."
+            + (f" Note: {r['note']}." if r.get("note") else ""),
             "",
             "| implementation | seconds / step | steerlens speed-up over it |",
             "| --- | --- | --- |",
@@ -54,6 +55,8 @@ def table() -> str:
             f"{r['relative_gradient_difference']:.1e}.",
             "",
         ]
+        if "calls" in r:
+            lines += _call_rows(r)
     load = RESULTS / "load_model.json"
     if load.exists():
         r = json.loads(load.read_text())
@@ -217,6 +220,43 @@ def table() -> str:
         if bench.exists():
             lines += _bench_rows(size, json.loads(bench.read_text()))
     return "\n".join(lines)
+
+
+def _call_rows(r: dict) -> list[str]:
+    """Whole `optimize_vector` calls: set-up and steady state, first and later."""
+    c, frozen = r["calls"], r["seconds_per_step_naive_frozen"]
+    n = c["steps"]
+
+    def row(name: str, call: dict) -> str:
+        return (
+            f"| {name} | {call['setup_s']:.3f} | {call['seconds_per_step']:.3f} | "
+            f"{call['total_s']:.2f} | {frozen * n / call['total_s']:.1f}x |"
+        )
+
+    return [
+        f"### Whole calls: set-up and steps (`{r['command']}`)",
+        "",
+        f"`optimize_vector` on the same example, lr 0.1, {n} steps, as a user calls it. Set-up "
+        "is `OptimizeResult.setup_time_s`: everything before the first step (tokenising, the "
+        "engine with its lower blocks, and the first time for a model and layer, the check of "
+        "the fast path against the hooked forward, whose verdict is then kept on the model). "
+        "Seconds per step: the rest of the call over its steps. The speed-up counts the whole "
+        f"call, set-up included, against {n} straightforward steps with weights frozen.",
+        "",
+        f"| call | set-up (s) | seconds / step after set-up | whole call (s) | speed-up over "
+        f"{n} straightforward frozen steps |",
+        "| --- | --- | --- | --- | --- |",
+        row("first in the process (the check runs)", c["first"]),
+        row(
+            "first for the model, warm process (`forget_checks`: the check runs)",
+            c["checked_again"],
+        ),
+        row(f"later (median of {len(c['later'])}: the verdict is kept)", c["later_median"]),
+        "",
+        f"A later call with 1 step takes {c['one_step_call_s']:.2f} s in all (median of "
+        f"{len(c['later'])}).",
+        "",
+    ]
 
 
 def _many_steerings_rows(r: dict) -> list[str]:

@@ -197,6 +197,10 @@ class OptimizeResult:
         wall_time_s: seconds spent.
         engine: ``"packed"`` (fast path) or ``"hooked"``.
         norm_phase: the output-constrained phase's ``(norm before, norm after)``, if run.
+        setup_time_s: the seconds of ``wall_time_s`` before the first step: tokenising and
+            building the engine (the first time for a model and layer set, also checking the
+            fast path against the hooked forward); in `steerlens.training.loop.optimize_many`,
+            shared by every job of the call.
     """
 
     vector: SteeringVector
@@ -207,6 +211,7 @@ class OptimizeResult:
     wall_time_s: float
     engine: str
     norm_phase: tuple[float, float] | None = None
+    setup_time_s: float = 0.0
 
     @property
     def final_losses(self) -> dict[str, float]:

@@ -297,6 +297,7 @@ def optimize_many(
     for r in runs:
         by_key.setdefault(r.key, []).append(r)
     groups = [LayerGroup(model, rs) for rs in by_key.values()]
+    setup = time.perf_counter() - t0
     show = progress if progress is not None else runs[0].config.progress
     bar = runtime.progress(sum(r.config.max_steps for r in runs), "optimize", show)
     while going := [(r, losses) for g in groups for r, losses in g.step()]:
@@ -319,7 +320,7 @@ def optimize_many(
             if r.config.output_constraint is not None and r.v is not None:
                 _norm_phase(g, k, r)
                 r.wall = time.perf_counter() - t0
-            results[r.index] = _result(model, r, g.engine_name)
+            results[r.index] = _result(model, r, g.engine_name, setup)
     return [results[i] for i in range(len(runs))]
 
 
@@ -347,7 +348,7 @@ def _unsteered(layer: int, x: Tensor, mask: Tensor, sign: Tensor) -> Tensor:
     return x
 
 
-def _result(model: Any, run: JobRun, engine: str) -> OptimizeResult:
+def _result(model: Any, run: JobRun, engine: str, setup: float) -> OptimizeResult:
     loss_history = torch.stack(run.history).numpy()
     labels = run.labels
     vector = _vector(model, run, loss_history)
@@ -360,6 +361,7 @@ def _result(model: Any, run: JobRun, engine: str) -> OptimizeResult:
         wall_time_s=run.wall,
         engine=engine,
         norm_phase=run.norm_phase,
+        setup_time_s=setup,
     )
 
 

@@ -15,7 +15,7 @@ from steerlens import Datapoint, NormCap, OptimizeConfig, optimize_vector
 from steerlens.errors import SpecError
 from steerlens.testing import tiny_model
 from steerlens.training.constraints import Noise
-from steerlens.training.engines import HookedEngine, PackedEngine
+from steerlens.training.engines import HookedEngine, PackedEngine, forget_checks
 from steerlens.training.kinds import ClampSteering
 from steerlens.training.loop import Job, optimize_many
 from steerlens.training.objectives import Objective
@@ -93,10 +93,11 @@ def test_a_finished_vector_leaves_the_batch(model, engine, monkeypatch):
     monkeypatch.setattr(engine, "logits", spy)
     dp = Datapoint("the cat", promote=[" sat"])
     fast = engine is PackedEngine
+    forget_checks(model)  # an earlier test on this model has its verdict kept
     jobs = [Job(dp, 1, OptimizeConfig(max_steps=s, fast=fast, progress=False)) for s in (1, 3, 2)]
     results = optimize_many(model, jobs)
     assert [r.steps for r in results] == [1, 3, 2]
-    # The packed engine's self-check runs once (unsteered, on one group); then each step
+    # The packed engine's self-check runs (unsteered, on one group); then each step
     # carries only the vectors still running.
     if fast:
         assert seen[0] == [0]

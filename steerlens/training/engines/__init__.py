@@ -13,22 +13,27 @@ completions are packed into one sequence with a tree attention mask (cut to the 
 sliding-window layers), so each prompt is computed once per step and completions see only their
 own prompt; the blocks below the first steered layer are run once, at construction, since they
 do not depend on the vector; and the unembedding runs only at scored positions. `make_engine`
-checks it against ``HookedEngine`` once and falls back to it if they disagree.
+checks it against ``HookedEngine`` and falls back to it if they disagree; the verdict is kept
+on the model (`steerlens.training.engines.checks`), so the check runs once per model, layer set
+and kind of layout until the model changes.
 
 ``HookedEngine`` (any TransformerLens model): one batched, right-padded forward of every
 ``prompt + completion`` with steering hooks at ``blocks.{l}.hook_resid_pre``.
 """
 
+from steerlens.training.engines.checks import forget_checks
 from steerlens.training.engines.hooked import HookedEngine
 from steerlens.training.engines.make import NoAdapterNotice, make_engine
-from steerlens.training.engines.packed import PackedEngine
+from steerlens.training.engines.packed import LayoutKind, PackedEngine
 from steerlens.training.engines.steering import SteerFn, steering_function, unsteered
 
 __all__ = [
     "HookedEngine",
+    "LayoutKind",
     "NoAdapterNotice",
     "PackedEngine",
     "SteerFn",
+    "forget_checks",
     "make_engine",
     "steering_function",
     "unsteered",

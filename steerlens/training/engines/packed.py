@@ -17,6 +17,7 @@ positions.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -106,6 +107,22 @@ def _layout(packed: Sequence[_PackedRow]) -> tuple[list[list[int]], Tensor, int]
             [True] * len(r.frozen) + [False] * fill_f + [True] * len(live) + [False] * fill_l
         )
     return orders, torch.tensor(real), n_frozen
+
+
+@dataclass(frozen=True)
+class LayoutKind:
+    """What the packed forward of some rows does besides running blocks, and so what a check
+    of it against the hooked forward covers: attention to a frozen prefix's cached keys,
+    several prompts in one row, and the sliding windows that some query reaches past.
+
+    Example:
+        >>> LayoutKind(frozen_prefix=True, shared_rows=False, windows_reached=())
+        LayoutKind(frozen_prefix=True, shared_rows=False, windows_reached=())
+    """
+
+    frozen_prefix: bool
+    shared_rows: bool
+    windows_reached: tuple[int, ...]
 
 
 def _take(tree: Any, index: Tensor) -> Any:
@@ -208,6 +225,10 @@ class PackedEngine:
         ]
         self.scored = [[slot[k][s] for s in r.scored] for k, r in enumerate(packed)]
         self.groups = Groups(row_group, [len(s) for s in self.scored])
+        self._frozen_prefix = n_frozen > 0
+        self._row_prompts = [len(r.blocks) for r in packed]
+        # The farthest a query reaches back in each row (positions restart per prompt).
+        self._row_reach = [max(r.pos) for r in packed]
         self.layout = score_layout(data, dev)
         # The unsteered live slots entering each steered layer, so that a call whose functions
         # steer only higher layers starts there.
@@ -218,6 +239,27 @@ class PackedEngine:
                 h = self._block(i, h, self.masks, self.position_ids, self.pos_emb, self.kv)
                 if i + 1 in self.layers:
                     self.h_at[i + 1] = h
+
+    def layout_kind(self, group: int) -> LayoutKind:
+        """The kind of layout of ``group``'s rows (see `LayoutKind`).
+
+        Example:
+            >>> from steerlens.testing import tiny_model
+            >>> from steerlens import Datapoint
+            >>> from steerlens.training.data import tokenize
+            >>> model = tiny_model()
+            >>> data = tokenize(model, [Datapoint("the cat sat", promote=[" on the"])], "last:1")
+            >>> PackedEngine(model, data, [1]).layout_kind(0).frozen_prefix
+            True
+        """
+        rows = self.groups.rows[group]
+        reach = max(self._row_reach[r] for r in rows)
+        windows = sorted({w for i in range(self.adapter.n_layers) if (w := self.adapter.window(i))})
+        return LayoutKind(
+            frozen_prefix=self._frozen_prefix,
+            shared_rows=any(self._row_prompts[r] > 1 for r in rows),
+            windows_reached=tuple(w for w in windows if reach >= w),
+        )
 
     def _block(
         self,
