@@ -7,6 +7,7 @@ import contextlib
 import functools
 import importlib
 from collections.abc import Iterator
+from typing import Any
 
 from steerlens.runtime.progress import show_progress
 
@@ -28,7 +29,7 @@ def library_bars(enabled: bool | None = None) -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     # The GGUF conversion draws its bar with tqdm directly, outside transformers' switch.
-    gguf = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    gguf: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
     gguf_bar = gguf.tqdm
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
