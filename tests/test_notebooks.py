@@ -6,6 +6,8 @@ every figure came out as blank space while the cells still ran without error.
 """
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import nbclient
@@ -21,6 +23,8 @@ PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
 # What plotly's HTML renderers write for one figure: the div it draws into, and the call that draws.
 FIGURE_DIV = 'class="plotly-graph-div"'
 FIGURE_CALL = "Plotly.newPlot("
+# How the warnings module prints one: "path:line: SomeWarning: message".
+WARNING_LINE = re.compile(r"\b\w*Warning: ")
 CELL_TIMEOUT_S = 1800  # notebook 09 runs the benchmark in one cell: about 11 minutes on 2 cores
 
 
@@ -45,6 +49,29 @@ def _text(value) -> str:
     return "".join(value) if isinstance(value, list) else str(value)
 
 
+def _warnings(cell) -> list[str]:
+    """The lines of ``cell``'s stderr that a Python warning printed (``Category: message``), or
+    that show this machine's Python install path."""
+    lines = [
+        line
+        for o in cell.outputs
+        if o.output_type == "stream" and o.name == "stderr"
+        for line in _text(o.text).splitlines()
+    ]
+    return [line for line in lines if WARNING_LINE.search(line) or sys.prefix in line]
+
+
+@pytest.mark.slow
+def test_importing_steerlens_in_a_notebook_shows_no_warning():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import steerlens")]
+    nbclient.NotebookClient(nb, timeout=300, startup_timeout=120, kernel_name="python3").execute()
+    assert not nb.cells[0].outputs, (
+        f"importing steerlens printed {_text(nb.cells[0].outputs[0].get('text', ''))!r}; with "
+        "tqdm's 'IProgress not found', install ipywidgets (pip install -e '.[dev]')"
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_and_renders_its_figures_in_html(path, tmp_path):
@@ -64,6 +91,8 @@ def test_notebook_runs_and_renders_its_figures_in_html(path, tmp_path):
             continue
         errors = [o for o in cell.outputs if o.output_type == "error"]
         assert not errors, f"cell {index} raised {errors[0].ename}: {errors[0].evalue}"
+        warned = _warnings(cell)
+        assert not warned, f"cell {index} shows a warning (a red box in Jupyter): {warned[0]}"
         for output in cell.outputs:
             data = output.get("data", {})
             if PLOTLY_MIMETYPE not in data:

@@ -108,7 +108,8 @@ class VectorCard:
             f'<table style="{TABLE_STYLE}">{prov}</table>',
             "<h3>Scale</h3>",
             f"<p>{esc(self.scale_summary)}; measured on {len(self.prompts)} prompts at "
-            "blocks.{layer}.hook_resid_pre (typical: median over all but the first token).</p>",
+            f"{runtime.HOOK_TEMPLATE.format(layer=self.layer)} (typical: median over all but "
+            "the first token).</p>",
             "<h3>Logit lens</h3>",
             self.lens.html(),
         ]
@@ -181,7 +182,7 @@ _CARD_STYLE = "font-family:sans-serif;font-size:14px;line-height:1.4"
 # -- building -----------------------------------------------------------------------------
 
 
-def _provenance_rows(vector: SteeringVector) -> tuple[tuple[str, str], ...]:
+def _provenance_rows(model: Any, vector: SteeringVector) -> tuple[tuple[str, str], ...]:
     p = vector.provenance
     rows: list[tuple[str, str]] = [("method", str(p.get("method", "unknown")))]
     if "operation" in p:
@@ -196,9 +197,10 @@ def _provenance_rows(vector: SteeringVector) -> tuple[tuple[str, str], ...]:
             for key in ("promote", "suppress")
             if first.get(key)
         )
-        rows.append(
-            ("datapoints", f"{len(data)}; first {short(str(first.get('prompt', '')), 40)}: {what}")
-        )
+        prompt = str(first.get("prompt", ""))
+        # A chat prompt opens with the template's system prompt; the user's message is the point.
+        shown = runtime.chat_message(model, prompt) or prompt
+        rows.append(("datapoints", f"{len(data)}; first {short(shown, 60)}: {what}"))
     for key, name in (("n_positive", "positive prompts"), ("n_negative", "negative prompts")):
         if key in p:
             rows.append((name, str(p[key])))
@@ -363,7 +365,7 @@ def vector_card(
         model_id=vector.model_id,
         layer=la,
         norms={layer_: float(d.detach().float().norm()) for layer_, d in vector.directions.items()},
-        provenance=_provenance_rows(vector),
+        provenance=_provenance_rows(model, vector),
         scale=scale,
         scale_summary=scale.describe(vector, la),
         lens=lens,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html as _html
 import math
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from steerlens.io.atomic import atomic_path
+from steerlens.io.html_page import html_document
 from steerlens.runtime.logprobs import convert_loss
 
 TEMPLATE = "plotly_white"
@@ -62,11 +62,7 @@ def save_html(fig: go.Figure, path: str | Path) -> Path:
 
 def write_page(path: str | Path, title: str, body: str, *, example_name: str = "page.html") -> Path:
     """Write ``body`` (an HTML fragment) as one page titled ``title``, atomically."""
-    page = (
-        '<!doctype html>\n<html><head><meta charset="utf-8">'
-        f"<title>{_html.escape(title)}</title></head>"
-        f'<body style="max-width:1100px;margin:2em auto">{body}</body></html>\n'
-    )
+    page = html_document(title, body)
     target = Path(path).expanduser()
     with atomic_path(target, example_name=example_name) as tmp:
         tmp.write_text(page, encoding="utf-8")

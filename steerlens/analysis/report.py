@@ -12,6 +12,7 @@ from steerlens.analysis.plots import plot_loss_history
 from steerlens.analysis.scale import ResidualNorms
 from steerlens.errors import InputError, SpecError
 from steerlens.io.atomic import atomic_path
+from steerlens.io.html_page import html_document
 
 
 class HasHtml(Protocol):
@@ -125,12 +126,7 @@ def write_optimization_report(
             for la in ([layer] if layer is not None else vector.layers)
             if la in scale.layers
         )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
-td,th{{border:1px solid #ccc;padding:6px;vertical-align:top}}table{{border-collapse:collapse}}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
+    body = f"""<h1>{html.escape(title)}</h1>
 {extra}
 <h2>Optimization</h2>
 <p>Model {html.escape(meta["model_id"])}, layers {meta["layers"]}, norm {result.vector.norm():.4g},
@@ -141,9 +137,9 @@ td,th{{border:1px solid #ccc;padding:6px;vertical-align:top}}table{{border-colla
 <h2>Generations</h2>
 <table><tr>{label_head}<th>prompt</th><th>unsteered</th><th>steered</th></tr>
 {table}
-</table></body></html>
+</table>
 """
     target = Path(path)
     with atomic_path(target) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(html_document(title, body), encoding="utf-8")
     return target

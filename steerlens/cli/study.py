@@ -140,7 +140,8 @@ def cmd_study_run(args: argparse.Namespace) -> int:
         f"study {spec.name!r}: {len(units)} units ({len(spec.examples)} examples x "
         f"{len(spec.layers)} layers x {len(spec.seeds)} seeds x {len(spec.objectives)} "
         f"objectives) on model {spec.model!r}, in {before.path}"
-        + (f"; {finished} already finished, resuming" if finished else "")
+        + (f"; {finished} already finished, resuming" if finished else ""),
+        flush=True,  # a pipe buffers it otherwise, and the log shows nothing until the end
     )
     study = run_study(
         spec,

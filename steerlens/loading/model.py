@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import torch
 
 from steerlens.errors import MissingModelError, ModelError, SpecError
+from steerlens.loading.bars import library_bars
 from steerlens.loading.bridge import bridge_from_hf, catch_oom, place
 from steerlens.loading.cache import (
     cache_lookup,
@@ -189,7 +190,7 @@ def _load_folder(folder: Path, dev: torch.device, dtype: torch.dtype) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
     _check_model_folder(folder)
-    with hub_offline():
+    with library_bars(), hub_offline():
         _check_architecture(folder)
         bridge = catch_oom(
             lambda: TransformerBridge.boot_transformers(str(folder), device=str(dev), dtype=dtype),
@@ -304,10 +305,11 @@ def _load_hub_model(name: str, dev: torch.device, dtype: torch.dtype) -> Any:
         # local cache can help then, and an offline load finds out at once.
         problem = hub_unreachable()
     try:
-        if problem is None:
-            return boot()
-        with hub_offline():
-            return boot()
+        with library_bars():
+            if problem is None:
+                return boot()
+            with hub_offline():
+                return boot()
     except OSError as exc:
         if problem is None:
             raise ModelError(
@@ -361,7 +363,7 @@ def _load_gguf(gguf: Path, dev: torch.device | None, dtype: torch.dtype, *, embe
     sweep_stale_staging(root)
     _import_loaders()
     folder, state, embedded = lookup()
-    with hub_offline():
+    with library_bars(), hub_offline():
         folder = usable_cache(gguf, folder, state)
         hf_model, tok = load_cache(folder)
         model_id = EMBEDDED_MODEL_ID if embedded else gguf.name

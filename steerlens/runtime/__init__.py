@@ -67,6 +67,7 @@ from steerlens.runtime.prefixes import PrefixStore, prefix_cache
 from steerlens.runtime.progress import progress, show_progress
 from steerlens.runtime.tokens import (
     answer_token_ids,
+    chat_message,
     chat_prompt,
     check_prompts,
     completion_tokens,
@@ -80,6 +81,7 @@ __all__ = [
     "PrefixStore",
     "TokenContext",
     "answer_token_ids",
+    "chat_message",
     "chat_prompt",
     "check_batch_size",
     "check_coldness",

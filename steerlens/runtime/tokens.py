@@ -91,6 +91,37 @@ def _template_markers(tok: Any) -> list[str]:
     return [t for t in getattr(tok, "all_special_tokens", []) if t and t in probe]
 
 
+def chat_message(model: Any, prompt: str) -> str | None:
+    """The user's message inside a prompt that the model's chat template formatted (with any
+    system prompt), or ``None`` when ``prompt`` is not one: what a reader wants shown.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> chat_message(model, chat_prompt(model, "Hi", system="Be brief."))
+        'Hi'
+        >>> chat_message(model, "Hi") is None
+        True
+    """
+    tok = tokenizer(model)
+    if getattr(tok, "chat_template", None) is None:
+        return None
+    sentinel = "\x00steerlens\x00"
+    probe = str(
+        tok.apply_chat_template(
+            [{"role": "user", "content": sentinel}], tokenize=False, add_generation_prompt=True
+        )
+    )
+    head, _, tail = probe.partition(sentinel)
+    # The user turn's own header: what the template writes after its last special token.
+    starts = [head.rfind(t) for t in _template_markers(tok)]
+    header = head[max(starts, default=0) :] if head else ""
+    if not header or not prompt.endswith(tail) or header not in prompt:
+        return None
+    message = prompt[prompt.rfind(header) + len(header) : len(prompt) - len(tail)]
+    return message or None
+
+
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     """A list of non-empty prompts, or a clear error."""
     if isinstance(prompts, (bytes, bytearray)) or prompts is None:

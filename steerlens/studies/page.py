@@ -10,15 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from steerlens.io.atomic import atomic_path
+from steerlens.io.html_page import html_document
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
-
-STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;
-vertical-align:top;text-align:left}th{background:#f4f4f4}td.num{text-align:right;
-font-variant-numeric:tabular-nums}.failed{color:#b00}.note{color:#555}code{background:#f4f4f4;
-padding:0 3px}details{margin:0.5em 0}summary{cursor:pointer}"""
 
 
 class Page:
@@ -69,10 +64,7 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: se
 
 def write_page(page: Page, path: Path, title: str) -> Path:
     """Write ``page`` as one HTML file at ``path`` (atomically); return the path."""
-    text = (
-        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{escape(title)}</title>\n'
-        f"<style>{STYLE}</style></head><body>\n" + "".join(page.parts) + "</body></html>\n"
-    )
+    text = html_document(title, "".join(page.parts))
     with atomic_path(path, example_name=path.name) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path

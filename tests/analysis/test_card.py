@@ -45,6 +45,17 @@ def test_card_of_an_optimized_vector(tiny, trained):
     assert isinstance(card, VectorCard)
 
 
+def test_card_shows_the_user_message_of_a_chat_datapoint_and_the_real_hook(tiny):
+    dp = Datapoint.chat(tiny, "How do I bake a cake?", system="You are terse.", promote=[" no"])
+    vector = optimize_vector(tiny, dp, 1, max_steps=1).vector
+    card = vector_card(tiny, vector, k=2)
+    shown = dict(card.provenance)["datapoints"]
+    assert "'How do I bake a cake?'" in shown
+    assert "terse" not in shown and "<|im_start|>" not in shown
+    page = card.html()
+    assert "blocks.1.hook_resid_pre" in page and "{layer}" not in page
+
+
 def test_prompts_come_from_the_vector_or_the_defaults(tiny):
     caa = diff_of_means(tiny, ["the cat", "the dog"], ["a cat", "a dog"], 1)
     assert set(vector_card(tiny, caa).prompts) == {"the cat", "the dog", "a cat", "a dog"}

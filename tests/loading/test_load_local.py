@@ -73,6 +73,29 @@ def test_a_folder_string_and_dtype_are_honoured(tmp_path, monkeypatch):
     assert runtime.device(loaded) == torch.device("cpu")
 
 
+def test_a_load_into_a_log_prints_no_library_progress_bars(tmp_path, capfd):
+    save_tiny(tmp_path / "m")
+    capfd.readouterr()
+    steerlens.load_model(tmp_path / "m", device="cpu")  # stderr is captured: not a terminal
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err, err
+    assert transformers.utils.logging.is_progress_bar_enabled()  # as it was before the load
+
+
+def test_library_bars_switch_transformers_and_gguf_bars_off_and_back():
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    from steerlens.loading.bars import library_bars
+
+    before = gguf.tqdm
+    with library_bars(False):
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+        assert gguf.tqdm([1, 2], desc="x").disable
+    assert gguf.tqdm is before and transformers.utils.logging.is_progress_bar_enabled()
+    with library_bars(True):
+        assert transformers.utils.logging.is_progress_bar_enabled() and gguf.tqdm is before
+
+
 def test_a_folder_without_config_json_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(ModelError, match=r"is not a model folder: it has no config\.json") as err:

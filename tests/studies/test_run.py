@@ -4,6 +4,7 @@ the evaluation phase; ``steerlens study run``."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import subprocess
 import sys
@@ -378,6 +379,15 @@ def test_study_run_on_the_command_line_and_resume(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 already finished, resuming" in out and "(0 trained now)" in out
     assert len(StudyFolder.open(tmp_path / "s").table()) == 4
+
+
+def test_study_run_into_a_log_reports_in_lines(tmp_path, capsys, monkeypatch):
+    progress_mod = importlib.import_module("steerlens.runtime.progress")
+    monkeypatch.setattr(progress_mod, "LINE_EVERY_S", 0.0)  # every update, for the test
+    argv = ["study", "run", str(SPECS / "tiny.toml"), "--folder", str(tmp_path / "s")]
+    assert cli.main([*argv, "--threads", "1"]) == 0  # captured: stderr is not a terminal
+    err = capsys.readouterr().err
+    assert "study: 1/4 (25%)" in err and "study: 4/4 (100%)" in err, err
 
 
 def test_study_run_errors_are_one_line(tmp_path, capsys):
