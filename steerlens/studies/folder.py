@@ -108,6 +108,7 @@ _STEERABILITY_COLUMNS = {
     "effect": "REAL",  # target log-prob change (nats)
     "slope": "REAL",  # the prompt's least-squares slope (nats per unit multiplier)
     "unsteered_logprob": "REAL",
+    "kl": "REAL",  # the multiplier's mean side-effect KL on neutral prompts (nats)
 }
 _GRID_METRICS = ("behavior", "kl", "nll", "distinct")
 _GRID_COLUMNS = {
@@ -128,6 +129,11 @@ _GRID_COLUMNS = {
 def _create(con: sqlite3.Connection, table: str, columns: dict[str, str], key: str) -> None:
     body = ", ".join(f'"{k}" {v}' for k, v in columns.items())
     con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body}, PRIMARY KEY ({key}))")
+    # A folder written before a column existed gets it (empty), so newer rows fit.
+    have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have and "NOT NULL" not in kind:
+            con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
 
 
 def _insert(con: sqlite3.Connection, table: str, names: list[str], values: list[list[Any]]) -> None:

@@ -184,9 +184,11 @@ def measure_steerability(
     """The steerability rows of each vector, in item order: one
     `steerlens.studies.steerability.steerability` call per vector, at the spec's
     ``evaluation.steerability_strengths``, on every example prompt with promote completions
-    (`StudySpec.steerability_examples`). One row per prompt x multiplier: ``prompt_index``,
-    ``prompt``, ``strength_index``, ``strength``, ``effect``, the prompt's ``slope`` and its
-    ``unsteered_logprob``. A vector whose call fails gets its one-line error instead.
+    (`StudySpec.steerability_examples`), with each multiplier's side-effect KL on the spec's
+    neutral prompts (or steerability's own, when it has none) for the coherence budget. One
+    row per prompt x multiplier: ``prompt_index``, ``prompt``, ``strength_index``,
+    ``strength``, ``effect``, the prompt's ``slope``, its ``unsteered_logprob`` and the
+    multiplier's ``kl``. A vector whose call fails gets its one-line error instead.
 
     Example:
         >>> from steerlens.studies.spec import Example, OptimizerSettings, load_study_model
@@ -199,9 +201,11 @@ def measure_steerability(
         >>> [(r["prompt"], r["strength"]) for r in rows]
         [('Hi', -1.0), ('Hi', 0.0), ('Hi', 1.0), ('Hi', 2.0)]
     """
+    from steerlens.studies.bench.settings import NEUTRAL_PROMPTS
     from steerlens.studies.steerability import steerability
 
     examples = spec.steerability_examples(model)
+    neutral = [spec.prompt(model, p) for p in spec.evaluation.neutral_prompts or NEUTRAL_PROMPTS]
     outcomes: list[PhaseOutcome] = []
     for _, vector in items:
         try:
@@ -210,6 +214,7 @@ def measure_steerability(
                 vector,
                 examples,
                 strengths=spec.evaluation.steerability_strengths,
+                neutral_prompts=neutral,
                 batch_size=batch_size,
                 progress=False,
             )
@@ -227,6 +232,7 @@ def measure_steerability(
                     "effect": float(result.effects[p, k]),
                     "slope": float(result.slopes[p]),
                     "unsteered_logprob": float(result.unsteered_logprob[p]),
+                    "kl": None if result.kl is None else float(result.kl[k]),
                 }
                 for p, prompt in enumerate(result.prompts)
                 for k, strength in enumerate(strengths)
