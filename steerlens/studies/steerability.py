@@ -258,10 +258,10 @@ class SteerabilityResult:
             if unsteered_logprob is None
             else torch.tensor([float(u) for u in unsteered_logprob], dtype=torch.float64)
         )
-        kls = [r.get("kl") for r in by_prompt[0]]
+        kls = [float(r["kl"]) for r in by_prompt[0] if r.get("kl") is not None]
         kl = None
-        if all(k is not None for k in kls):
-            kl = torch.tensor([float(k) for k in kls], dtype=torch.float64)
+        if len(kls) == len(strengths):  # a folder from before the KL has none
+            kl = torch.tensor(kls, dtype=torch.float64)
         budget = check_budget(max_kl=max_kl)["max_kl"]
         return cls(
             prompts=tuple(prompts),
