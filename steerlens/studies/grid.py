@@ -62,6 +62,8 @@ _BUDGETS = {
     "nll_ratio": ("max_nll_ratio", "at most"),
     "distinct": ("min_distinct", "at least"),
 }
+# The widest figure (px) that fits a steerlens HTML page beside its margins.
+_MAX_WIDTH = 1100
 # The budget shown by repr: steered replies at most 1.5x as surprising to the unsteered model.
 DEFAULT_MAX_NLL_RATIO = 1.5
 
@@ -558,7 +560,12 @@ class GridResult:
             "strength",
             "layer",
         )
-        fig.update_layout(width=max(500, 330 * len(chosen)))
+        # Each colour bar sits right of its panel; the right margin holds the last one, and the
+        # width stays within a report page (1200 px less its padding).
+        fig.update_layout(
+            width=min(_MAX_WIDTH, max(500, 330 * len(chosen))),
+            margin={"l": 60, "r": 70, "t": 80, "b": 50},
+        )
         return fig
 
     def plot_frontier(self, budget_metric: str = "nll_ratio") -> go.Figure:
