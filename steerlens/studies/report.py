@@ -54,7 +54,8 @@ def _header(page: Page, folder: StudyFolder, table: Any) -> None:
         f"prompts, strength {ev.strength:g}, every token steered; steerability multipliers "
         f"{list(ev.steerability_strengths) or 'none'}; grid strengths "
         f"{'none' if ev.grid is None else list(ev.grid.strengths)}",
-        f"held-out prompts: {_prompts(ev.prompts)}; neutral prompts: {_prompts(ev.neutral_prompts)}",
+        f"held-out prompts: {_prompts(ev.prompts)}",
+        f"neutral prompts: {_prompts(ev.neutral_prompts)}",
         f"judge: {judge}",
         f"coherence budgets: steerability uses the multipliers whose side-effect KL on neutral "
         f"prompts stays within {DEFAULT_MAX_KL:g} nat; the grid's frontier the cells whose "

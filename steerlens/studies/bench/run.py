@@ -31,6 +31,7 @@ from steerlens.analysis.scale import residual_norms
 from steerlens.datasets import Behaviour, load_behaviour
 from steerlens.errors import SpecError
 from steerlens.evaluation.scorer import PromptScorer
+from steerlens.io.lock import writer_lock
 from steerlens.steering.positions import Positions
 from steerlens.steering.steer import Steering
 from steerlens.steering.vector import SteeringVector
@@ -52,7 +53,6 @@ from steerlens.studies.bench.settings import (
     LAYER_FRACTIONS,
     BenchSettings,
 )
-from steerlens.studies.folder import writer_lock
 
 
 def _unit(vector: SteeringVector, layer: int) -> torch.Tensor:
