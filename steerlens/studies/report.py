@@ -1,4 +1,5 @@
-"""One HTML page for a study folder: `write_study_report` (``steerlens study report DIR``).
+"""One HTML page for a study folder: `write_study_report` (``steerlens study report DIR``);
+and one for a layer x strength grid: `write_grid_page` (``steerlens sweep``).
 
 The page is built from the folder alone (no model is loaded): the spec and its run (header,
 unit counts, failures), the units table, the generalization matrix (heatmaps and the transfer
@@ -21,6 +22,8 @@ from steerlens.studies.steerability import DEFAULT_MAX_KL
 from steerlens.version import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from steerlens.studies.grid import GridResult
     from steerlens.studies.matrix import GeneralizationMatrix
     from steerlens.studies.steerability import SteerabilityResult
@@ -309,4 +312,82 @@ def write_study_report(folder: StudyFolder | str | Path, path: str | Path | None
     return write_page(page, target, f"steerlens study {study.spec.name}")
 
 
-__all__ = ["REPORT_FILE", "write_study_report"]
+def _replies(grid: GridResult, replies: Sequence[str], judge: Callable[[str], bool] | None) -> str:
+    rows = []
+    for prompt, reply in zip(grid.prompts, replies, strict=True):
+        mark = "" if judge is None else ("yes" if judge(reply) else "no")
+        rows.append([short(prompt_label(prompt), 60), short(reply, 160), mark])
+    header = ["prompt", "reply", "judged yes"] if judge is not None else ["prompt", "reply", ""]
+    return html_table(header, rows, numeric=set())
+
+
+def write_grid_page(
+    grid: GridResult,
+    path: str | Path,
+    *,
+    title: str,
+    judge: Callable[[str], bool] | None = None,
+    judge_text: str = "",
+    settings: Sequence[str] = (),
+    max_nll_ratio: float = DEFAULT_MAX_NLL_RATIO,
+) -> Path:
+    """Write one self-contained HTML page of a layer x strength grid; returns its path.
+
+    Above the figures it says what was run (``settings``, the grid's layers, strengths,
+    positions, prompts, neutral prompts, the judge and the coherence budget) and what it
+    shows (the best setting within ``max_nll_ratio``, or that none shows the behavior), with
+    the unsteered replies and those of that setting, each marked by ``judge``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from steerlens.evaluation import StringMatchJudge
+        >>> from steerlens.studies.grid import layer_strength_grid
+        >>> from steerlens.testing import tiny_model
+        >>> judge = StringMatchJudge(["e"])
+        >>> grid = layer_strength_grid(tiny_model(), torch.ones(64), layers=[1],
+        ...     strengths=[0, 4], prompts=["the cat"], judge=judge, max_new_tokens=3,
+        ...     progress=False)
+        >>> path = write_grid_page(grid, tempfile.mkdtemp() + "/sweep.html", title="demo",
+        ...                        judge=judge, judge_text="contains 'e'")
+        >>> "What it shows" in path.read_text(encoding="utf-8")
+        True
+    """
+    from steerlens.studies.grid import check_budget
+
+    budget = check_budget(max_nll_ratio=max_nll_ratio)["max_nll_ratio"]
+    point = grid.frontier(max_nll_ratio=budget)
+    best = grid.frontier()
+    page = Page()
+    page.add(f"<h1>{escape(title)}</h1>\n<h2 id='settings'>What was run</h2>\n")
+    items = [escape(s) for s in settings] + [
+        f"layers {list(grid.layers)} x strengths {[float(s) for s in grid.strengths]}; "
+        f"steered tokens: {escape(grid.positions.describe())}",
+        f"{len(grid.prompts)} prompts: {_prompts(grid.prompts)}",
+        f"judge: {escape(judge_text) or 'not described'}",
+        f"neutral prompts (side-effect KL): {_prompts(grid.neutral_prompts)}",
+        f"coherence budget: steered replies' NLL (under the unsteered model) at most "
+        f"{budget:g}x the unsteered replies'",
+    ]
+    page.add("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>\n")
+    page.add("<h2 id='findings'>What it shows</h2>\n")
+    lead = "Best setting within the budget" if point.shows_behavior else "Within the budget"
+    page.add(
+        f"<p><b>{lead}:</b> {escape(point.summary())}</p>\n"
+        f"<p class='note'>Best cell, coherent or not: {escape(best.summary())}</p>\n"
+    )
+    page.add("<h3>Unsteered replies</h3>\n")
+    page.add(_replies(grid, grid.baseline_replies, judge) if grid.baseline_replies else "")
+    if point.found and point.layer is not None and point.strength is not None:
+        page.add(
+            f"<h3>Replies at layer {point.layer}, strength {point.strength:g} (the setting "
+            "above)</h3>\n"
+        )
+        page.add(_replies(grid, grid.replies_at(point.layer, point.strength), judge))
+    page.add("<h2 id='figures'>Figures</h2>\n")
+    page.figure(grid.plot_all())
+    page.figure(grid.plot_frontier("nll_ratio"))
+    target = Path(path).expanduser()
+    return write_page(page, target, title)
+
+
+__all__ = ["REPORT_FILE", "write_grid_page", "write_study_report"]
