@@ -345,6 +345,8 @@ def run_demo(
         row_labels=labels,
         findings=[found, cal.guidance(), *contrasts],
         curve=table,
+        judge=refusals,
+        judged_as="refusal",
     )
     print(f"\nSaved {vec_path} and {report}.  Total {time.perf_counter() - t0:.1f} s")
     return report

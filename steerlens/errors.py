@@ -111,3 +111,13 @@ def check_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise SpecError(f"{what} must be integers, got {value!r} ({type(value).__name__}).")
     return operator.index(value)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming an exception's type and message.
+
+    Example:
+        >>> describe_error(ValueError("bad\\nvalue"))
+        'ValueError: bad value'
+    """
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"

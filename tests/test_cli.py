@@ -299,6 +299,14 @@ def test_sweep_writes_the_grid_and_prints_the_frontier(tiny_loaded, tiny, capsys
     assert "GridResult: 2 layers x 2 strengths" in out and f"wrote {page}" in out
     html = page.read_text()
     assert html.count("Plotly.newPlot(") == 2 and '<script src="http' not in html
+    # What was run and what it shows, in words, above the figures.
+    head = html[: html.index('id="figure-0"')]
+    for said in ("What was run", "layers [0, 1] x strengths [0.0, 2.0]", "&#x27;the cat&#x27;"):
+        assert said in head, said
+    assert "judge: a reply containing any of &#x27;a&#x27;" in head
+    assert "at most 1.5x the unsteered" in head and "What it shows" in head
+    assert "Unsteered replies" in head and "judged yes" in head
+    assert "prompts formatted as chat user messages" in head
     missing_judge = ["sweep", str(path), "--prompt", "hi"]
     assert cli.main(missing_judge) == 2
     assert "needs a judge" in capsys.readouterr().err

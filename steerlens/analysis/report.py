@@ -4,7 +4,7 @@ did on held-out prompts, and generations side by side."""
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,6 +44,8 @@ def write_optimization_report(
     curve: Sequence[Mapping[str, Any]] = (),
     scale: ResidualNorms | None = None,
     views: Sequence[HasHtml] = (),
+    judge: Callable[[str], bool] | None = None,
+    judged_as: str = "judged yes",
 ) -> Path:
     """Write ``result``'s loss curve and ``(prompt, unsteered, steered)`` rows as one HTML page.
 
@@ -62,6 +64,9 @@ def write_optimization_report(
             fraction of the typical residual norm at its layer.
         views: interpretation views shown in a section of their own, each anything with an
             ``html()`` method: a `TokenView`, a `LogitLensResult`, a `VectorCard`.
+        judge: ``text -> bool``; when given, every reply is marked with its verdict
+            (``judged_as`` when true, "not " + ``judged_as`` when false).
+        judged_as: what a true verdict is called, e.g. ``"refusal"``.
 
     Example:
         >>> import tempfile, pathlib
@@ -72,6 +77,10 @@ def write_optimization_report(
         >>> p = write_optimization_report(out, res, [("a", "x", "y")], settings={"lr": 0.01},
         ...                               training=("a", " b"), row_labels=["training"])
         >>> p.stat().st_size > 1000
+        True
+        >>> text = write_optimization_report(out, res, [("a", "x", "no")],
+        ...     judge=lambda t: t == "no", judged_as="refusal").read_text(encoding="utf-8")
+        >>> "[refusal]" in text and "[not refusal]" in text
         True
     """
     if row_labels is not None and len(row_labels) != len(rows):
@@ -89,11 +98,25 @@ def write_optimization_report(
     figure_html = fig.to_html(include_plotlyjs=True, full_html=False)
     meta = result.vector.metadata()
     label_head = "<th>set</th>" if labels is not None else ""
+
+    def reply(text: str) -> str:
+        if judge is None:
+            return f"<td>{html.escape(text)}</td>"
+        verdict = judged_as if judge(text) else f"not {judged_as}"
+        mark = "judged" if judge(text) else "unjudged"
+        return f'<td><b class="{mark}">[{html.escape(verdict)}]</b> {html.escape(text)}</td>'
+
     table = "\n".join(
         "<tr>"
         + (f"<td>{html.escape(labels[i])}</td>" if labels is not None else "")
-        + f"<td>{html.escape(p)}</td><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>"
+        + f"<td>{html.escape(p)}</td>{reply(a)}{reply(b)}</tr>"
         for i, (p, a, b) in enumerate(rows)
+    )
+    judged_note = (
+        ""
+        if judge is None
+        else f"<p>Each reply is marked by the judge: <b>[{html.escape(judged_as)}]</b> or "
+        f"<b>[not {html.escape(judged_as)}]</b>.</p>"
     )
     final = "".join(
         f"<li>{html.escape(k)}: {v:.4g} nats</li>" for k, v in result.final_losses.items()
@@ -135,6 +158,7 @@ def write_optimization_report(
 <ul>{final}</ul>
 {figure_html}
 <h2>Generations</h2>
+{judged_note}
 <table><tr>{label_head}<th>prompt</th><th>unsteered</th><th>steered</th></tr>
 {table}
 </table>

@@ -121,8 +121,8 @@ def _numbers(text: str, option: str, kind: type = float) -> list:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """A layer x strength grid of a vector file: behaviour and coherence, and the frontier."""
     from steerlens.evaluation.judges import StringMatchJudge
-    from steerlens.io.atomic import atomic_path
     from steerlens.studies.grid import layer_strength_grid
+    from steerlens.studies.report import write_grid_page
 
     output = check_output_file(args.output)
     vector = load_vector_file(args.vector)
@@ -142,28 +142,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from steerlens.runtime import chat_prompt
 
         prompts = [chat_prompt(model, p) for p in prompts]
+    judge = StringMatchJudge(args.judge_any_of)
     grid = layer_strength_grid(
         model,
         vector,
         layers=layers,
         strengths=strengths,
         prompts=prompts,
-        judge=StringMatchJudge(args.judge_any_of),
+        judge=judge,
         neutral_prompts=args.neutral or None,
         max_new_tokens=args.max_new_tokens,
         positions=positions,
         progress=args.progress,
     )
     print(grid)
-    best = grid.frontier(max_nll_ratio=args.max_nll_ratio)
-    page = grid.plot_all().to_html(include_plotlyjs=True, full_html=False) + grid.plot_frontier(
-        "nll_ratio"
-    ).to_html(include_plotlyjs=False, full_html=False)
-    with atomic_path(output) as tmp:
-        Path(tmp).write_text(
-            f"<!doctype html><html><head><meta charset='utf-8'><title>steerlens sweep</title>"
-            f"</head><body><h1>Layer x strength: {args.vector}</h1><p>{best.summary()}</p>"
-            f"{page}</body></html>"
-        )
+    settings = [
+        f"vector {args.vector}",
+        "prompts formatted as chat user messages" if not args.no_chat else "prompts as raw text",
+        f"greedy replies of at most {args.max_new_tokens} tokens",
+    ]
+    write_grid_page(
+        grid,
+        output,
+        title=f"steerlens sweep: {Path(args.vector).name}",
+        judge=judge,
+        judge_text="a reply containing any of " + ", ".join(repr(t) for t in args.judge_any_of),
+        settings=settings,
+        max_nll_ratio=args.max_nll_ratio,
+    )
     print(f"wrote {output}")
     return 0

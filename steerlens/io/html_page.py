@@ -9,7 +9,8 @@ STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:
 line-height:1.4}table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;
 padding:4px 8px;vertical-align:top;text-align:left}th{background:#f4f4f4}td.num{text-align:right;
 font-variant-numeric:tabular-nums}.failed{color:#b00}.note{color:#555}code{background:#f4f4f4;
-padding:0 3px}details{margin:0.5em 0}summary{cursor:pointer}"""
+padding:0 3px}details{margin:0.5em 0}summary{cursor:pointer}b.judged{color:#1a6b2a}
+b.unjudged{color:#666}"""
 
 
 def html_document(title: str, body: str) -> str:

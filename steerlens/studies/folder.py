@@ -33,19 +33,16 @@ import dataclasses
 import datetime as _dt
 import json
 import math
-import os
 import shutil
-import socket
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from filelock import FileLock, Timeout
-
 from steerlens.errors import SpecError, StudyFolderError
 from steerlens.io.atomic import atomic_path
+from steerlens.io.lock import writer_lock
 from steerlens.steering.vector import SteeringVector
 from steerlens.studies.spec import StudySpec, Unit
 from steerlens.training.config import OptimizeResult
@@ -108,6 +105,7 @@ _STEERABILITY_COLUMNS = {
     "effect": "REAL",  # target log-prob change (nats)
     "slope": "REAL",  # the prompt's least-squares slope (nats per unit multiplier)
     "unsteered_logprob": "REAL",
+    "kl": "REAL",  # the multiplier's mean side-effect KL on neutral prompts (nats)
 }
 _GRID_METRICS = ("behavior", "kl", "nll", "distinct")
 _GRID_COLUMNS = {
@@ -128,6 +126,11 @@ _GRID_COLUMNS = {
 def _create(con: sqlite3.Connection, table: str, columns: dict[str, str], key: str) -> None:
     body = ", ".join(f'"{k}" {v}' for k, v in columns.items())
     con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body}, PRIMARY KEY ({key}))")
+    # A folder written before a column existed gets it (empty), so newer rows fit.
+    have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have and "NOT NULL" not in kind:
+            con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
 
 
 def _insert(con: sqlite3.Connection, table: str, names: list[str], values: list[list[Any]]) -> None:
@@ -138,44 +141,6 @@ def _insert(con: sqlite3.Connection, table: str, names: list[str], values: list[
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@contextlib.contextmanager
-def writer_lock(path: str | Path) -> Iterator[None]:
-    """Hold the study folder ``path`` for one run: a lock file beside it (``.<name>.lock``,
-    the `filelock` package's OS lock, which a process that dies releases) and a note of who
-    holds it. A second run meanwhile gets a `StudyFolderError` naming the holder.
-
-    Example:
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp()) / "study"
-        >>> with writer_lock(folder):
-        ...     pass
-    """
-    folder = Path(path).expanduser()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder.with_name(f".{folder.name}.lock")), timeout=0)
-    note = folder.with_name(f".{folder.name}.lock.holder")
-    try:
-        lock.acquire()
-    except Timeout:
-        try:
-            holder = note.read_text(encoding="utf-8").strip()
-        except OSError:
-            holder = "another process"
-        raise StudyFolderError(
-            f"the study folder {str(folder)!r} is in use by {holder}; wait for that run to "
-            "finish (or stop it) and run again: finished units are kept."
-        ) from None
-    try:
-        since = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        note.write_text(
-            f"process {os.getpid()} on {socket.gethostname()} since {since}", encoding="utf-8"
-        )
-        yield
-    finally:
-        note.unlink(missing_ok=True)
-        lock.release()
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ _BUDGETS = {
     "nll_ratio": ("max_nll_ratio", "at most"),
     "distinct": ("min_distinct", "at least"),
 }
+# The widest figure (px) that fits a steerlens HTML page beside its margins.
+_MAX_WIDTH = 1100
 # The budget shown by repr: steered replies at most 1.5x as surprising to the unsteered model.
 DEFAULT_MAX_NLL_RATIO = 1.5
 
@@ -103,6 +105,12 @@ class FrontierPoint:
         return self.layer is not None
 
     @property
+    def shows_behavior(self) -> bool:
+        """Whether the cell found shows the behavior, and more often than the unsteered model:
+        only then is it a setting worth reporting as the frontier."""
+        return self.found and self.successes > 0 and self.behavior > self.unsteered_behavior
+
+    @property
     def steering(self) -> Steering:
         """The cell as a `steerlens.Steering` plan, ready for ``generate(..., steering=)``."""
         if self.layer is None or self.strength is None or self.vector is None:
@@ -121,19 +129,42 @@ class FrontierPoint:
         return f"FrontierPoint({_describe_budget(self.budget)}: {self.summary()})"
 
     def summary(self) -> str:
-        """One line: the cell, its behavior and its coherence."""
+        """One line: the cell, its behavior and its coherence; or, when no cell within the
+        budget shows the behavior (none is within it, none has a reply judged yes, or none
+        beats the unsteered model), that in words.
+
+        Example:
+            >>> point = FrontierPoint(budget={"max_nll_ratio": 1.5}, layer=3, strength=0.0,
+            ...     behavior=0.0, ci_low=0.0, ci_high=0.5, successes=0, n=4,
+            ...     unsteered_behavior=0.0, coherence={}, within_budget=2)
+            >>> point.summary()[:60]
+            'no setting within NLL ratio <= 1.5 shows the behavior: 0 of '
+        """
         if self.layer is None or self.strength is None:
             return self.note
+        scope = f"within {_describe_budget(self.budget)}" if self.budget else "in the grid"
+        cells = f"{self.within_budget} cell{'s' if self.within_budget != 1 else ''} {scope}"
+        if self.successes == 0:
+            return (
+                f"no setting {scope} shows the behavior: 0 of {self.n} replies judged yes at "
+                f"every one of the {cells} (unsteered {self.unsteered_behavior:.0%})."
+            )
         cost = ", ".join(
             f"{_INFO[m][0]} {v:.3g}" for m, v in self.coherence.items() if m != "distinct"
         )
         unsteered = " (unsteered)" if self.strength == 0 else ""
-        return (
+        cell = (
             f"layer {self.layer}, strength {self.strength:g}{unsteered} -> behavior "
             f"{self.successes}/{self.n} = {self.behavior:.0%} [{self.ci_low:.0%}, "
             f"{self.ci_high:.0%}] "
             f"(unsteered {self.unsteered_behavior:.0%}); {cost}"
         )
+        if not self.shows_behavior:
+            return (
+                f"no setting {scope} shows the behavior more often than the unsteered model; "
+                f"the best of the {cells}: {cell}"
+            )
+        return cell
 
 
 @dataclass(frozen=True, eq=False)
@@ -529,7 +560,12 @@ class GridResult:
             "strength",
             "layer",
         )
-        fig.update_layout(width=max(500, 330 * len(chosen)))
+        # Each colour bar sits right of its panel; the right margin holds the last one, and the
+        # width stays within a report page (1200 px less its padding).
+        fig.update_layout(
+            width=min(_MAX_WIDTH, max(500, 330 * len(chosen))),
+            margin={"l": 60, "r": 70, "t": 80, "b": 50},
+        )
         return fig
 
     def plot_frontier(self, budget_metric: str = "nll_ratio") -> go.Figure:
@@ -619,10 +655,11 @@ class GridResult:
         lines = [
             f"GridResult: {len(self.layers)} layers x {len(self.strengths)} strengths, "
             f"{len(self.prompts)} prompts (unsteered behavior {self.baseline['behavior']:.0%})",
-            f"  best cell: {best.summary()}",
+            f"  best cell, coherent or not: {best.summary()}",
         ]
         default = self.frontier(max_nll_ratio=DEFAULT_MAX_NLL_RATIO)
-        lines.append(f"  frontier at NLL ratio <= {DEFAULT_MAX_NLL_RATIO:g}: {default.summary()}")
+        name = "frontier" if default.shows_behavior else "within"
+        lines.append(f"  {name} NLL ratio <= {DEFAULT_MAX_NLL_RATIO:g}: {default.summary()}")
         return "\n".join(lines)
 
 

@@ -396,18 +396,32 @@ class GeneralizationMatrix:
 
     def plot(self, metric: str = "logprob_change") -> go.Figure:
         """A heatmap of ``metric`` (``"logprob_change"`` or ``"judged"``): vectors x prompts,
-        with each vector's own training prompt marked "own"."""
+        with each vector's own training prompt marked "own" and every vector's row labelled.
+        Prompts without a value for ``metric`` (held-out prompts have no target completion, so
+        no log-prob change) are left out, and the title says so.
+
+        Example:
+            >>> rows = [dict(vector="v", prompt=p, kind=k, own=p == "a", logprob_change=x,
+            ...              judged=j, reply=None, side_effect_kl=None)
+            ...         for p, k, x, j in (("a", "example", 2.0, True), ("q", "held_out", None,
+            ...                                                             False))]
+            >>> fig = GeneralizationMatrix.from_rows(rows).plot()
+            >>> list(fig.data[0].x), "1 held-out prompt" in fig.layout.title.text
+            (["0: 'a'"], True)
+        """
         import plotly.graph_objects as go
 
         from steerlens.analysis.plots import style_figure
 
         values = self._values(metric)
+        shown = [p for p in range(len(self.prompts)) if not values[:, p].isnan().all()]
         labels = [
-            f"{p}: {short(prompt_label(text), 28)}" + (" (held out)" if kind == "held_out" else "")
-            for p, (text, kind) in enumerate(zip(self.prompts, self.kinds, strict=True))
+            f"{p}: {short(prompt_label(self.prompts[p]), 28)}"
+            + (" (held out)" if self.kinds[p] == "held_out" else "")
+            for p in shown
         ]
-        z = [[None if math.isnan(x) else x for x in row] for row in values.tolist()]
-        marks = [["own" if o else "" for o in row] for row in self.own.tolist()]
+        z = [[None if math.isnan(row[p]) else row[p] for p in shown] for row in values.tolist()]
+        marks = [["own" if row[p] else "" for p in shown] for row in self.own.tolist()]
         if metric == "judged":
             colour: dict[str, Any] = {"colorscale": "Blues", "zmin": 0.0, "zmax": 1.0}
             title, bar = "Judged steered replies", "judged"
@@ -426,7 +440,16 @@ class GeneralizationMatrix:
                 **colour,
             )
         )
-        fig.update_yaxes(autorange="reversed")
+        # Every row labelled, however many vectors: plotly thins category ticks to fit.
+        fig.update_yaxes(autorange="reversed", dtick=1)
+        fig.update_layout(height=max(400, 160 + 22 * len(self.vectors)))
+        left = len(self.prompts) - len(shown)
+        if left:
+            plural = "s" if left > 1 else ""
+            if metric == "logprob_change":
+                title += f"; {left} held-out prompt{plural} left out (no target completion)"
+            else:
+                title += f"; {left} prompt{plural} left out (not judged)"
         return style_figure(fig, f"{title} (strength {self.strength:g})", "prompt", "vector")
 
     def __repr__(self) -> str:

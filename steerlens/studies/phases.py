@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from steerlens.errors import SpecError, StudyError
+from steerlens.errors import SpecError, StudyError, describe_error
 from steerlens.steering.vector import SteeringVector
 from steerlens.studies.spec import StudySpec, Unit
 from steerlens.training.config import OptimizeResult
@@ -41,16 +41,6 @@ class Backend(Protocol):
     def grid(
         self, spec: StudySpec, sources: Mapping[int, tuple[Unit, SteeringVector]], batch_size: int
     ) -> PhaseOutcome: ...
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line naming an exception's type and message.
-
-    Example:
-        >>> describe_error(ValueError("bad\\nvalue"))
-        'ValueError: bad value'
-    """
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def train_units(
@@ -184,9 +174,11 @@ def measure_steerability(
     """The steerability rows of each vector, in item order: one
     `steerlens.studies.steerability.steerability` call per vector, at the spec's
     ``evaluation.steerability_strengths``, on every example prompt with promote completions
-    (`StudySpec.steerability_examples`). One row per prompt x multiplier: ``prompt_index``,
-    ``prompt``, ``strength_index``, ``strength``, ``effect``, the prompt's ``slope`` and its
-    ``unsteered_logprob``. A vector whose call fails gets its one-line error instead.
+    (`StudySpec.steerability_examples`), with each multiplier's side-effect KL on the spec's
+    neutral prompts (or steerability's own, when it has none) for the coherence budget. One
+    row per prompt x multiplier: ``prompt_index``, ``prompt``, ``strength_index``,
+    ``strength``, ``effect``, the prompt's ``slope``, its ``unsteered_logprob`` and the
+    multiplier's ``kl``. A vector whose call fails gets its one-line error instead.
 
     Example:
         >>> from steerlens.studies.spec import Example, OptimizerSettings, load_study_model
@@ -199,9 +191,11 @@ def measure_steerability(
         >>> [(r["prompt"], r["strength"]) for r in rows]
         [('Hi', -1.0), ('Hi', 0.0), ('Hi', 1.0), ('Hi', 2.0)]
     """
+    from steerlens.studies.bench.settings import NEUTRAL_PROMPTS
     from steerlens.studies.steerability import steerability
 
     examples = spec.steerability_examples(model)
+    neutral = [spec.prompt(model, p) for p in spec.evaluation.neutral_prompts or NEUTRAL_PROMPTS]
     outcomes: list[PhaseOutcome] = []
     for _, vector in items:
         try:
@@ -210,6 +204,7 @@ def measure_steerability(
                 vector,
                 examples,
                 strengths=spec.evaluation.steerability_strengths,
+                neutral_prompts=neutral,
                 batch_size=batch_size,
                 progress=False,
             )
@@ -227,6 +222,7 @@ def measure_steerability(
                     "effect": float(result.effects[p, k]),
                     "slope": float(result.slopes[p]),
                     "unsteered_logprob": float(result.unsteered_logprob[p]),
+                    "kl": None if result.kl is None else float(result.kl[k]),
                 }
                 for p, prompt in enumerate(result.prompts)
                 for k, strength in enumerate(strengths)

@@ -16,46 +16,22 @@ that instance is used and left running.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steerlens.errors import MissingPackageError, SpecError, SteerlensError
+from steerlens.errors import SpecError, SteerlensError, describe_error
 from steerlens.steering.vector import SteeringVector
 from steerlens.studies.phases import (
     Outcome,
     PhaseOutcome,
-    describe_error,
     evaluate_units,
     measure_grid,
     measure_steerability,
     train_units,
 )
-from steerlens.studies.spec import StudySpec, Unit, load_study_model
-
-INSTALL = "pip install steerlens[ray]"
-
-
-def import_ray() -> Any:
-    """The ``ray`` module, or a `MissingPackageError` saying how to install it."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise MissingPackageError(
-            f"the Ray backend needs the ray package, which is not installed ({exc}); "
-            f"{INSTALL}, or use the serial backend (backend='serial', --backend serial)."
-        ) from exc
-    return ray
-
-
-@functools.lru_cache(maxsize=2)
-def worker_model(name: str, device: str | None) -> Any:
-    """The model ``name`` on ``device``, built once per process (each Ray worker keeps its own).
-
-    ``device=None`` is CUDA when this process sees a GPU, else the CPU.
-    """
-    return load_study_model(name, device=device)
+from steerlens.studies.spec import StudySpec, Unit
+from steerlens.studies.workers import INSTALL, import_ray, worker_model
 
 
 def train_on_worker(spec: StudySpec, units: Sequence[Unit], device: str | None) -> list[Outcome]:

@@ -8,6 +8,12 @@ multiplier is that prompt's steerability; prompts whose slope has the wrong sign
 of the vector makes the promoted completions *less* likely) are anti-steerable. All
 ``multipliers x prompts`` rows run together, each under its own strength
 (`steerlens.steering.steer.steer_rows`).
+
+A multiplier that breaks the model drags every target log-prob down, which would read as
+"anti-steerable". So each multiplier's side-effect KL on neutral prompts is measured too, and
+slopes and verdicts use only the multipliers within the coherence budget (``max_kl``, and
+every multiplier between it and 0 within it as well); the slopes are those of
+`steerlens.studies.bench.metrics`, the benchmark's.
 """
 
 from __future__ import annotations
@@ -19,12 +25,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
-from steerlens.errors import InputError, SpecError
+from steerlens import runtime
+from steerlens.errors import InputError, SpecError, SteerlensError
+from steerlens.evaluation.coherence import side_effect_kl
 from steerlens.io.plain import prompt_label, short, table, to_plain
 from steerlens.steering.steer import SteeringLike, as_plans
+from steerlens.studies.bench import metrics
+from steerlens.studies.bench.settings import NEUTRAL_PROMPTS
+from steerlens.studies.grid import check_budget
 from steerlens.studies.matrix import check_examples, target_logprobs
 from steerlens.training.data import Datapoint
 
@@ -33,6 +44,10 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 DEFAULT_STRENGTHS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
+# The coherence budget: a multiplier whose mean next-token KL on neutral prompts exceeds one
+# nat has changed what the model says where it should say the same, so its effects are not
+# evidence about the vector's direction.
+DEFAULT_MAX_KL = 1.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +60,11 @@ class SteerabilityResult:
         effects: ``[prompts, strengths]``: target log-prob change (nats).
         unsteered_logprob: ``[prompts]``: the unsteered target log-prob (nats).
         slopes: ``[prompts]``: least-squares slope of effect against multiplier (nats per
-            unit multiplier); the prompt's steerability.
+            unit multiplier) over the coherent multipliers (`coherent`); the prompt's
+            steerability. NaN when fewer than two multipliers are coherent.
+        kl: ``[strengths]``: the mean side-effect KL on neutral prompts at each multiplier
+            (nats), or ``None`` when it was not measured.
+        max_kl: the coherence budget on ``kl`` (nats).
         unit: ``"nats"``.
     """
 
@@ -54,18 +73,99 @@ class SteerabilityResult:
     effects: Float[Tensor, "prompts strengths"]
     unsteered_logprob: Float[Tensor, " prompts"]
     slopes: Float[Tensor, " prompts"]
+    kl: Float[Tensor, " strengths"] | None = None
+    max_kl: float = DEFAULT_MAX_KL
     unit: str = "nats"
 
     @property
+    def coherent(self) -> Bool[Tensor, " strengths"]:
+        """Per multiplier, whether it is in the coherent range (see `coherent_range`)."""
+        return coherent_range(self.strengths, self.kl, self.max_kl)
+
+    @property
+    def coherent_strengths(self) -> tuple[float, ...]:
+        """The multipliers the slopes and verdicts use."""
+        return tuple(float(s) for s, ok in zip(self.strengths, self.coherent, strict=True) if ok)
+
+    @property
+    def has_verdict(self) -> bool:
+        """Whether the coherence was measured and at least two multipliers are within it:
+        only then is a prompt called anti-steerable."""
+        return self.kl is not None and len(set(self.coherent_strengths)) >= 2
+
+    @property
     def anti_steerable(self) -> float:
-        """The fraction of prompts with a negative slope (more of the vector makes the
-        promoted completions less likely)."""
+        """The fraction of prompts with a negative slope over the coherent multipliers (more of
+        the vector makes the promoted completions less likely); NaN without a verdict
+        (`has_verdict`)."""
+        if not self.has_verdict:
+            return math.nan
         return float((self.slopes < 0).double().mean())
 
     @property
     def anti_steerable_prompts(self) -> tuple[str, ...]:
-        """The prompts with a negative slope."""
+        """The prompts with a negative slope over the coherent multipliers (none without a
+        verdict)."""
+        if not self.has_verdict:
+            return ()
         return tuple(p for p, s in zip(self.prompts, self.slopes.tolist(), strict=True) if s < 0)
+
+    @property
+    def monotonic(self) -> tuple[bool, ...]:
+        """Per prompt, whether its effect moves one way only over the coherent multipliers
+        (`steerlens.studies.bench.metrics.monotonic`); all True with fewer than two."""
+        keep = self.coherent
+        if int(keep.sum()) < 2:
+            return (True,) * len(self.prompts)
+        flags = metrics.monotonic(self.strengths[keep].numpy(), self.effects[:, keep].numpy())
+        return tuple(bool(f) for f in flags)
+
+    def verdict(self) -> str:
+        """What the measurements show, in words: the coherent range, what was left out of it
+        and why, and the anti-steerable prompts within it.
+
+        Example:
+            >>> import torch
+            >>> x = torch.tensor([-1.0, 0.0, 1.0, 2.0], dtype=torch.float64)
+            >>> effects = torch.tensor([[-9.0, 0.0, 29.0, -80.0]], dtype=torch.float64)
+            >>> res = SteerabilityResult.from_rows(
+            ...     [{"prompt": "a", "strength": s, "effect": e, "kl": k}
+            ...      for s, e, k in zip(x.tolist(), effects[0].tolist(), (0.2, 0.0, 0.6, 7.5))])
+            >>> res.verdict()[:66]
+            'Over multipliers -1 to 1 (side-effect KL <= 1 nat), 0 of 1 prompts'
+            >>> res.verdict()[-21:]
+            'Left out: 2 (KL 7.5).'
+        """
+        n = len(self.prompts)
+        if self.kl is None:
+            slopes = self.slopes[~self.slopes.isnan()]
+            falling = int((slopes < 0).sum())
+            return (
+                f"Coherence was not measured, so no prompt is called anti-steerable: over every "
+                f"multiplier, {falling} of {n} prompts have a negative slope. Measure with "
+                "neutral_prompts to get a verdict."
+            )
+        kept = self.coherent_strengths
+        left = [
+            f"{float(s):g} (KL {float(k):.3g})"
+            for s, k, ok in zip(self.strengths, self.kl, self.coherent, strict=True)
+            if not ok
+        ]
+        left_out = f" Left out: {', '.join(left)}." if left else ""
+        if not self.has_verdict:
+            return (
+                f"No verdict: only multiplier(s) {', '.join(f'{s:g}' for s in kept) or 'none'} "
+                f"keep the side-effect KL within {self.max_kl:g} nat, too few to fit a slope; "
+                f"beyond them the model's replies change where they should not.{left_out}"
+            )
+        wobbly = sum(not m for m in self.monotonic)
+        shape = f"; {wobbly} of {n} rise and fall" if wobbly else ""
+        return (
+            f"Over multipliers {min(kept):g} to {max(kept):g} (side-effect KL <= "
+            f"{self.max_kl:g} nat), {len(self.anti_steerable_prompts)} of {n} prompts "
+            f"anti-steerable (slope < 0){shape}; mean slope {self.mean_slope:+.3g} "
+            f"{self.unit} per unit.{left_out}"
+        )
 
     @property
     def mean_slope(self) -> float:
@@ -84,14 +184,19 @@ class SteerabilityResult:
         return float(q[1] - q[0])
 
     def to_rows(self) -> list[dict[str, Any]]:
-        """One plain dict per prompt x multiplier: prompt, strength, effect, slope."""
+        """One plain dict per prompt x multiplier: prompt, strength, effect, slope, whether
+        the prompt is anti-steerable, the multiplier's KL and whether it is coherent."""
+        anti = set(self.anti_steerable_prompts)
+        coherent = self.coherent.tolist()
         return [
             {
                 "prompt": prompt,
                 "strength": float(s),
                 "effect": float(self.effects[p, k]),
                 "slope": float(self.slopes[p]),
-                "anti_steerable": bool(self.slopes[p] < 0),
+                "anti_steerable": self.prompts[p] in anti,
+                "kl": None if self.kl is None else float(self.kl[k]),
+                "coherent": bool(coherent[k]),
             }
             for p, prompt in enumerate(self.prompts)
             for k, s in enumerate(self.strengths.tolist())
@@ -103,10 +208,12 @@ class SteerabilityResult:
         rows: Sequence[Mapping[str, Any]],
         *,
         unsteered_logprob: Sequence[float] | None = None,
+        max_kl: float = DEFAULT_MAX_KL,
     ) -> SteerabilityResult:
         """The result back from its rows (`to_rows`, e.g. read from a study folder):
         prompt-major, every prompt with the same multipliers in the same order. The slopes are
-        fitted again from the effects; ``unsteered_logprob`` is NaN unless given.
+        fitted again from the effects over the coherent multipliers (the first prompt's rows'
+        ``"kl"``, when they have one); ``unsteered_logprob`` is NaN unless given.
 
         Example:
             >>> rows = [{"prompt": "a", "strength": s, "effect": 2 * s} for s in (0, 1)]
@@ -151,12 +258,19 @@ class SteerabilityResult:
             if unsteered_logprob is None
             else torch.tensor([float(u) for u in unsteered_logprob], dtype=torch.float64)
         )
+        kls = [float(r["kl"]) for r in by_prompt[0] if r.get("kl") is not None]
+        kl = None
+        if len(kls) == len(strengths):  # a folder from before the KL has none
+            kl = torch.tensor(kls, dtype=torch.float64)
+        budget = check_budget(max_kl=max_kl)["max_kl"]
         return cls(
             prompts=tuple(prompts),
             strengths=x,
             effects=effects,
             unsteered_logprob=unsteered,
-            slopes=_slopes(x, effects),
+            slopes=_slopes(x, effects, coherent_range(x, kl, budget)),
+            kl=kl,
+            max_kl=budget,
         )
 
     def to_pandas(self) -> pd.DataFrame:
@@ -167,21 +281,32 @@ class SteerabilityResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, floats, strings) for saving as JSON."""
-        return to_plain(self, include=["anti_steerable", "mean_slope", "slope_std", "slope_iqr"])
+        return to_plain(
+            self,
+            include=[
+                "coherent_strengths",
+                "anti_steerable",
+                "mean_slope",
+                "slope_std",
+                "slope_iqr",
+            ],
+        ) | {"verdict": self.verdict()}
 
     def plot(self) -> go.Figure:
-        """Each prompt's effect against multiplier (thin; blue when its slope is positive, red
-        when anti-steerable) and the mean over prompts (thick)."""
+        """Each prompt's effect against multiplier (thin; blue, or red when anti-steerable)
+        and the mean over prompts (thick); multipliers outside the coherent range are shaded
+        grey and named. The title is the verdict's first clause."""
         import plotly.graph_objects as go
 
         from steerlens.analysis.plots import style_figure
 
         x = self.strengths.tolist()
+        anti_prompts = set(self.anti_steerable_prompts)
         fig = go.Figure()
         shown: set[bool] = set()
         for p, prompt in enumerate(self.prompts):
-            anti = bool(self.slopes[p] < 0)
-            group = "anti-steerable" if anti else "steerable"
+            anti = prompt in anti_prompts
+            group = "anti-steerable" if anti else "prompt"
             fig.add_trace(
                 go.Scatter(
                     x=x,
@@ -208,10 +333,31 @@ class SteerabilityResult:
                 name="mean",
             )
         )
-        title = (
-            f"Steerability: {self.anti_steerable:.0%} of {len(self.prompts)} prompts anti-steerable"
+        for s, ok in zip(x, self.coherent.tolist(), strict=True):
+            if not ok:
+                fig.add_vrect(
+                    x0=s - 0.25,
+                    x1=s + 0.25,
+                    fillcolor="#999",
+                    opacity=0.2,
+                    line_width=0,
+                    annotation_text="KL over budget",
+                    annotation_position="top",
+                )
+        return style_figure(
+            fig, self._headline(), "multiplier", f"target log-prob change ({self.unit})"
         )
-        return style_figure(fig, title, "multiplier", f"target log-prob change ({self.unit})")
+
+    def _headline(self) -> str:
+        if self.kl is None:
+            return "Steerability (coherence not measured: no verdict)"
+        if not self.has_verdict:
+            return f"Steerability: no verdict (fewer than 2 multipliers with KL <= {self.max_kl:g})"
+        kept = self.coherent_strengths
+        return (
+            f"Steerability: {len(self.anti_steerable_prompts)} of {len(self.prompts)} prompts "
+            f"anti-steerable over multipliers {min(kept):g} to {max(kept):g}"
+        )
 
     def __repr__(self) -> str:
         head = (
@@ -219,11 +365,13 @@ class SteerabilityResult:
             f"multipliers {self.strengths.min():g}..{self.strengths.max():g}; mean slope "
             f"{self.mean_slope:+.4f} {self.unit}/unit, std {self.slope_std:.4f}, IQR "
             f"{self.slope_iqr:.4f}; anti-steerable {self.anti_steerable:.0%})\n"
+            f"{self.verdict()}\n"
         )
         order = sorted(range(len(self.prompts)), key=lambda p: float(self.slopes[p]))
+        anti = set(self.anti_steerable_prompts)
         rows = [
             [short(prompt_label(self.prompts[p]), 40), f"{float(self.slopes[p]):+.4f}"]
-            + (["anti-steerable"] if self.slopes[p] < 0 else [""])
+            + (["anti-steerable"] if self.prompts[p] in anti else [""])
             for p in order
         ]
         return head + table(["prompt", f"slope ({self.unit}/unit)", ""], rows)
@@ -254,13 +402,43 @@ def _check_strengths(strengths: Sequence[float]) -> list[float]:
     return values
 
 
+def coherent_range(
+    strengths: Float[Tensor, " strengths"],
+    kl: Float[Tensor, " strengths"] | None,
+    max_kl: float = DEFAULT_MAX_KL,
+) -> Bool[Tensor, " strengths"]:
+    """Per multiplier, whether it and every multiplier between it and 0 keep the side-effect
+    KL within ``max_kl`` (a NaN KL is outside); all True when ``kl`` is ``None``.
+
+    Example:
+        >>> x = torch.tensor([-1.0, 0.0, 1.0, 2.0, 3.0])
+        >>> coherent_range(x, torch.tensor([0.5, 0.0, 0.3, 4.0, 0.9])).tolist()
+        [True, True, True, False, False]
+    """
+    if kl is None:
+        return torch.ones(len(strengths), dtype=torch.bool)
+    within = kl <= max_kl
+    s = strengths.tolist()
+    return torch.tensor(
+        [
+            all(bool(within[j]) for j, t in enumerate(s) if t * x >= 0 and abs(t) <= abs(x))
+            for x in s
+        ],
+        dtype=torch.bool,
+    )
+
+
 def _slopes(
-    strengths: Float[Tensor, " strengths"], effects: Float[Tensor, "prompts strengths"]
+    strengths: Float[Tensor, " strengths"],
+    effects: Float[Tensor, "prompts strengths"],
+    keep: Bool[Tensor, " strengths"],
 ) -> Float[Tensor, " prompts"]:
-    """The least-squares slope of each row of ``effects`` against ``strengths``."""
-    x = strengths - strengths.mean()
-    y = effects - effects.mean(dim=1, keepdim=True)
-    return (y @ x) / (x @ x)
+    """The least-squares slope of each row of ``effects`` against ``strengths`` over the
+    ``keep`` multipliers (NaN when fewer than two distinct are kept)."""
+    if len(set(strengths[keep].tolist())) < 2:
+        return torch.full((effects.shape[0],), torch.nan, dtype=torch.float64)
+    fitted = metrics.item_slopes(strengths[keep].numpy(), effects[:, keep].numpy())
+    return torch.from_numpy(fitted)
 
 
 def steerability(
@@ -269,11 +447,14 @@ def steerability(
     examples: Sequence[Datapoint],
     *,
     strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    neutral_prompts: Sequence[str] | None = NEUTRAL_PROMPTS,
+    max_kl: float = DEFAULT_MAX_KL,
     batch_size: int = 32,
     progress: bool | None = None,
 ) -> SteerabilityResult:
     """How reliably one vector steers each prompt: the target log-prob change at several
-    multipliers, and its per-prompt slope.
+    multipliers, its per-prompt slope over the multipliers where the model stays coherent, and
+    the prompts it steers the wrong way there.
 
     Args:
         model: a TransformerLens model.
@@ -281,12 +462,17 @@ def steerability(
             multipliers scale it as trained (a plan's strength times each multiplier).
         examples: datapoints with promote completions (prompts used as written).
         strengths: the multipliers (at least two different finite numbers).
+        neutral_prompts: prompts (used as written) on which each multiplier's side-effect KL
+            is measured (default: a few everyday questions); ``None`` measures none, and then
+            no prompt is called anti-steerable.
+        max_kl: the coherence budget: multipliers whose mean KL exceeds it (nats), and those
+            beyond them from 0, are left out of the slopes.
         batch_size: rows (each a multiplier x prompt x completion) per forward pass.
         progress: a progress bar when there is more than one batch.
 
     Returns:
-        A `SteerabilityResult`: ``.slopes``, ``.anti_steerable``, ``.slope_std``,
-        ``.slope_iqr``, ``.plot()``.
+        A `SteerabilityResult`: ``.slopes``, ``.anti_steerable``, ``.verdict()``,
+        ``.slope_std``, ``.slope_iqr``, ``.plot()``.
 
     Example:
         >>> import torch
@@ -298,8 +484,8 @@ def steerability(
         >>> res = steerability(model, v, examples, strengths=(-1, 0, 1))
         >>> tuple(res.effects.shape), float(res.effects[0, 1])
         ((2, 3), 0.0)
-        >>> 0.0 <= res.anti_steerable <= 1.0
-        True
+        >>> res.coherent_strengths
+        (-1.0, 0.0, 1.0)
     """
     plans = as_plans(vector)
     if not plans:
@@ -308,17 +494,41 @@ def steerability(
         plan.applied(model)  # wrong model / layer / size: refused before any work
     values = _check_strengths(strengths)
     items = check_examples(examples)
+    budget = check_budget(max_kl=max_kl)["max_kl"]
+    neutral = None
+    if neutral_prompts is not None:
+        try:
+            neutral = runtime.check_prompts(neutral_prompts)
+        except SteerlensError as err:
+            raise InputError(f"neutral_prompts: {err}") from None
     steerings = [[plan.scaled(m) for plan in plans] for m in values]
     scores = target_logprobs(model, steerings, items, batch_size=batch_size, progress=progress)
     effects = scores.changes.T.contiguous()
     x = torch.tensor(values, dtype=torch.float64)
+    kl = None
+    if neutral is not None:
+        kl = torch.tensor(
+            [
+                side_effect_kl(model, neutral, steering, batch_size=batch_size).mean
+                for steering in steerings
+            ],
+            dtype=torch.float64,
+        )
     return SteerabilityResult(
         prompts=tuple(dp.prompt for dp in items),
         strengths=x,
         effects=effects,
         unsteered_logprob=scores.unsteered,
-        slopes=_slopes(x, effects),
+        slopes=_slopes(x, effects, coherent_range(x, kl, budget)),
+        kl=kl,
+        max_kl=budget,
     )
 
 
-__all__ = ["DEFAULT_STRENGTHS", "SteerabilityResult", "steerability"]
+__all__ = [
+    "DEFAULT_MAX_KL",
+    "DEFAULT_STRENGTHS",
+    "SteerabilityResult",
+    "coherent_range",
+    "steerability",
+]

@@ -46,3 +46,17 @@ def test_errors(result, tmp_path):
         write_optimization_report(tmp_path / "r.html", result, [], views=[torch.ones(3)])  # type: ignore[list-item]
     with pytest.raises(InputError, match="one label per row"):
         write_optimization_report(tmp_path / "r.html", result, [("a", "b", "c")], row_labels=[])
+
+
+def test_replies_are_marked_with_the_judges_verdict(tmp_path, result):
+    rows = [("a", "Sure, here it is.", "I'm sorry, I can't."), ("b", "Fine.", "Fine.")]
+    text = write_optimization_report(
+        tmp_path / "r.html",
+        result,
+        rows,
+        judge=lambda t: t.startswith("I'm sorry"),
+        judged_as="refusal",
+    ).read_text(encoding="utf-8")
+    assert "judge: <b>[refusal]</b> or <b>[not refusal]</b>" in text
+    assert text.count("[refusal]</b> I&#x27;m sorry") == 1
+    assert text.count("[not refusal]</b>") == 1 + 3  # the note, then three replies

@@ -192,3 +192,17 @@ def test_a_full_disk_during_a_write_names_the_folder_and_keeps_what_was_saved(
             con.execute("DELETE FROM units")
             raise sqlite3.OperationalError("database or disk is full")
     assert folder.finished() == {unit.name}  # rolled back: nothing lost
+
+
+def test_a_folder_from_before_the_steerability_kl_gets_the_column(tmp_path, spec, results):
+    folder = StudyFolder.prepare(tmp_path / "s", spec)
+    unit, result = next(iter(results.items()))
+    folder.record(unit, result)
+    with sqlite3.connect(tmp_path / "s" / "results.sqlite") as con:
+        con.execute("ALTER TABLE steerability DROP COLUMN kl")
+    old = {"prompt_index": 0, "prompt": "the cat", "effect": 1.0, "slope": 1.0}
+    rows = [old | {"strength_index": k, "strength": s} for k, s in enumerate((0.0, 1.0))]
+    reopened = StudyFolder.open(tmp_path / "s")
+    reopened.record_steerability(unit, [r | {"kl": 0.1 * k} for k, r in enumerate(rows)])
+    [stored] = reopened.steerability_results().values()
+    assert stored.kl is not None and stored.kl.tolist() == [0.0, 0.1]

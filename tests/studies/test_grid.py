@@ -4,6 +4,7 @@ errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -189,7 +190,7 @@ def test_figures(tiny):
 def test_repr_names_the_best_cell_and_the_default_frontier(tiny):
     text = repr(_grid(tiny))
     assert text.startswith("GridResult: 2 layers x 3 strengths, 3 prompts")
-    assert "best cell: layer" in text and "frontier at NLL ratio <= 1.5" in text
+    assert "best cell, coherent or not: " in text and "NLL ratio <= 1.5: " in text
     assert "strength 0 (unsteered) -> behavior" in repr(
         _made(BEHAVIOR, RATIO).frontier(max_nll_ratio=1.0)
     )
@@ -378,3 +379,28 @@ def test_stronger_caa_steering_moves_the_real_model_further(smol):
     )
     assert (res.kl[:, 1] > res.kl[:, 0]).all(), res.kl
     assert np.isfinite(res.nll).all()
+
+
+def test_a_budget_whose_cells_never_show_the_behavior_says_so():
+    # Only strength 0 and a 0%-behavior cell are coherent; the model shows the behavior only
+    # where it has collapsed (NLL ratio 4).
+    res = _made([[0.0, 0.0, 1.0]], [[1.0, 1.2, 4.0]])
+    res = dataclasses.replace(res, baseline=res.baseline | {"behavior": 0.0})
+    point = res.frontier(max_nll_ratio=1.5)
+    assert point.found and not point.shows_behavior
+    assert point.summary() == (
+        "no setting within NLL ratio <= 1.5 shows the behavior: 0 of 4 replies judged yes at "
+        "every one of the 2 cells within NLL ratio <= 1.5 (unsteered 0%)."
+    )
+    assert "frontier" not in repr(res).splitlines()[2]
+    assert res.frontier().shows_behavior and res.frontier().strength == 2.0
+
+
+def test_a_budget_that_only_matches_the_unsteered_rate_says_so():
+    res = _made([[0.25, 0.25, 1.0]], [[1.0, 1.2, 4.0]])
+    point = res.frontier(max_nll_ratio=1.5)
+    assert point.successes == 1 and not point.shows_behavior
+    assert point.summary().startswith(
+        "no setting within NLL ratio <= 1.5 shows the behavior more often than the unsteered "
+        "model; the best of the 2 cells within NLL ratio <= 1.5: layer 0, strength 0"
+    )

@@ -81,8 +81,35 @@ def test_the_report_is_one_self_contained_page_with_every_section(study, spec, m
     for unit in spec.units():
         assert unit.name in text
     assert "Transfer ranking" in text and "anti-steerable" in text
-    assert "Frontier at NLL ratio" in text and "best-transferring vector" in text
+    assert "NLL ratio &le; 1.5: " in text and "best-transferring vector" in text
     assert f"spec hash <code>{spec.spec_hash[:12]}" in text
+
+
+def test_the_page_says_what_was_run_and_what_it_shows_before_any_figure(study, spec):
+    text = write_study_report(study).read_text(encoding="utf-8")
+    first_figure = text.index('id="figure-0"')
+    settings = text.index("What was run")
+    findings = text.index("What it shows")
+    assert settings < findings < first_figure
+    head = text[:first_figure]
+    for prompt in spec.evaluation.prompts:
+        assert prompt[:20] in head
+    assert "judge: a reply containing any of" in head
+    assert "within 1 nat" in head and "within 1.5x the unsteered" in head
+    assert head.count("Steerability of <code>") == len(spec.units())
+    assert "Layer x strength grid: " in head and "Transfer: " in head
+    assert '<b class="failed">0 failed' not in text and "<b>0 failed</b>" in text
+    assert "held-out prompts have no target completion" in head.lower()
+    # No time column: units of one batch share the batch's time.
+    assert "time (s)" not in text and "no unit has a time of its own" in text
+
+
+def test_the_grid_figure_fits_the_page_with_its_colour_bars(study):
+    grid = study.grid()
+    fig = grid.plot_all()
+    assert fig.layout.width <= 1100 and fig.layout.margin.r >= 60
+    last = [t for t in fig.data if t.type == "heatmap"][-1]
+    assert last.colorbar.x <= 1.01 and last.colorbar.thickness <= 10
 
 
 def test_the_page_is_written_where_asked_and_atomically(study, tmp_path):

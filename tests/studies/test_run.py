@@ -217,13 +217,20 @@ def test_the_steerability_phase_equals_a_direct_call(reference, spec, tiny):
     assert len(table) == 4 * 2 * 4  # units x example prompts x multipliers
     for name, stored in results.items():
         direct = steerability(
-            tiny, reference.vector(name), examples, strengths=(-1, 0, 1, 2), progress=False
+            tiny,
+            reference.vector(name),
+            examples,
+            strengths=(-1, 0, 1, 2),
+            neutral_prompts=[spec.prompt(tiny, p) for p in spec.evaluation.neutral_prompts],
+            progress=False,
         )
         assert stored.prompts == direct.prompts
         assert torch.equal(stored.strengths, direct.strengths)
         assert torch.allclose(stored.effects, direct.effects, atol=1e-9)
         assert torch.allclose(stored.slopes, direct.slopes, atol=1e-9)
         assert torch.allclose(stored.unsteered_logprob, direct.unsteered_logprob)
+        assert stored.kl is not None and direct.kl is not None
+        assert torch.allclose(stored.kl, direct.kl, atol=1e-9)
         mine = table[table.unit == name]
         assert mine.slope.tolist() == pytest.approx(direct.slopes.repeat_interleave(4).tolist())
 

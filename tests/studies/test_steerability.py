@@ -1,5 +1,7 @@
 """Per-prompt steerability: effects per multiplier, slopes, and the anti-steerable fraction."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -48,7 +50,7 @@ def test_a_plan_is_scaled_as_given(tiny):
     assert float(res.effects[0, 1]) == pytest.approx(expected, abs=1e-4)
 
 
-def _synthetic():
+def _synthetic(kl=(0.1, 0.0, 0.1, 0.2)):
     strengths = torch.tensor([-1.0, 0.0, 1.0, 2.0], dtype=torch.float64)
     slopes = torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64)
     effects = slopes[:, None] * strengths[None, :]
@@ -58,7 +60,20 @@ def _synthetic():
         effects=effects,
         unsteered_logprob=torch.zeros(4, dtype=torch.float64),
         slopes=slopes,
+        kl=None if kl is None else torch.tensor(kl, dtype=torch.float64),
     )
+
+
+def _collapsed_rows():
+    """The issue's case: a vector lifting its target by 29 nats at 1x, a model that breaks
+    at 2x (every target log-prob falls, the KL on neutral prompts is 6 nats)."""
+    effects = {"a": (-12.0, 0.0, 29.0, -60.0), "b": (-8.0, 0.0, 17.0, -45.0)}
+    kl = (0.3, 0.0, 0.4, 6.0)
+    return [
+        {"prompt": p, "strength": s, "effect": e, "kl": k}
+        for p, row in effects.items()
+        for s, e, k in zip((-1.0, 0.0, 1.0, 2.0), row, kl, strict=True)
+    ]
 
 
 def test_summary_statistics():
@@ -75,11 +90,59 @@ def test_summary_statistics():
         "effect": 1.0,
         "slope": -1.0,
         "anti_steerable": True,
+        "kl": 0.1,
+        "coherent": True,
     }
-    assert res.to_pandas().shape == (16, 5)
+    assert res.to_pandas().shape == (16, 7)
     assert res.to_dict()["anti_steerable"] == 0.25
+    assert res.to_dict()["verdict"].startswith("Over multipliers -1 to 2 (side-effect KL <= 1")
     text = repr(res)
-    assert "anti-steerable 25%" in text and text.splitlines()[2].startswith("'b'")
+    assert "anti-steerable 25%" in text and text.splitlines()[3].startswith("'b'")
+
+
+def test_collapsed_multipliers_give_no_anti_steerable_verdict():
+    res = SteerabilityResult.from_rows(_collapsed_rows())
+    assert res.coherent_strengths == (-1.0, 0.0, 1.0)
+    assert res.anti_steerable == 0.0 and res.anti_steerable_prompts == ()
+    assert res.slopes.tolist() == pytest.approx([20.5, 12.5])
+    verdict = res.verdict()
+    assert "0 of 2 prompts anti-steerable" in verdict and "Left out: 2 (KL 6)" in verdict
+    # Every multiplier counted, as before, the collapse at 2x reads as anti-steerable.
+    everything = SteerabilityResult.from_rows(_collapsed_rows(), max_kl=10.0)
+    assert everything.anti_steerable == 1.0
+    fig = res.plot()
+    assert "0 of 2 prompts anti-steerable over multipliers -1 to 1" in fig.layout.title.text
+    assert [s.x0 for s in fig.layout.shapes] == [1.75]
+
+
+def test_a_budget_that_keeps_one_multiplier_gives_no_verdict():
+    rows = [r | {"kl": 0.0 if r["strength"] == 0 else 5.0} for r in _collapsed_rows()]
+    res = SteerabilityResult.from_rows(rows)
+    assert res.coherent_strengths == (0.0,) and not res.has_verdict
+    assert math.isnan(res.anti_steerable) and res.anti_steerable_prompts == ()
+    assert res.verdict().startswith("No verdict: only multiplier(s) 0 keep the side-effect KL")
+
+
+def test_without_a_coherence_measure_no_prompt_is_anti_steerable(tiny):
+    res = _synthetic(kl=None)
+    assert math.isnan(res.anti_steerable) and res.anti_steerable_prompts == ()
+    assert "1 of 4 prompts have a negative slope" in res.verdict()
+    measured = steerability(tiny, _vector(tiny), EXAMPLES, strengths=(0, 1), neutral_prompts=None)
+    assert measured.kl is None and "not measured" in measured.verdict()
+
+
+def test_the_kl_is_measured_on_the_neutral_prompts(tiny):
+    from steerlens.evaluation import side_effect_kl
+
+    vector = _vector(tiny)
+    res = steerability(tiny, vector, EXAMPLES[:1], strengths=(0, 3), neutral_prompts=["in the"])
+    expected = side_effect_kl(tiny, ["in the"], Steering(vector, strength=3)).mean
+    assert res.kl is not None and float(res.kl[0]) == 0.0
+    assert float(res.kl[1]) == pytest.approx(expected, rel=1e-5)
+    tight = steerability(tiny, vector, EXAMPLES[:1], strengths=(0, 3), max_kl=0.0)
+    assert tight.coherent.tolist() == [True, False]
+    with pytest.raises(SpecError, match="max_kl"):
+        steerability(tiny, vector, EXAMPLES, max_kl=-1.0)
 
 
 def test_plot_draws_every_prompt_and_the_mean():

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from steerlens import runtime
-from steerlens.errors import SpecError, SteerlensError, StudyError
+from steerlens.errors import SpecError, SteerlensError, StudyError, describe_error
 from steerlens.studies.bench.methods import Method
 from steerlens.studies.bench.results import CellResult
 from steerlens.studies.bench.settings import BenchSettings
 from steerlens.studies.bench.steps import Data, behaviour_cells, shared_for
-from steerlens.studies.phases import describe_error
-from steerlens.studies.ray_backend import import_ray, worker_model
 from steerlens.studies.spec import check_model_name
+from steerlens.studies.workers import import_ray, worker_model
 
 
 def behaviour_on_worker(

@@ -30,6 +30,7 @@ from steerlens.datasets import (
     load_open_ended,
 )
 from steerlens.errors import SpecError
+from steerlens.io.lock import writer_lock
 from steerlens.studies.bench.cells import Shared
 from steerlens.studies.bench.folder import BenchFolder
 from steerlens.studies.bench.methods import (
@@ -44,7 +45,6 @@ from steerlens.studies.bench.settings import (
     BenchSettings,
 )
 from steerlens.studies.bench.steps import behaviour_cells, shared_for
-from steerlens.studies.folder import writer_lock
 
 
 def benchmark(
