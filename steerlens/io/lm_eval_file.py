@@ -95,8 +95,9 @@ def write_steer_file(path: str | Path, entries: Mapping[str, SteerEntry]) -> Pat
 
     Example:
         >>> import tempfile
+        >>> entry = SteerEntry("add", torch.ones(4), 2.0)
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     path = write_steer_file(f"{tmp}/s.pt", {"layers.0": SteerEntry("add", torch.ones(4), 2.0)})
+        ...     path = write_steer_file(f"{tmp}/s.pt", {"layers.0": entry})
         ...     read_steer_file(path)["layers.0"].coefficient
         2.0
     """

@@ -17,11 +17,12 @@ that instance is used and left running.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steerlens.errors import MissingPackageError, SpecError, SteerlensError
+from steerlens.errors import ClusterError, MissingPackageError, SpecError, SteerlensError
 from steerlens.steering.vector import SteeringVector
 from steerlens.studies.phases import (
     Outcome,
@@ -117,6 +118,25 @@ def model_layers(spec: StudySpec, device: str | None) -> int:
     return runtime.n_layers(worker_model(spec.model, device))
 
 
+def connection_failed(address: str | None, exc: BaseException) -> str:
+    """What to say when ``ray.init`` cannot reach a cluster: the address, the likely causes.
+
+    Example:
+        >>> text = connection_failed("10.0.0.5:6379", ConnectionError("timed out"))
+        >>> "at '10.0.0.5:6379' (timed out)" in text, "ray start --head" in text
+        (True, True)
+    """
+    where = address or os.environ.get("RAY_ADDRESS") or "auto"
+    source = "" if address else " (from RAY_ADDRESS)" if os.environ.get("RAY_ADDRESS") else ""
+    return (
+        f"cannot connect to the Ray cluster at {where!r}{source} ({exc}). Likely causes: no "
+        "Ray head is running there (start one with 'ray start --head', or check the host and "
+        "port), the cluster requires authentication this machine is not set up for, or a "
+        "firewall blocks the port. Fix the address (RayBackend(address=...) or RAY_ADDRESS), "
+        "unset it to start a local instance, or use the serial backend."
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class RayBackend:
     """Train (and evaluate) batches of units as Ray tasks.
@@ -191,7 +211,10 @@ class RayBackend:
         ray = import_ray()
         started = not ray.is_initialized()
         if started:
-            ray.init(address=self.address, include_dashboard=False)
+            try:
+                ray.init(address=self.address, include_dashboard=False)
+            except ConnectionError as exc:
+                raise ClusterError(connection_failed(self.address, exc)) from exc
         pending: dict[Any, list[Any]] = {}
         try:
             num_gpus = self.num_gpus
@@ -244,6 +267,7 @@ class RayBackend:
 __all__ = [
     "INSTALL",
     "RayBackend",
+    "connection_failed",
     "evaluate_on_worker",
     "grid_on_worker",
     "import_ray",

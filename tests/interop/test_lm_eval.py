@@ -170,7 +170,7 @@ def test_what_lm_eval_cannot_express_is_refused(tiny, tmp_path):
         _vector(tiny, (0, 2)).to_lm_eval(tmp_path / "s.pt")
     with pytest.raises(SpecError, match="every token"):
         Steering(_vector(tiny, (2,)), positions="last:3").to_lm_eval(tmp_path / "s.pt")
-    with pytest.raises(SpecError, match="strength 0.5 cannot be exported"):
+    with pytest.raises(SpecError, match=r"strength 0\.5 cannot be exported"):
         _vector(tiny, (2,)).to_lm_eval(tmp_path / "s.pt", kind=Ablate, strength=0.5)
     with pytest.raises(SpecError, match="wrap a tensor"):
         Steering(torch.ones(64), layer=2).to_lm_eval(tmp_path / "s.pt")
