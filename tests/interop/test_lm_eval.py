@@ -190,3 +190,21 @@ def test_what_lm_eval_cannot_express_is_refused(tiny, tmp_path):
     with pytest.raises(LayerError):
         _vector(tiny, (4,)).to_lm_eval(tmp_path / "s.pt", model=tiny)  # 4 layers: 0-3
     assert not (tmp_path / "steer.safetensors").exists()
+
+
+def test_the_cli_writes_the_file_and_refuses_what_lm_eval_cannot_do(tiny, tmp_path, capsys):
+    from steerlens.cli import main
+
+    source = _vector(tiny, (1, 3)).save(tmp_path / "v.safetensors")
+    out = tmp_path / "steer.pt"
+    assert main(["export", "lm-eval", str(source), "-o", str(out), "--strength", "4"]) == 0
+    assert "layers.0, layers.2" in capsys.readouterr().out
+    entries = read_steer_file(out)
+    assert [(h, e.action, e.coefficient) for h, e in entries.items()] == [
+        ("layers.0", "add", 4.0),
+        ("layers.2", "add", 4.0),
+    ]
+    argv = ["export", "lm-eval", str(source), "-o", str(tmp_path / "p.pt"), "--positions", "last:2"]
+    assert main(argv) == 2
+    assert "every token" in capsys.readouterr().err
+    assert not (tmp_path / "p.pt").exists()
