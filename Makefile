@@ -23,7 +23,8 @@ demo: $(STAMP)
 	$(BIN)/steerlens demo
 
 test: $(STAMP) lint typecheck docs
-	$(BIN)/python -m pytest -q tests steerlens
+	# The optional integrations' tests must run here, not skip; -rs lists any skip and why.
+	STEERLENS_REQUIRE_INTEGRATIONS=1 $(BIN)/python -m pytest -q -rs tests steerlens
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
