@@ -142,7 +142,7 @@ def test_lm_eval_steers_the_embedded_model_like_steerlens(tmp_path):
     ours = steerlens_loglikelihoods(model, plan)
     assert (ours - steerlens_loglikelihoods(model, None)).abs().max() > 0.1
     theirs = lm_eval_loglikelihoods(folder, plan.to_lm_eval(tmp_path / "steer.pt", model=model))
-    torch.testing.assert_close(theirs, ours, atol=2e-3, rtol=0)
+    torch.testing.assert_close(theirs, ours, atol=TOLERANCE, rtol=0)
     off = lm_eval_loglikelihoods(
         folder, _shifted(vector, 1).to_lm_eval(tmp_path / "off.pt", strength=4.0)
     )
