@@ -10,7 +10,9 @@ error, and the other units are kept. The driver (the process calling
 
 To use a cluster, set ``RAY_ADDRESS`` (e.g. ``ray://head:10001``, or ``auto`` on a cluster
 node) or pass ``RayBackend(address=...)``; without either, a local Ray instance is started and
-shut down after the run. When Ray is already initialised (``ray.init(...)`` in your script),
+shut down after the run. An address that cannot be reached is a `steerlens.errors.ClusterError`
+naming it and the likely causes (a ``host:port`` where nothing listens is refused at once).
+When Ray is already initialised (``ray.init(...)`` in your script),
 that instance is used and left running.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +140,25 @@ def connection_failed(address: str | None, exc: BaseException) -> str:
     )
 
 
+def check_reachable(address: str | None, given: str | None, timeout_s: float = 5.0) -> None:
+    """Refuse a ``host:port`` address where nothing accepts a connection, before ``ray.init``
+    (which, in Ray 2.60, retries such an address for minutes). Other forms (``auto``,
+    ``ray://...``, none) are left to Ray.
+
+    Raises:
+        ClusterError: nothing answers at ``host:port`` within ``timeout_s``.
+    """
+    if not address or "://" in address or address == "auto" or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(connection_failed(given, exc)) from exc
+
+
 @dataclass(frozen=True, kw_only=True)
 class RayBackend:
     """Train (and evaluate) batches of units as Ray tasks.
@@ -211,6 +233,7 @@ class RayBackend:
         ray = import_ray()
         started = not ray.is_initialized()
         if started:
+            check_reachable(self.address or os.environ.get("RAY_ADDRESS"), self.address)
             try:
                 ray.init(address=self.address, include_dashboard=False)
             except ConnectionError as exc:
@@ -267,6 +290,7 @@ class RayBackend:
 __all__ = [
     "INSTALL",
     "RayBackend",
+    "check_reachable",
     "connection_failed",
     "evaluate_on_worker",
     "grid_on_worker",

@@ -18,6 +18,7 @@ import torch
 
 from steerlens.cli import main
 from steerlens.errors import ClusterError
+from steerlens.studies import ray_backend
 from steerlens.studies.ray_backend import RayBackend
 from steerlens.studies.run import run_study
 from steerlens.studies.spec import StudySpec
@@ -112,6 +113,16 @@ def test_a_study_on_a_separately_started_cluster_equals_the_serial_run(ray_head,
     assert (tb.status == "done").all() and (ta.steps == tb.steps).all()
 
 
+def test_a_port_where_nothing_listens_is_refused_at_once(tmp_path):
+    address = f"127.0.0.1:{_free_port()}"  # closed again: nothing listens there
+    spec = StudySpec.from_toml(SPECS / "tiny.toml")
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=rf"'{address}'.*refused.*ray start --head"):
+        run_study(spec, tmp_path / "s", backend=RayBackend(address=address), progress=False)
+    assert time.monotonic() - started < 30  # ray.init alone retries for minutes
+    assert not ray.is_initialized()
+
+
 def test_an_address_without_a_cluster_names_it_and_the_likely_causes(monkeypatch, tmp_path):
     # A real refused connection takes Ray over a minute of retries; its error is the same
     # ConnectionError, raised by ray.init.
@@ -120,6 +131,7 @@ def test_an_address_without_a_cluster_names_it_and_the_likely_causes(monkeypatch
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray_backend, "check_reachable", lambda *args: None)  # ray.init's error
     spec = StudySpec.from_toml(SPECS / "tiny.toml")
     with pytest.raises(ClusterError, match=r"'10\.9\.8\.7:6379'.*ray start --head.*authentication"):
         run_study(spec, tmp_path / "s", backend=RayBackend(address="10.9.8.7:6379"), progress=False)
@@ -131,6 +143,7 @@ def test_the_cli_says_it_in_one_line_without_disks(monkeypatch, tmp_path, capsys
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray_backend, "check_reachable", lambda *args: None)  # ray.init's error
     monkeypatch.setenv("RAY_ADDRESS", "10.9.8.7:6379")
     spec = str(SPECS / "tiny.toml")
     code = main(["study", "run", spec, "--folder", str(tmp_path / "s"), "--backend", "ray"])
