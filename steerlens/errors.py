@@ -85,6 +85,11 @@ class StudyError(SteerlensError):
     finished units are kept in the study folder."""
 
 
+class ClusterError(SteerlensError):
+    """A Ray cluster that cannot be reached (nothing listening at the address, refused
+    authentication, a blocked port)."""
+
+
 class StudyFolderError(SteerlensError):
     """A study folder that cannot be used: written by another tool or a newer steerlens, or
     made for a different spec."""

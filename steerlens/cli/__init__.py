@@ -1,5 +1,6 @@
 """The ``steerlens`` command: ``demo``, ``optimize``, ``generate``, ``caa``, ``sweep``,
-``report``, ``study run``, ``study report``, ``bench run`` and ``bench report``.
+``report``, ``study run``, ``study report``, ``bench run``, ``bench report`` and
+``export lm-eval``.
 
 This module is the front: the top-level parser, one sub-command per module of ``COMMANDS``
 (each with its ``add_parser(subparsers)`` and ``cmd_*`` functions), and ``main``'s error
@@ -14,13 +15,13 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from steerlens.cli import bench, caa, demo, generate, optimize, report, study, sweep
+from steerlens.cli import bench, caa, demo, export, generate, optimize, report, study, sweep
 from steerlens.cli.common import FORMATTER
 from steerlens.errors import SteerlensError
 from steerlens.version import __version__
 
 # The sub-commands, in the order `steerlens --help` lists them.
-COMMANDS = (demo, optimize, generate, caa, sweep, report, study, bench)
+COMMANDS = (demo, optimize, generate, caa, sweep, report, study, bench, export)
 
 DESCRIPTION = """\
 Optimize one-shot steering vectors on TransformerLens models, and generate with them.

@@ -46,7 +46,12 @@ __all__ = ["from_repeng", "from_steering_vectors", "to_repeng", "to_steering_vec
 _T = TypeVar("_T")
 _DECODER_BLOCK = "decoder_block"
 _INSTALL = {
-    "repeng": "pip install 'steerlens[repeng]'",
+    # repeng 0.4 declares numpy<2, which would downgrade NumPy; its code runs under NumPy 2
+    # once imported (see import_repeng), so it is installed without its declared dependencies.
+    "repeng": (
+        "pip install --no-deps repeng && pip install scikit-learn (repeng 0.4 declares "
+        "numpy<2; --no-deps keeps your NumPy, under which steerlens imports it)"
+    ),
     # steering-vectors declares transformers<5, which steerlens's transformers>=5.9 excludes,
     # so pip cannot resolve it as a dependency; its SteeringVector works with transformers 5.
     "steering_vectors": (
@@ -71,8 +76,8 @@ def _import(module: str, package: str) -> ModuleType:
         ) from err
     except AttributeError as err:  # repeng 0.4 names np.float_, which NumPy 2 removed
         numpy_hint = (
-            f" It supports only NumPy < 2 (numpy {np.__version__} is installed): install "
-            f"numpy<2 (as {_INSTALL[module]} does) or a {package} release that supports "
+            f" It names NumPy 1 names that numpy {np.__version__} lacks beyond the np.float_ "
+            f"steerlens lends it: install numpy<2 or a {package} release that supports "
             "NumPy 2."
             if "np.float_" in str(err) or "NumPy 2" in str(err)
             else f" Reinstall it ({_INSTALL[module]}) or upgrade it."
@@ -80,6 +85,26 @@ def _import(module: str, package: str) -> ModuleType:
         raise MissingPackageError(
             f"{package} is installed but cannot be imported ({err}).{numpy_hint}"
         ) from err
+
+
+def import_repeng() -> ModuleType:
+    """The ``repeng`` module, importable under NumPy 2.
+
+    repeng 0.4 (the newest release) names ``np.float_``, which NumPy 2 removed, only in type
+    annotations that Python evaluates once, at import; ``np.float_`` is ``np.float64`` there.
+    The alias is lent for the import and removed again, so nothing else sees it.
+
+    Raises:
+        MissingPackageError: repeng is not installed, or fails to import for another reason.
+    """
+    lent = "float_" not in vars(np)
+    if lent:
+        np.float_ = np.float64  # type: ignore[attr-defined]
+    try:
+        return _import("repeng", "repeng")
+    finally:
+        if lent:
+            del np.float_  # type: ignore[attr-defined]
 
 
 def _check_export(
@@ -118,7 +143,7 @@ def to_repeng(
     allow_model_mismatch: bool = False,
     additive_ok: bool = False,
 ) -> Any:
-    """Convert a vector to a repeng ``ControlVector`` (``pip install 'steerlens[repeng]'``).
+    """Convert a vector to a repeng ``ControlVector`` (``pip install --no-deps repeng``).
 
     Our layer ``l`` becomes repeng's layer ``l - 1``, which repeng's ``ControlModel`` adds to
     the output of decoder layer ``l - 1``: the same residual stream. ``ControlModel(hf_model,
@@ -167,7 +192,7 @@ def to_repeng(
             f"{model_type!r}); pass model=model, or model_type='llama' (or the like)."
         )
     directions = {layer - 1: _to_numpy(t) for layer, t in sorted(vector.directions.items())}
-    repeng = _import("repeng", "repeng")
+    repeng = import_repeng()
     return repeng.ControlVector(model_type=model_type, directions=directions)
 
 

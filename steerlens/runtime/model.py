@@ -177,6 +177,30 @@ def final_norm(model: Any) -> tuple[str | None, torch.Tensor | None]:
     return (str(kind) if kind else None), weight
 
 
+def hf_decoder_layers(model: Any) -> str | None:
+    """The name of the Hugging Face decoder-layer list under the model's ``base_model``
+    (``"layers"`` for Llama, ``"h"`` for GPT-2), if one list of ``n_layers`` modules is there.
+
+    Tools that hook Hugging Face modules by name (lm-eval's ``steered`` model) address decoder
+    layer ``k`` as ``f"{name}.{k}"``.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> hf_decoder_layers(tiny_model())
+        'layers'
+    """
+    base = getattr(getattr(model, "original_model", None), "base_model", None)
+    if not isinstance(base, torch.nn.Module):
+        return None
+    n = n_layers(model)
+    names = [
+        name
+        for name, module in base.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n and name
+    ]
+    return names[0] if len(names) == 1 else None
+
+
 def hf_model_type(model: Any) -> str | None:
     """The Hugging Face ``model_type`` of a TransformerLens model (``"llama"``), if known.
 

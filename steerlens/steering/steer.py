@@ -14,6 +14,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -103,6 +104,62 @@ class Steering:
     def scaled(self, factor: float) -> Steering:
         """The same plan with ``strength * factor``."""
         return dataclasses.replace(self, strength=self.strength * factor)
+
+    def to_lm_eval(
+        self,
+        path: str | Path,
+        *,
+        model: Any = None,
+        decoder_layers: str | None = None,
+        additive_ok: bool = False,
+    ) -> Path:
+        """Write this plan as lm-eval's ``steered``-model file (`SteeringVector.to_lm_eval`).
+
+        lm-eval steers every token of every request, so only ``positions="all"`` can be
+        written; ``what`` must be a ``SteeringVector`` (wrap a tensor with
+        ``SteeringVector.from_tensor``), restricted to ``layer`` when that is given.
+
+        Raises:
+            SpecError: other positions, or a tensor or intervention as ``what``; and what
+                `SteeringVector.to_lm_eval` refuses.
+
+        Example:
+            >>> import tempfile
+            >>> v = SteeringVector.from_tensor(torch.ones(64), layer=1, model_id="tiny")
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     Steering(v, positions="prompt").to_lm_eval(f"{tmp}/s.pt")
+            Traceback (most recent call last):
+            ...
+            steerlens.errors.SpecError: lm-eval's steered model steers every token ...
+        """
+        if self._positions.kind != "all":
+            raise SpecError(
+                f"lm-eval's steered model steers every token of every request, but this plan "
+                f"steers {self._positions.describe()}; export it with positions='all' (the "
+                "default), or evaluate it with steerlens, which applies position rules."
+            )
+        vector = self.what
+        if not isinstance(vector, SteeringVector):
+            raise SpecError(
+                f"only a plan over a SteeringVector can be exported to lm-eval, not a "
+                f"{type(vector).__name__}; wrap a tensor with SteeringVector.from_tensor(t, "
+                "layer=..., model=model)."
+            )
+        if self.layer is not None:
+            picked = {la: vector.directions.get(la) for la in _as_list(self.layer)}
+            vector = dataclasses.replace(
+                vector,
+                directions={la: vector.vector if v is None else v for la, v in picked.items()},
+                affine={la: lr for la, lr in vector.affine.items() if la in picked},
+            )
+        return vector.to_lm_eval(
+            path,
+            strength=self.strength,
+            kind=self.kind,
+            model=model,
+            decoder_layers=decoder_layers,
+            additive_ok=additive_ok,
+        )
 
     def applied(self, model: Any) -> list[Applied]:
         """The checked per-layer interventions this plan installs on ``model``."""

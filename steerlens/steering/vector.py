@@ -28,7 +28,7 @@ from steerlens.errors import (
     check_int,
 )
 from steerlens.runtime.devices import check_device
-from steerlens.steering.interventions import Affine, check_vector
+from steerlens.steering.interventions import Ablate, Add, Affine, Clamp, check_vector
 from steerlens.version import __version__
 
 _T = TypeVar("_T")
@@ -404,6 +404,97 @@ class SteeringVector:
         hint = model_hint or self.model_id.rsplit("/", 1)[-1].lower()
         write_control_vector(path, dict(self.directions), model_hint=hint, n_layers=n_layers)
         return Path(path).expanduser()
+
+    def to_lm_eval(
+        self,
+        path: str | Path,
+        *,
+        strength: float = 1.0,
+        kind: type[Add] | type[Clamp] | type[Ablate] = Add,
+        model: Any = None,
+        decoder_layers: str | None = None,
+        additive_ok: bool = False,
+    ) -> Path:
+        """Write the steering file of lm-evaluation-harness's ``steered`` model (``.pt``), so
+        that ``lm_eval --model steered --model_args pretrained=...,steer_path=FILE`` steers like
+        ``steer(model, Steering(self, strength=strength, kind=kind))``; see
+        docs/lm_eval.md.
+
+        lm-eval edits the OUTPUT of a Hugging Face module at every token, so our layer ``l``
+        (``blocks.{l}.hook_resid_pre``) becomes hook point ``f"{decoder_layers}.{l - 1}"``,
+        the output of decoder layer ``l - 1``. ``Add`` is exported as ``add`` with the
+        strength as coefficient; ``Clamp`` as ``clamp`` with coefficient ``strength * |v|``
+        (lm-eval clamps along the unit vector); ``Ablate`` at strength 1 as ``clamp`` to 0.
+
+        Args:
+            path: the file, ``*.pt`` or ``*.pth`` (lm-eval reads no other name); ``~`` is
+                expanded and missing folders are created.
+            strength: as in `steerlens.Steering`.
+            kind: ``Add``, ``Clamp`` or ``Ablate`` (strength 1 only).
+            model: if given, the vector is checked against it (`check_compatible`) and the
+                name of its decoder-layer list is read from it.
+            decoder_layers: the module path of the decoder layers under the Hugging Face
+                ``base_model``: ``"layers"`` (Llama, Qwen, Gemma, Mistral: the default without
+                ``model``), ``"h"`` (GPT-2).
+            additive_ok: with ``Add``, export a clamp- or ablate-trained vector's direction.
+
+        Returns:
+            The path written.
+
+        Raises:
+            SpecError: layer 0 (the embeddings: no decoder layer outputs them), affine parts,
+                another ``hook_template``, ``Ablate`` at a strength other than 1, or a
+                clamp-trained vector exported with ``Add`` without ``additive_ok``.
+            LayerError, VectorShapeError, ModelMismatchError: ``model`` does not fit.
+            OutputPathError: ``path`` is not a ``.pt``/``.pth`` file that can be written.
+
+        Example:
+            >>> import tempfile
+            >>> from steerlens.io.lm_eval_file import read_steer_file
+            >>> v = SteeringVector.from_tensor(torch.ones(64), layer=1, model_id="tiny")
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     entries = read_steer_file(v.to_lm_eval(f"{tmp}/steer.pt", strength=4.0))
+            >>> [(hook, e.action, e.coefficient) for hook, e in entries.items()]
+            [('layers.0', 'add', 4.0)]
+        """
+        from steerlens.io.lm_eval_file import SteerEntry, write_steer_file
+
+        if kind not in (Add, Clamp, Ablate):
+            raise SpecError(f"kind must be steerlens.Add, Clamp or Ablate, got {kind!r}.")
+        target = "lm-eval steering files"
+        self.check_exportable(target, additive_ok=additive_ok or kind is not Add)
+        if 0 in self.directions:
+            raise SpecError(
+                f"layer 0 cannot be written to {target}: blocks.0.hook_resid_pre is the token "
+                "embeddings, which no decoder layer outputs, and lm-eval steers module outputs. "
+                "Steer at layer 1 or later, or apply this vector with steerlens in Python."
+            )
+        if kind is Ablate and strength != 1.0:
+            raise SpecError(
+                f"lm-eval can clamp a direction to 0 (ablation at strength 1) but not remove a "
+                f"fraction of it; strength {strength:g} cannot be exported. Use strength=1.0."
+            )
+        if model is not None:
+            self.check_compatible(model)
+            if decoder_layers is None:
+                decoder_layers = runtime.hf_decoder_layers(model)
+                if decoder_layers is None:
+                    raise SpecError(
+                        f"cannot find the decoder-layer list of {runtime.model_id(model)!r} "
+                        "under its Hugging Face base_model; pass decoder_layers= (e.g. 'layers' "
+                        "or 'h'), the module path lm-eval's hook points start with."
+                    )
+        prefix = "layers" if decoder_layers is None else decoder_layers
+
+        def entry(v: Tensor) -> SteerEntry:
+            if kind is Add:
+                return SteerEntry("add", v, strength)
+            if kind is Clamp:  # lm-eval clamps along v/|v|: x.v/|v| = strength |v|
+                return SteerEntry("clamp", v, strength * float(v.double().norm()))
+            return SteerEntry("clamp", v, 0.0)
+
+        entries = {f"{prefix}.{la - 1}": entry(v) for la, v in sorted(self.directions.items())}
+        return write_steer_file(path, entries)
 
     @classmethod
     def from_gguf(

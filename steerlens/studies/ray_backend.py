@@ -10,17 +10,21 @@ error, and the other units are kept. The driver (the process calling
 
 To use a cluster, set ``RAY_ADDRESS`` (e.g. ``ray://head:10001``, or ``auto`` on a cluster
 node) or pass ``RayBackend(address=...)``; without either, a local Ray instance is started and
-shut down after the run. When Ray is already initialised (``ray.init(...)`` in your script),
+shut down after the run. An address that cannot be reached is a `steerlens.errors.ClusterError`
+naming it and the likely causes (a ``host:port`` where nothing listens is refused at once).
+When Ray is already initialised (``ray.init(...)`` in your script),
 that instance is used and left running.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steerlens.errors import SpecError, SteerlensError, describe_error
+from steerlens.errors import ClusterError, SpecError, SteerlensError, describe_error
 from steerlens.steering.vector import SteeringVector
 from steerlens.studies.phases import (
     Outcome,
@@ -91,6 +95,44 @@ def model_layers(spec: StudySpec, device: str | None) -> int:
     from steerlens import runtime
 
     return runtime.n_layers(worker_model(spec.model, device))
+
+
+def connection_failed(address: str | None, exc: BaseException) -> str:
+    """What to say when ``ray.init`` cannot reach a cluster: the address, the likely causes.
+
+    Example:
+        >>> text = connection_failed("10.0.0.5:6379", ConnectionError("timed out"))
+        >>> "at '10.0.0.5:6379' (timed out)" in text, "ray start --head" in text
+        (True, True)
+    """
+    where = address or os.environ.get("RAY_ADDRESS") or "auto"
+    source = "" if address else " (from RAY_ADDRESS)" if os.environ.get("RAY_ADDRESS") else ""
+    return (
+        f"cannot connect to the Ray cluster at {where!r}{source} ({exc}). Likely causes: no "
+        "Ray head is running there (start one with 'ray start --head', or check the host and "
+        "port), the cluster requires authentication this machine is not set up for, or a "
+        "firewall blocks the port. Fix the address (RayBackend(address=...) or RAY_ADDRESS), "
+        "unset it to start a local instance, or use the serial backend."
+    )
+
+
+def check_reachable(address: str | None, given: str | None, timeout_s: float = 5.0) -> None:
+    """Refuse a ``host:port`` address where nothing accepts a connection, before ``ray.init``
+    (which, in Ray 2.60, retries such an address for minutes). Other forms (``auto``,
+    ``ray://...``, none) are left to Ray.
+
+    Raises:
+        ClusterError: nothing answers at ``host:port`` within ``timeout_s``.
+    """
+    if not address or "://" in address or address == "auto" or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(connection_failed(given, exc)) from exc
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,7 +209,11 @@ class RayBackend:
         ray = import_ray()
         started = not ray.is_initialized()
         if started:
-            ray.init(address=self.address, include_dashboard=False)
+            check_reachable(self.address or os.environ.get("RAY_ADDRESS"), self.address)
+            try:
+                ray.init(address=self.address, include_dashboard=False)
+            except ConnectionError as exc:
+                raise ClusterError(connection_failed(self.address, exc)) from exc
         pending: dict[Any, list[Any]] = {}
         try:
             num_gpus = self.num_gpus
@@ -220,6 +266,8 @@ class RayBackend:
 __all__ = [
     "INSTALL",
     "RayBackend",
+    "check_reachable",
+    "connection_failed",
     "evaluate_on_worker",
     "grid_on_worker",
     "import_ray",

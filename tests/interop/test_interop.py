@@ -37,16 +37,11 @@ TOKENS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 
 @pytest.fixture(scope="module")
 def repeng():
-    # repeng 0.4 (the newest on PyPI) names np.float_ in three type annotations, evaluated at
-    # import; NumPy 2 removed the alias. Provide it for the import only.
-    added = "float_" not in vars(np)
-    if added:
-        np.float_ = np.float64  # type: ignore[attr-defined]
+    # steerlens's own import, which lends NumPy 2 the np.float_ repeng 0.4 names.
     try:
-        return pytest.importorskip("repeng")
-    finally:
-        if added:
-            del np.float_  # type: ignore[attr-defined]
+        return interop.import_repeng()
+    except MissingPackageError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +238,7 @@ def test_layer_0_affine_and_clamp_are_refused(convert, repeng, steering_vectors,
 @pytest.mark.parametrize(
     ("convert", "module", "fix"),
     [
-        (to_repeng, "repeng", r"steerlens\[repeng\]"),
+        (to_repeng, "repeng", "--no-deps repeng"),
         (to_steering_vectors, "steering_vectors", "--no-deps steering-vectors"),
     ],
 )
@@ -258,8 +253,14 @@ def test_repeng_on_numpy_2_gets_a_clear_error(monkeypatch, model3):
         raise AttributeError("`np.float_` was removed in the NumPy 2.0 release.")
 
     monkeypatch.setattr(interop.importlib, "import_module", fail)
-    with pytest.raises(MissingPackageError, match=r"NumPy < 2.*numpy<2"):
+    with pytest.raises(MissingPackageError, match=r"numpy<2"):
         to_repeng(_vector(model3), model=model3)
+
+
+def test_repeng_imports_under_numpy_2_and_leaves_numpy_as_it_was(repeng):
+    assert np.__version__.startswith("2.")  # what steerlens installs
+    assert "float_" not in vars(np)  # the alias was lent for the import only
+    assert interop.import_repeng() is repeng
 
 
 def test_hf_model_type_of_a_hooked_transformer_style_model():
