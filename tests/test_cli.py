@@ -336,7 +336,16 @@ def test_generate_and_sweep_apply_a_vector_at_the_positions_asked(
         "generate",
         lambda m, p, plan, **k: plans.append(plan) or real_generate(m, p, plan, **k),
     )
-    argv = ["generate", "hi", "--vector", str(path), "--max-new-tokens", "2", "--no-chat"]
+    argv = [
+        "generate",
+        "hi",
+        "--vector",
+        str(path),
+        "--max-new-tokens",
+        "2",
+        "--no-chat",
+        "--no-compare",
+    ]
     assert cli.main([*argv, "--positions", "opening:2"]) == 0
     assert plans[-1].positions == Positions.opening(2)
     capsys.readouterr()

@@ -195,7 +195,7 @@ def residual_norms(
     prompts: str | Sequence[str],
     *,
     layers: int | Sequence[int] | None = None,
-    chat: bool = False,
+    chat: bool | None = None,
     bos: bool = False,
     batch_size: int = 8,
 ) -> ResidualNorms:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from steerlens.cli.common import (
     FORMATTER,
+    add_chat,
     add_model_options,
     add_positions,
     add_progress,
@@ -92,11 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "unsteered replies' (default: %(default)s)",
     )
     add_positions(sweep)
-    sweep.add_argument(
-        "--no-chat",
-        action="store_true",
-        help="use the prompts as written, without the chat template (default: off)",
-    )
+    add_chat(sweep, "the prompts and neutral prompts")
     sweep.add_argument(
         "--output", "-o", default="sweep.html", help="the HTML page to write (default: %(default)s)"
     )
@@ -138,10 +135,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_settings(args)
     start(args)
     model = load(args)
-    if not args.no_chat:
-        from steerlens.runtime import chat_prompt
-
-        prompts = [chat_prompt(model, p) for p in prompts]
     grid = layer_strength_grid(
         model,
         vector,
@@ -150,6 +143,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         prompts=prompts,
         judge=StringMatchJudge(args.judge_any_of),
         neutral_prompts=args.neutral or None,
+        chat=args.chat,
         max_new_tokens=args.max_new_tokens,
         positions=positions,
         progress=args.progress,

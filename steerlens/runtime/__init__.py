@@ -73,6 +73,8 @@ from steerlens.runtime.tokens import (
     decode,
     encode,
     format_prompts,
+    has_chat_template,
+    uses_chat,
 )
 
 __all__ = [
@@ -103,6 +105,7 @@ __all__ = [
     "eos_token_ids",
     "final_norm",
     "format_prompts",
+    "has_chat_template",
     "hf_model_type",
     "hook_name",
     "kl_divergence",
@@ -125,5 +128,6 @@ __all__ = [
     "token_logprobs",
     "tokenizer",
     "unembed_matrix",
+    "uses_chat",
     "vocab_size",
 ]

@@ -135,7 +135,7 @@ def target_logprobs(
         >>> tuple(res.changes.shape), float(res.changes[0, 0])
         ((2, 1), 0.0)
     """
-    items = check_examples(examples)
+    items = [dp.for_model(model) for dp in check_examples(examples)]
     plans = check_row_steerings(steerings)
     runtime.check_batch_size(batch_size)
     # One row per (steering, example, promote completion); steering -1 is unsteered.
@@ -589,8 +589,8 @@ def generalization_matrix(
     """Apply every vector to every example's prompt (and held-out prompts) and measure the
     target log-prob change, the judged behavior and the side effects.
 
-    Every prompt is used as written (format chat prompts with `steerlens.Datapoint.chat` or
-    `steerlens.runtime.chat_prompt`).
+    Each example's prompt is formatted by its ``chat`` (`steerlens.Datapoint`); held-out
+    prompt strings are used as written (format them with `steerlens.runtime.chat_prompt`).
 
     Args:
         model: a TransformerLens model.
@@ -630,7 +630,7 @@ def generalization_matrix(
         ['cat', 'dog']
     """
     names, plans = _check_vectors(model, vectors, strength)
-    items = check_examples(examples)
+    items = [dp.for_model(model) for dp in check_examples(examples)]
     extra = _held_out(held_out)
     runtime.check_batch_size(batch_size)
     if judge is not None and not callable(judge):

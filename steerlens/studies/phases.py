@@ -129,7 +129,7 @@ def evaluate_units(
 
     ev = spec.evaluation
     examples = [
-        Datapoint(spec.prompt(model, ex.prompt), promote=ex.promote)
+        Datapoint(spec.prompt(model, ex.prompt), promote=ex.promote, chat=False)
         for ex in spec.examples
         if ex.promote
     ]

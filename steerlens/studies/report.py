@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 REPORT_FILE = "report.html"
 
 
+# How the prompts were formatted, by the spec's chat setting (None: the chat rule).
+_CHAT_NOTE = {
+    True: " (chat prompts)",
+    False: " (prompts as written)",
+    None: " (chat prompts when the model has a chat template)",
+}
+
+
 def _header(page: Page, folder: StudyFolder, table: Any) -> None:
     manifest = folder.manifest
     spec = folder.spec
@@ -36,7 +44,7 @@ def _header(page: Page, folder: StudyFolder, table: Any) -> None:
     opt = spec.optimizer
     page.add(f"<h1>Study {escape(spec.name)}</h1>\n")
     items = [
-        f"model <code>{escape(spec.model)}</code>{' (chat prompts)' if spec.chat else ''}",
+        f"model <code>{escape(spec.model)}</code>{_CHAT_NOTE[spec.chat]}",
         f"{len(units)} units: {len(spec.examples)} examples x layers {list(spec.layers)} x "
         f"seeds {list(spec.seeds)} x objectives {', '.join(spec.objectives)}",
         f"optimizer: lr {opt.lr:g}, max_steps {opt.max_steps}, norm cap "

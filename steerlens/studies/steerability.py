@@ -307,7 +307,7 @@ def steerability(
     for plan in plans:
         plan.applied(model)  # wrong model / layer / size: refused before any work
     values = _check_strengths(strengths)
-    items = check_examples(examples)
+    items = [dp.for_model(model) for dp in check_examples(examples)]
     steerings = [[plan.scaled(m) for plan in plans] for m in values]
     scores = target_logprobs(model, steerings, items, batch_size=batch_size, progress=progress)
     effects = scores.changes.T.contiguous()

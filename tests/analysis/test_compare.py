@@ -67,7 +67,7 @@ NEG = ["the dog sat on the mat", "a dog", "the dog is here", "P dog"]
 def compared(tiny):
     g = torch.Generator().manual_seed(0)
     one_shot = SteeringVector.from_tensor(torch.randn(64, generator=g) * 3, [0, 1], model=tiny)
-    dp = Datapoint("the cat", promote=[" in the"])
+    dp = Datapoint("the cat", promote=[" in the"], chat=False)
     res = compare_with_caa(
         tiny,
         one_shot,

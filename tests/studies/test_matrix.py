@@ -18,9 +18,9 @@ from steerlens.studies.matrix import (
 )
 
 EXAMPLES = [
-    Datapoint("the cat", promote=[" sat", " is"]),
-    Datapoint("a dog in", promote=" the"),
-    Datapoint("Pat", promote=" ran"),
+    Datapoint("the cat", promote=[" sat", " is"], chat=False),
+    Datapoint("a dog in", promote=" the", chat=False),
+    Datapoint("Pat", promote=" ran", chat=False),
 ]
 
 
@@ -122,7 +122,7 @@ def test_judged_replies_held_out_and_side_effects(tiny, vectors):
     def judge(text):
         return len(text) % 2 == 0
 
-    held_out = ["in the", Datapoint("Pat ran", promote=" in")]
+    held_out = ["in the", Datapoint("Pat ran", promote=" in", chat=False)]
     neutral = ["the", "a cat"]
     m = generalization_matrix(
         tiny,
@@ -176,7 +176,7 @@ def test_bad_inputs_are_refused_with_the_fix(tiny, vectors):
     with pytest.raises(InputError, match="examples is empty"):
         generalization_matrix(tiny, vectors, [])
     with pytest.raises(InputError, match="no promote completions"):
-        generalization_matrix(tiny, vectors, [Datapoint("the cat", suppress=" sat")])
+        generalization_matrix(tiny, vectors, [Datapoint("the cat", suppress=" sat", chat=False)])
     with pytest.raises(InputError, match=r"not a steerlens\.Datapoint"):
         generalization_matrix(tiny, vectors, ["the cat"])
     with pytest.raises(SpecError, match="finite"):
@@ -193,8 +193,8 @@ def test_matrix_on_the_embedded_model(smol):
     from steerlens.evaluation import StringMatchJudge
 
     examples = [
-        Datapoint("The capital of France is", promote=" Paris"),
-        Datapoint("My favourite colour is", promote=" blue"),
+        Datapoint("The capital of France is", promote=" Paris", chat=False),
+        Datapoint("My favourite colour is", promote=" blue", chat=False),
     ]
     d = steerlens.runtime.d_model(smol)
     vectors = {

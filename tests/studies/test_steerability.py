@@ -10,9 +10,9 @@ from steerlens.evaluation import completion_logprobs
 from steerlens.studies.steerability import SteerabilityResult, steerability
 
 EXAMPLES = [
-    Datapoint("the cat", promote=" sat"),
-    Datapoint("a dog in", promote=[" the", " a"]),
-    Datapoint("Pat", promote=" ran"),
+    Datapoint("the cat", promote=" sat", chat=False),
+    Datapoint("a dog in", promote=[" the", " a"], chat=False),
+    Datapoint("Pat", promote=" ran", chat=False),
 ]
 
 
@@ -108,7 +108,7 @@ def test_bad_strengths_are_refused(tiny, strengths, match):
 
 def test_bad_examples_and_vectors_are_refused(tiny):
     with pytest.raises(InputError, match="no promote completions"):
-        steerability(tiny, _vector(tiny), [Datapoint("the cat", suppress=" sat")])
+        steerability(tiny, _vector(tiny), [Datapoint("the cat", suppress=" sat", chat=False)])
     with pytest.raises(InputError, match="empty"):
         steerability(tiny, _vector(tiny), [])
     with pytest.raises(SpecError, match="None"):

@@ -20,7 +20,7 @@ from steerlens.training.regularizers import SideEffect
 from steerlens.training.stopping import Plateau, TargetLoss
 
 NEUTRAL = ["the sun is", "a dog ran far away", "we"]
-DP = Datapoint("the cat sat", promote=[" on the mat"])
+DP = Datapoint("the cat sat", promote=[" on the mat"], chat=False)
 LAYER = 1
 
 
@@ -122,7 +122,7 @@ def test_gradient_matches_autograd_through_a_plain_forward(model):
 
 
 def test_a_larger_weight_lowers_the_side_effect(model):
-    dp = Datapoint("the cat sat", promote=[" dog dog dog"])
+    dp = Datapoint("the cat sat", promote=[" dog dog dog"], chat=False)
     base = OptimizeConfig(lr=0.3, max_steps=25, progress=False)
     weights = [0.0, 30.0, 1000.0]
     jobs = [
@@ -139,7 +139,7 @@ def test_a_larger_weight_lowers_the_side_effect(model):
 @pytest.mark.parametrize("fast", [True, False])
 def test_batched_equals_separate(model, fast):
     base = OptimizeConfig(lr=0.2, max_steps=5, fast=fast, progress=False)
-    dog = Datapoint("a dog ran", promote=[" away"], suppress=[" home"])
+    dog = Datapoint("a dog ran", promote=[" away"], suppress=[" home"], chat=False)
     jobs = [
         Job(DP, LAYER, replace(base, regularizers=(SideEffect(NEUTRAL, weight=2.0),))),
         Job(dog, LAYER, base),
