@@ -39,8 +39,8 @@ def vectors(tiny):
 
 def _reference_change(model, plan, dp):
     """Mean over promote completions of total log-prob, steered minus unsteered, one call each."""
-    steered = completion_logprobs(model, dp.prompt, list(dp.promote), steering=plan)
-    base = completion_logprobs(model, dp.prompt, list(dp.promote))
+    steered = completion_logprobs(model, dp.prompt, list(dp.promote), steering=plan, chat=False)
+    base = completion_logprobs(model, dp.prompt, list(dp.promote), chat=False)
     return float(steered.totals.double().mean() - base.totals.double().mean())
 
 
@@ -142,7 +142,7 @@ def test_judged_replies_held_out_and_side_effects(tiny, vectors):
         replies = steerlens.generate(tiny, prompts, vec, max_new_tokens=4)
         assert m.replies is not None and m.replies[v] == tuple(replies)
         assert m.judged is not None and m.judged[v].tolist() == [judge(r) for r in replies]
-        kl = side_effect_kl(tiny, neutral, vec).mean
+        kl = side_effect_kl(tiny, neutral, vec, chat=False).mean
         assert m.side_effect_kl is not None
         assert float(m.side_effect_kl[v]) == pytest.approx(kl, abs=1e-5)
     # A held-out string has no target; a held-out datapoint does.
