@@ -304,7 +304,8 @@ def token_view(
     Example:
         >>> import torch
         >>> from steerlens.testing import tiny_model
-        >>> view = token_view(tiny_model(), torch.ones(64), "the cat", reply=" sat", layer=1)
+        >>> view = token_view(tiny_model(), torch.ones(64), "the cat", reply=" sat", layer=1,
+        ...                   chat=False)
         >>> "".join(view.tokens), view.n_prompt, view.projection.shape
         ('the cat sat', 6, (1, 10))
         >>> bool(np.isnan(view.logprob_change[0, 0]))

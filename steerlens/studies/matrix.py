@@ -617,7 +617,8 @@ def generalization_matrix(
         >>> from steerlens import Datapoint, SteeringVector
         >>> from steerlens.testing import tiny_model
         >>> model = tiny_model()
-        >>> examples = [Datapoint("the cat", promote=" sat"), Datapoint("a dog", promote=" ran")]
+        >>> examples = [Datapoint("the cat", promote=" sat", chat=False),
+        ...             Datapoint("a dog", promote=" ran", chat=False)]
         >>> vectors = {
         ...     name: SteeringVector.from_tensor(torch.randn(64), layer=1, model=model)
         ...     for name in ("cat", "dog")
@@ -670,6 +671,7 @@ def generalization_matrix(
             model,
             prompts,
             [*plans, None],
+            chat=False,  # every prompt is as the model sees it by now
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             progress=progress,

@@ -65,7 +65,7 @@ def train_units(
     Example:
         >>> from steerlens.studies.spec import Example, OptimizerSettings, load_study_model
         >>> spec = StudySpec(examples=[Example(prompt="Hi", promote=[" there"])], layers=[1],
-        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2))
+        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2), chat=False)
         >>> [r.steps for r in train_units(load_study_model("tiny"), spec, spec.units())]
         [2]
     """
@@ -117,7 +117,7 @@ def evaluate_units(
     Example:
         >>> from steerlens.studies.spec import Example, OptimizerSettings, load_study_model
         >>> spec = StudySpec(examples=[Example(prompt="Hi", promote=[" there"])], layers=[1],
-        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2))
+        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2), chat=False)
         >>> model = load_study_model("tiny")
         >>> unit = spec.units()[0]
         >>> [result] = train_units(model, spec, [unit])
@@ -191,7 +191,7 @@ def measure_steerability(
     Example:
         >>> from steerlens.studies.spec import Example, OptimizerSettings, load_study_model
         >>> spec = StudySpec(examples=[Example(prompt="Hi", promote=[" there"])], layers=[1],
-        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2))
+        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2), chat=False)
         >>> model = load_study_model("tiny")
         >>> unit = spec.units()[0]
         >>> [result] = train_units(model, spec, [unit])

@@ -213,6 +213,6 @@ def test_steering_handle_hooks_are_removed_after_an_error(tiny):
     with torch.no_grad():
         base = tiny(tokens)
     with pytest.raises(SpecError), steer(tiny, Steering(torch.ones(64), layer=1, positions=[9])):
-        steerlens.generate(tiny, "the cat", max_new_tokens=2)
+        steerlens.generate(tiny, "the cat", max_new_tokens=2, chat=False)
     with torch.no_grad():
         assert torch.equal(tiny(tokens), base)

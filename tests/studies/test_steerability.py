@@ -22,8 +22,8 @@ def _vector(model):
 
 
 def _reference(model, plan, dp):
-    steered = completion_logprobs(model, dp.prompt, list(dp.promote), steering=plan)
-    base = completion_logprobs(model, dp.prompt, list(dp.promote))
+    steered = completion_logprobs(model, dp.prompt, list(dp.promote), steering=plan, chat=False)
+    base = completion_logprobs(model, dp.prompt, list(dp.promote), chat=False)
     return float(steered.totals.double().mean() - base.totals.double().mean())
 
 
