@@ -137,9 +137,11 @@ def test_judged_replies_held_out_and_side_effects(tiny, vectors):
     prompts = [dp.prompt for dp in EXAMPLES] + ["in the", "Pat ran"]
     assert m.prompts == tuple(prompts)
     assert m.kinds == ("example",) * 3 + ("held_out",) * 2
-    assert m.baseline_replies == tuple(steerlens.generate(tiny, prompts, max_new_tokens=4))
+    assert m.baseline_replies == tuple(
+        steerlens.generate(tiny, prompts, max_new_tokens=4, chat=False)
+    )
     for v, vec in enumerate(vectors.values()):
-        replies = steerlens.generate(tiny, prompts, vec, max_new_tokens=4)
+        replies = steerlens.generate(tiny, prompts, vec, max_new_tokens=4, chat=False)
         assert m.replies is not None and m.replies[v] == tuple(replies)
         assert m.judged is not None and m.judged[v].tolist() == [judge(r) for r in replies]
         kl = side_effect_kl(tiny, neutral, vec, chat=False).mean
@@ -216,7 +218,7 @@ def test_matrix_on_the_embedded_model(smol):
     assert len(m.rows) == 6
     assert torch.isfinite(m.logprob_change[:, :2]).all()
     assert m.replies is not None and m.replies[0][2] == steerlens.generate(
-        smol, "The weather today is", vectors["Paris"], max_new_tokens=4
+        smol, "The weather today is", vectors["Paris"], max_new_tokens=4, chat=False
     )
 
 
