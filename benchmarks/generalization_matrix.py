@@ -49,7 +49,7 @@ def main() -> None:
         chat(model, f"{kind} {TOPICS[i % len(TOPICS)]}.")
         for i, kind in enumerate(["Tell me about"] * 16 + ["Write one sentence about"] * 16)
     ][: args.prompts]
-    examples = [Datapoint(prompts[i], promote=[" Bien sûr"]) for i in range(4)]
+    examples = [Datapoint(prompts[i], promote=[" Bien sûr"], chat=False) for i in range(4)]
     gen = torch.Generator().manual_seed(0)
     d = steerlens.runtime.d_model(model)
     vectors = {
@@ -70,10 +70,10 @@ def main() -> None:
     texts = [e.prompt for e in examples] + prompts
     loop_replies = {}
     for name, vector in vectors.items():
-        loop_replies[name] = generate(model, texts, vector, **kw)
+        loop_replies[name] = generate(model, texts, vector, chat=False, **kw)
         judge.judge_all(loop_replies[name])
         completion_logprobs(model, [e.prompt for e in examples], [" Bien sûr"], steering=vector,
-                            batch_size=args.batch_size)  # fmt: skip
+                            chat=False, batch_size=args.batch_size)  # fmt: skip
     t_loop = time.perf_counter() - t0
 
     by_vector = {name: {} for name in vectors}

@@ -80,7 +80,7 @@ def _rows(
     prompts: Sequence[PromptItem],
     *,
     position: str,
-    chat: bool,
+    chat: bool | None,
     completions: Sequence[str] | None,
     bos: bool = False,
     what: str = "prompts",
@@ -110,10 +110,11 @@ def _rows(
         else [(p, "") for p in prompts]  # type: ignore[misc]
     )
     rows = []
+    use_chat = runtime.uses_chat(model, chat)
     for i, (prompt, completion) in enumerate(items):
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"{what}: prompt {i} is empty ({prompt!r}); pass some text.")
-        text = runtime.chat_prompt(model, prompt) if chat else prompt
+        text = runtime.chat_prompt(model, prompt) if use_chat else prompt
         ids = runtime.encode(model, text, bos=bos)
         if not ids:
             raise InputError(f"{what}: prompt {i} ({prompt!r}) tokenises to nothing.")
@@ -214,7 +215,7 @@ def collect_activations(
     *,
     position: Position = "last",
     batch_size: int = 16,
-    chat: bool = False,
+    chat: bool | None = None,
     completions: Sequence[str] | None = None,
     bos: bool = False,
     progress: bool | None = None,
@@ -228,7 +229,8 @@ def collect_activations(
         position: ``"last"`` (last token), ``"mean"`` (mean over the prompt's tokens) or
             ``"completion"`` (mean over the completion's tokens, run after its prompt).
         batch_size: prompts per forward pass.
-        chat: format each prompt as a user message with the model's chat template.
+        chat: format each prompt as a user message with the model's chat template (default:
+            when the model has one; ``False``: as written).
         completions: one completion per prompt (instead of pairs) for ``"completion"``.
         bos: put the model's BOS token in front of each prompt (the tokenizer's default, as
             steering-vectors and repeng tokenise; see :func:`steerlens.runtime.encode`).
@@ -270,7 +272,7 @@ def mean_activations(
     check_keywords(reading, READING_OPTIONS, where="mean_activations")
     la = sorted(set(runtime.check_layers(model, layer)))
     position = reading.get("position", "last")
-    chat, completions = reading.get("chat", False), reading.get("completions")
+    chat, completions = reading.get("chat"), reading.get("completions")
     bos = reading.get("bos", False)
     rows = _rows(model, prompts, position=position, chat=chat, completions=completions, bos=bos)
     sums: dict[int, Tensor] = {}
@@ -295,7 +297,7 @@ def _provenance(
     negative: Sequence[PromptItem],
     *,
     position: str,
-    chat: bool,
+    chat: bool | None,
     paired: bool,
     **extra: Any,
 ) -> dict[str, Any]:
@@ -331,7 +333,7 @@ def _check_sets(
     *,
     completions: tuple[Sequence[str] | None, Sequence[str] | None],
     position: str,
-    chat: bool,
+    chat: bool | None,
     bos: bool,
     batch_size: int,
 ) -> None:
@@ -360,7 +362,7 @@ def diff_of_means(
     position: Position = "last",
     paired: bool = False,
     batch_size: int = 16,
-    chat: bool = False,
+    chat: bool | None = None,
     completions: tuple[Sequence[str], Sequence[str]] | None = None,
     bos: bool = False,
     progress: bool | None = None,
@@ -377,7 +379,8 @@ def diff_of_means(
         paired: the sets are pairs (``positive[i]`` contrasts with ``negative[i]``); their
             lengths must match. The mean difference is the same either way.
         batch_size: prompts per forward pass.
-        chat: format each prompt as a user message with the model's chat template.
+        chat: format each prompt as a user message with the model's chat template (default:
+            when the model has one; ``False``: as written).
         completions: ``(positive_completions, negative_completions)`` for ``"completion"``.
         bos: put the model's BOS token in front of each prompt, as ``tokenizer(text)`` does by
             default and as steering-vectors and repeng tokenise (see
@@ -405,7 +408,13 @@ def diff_of_means(
     mean_neg = mean_activations(model, negative, la, completions=neg_c, progress=progress, **kw)
     directions = {layer: mean_pos[layer] - mean_neg[layer] for layer in la}
     provenance = _provenance(
-        "diff_of_means", positive, negative, position=position, chat=chat, paired=paired, bos=bos
+        "diff_of_means",
+        positive,
+        negative,
+        position=position,
+        chat=runtime.uses_chat(model, chat),
+        paired=paired,
+        bos=bos,
     )
     return SteeringVector(directions, model_id=runtime.model_id(model), provenance=provenance)
 
@@ -456,7 +465,7 @@ def pca_direction(
     *,
     position: Position = "last",
     batch_size: int = 16,
-    chat: bool = False,
+    chat: bool | None = None,
     completions: tuple[Sequence[str], Sequence[str]] | None = None,
     center: bool = False,
     bos: bool = False,
@@ -493,7 +502,7 @@ def pca_direction(
         positive,
         negative,
         position=position,
-        chat=chat,
+        chat=runtime.uses_chat(model, chat),
         paired=True,
         centered=center,
         bos=bos,

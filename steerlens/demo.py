@@ -182,8 +182,8 @@ def run_demo(
     refusal_run, french_run = optimize_many(
         model,
         [
-            Job(Datapoint.chat(model, TRAIN_REQUEST, promote=[REFUSAL]), LAYER, config),
-            Job(Datapoint.chat(model, FRENCH_REQUEST, promote=[FRENCH_COMPLETION]), LAYER, config),
+            Job(Datapoint(TRAIN_REQUEST, promote=[REFUSAL], chat=True), LAYER, config),
+            Job(Datapoint(FRENCH_REQUEST, promote=[FRENCH_COMPLETION], chat=True), LAYER, config),
         ],
         progress=progress,
     )

@@ -60,6 +60,11 @@ class ContextWindowWarning(UserWarning):
     """Generation stopped early because the model's context window is full."""
 
 
+class SteeringWarning(UserWarning):
+    """A steering that runs but is unlikely to do what was meant: a vector applied at a layer
+    it was not made at, or at a strength far beyond the one it was made for."""
+
+
 class AnswerTokenError(SteerlensError):
     """An answer string (``"A"``, ``" Yes"``) that is not exactly one token."""
 

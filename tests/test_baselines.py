@@ -45,7 +45,7 @@ SPANS = {
 
 @pytest.mark.parametrize("position", ["last", "mean"])
 def test_caa_equals_a_manual_mean_difference(tiny, position):
-    v = diff_of_means(tiny, POS, NEG, [0, 1], position=position, batch_size=3)
+    v = diff_of_means(tiny, POS, NEG, [0, 1], position=position, batch_size=3, chat=False)
     for layer in (0, 1):
         expected = _manual(tiny, POS, layer, SPANS[position]).mean(0) - _manual(
             tiny, NEG, layer, SPANS[position]
@@ -56,7 +56,7 @@ def test_caa_equals_a_manual_mean_difference(tiny, position):
 def test_caa_over_completions_equals_a_manual_mean_difference(tiny):
     pos = [("Q: colour?\nA:", " red and blue"), ("Q: cat?\nA:", " yes")]
     neg = [("Q: colour?\nA:", " no"), ("Q: cat?\nA:", " the end of it")]
-    v = diff_of_means(tiny, pos, neg, 1, position="completion", batch_size=2)
+    v = diff_of_means(tiny, pos, neg, 1, position="completion", batch_size=2, chat=False)
     span = SPANS["completion"]
     expected = _manual(tiny, pos, 1, span).mean(0) - _manual(tiny, neg, 1, span).mean(0)
     torch.testing.assert_close(v.directions[1].double(), expected, rtol=0, atol=1e-5)
@@ -67,6 +67,7 @@ def test_caa_over_completions_equals_a_manual_mean_difference(tiny):
         1,
         position="completion",
         completions=([c for _, c in pos], [c for _, c in neg]),
+        chat=False,
     )
     torch.testing.assert_close(same.directions[1], v.directions[1], rtol=0, atol=1e-6)
 
@@ -77,12 +78,16 @@ def test_padding_never_enters_the_means(tiny, position):
     kw = {}
     if position == "completion":
         kw["completions"] = ["x", " the long completion here", " a", " b c d e f"] * 2
-    batched = collect_activations(tiny, texts, [0, 1], position=position, batch_size=8, **kw)
-    single = collect_activations(tiny, texts, [0, 1], position=position, batch_size=1, **kw)
+    batched = collect_activations(
+        tiny, texts, [0, 1], position=position, batch_size=8, **kw, chat=False
+    )
+    single = collect_activations(
+        tiny, texts, [0, 1], position=position, batch_size=1, **kw, chat=False
+    )
     for layer in (0, 1):
         assert batched[layer].shape == (8, 64)
         torch.testing.assert_close(batched[layer], single[layer], rtol=0, atol=1e-5)
-    means = mean_activations(tiny, texts, [0, 1], position=position, batch_size=3, **kw)
+    means = mean_activations(tiny, texts, [0, 1], position=position, batch_size=3, **kw, chat=False)
     torch.testing.assert_close(means[1], single[1].mean(0), rtol=0, atol=1e-5)
 
 
@@ -100,19 +105,21 @@ def test_stops_the_forward_after_the_last_needed_layer(tiny):
 
 def test_chat_formats_prompts_with_the_template(tiny):
     a = diff_of_means(tiny, ["hi"], ["yo"], 1, chat=True)
-    b = diff_of_means(tiny, [runtime.chat_prompt(tiny, "hi")], [runtime.chat_prompt(tiny, "yo")], 1)
+    b = diff_of_means(
+        tiny, [runtime.chat_prompt(tiny, "hi")], [runtime.chat_prompt(tiny, "yo")], 1, chat=False
+    )
     torch.testing.assert_close(a.directions[1], b.directions[1], rtol=0, atol=1e-6)
 
 
 def test_provenance(tiny):
-    v = diff_of_means(tiny, POS, NEG, [1, 0, 1], position="mean")
+    v = diff_of_means(tiny, POS, NEG, [1, 0, 1], position="mean", chat=False)
     assert v.layers == [0, 1]
     p = v.provenance
     assert p["method"] == "diff_of_means"
     assert (p["n_positive"], p["n_negative"], p["position"]) == (4, 4, "mean")
     assert p["examples"]["positive"] == POS[:3]
     assert v.model_id == runtime.model_id(tiny)
-    w = pca_direction(tiny, POS, NEG, 1)
+    w = pca_direction(tiny, POS, NEG, 1, chat=False)
     assert w.provenance["method"] == "pca_of_differences"
     assert w.provenance["paired"] is True
 
@@ -143,44 +150,46 @@ def test_centred_pca_recovers_a_planted_direction_with_random_signs():
 
 
 def test_pca_direction_on_the_model(tiny):
-    v = pca_direction(tiny, POS, NEG, 1)
+    v = pca_direction(tiny, POS, NEG, 1, chat=False)
     d = v.directions[1]
-    acts_pos = collect_activations(tiny, POS, 1)[1]
-    acts_neg = collect_activations(tiny, NEG, 1)[1]
+    acts_pos = collect_activations(tiny, POS, 1, chat=False)[1]
+    acts_neg = collect_activations(tiny, NEG, 1, chat=False)[1]
     assert float((acts_pos @ d).mean()) > float((acts_neg @ d).mean())
     # One pair: the principal direction of one difference, scaled by its projection, is it.
-    one = pca_direction(tiny, POS[:1], NEG[:1], 1).directions[1]
-    caa = diff_of_means(tiny, POS[:1], NEG[:1], 1).directions[1]
+    one = pca_direction(tiny, POS[:1], NEG[:1], 1, chat=False).directions[1]
+    caa = diff_of_means(tiny, POS[:1], NEG[:1], 1, chat=False).directions[1]
     torch.testing.assert_close(one, caa, rtol=1e-4, atol=1e-5)
 
 
 def test_bad_inputs(tiny):
     with pytest.raises(SteerlensError, match="same length"):
-        diff_of_means(tiny, POS, NEG[:2], 1, paired=True)
+        diff_of_means(tiny, POS, NEG[:2], 1, paired=True, chat=False)
     with pytest.raises(SteerlensError, match="same length"):
-        pca_direction(tiny, POS, NEG[:3], 1)
+        pca_direction(tiny, POS, NEG[:3], 1, chat=False)
     with pytest.raises(SteerlensError, match="positive set is empty"):
-        diff_of_means(tiny, [], NEG, 1)
+        diff_of_means(tiny, [], NEG, 1, chat=False)
     with pytest.raises(SteerlensError, match="negative set is empty"):
-        diff_of_means(tiny, POS, [], 1)
+        diff_of_means(tiny, POS, [], 1, chat=False)
     with pytest.raises(LayerError, match="out of range"):
-        diff_of_means(tiny, POS, NEG, [0, 5])
+        diff_of_means(tiny, POS, NEG, [0, 5], chat=False)
     with pytest.raises(LayerError, match="out of range"):
-        pca_direction(tiny, POS, NEG, -1)
+        pca_direction(tiny, POS, NEG, -1, chat=False)
     with pytest.raises(LayerError, match="no layer"):
-        diff_of_means(tiny, POS, NEG, [])
+        diff_of_means(tiny, POS, NEG, [], chat=False)
     with pytest.raises(SpecError, match="unknown position"):
-        diff_of_means(tiny, POS, NEG, 1, position="first")  # type: ignore[arg-type]
+        diff_of_means(tiny, POS, NEG, 1, position="first", chat=False)  # type: ignore[arg-type]
     with pytest.raises(SteerlensError, match="pairs"):
-        collect_activations(tiny, ["a"], 1, position="completion")
+        collect_activations(tiny, ["a"], 1, position="completion", chat=False)
     with pytest.raises(SteerlensError, match="position='completion'"):
-        collect_activations(tiny, [("a", " b")], 1)
+        collect_activations(tiny, [("a", " b")], 1, chat=False)
     with pytest.raises(SteerlensError, match="2 prompts but 1 completions"):
-        collect_activations(tiny, ["a", "b"], 1, position="completion", completions=["x"])
+        collect_activations(
+            tiny, ["a", "b"], 1, position="completion", completions=["x"], chat=False
+        )
     with pytest.raises(SteerlensError, match="empty"):
-        collect_activations(tiny, ["a", "  "], 1)
+        collect_activations(tiny, ["a", "  "], 1, chat=False)
     with pytest.raises(SpecError, match="batch_size"):
-        collect_activations(tiny, ["a"], 1, batch_size=0)
+        collect_activations(tiny, ["a"], 1, batch_size=0, chat=False)
     with pytest.raises(SteerlensError, match="all differences are zero"):
         principal_direction(torch.zeros(3, 4))
 
@@ -193,11 +202,11 @@ def test_mean_activations_takes_the_reading_keywords_and_refuses_others(tiny):
     params = list(inspect.signature(collect_activations).parameters)
     assert list(READING_OPTIONS) == params[params.index("layer") + 1 :]
     prompts = ["the cat", "a dog", "in"]
-    means = mean_activations(tiny, prompts, 1, position="mean", batch_size=2)
-    acts = collect_activations(tiny, prompts, 1, position="mean")
+    means = mean_activations(tiny, prompts, 1, position="mean", batch_size=2, chat=False)
+    acts = collect_activations(tiny, prompts, 1, position="mean", chat=False)
     torch.testing.assert_close(means[1], acts[1].mean(0), atol=1e-5, rtol=0)
     with pytest.raises(SpecError, match=r"unknown keyword\(s\) 'pos'.*position"):
-        mean_activations(tiny, prompts, 1, pos="mean")
+        mean_activations(tiny, prompts, 1, pos="mean", chat=False)
 
 
 def test_bos_switch_matches_the_tokenizers_default_ids(tiny):
@@ -210,13 +219,13 @@ def test_bos_switch_matches_the_tokenizers_default_ids(tiny):
         _, cache = tiny.run_with_cache(ids, names_filter=[f"blocks.{layer}.hook_resid_pre"])
         return cache[f"blocks.{layer}.hook_resid_pre"][0, -1]
 
-    v = diff_of_means(tiny, pos, neg, 1, bos=True)
+    v = diff_of_means(tiny, pos, neg, 1, bos=True, chat=False)
     expected = torch.stack([last_act(t, 1) for t in pos]).mean(0) - torch.stack(
         [last_act(t, 1) for t in neg]
     ).mean(0)
     torch.testing.assert_close(v.directions[1], expected, atol=1e-5, rtol=1e-5)
     assert v.provenance["bos"] is True
-    plain = diff_of_means(tiny, pos, neg, 1)
+    plain = diff_of_means(tiny, pos, neg, 1, chat=False)
     assert plain.provenance["bos"] is False
     assert not torch.allclose(plain.directions[1], v.directions[1])
 
@@ -238,7 +247,7 @@ def test_peer_layer_convention_decoder_output_k_is_our_layer_k_plus_1(tiny):
     expected = torch.stack([block_output(t) for t in pos]).mean(0) - torch.stack(
         [block_output(t) for t in neg]
     ).mean(0)
-    ours = diff_of_means(tiny, pos, neg, k + 1, bos=True)
+    ours = diff_of_means(tiny, pos, neg, k + 1, bos=True, chat=False)
     torch.testing.assert_close(ours.directions[k + 1], expected, atol=1e-5, rtol=1e-5)
 
 
@@ -246,10 +255,10 @@ def test_long_readings_show_progress_and_short_ones_do_not(tiny, capsys):
     from steerlens.baselines import diff_of_means, pca_direction
 
     pos, neg = ["the cat", "the dog", "a cat"], ["a dog", "in the", "the"]
-    diff_of_means(tiny, pos, neg, 1, batch_size=2, progress=True)
+    diff_of_means(tiny, pos, neg, 1, batch_size=2, progress=True, chat=False)
     err = capsys.readouterr().err
     assert err.count("activations") >= 2 and "3/3" in err
-    pca_direction(tiny, pos, neg, 1, batch_size=2, progress=True)
+    pca_direction(tiny, pos, neg, 1, batch_size=2, progress=True, chat=False)
     assert "activations" in capsys.readouterr().err
-    diff_of_means(tiny, pos, neg, 1, batch_size=4, progress=True)  # one batch: no bar
+    diff_of_means(tiny, pos, neg, 1, batch_size=4, progress=True, chat=False)  # one batch: no bar
     assert "activations" not in capsys.readouterr().err

@@ -9,7 +9,7 @@ import steerlens
 from steerlens import cli, demo
 from steerlens.cli.common import banner
 from steerlens.loading import model as model_mod
-from steerlens.training.convergence import convergence_note
+from steerlens.training.convergence import convergence_note, norm_cap_note
 from steerlens.training.data import Datapoint
 
 
@@ -344,7 +344,16 @@ def test_generate_and_sweep_apply_a_vector_at_the_positions_asked(
         "generate",
         lambda m, p, plan, **k: plans.append(plan) or real_generate(m, p, plan, **k),
     )
-    argv = ["generate", "hi", "--vector", str(path), "--max-new-tokens", "2", "--no-chat"]
+    argv = [
+        "generate",
+        "hi",
+        "--vector",
+        str(path),
+        "--max-new-tokens",
+        "2",
+        "--no-chat",
+        "--no-compare",
+    ]
     assert cli.main([*argv, "--positions", "opening:2"]) == 0
     assert plans[-1].positions == Positions.opening(2)
     capsys.readouterr()
@@ -369,3 +378,38 @@ def test_an_unknown_option_points_to_the_sub_command_help(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "unrecognized arguments: --bogus (see 'steerlens sweep --help')" in err
+
+
+def test_optimize_notes_a_run_held_at_its_norm_cap_with_a_high_loss(tiny_loaded, capsys, tmp_path):
+    argv = ["optimize", "--prompt", "hi", "--no-chat", "--promote", " a", "--layer", "1"]
+    out = str(tmp_path / "v.safetensors")
+    steps = ["--max-steps", "6", "--lr", "1", "--no-progress", "-o", out]
+    assert cli.main([*argv, "--norm-cap", "0.01", *steps]) == 0
+    err = capsys.readouterr().err
+    assert "steerlens: note: the vector ended at the norm cap (0.01)" in err
+    assert "--norm-cap" in err.split("norm cap (0.01)")[1]
+    assert cli.main([*argv, "--norm-cap", "0", *steps]) == 0  # no cap: no such note
+    assert "norm cap" not in capsys.readouterr().err
+
+
+def test_norm_cap_note_rule():
+    plateau = [[9.0], [6.0], [5.9], [5.9]]
+    assert norm_cap_note(plateau, 3, norm=39.9, cap=40.0) is not None
+    assert norm_cap_note(plateau, 3, norm=30.0, cap=40.0) is None  # below the cap
+    assert norm_cap_note([[9.0], [1.5], [1.5]], 2, norm=40.0, cap=40.0) is None  # low loss
+    assert norm_cap_note([[9.0], [7.0], [5.0]], 2, norm=40.0, cap=40.0) is None  # still falling
+
+
+def test_generate_with_a_vector_shows_the_unsteered_reply_too(tiny_loaded, tiny, capsys, tmp_path):
+    vector = steerlens.SteeringVector.from_tensor(torch.ones(64) * 8, layer=1, model=tiny)
+    path = str(vector.save(tmp_path / "v.safetensors"))
+    argv = ["generate", "hi", "--vector", path, "--max-new-tokens", "3", "--no-chat"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    unsteered = steerlens.generate(tiny, "hi", max_new_tokens=3, chat=False)
+    assert "steered (Steering(Add of a vector" in out
+    assert out.endswith(f"unsteered:\n{unsteered}\n\n")
+    assert cli.main([*argv, "--no-compare"]) == 0
+    assert "unsteered" not in capsys.readouterr().out
+    assert cli.main([*argv, "--strength", "40"]) == 0
+    assert "steerlens: note: strength 40 applies the vector at 40x" in capsys.readouterr().err

@@ -309,8 +309,9 @@ def vector_card(
     Args:
         model: the TransformerLens model the vector was made on.
         vector: the ``SteeringVector`` (checked against the model).
-        prompts: prompts to measure the residual-stream scale on (default: the vector's own
-            prompts from its provenance, else a few neutral sentences, `DEFAULT_PROMPTS`).
+        prompts: prompts to measure the residual-stream scale on, used as written (default:
+            the vector's own prompts from its provenance, else a few neutral sentences,
+            `DEFAULT_PROMPTS`).
         compare_to: label -> other vectors to report the cosine with (at the card's layer; a
             single-layer vector made at another layer is compared as it is, with a note).
         caa: a CAA vector (e.g. from `steerlens.diff_of_means`), reported as ``"CAA"``.
@@ -346,7 +347,8 @@ def vector_card(
     direction, found = direction_at(model, vector, layer)
     la = cast(int, found)  # a SteeringVector always has a layer
     used = list(runtime.check_prompts(prompts)) if prompts is not None else _card_prompts(vector)
-    scale = residual_norms(model, used, layers=sorted({la, *vector.layers}))
+    # As written: a vector's own prompts are recorded as the model saw them.
+    scale = residual_norms(model, used, layers=sorted({la, *vector.layers}), chat=False)
     lens = logit_lens(model, direction, layer=la, k=k, label=title or "vector")
     others: dict[str, VectorLike] = dict(compare_to or {})
     if caa is not None:

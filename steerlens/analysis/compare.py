@@ -217,7 +217,7 @@ def _generations(
     directions: dict[str, dict[int, Tensor]],
     layers: list[int],
     *,
-    chat: bool,
+    chat: bool | None,
     max_new_tokens: int,
     batch_size: int,
 ) -> dict[int, list[dict[str, str]]]:
@@ -248,7 +248,7 @@ def compare_with_caa(
     max_new_tokens: int = 40,
     position: Position = "last",
     score_position: Position | None = None,
-    chat: bool = False,
+    chat: bool | None = None,
     completions: tuple[Sequence[str], Sequence[str]] | None = None,
     held_out: tuple[Sequence[PromptItem], Sequence[PromptItem]] | None = None,
     effect_norm: float = 1.0,
@@ -271,7 +271,8 @@ def compare_with_caa(
         position: how CAA reduces each prompt (``"last"``, ``"mean"``, ``"completion"``).
         score_position: how the classifier reduces each prompt (default ``"mean"``: the mean
             over the prompt's tokens, or ``"completion"`` when ``position="completion"``).
-        chat: format the prompt sets and generation prompts with the chat template.
+        chat: format the prompt sets and generation prompts with the chat template (default:
+            when the model has one; ``False``: as written).
         completions: ``(positive, negative)`` completions for ``position="completion"``.
         held_out: ``(positive, negative)`` prompts (items as in ``positive``) the classifier
             is scored on instead of the CAA prompts, for an out-of-sample ROC-AUC.

@@ -198,7 +198,9 @@ def _per_datapoint(values: Sequence[float], data: Sequence[Datapoint]) -> np.nda
 
 def _promote_only(data: Sequence[Datapoint]) -> list[Datapoint]:
     return [
-        Datapoint(dp.prompt, promote=dp.promote, negate=dp.negate, positions=dp.positions)
+        Datapoint(
+            dp.prompt, promote=dp.promote, negate=dp.negate, positions=dp.positions, chat=dp.chat
+        )
         for dp in data
         if dp.promote
     ]
@@ -338,7 +340,7 @@ def layer_sweep(
     config: OptimizeConfig | None = None,
     prompts: Sequence[str] | None = None,
     metric: Metric | None = None,
-    chat: bool = False,
+    chat: bool | None = None,
     positions: PositionsLike = None,
     unit: str = "nats",
     max_new_tokens: int = 32,
@@ -383,6 +385,7 @@ def layer_sweep(
             f"optimize={optimize}."
         )
     data = [datapoints] if isinstance(datapoints, Datapoint) else list(datapoints)
+    data = [dp.for_model(model) if isinstance(dp, Datapoint) else dp for dp in data]
     if not data:
         raise SteerlensError("no datapoints given; pass at least one steerlens.Datapoint.")
     swept = sorted(

@@ -97,7 +97,7 @@ def check_nonzero(direction: Tensor, name: str) -> None:
 
 
 def prompt_tokens(
-    model: Any, prompts: str | Sequence[str], *, chat: bool, bos: bool
+    model: Any, prompts: str | Sequence[str], *, chat: bool | None, bos: bool
 ) -> list[list[int]]:
     """Each prompt's tokens (chat rule and BOS rule as everywhere), refusing empty ones."""
     texts = runtime.format_prompts(model, runtime.check_prompts(prompts), chat=chat)
@@ -380,7 +380,7 @@ def logit_lens(
     prompts: str | Sequence[str] | None = None,
     strength: float = 1.0,
     position: LensPosition = "all",
-    chat: bool = False,
+    chat: bool | None = None,
     batch_size: int = 8,
 ) -> LogitLensResult:
     """The tokens ``vector`` promotes and suppresses most through the unembedding.
@@ -397,7 +397,8 @@ def logit_lens(
         strength: the vector's multiplier in the ``"steered"`` view.
         position: where the ``"steered"`` view measures: ``"all"`` positions of each prompt,
             or its ``"last"`` (the next token after the prompt: a reply's first token).
-        chat: format ``prompts`` with the chat template.
+        chat: format ``prompts`` with the chat template (default:
+            when the model has one; ``False``: as written).
         batch_size: prompts per forward pass.
 
     Raises:
@@ -461,7 +462,7 @@ def logit_lens_difference(
     prompts: str | Sequence[str] | None = None,
     strength: float = 1.0,
     position: LensPosition = "all",
-    chat: bool = False,
+    chat: bool | None = None,
     batch_size: int = 8,
 ) -> LogitLensResult:
     """The tokens ``a`` promotes more than ``b`` (top) and ``b`` more than ``a`` (bottom).

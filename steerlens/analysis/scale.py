@@ -195,7 +195,7 @@ def residual_norms(
     prompts: str | Sequence[str],
     *,
     layers: int | Sequence[int] | None = None,
-    chat: bool = False,
+    chat: bool | None = None,
     bos: bool = False,
     batch_size: int = 8,
 ) -> ResidualNorms:
@@ -217,7 +217,7 @@ def residual_norms(
 
     Example:
         >>> from steerlens.testing import tiny_model
-        >>> norms = residual_norms(tiny_model(), ["the cat sat", "a dog"])
+        >>> norms = residual_norms(tiny_model(), ["the cat sat", "a dog"], chat=False)
         >>> norms.layers, norms.n_prompts, norms.n_other_tokens
         ((0, 1), 2, 13)
     """

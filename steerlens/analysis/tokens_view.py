@@ -278,7 +278,7 @@ def token_view(
     reply: str | None = None,
     layer: int | None = None,
     strength: float = 1.0,
-    chat: bool = False,
+    chat: bool | None = None,
     bos: bool = False,
 ) -> TokenView:
     """Each token's projection onto each vector, and its change in log-prob when steered.
@@ -292,7 +292,8 @@ def token_view(
         layer: the layer to read and steer at (default: each vector's own; required for
             tensors and multi-layer vectors).
         strength: the multiplier for the steered pass (``x + strength * v``, every token).
-        chat: format ``prompt`` with the chat template.
+        chat: format ``prompt`` with the chat template (default:
+            when the model has one; ``False``: as written).
         bos: put the BOS token in front (see `steerlens.runtime.encode`).
 
     Raises:
@@ -303,7 +304,8 @@ def token_view(
     Example:
         >>> import torch
         >>> from steerlens.testing import tiny_model
-        >>> view = token_view(tiny_model(), torch.ones(64), "the cat", reply=" sat", layer=1)
+        >>> view = token_view(tiny_model(), torch.ones(64), "the cat", reply=" sat", layer=1,
+        ...                   chat=False)
         >>> "".join(view.tokens), view.n_prompt, view.projection.shape
         ('the cat sat', 6, (1, 10))
         >>> bool(np.isnan(view.logprob_change[0, 0]))

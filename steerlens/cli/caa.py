@@ -7,6 +7,7 @@ import argparse
 from steerlens.cli.common import (
     DEFAULT_LAYER,
     FORMATTER,
+    add_chat,
     add_model_options,
     check_output_file,
     check_settings,
@@ -58,11 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="last",
         help="read the last prompt token or the mean over the prompt (default: %(default)s)",
     )
-    caa.add_argument(
-        "--chat",
-        action="store_true",
-        help="format the prompts as user messages with the chat template (default: as written)",
-    )
+    add_chat(caa)
     caa.add_argument(
         "--output", "-o", required=True, help="the .safetensors file to write (required)"
     )

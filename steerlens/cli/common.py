@@ -92,6 +92,18 @@ def add_positions(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_chat(p: argparse.ArgumentParser, what: str = "the prompts") -> None:
+    """``--chat`` / ``--no-chat``: the chat rule of the Python API (``chat=None`` when neither
+    is given)."""
+    p.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"format {what} as user messages in the model's chat template; --no-chat uses "
+        "them as written (default: the chat template when the model has one)",
+    )
+
+
 def positions_of(args: argparse.Namespace) -> Any:
     """``--positions`` read before the model loads (a clear error for a typo)."""
     from steerlens.steering.positions import as_positions

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+import warnings
 
 from steerlens.cli.common import (
     FORMATTER,
+    add_chat,
     add_model_options,
     add_positions,
     check_settings,
@@ -14,7 +17,7 @@ from steerlens.cli.common import (
     positions_of,
     start,
 )
-from steerlens.errors import InputError
+from steerlens.errors import InputError, SteeringWarning
 
 STRENGTH_HELP = """\
 the strength s, by --mode: add: the multiple of the vector added (1 = as trained, negative
@@ -61,10 +64,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="seed for sampling (default: a fresh one each run; unused when greedy)",
     )
+    add_chat(gen)
     gen.add_argument(
-        "--no-chat",
+        "--no-compare",
         action="store_true",
-        help="use the prompts as written, without the chat template (default: off)",
+        help="with --vector, print only the steered reply, not the unsteered one under it "
+        "(which costs a second generation) (default: both)",
     )
     gen.set_defaults(func=cmd_generate)
 
@@ -72,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from steerlens.steering.generate import generate
     from steerlens.steering.interventions import KINDS
-    from steerlens.steering.steer import Steering
+    from steerlens.steering.steer import Steering, unusual_use
     from steerlens.steering.vector import SteeringVector
 
     for i, prompt in enumerate(args.prompt, 1):
@@ -93,17 +98,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InputError(
             "--strength, --mode and --positions apply to a vector; pass --vector FILE too."
         )
+    elif args.no_compare:
+        raise InputError("--no-compare leaves out the unsteered reply of a --vector; pass one.")
+    for note in unusual_use(plan):
+        print(f"steerlens: note: {note}", file=sys.stderr)
     start(args)
     model = load(args)
-    outputs = generate(
-        model,
-        args.prompt,
-        plan,
-        max_new_tokens=args.max_new_tokens,
-        chat=not args.no_chat,
-        temperature=args.temperature,
-        seed=args.seed,
-    )
-    for prompt, out in zip(args.prompt, outputs, strict=False):
-        print(f"### {prompt}\n{out}\n")
+    kw = {
+        "max_new_tokens": args.max_new_tokens,
+        "chat": args.chat,
+        "temperature": args.temperature,
+        "seed": args.seed,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SteeringWarning)  # printed above as a note
+        outputs = generate(model, args.prompt, plan, **kw)
+    if plan is None or args.no_compare:
+        for prompt, out in zip(args.prompt, outputs, strict=True):
+            print(f"### {prompt}\n{out}\n")
+        return 0
+    unsteered = generate(model, args.prompt, None, **kw)
+    for prompt, out, plain in zip(args.prompt, outputs, unsteered, strict=True):
+        print(f"### {prompt}\nsteered ({plan}):\n{out}\n\nunsteered:\n{plain}\n")
     return 0

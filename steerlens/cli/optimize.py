@@ -11,6 +11,7 @@ from steerlens.cli.common import (
     DEFAULT_MAX_STEPS,
     DEFAULT_NORM_CAP,
     FORMATTER,
+    add_chat,
     add_max_steps,
     add_model_options,
     add_progress,
@@ -21,7 +22,7 @@ from steerlens.cli.common import (
     start,
 )
 from steerlens.errors import InputError
-from steerlens.training.convergence import convergence_note
+from steerlens.training.convergence import convergence_note, norm_cap_note
 
 OPTIMIZE_DESCRIPTION = f"""\
 Optimize one steering vector that makes --prompt's --promote completions more likely (and its
@@ -43,12 +44,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     opt.add_argument(
         "--prompt",
         required=True,
-        help="the user message, or the full prompt with --raw-prompt (required)",
+        help="the user message, or the full prompt with --no-chat (required)",
     )
+    add_chat(opt, "--prompt")
     opt.add_argument(
         "--raw-prompt",
-        action="store_true",
-        help="use --prompt as written, without the chat template (default: off)",
+        dest="chat",
+        action="store_const",
+        const=False,
+        help="the same as --no-chat (default: off)",
     )
     opt.add_argument(
         "--promote",
@@ -112,30 +116,29 @@ def _optimize_datapoint(args: argparse.Namespace):
     for option, texts in (("--promote", args.promote), ("--suppress", args.suppress)):
         if any(text == "" for text in texts):
             raise InputError(f"{option} '' is empty; every completion needs text.")
-    return Datapoint(args.prompt, promote=args.promote, suppress=args.suppress)
+    return Datapoint(args.prompt, promote=args.promote, suppress=args.suppress, chat=args.chat)
 
 
-def _note_convergence(result) -> None:
-    note = convergence_note(result.loss_history, result.steps)
-    if note is not None:
-        print(f"steerlens: {note}", file=sys.stderr)
+def _note_convergence(result, norm_cap: float) -> None:
+    notes = (
+        convergence_note(result.loss_history, result.steps),
+        norm_cap_note(result.loss_history, result.steps, result.vector.norm(), norm_cap),
+    )
+    for note in notes:
+        if note is not None:
+            print(f"steerlens: {note}", file=sys.stderr)
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     from steerlens.training.constraints import NormCap
-    from steerlens.training.data import Datapoint
     from steerlens.training.optimize import optimize_vector
 
     output = check_output_file(args.output)
-    raw = _optimize_datapoint(args)
+    dp = _optimize_datapoint(args)
     check_settings(args)
     constraints = (NormCap(args.norm_cap),) if args.norm_cap > 0 else ()
     start(args)
     model = load(args)
-    if args.raw_prompt:
-        dp = raw
-    else:
-        dp = Datapoint.chat(model, args.prompt, promote=args.promote, suppress=args.suppress)
     result = optimize_vector(
         model,
         dp,
@@ -149,7 +152,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(result)
     for label, loss in result.final_losses.items():
         print(f"  {label}: {loss:.4f} nats")
-    _note_convergence(result)
+    _note_convergence(result, args.norm_cap)
     path = result.vector.save(output)
     print(f"saved {path}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from steerlens.cli.common import (
     FORMATTER,
+    add_chat,
     add_model_options,
     add_positions,
     add_progress,
@@ -92,11 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "unsteered replies' (default: %(default)s)",
     )
     add_positions(sweep)
-    sweep.add_argument(
-        "--no-chat",
-        action="store_true",
-        help="use the prompts as written, without the chat template (default: off)",
-    )
+    add_chat(sweep, "the prompts and neutral prompts")
     sweep.add_argument(
         "--output", "-o", default="sweep.html", help="the HTML page to write (default: %(default)s)"
     )
@@ -121,6 +118,7 @@ def _numbers(text: str, option: str, kind: type = float) -> list:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """A layer x strength grid of a vector file: behaviour and coherence, and the frontier."""
     from steerlens.evaluation.judges import StringMatchJudge
+    from steerlens.runtime import uses_chat
     from steerlens.studies.grid import layer_strength_grid
     from steerlens.studies.report import write_grid_page
 
@@ -138,10 +136,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_settings(args)
     start(args)
     model = load(args)
-    if not args.no_chat:
-        from steerlens.runtime import chat_prompt
-
-        prompts = [chat_prompt(model, p) for p in prompts]
     judge = StringMatchJudge(args.judge_any_of)
     grid = layer_strength_grid(
         model,
@@ -151,6 +145,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         prompts=prompts,
         judge=judge,
         neutral_prompts=args.neutral or None,
+        chat=args.chat,
         max_new_tokens=args.max_new_tokens,
         positions=positions,
         progress=args.progress,
@@ -158,7 +153,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(grid)
     settings = [
         f"vector {args.vector}",
-        "prompts formatted as chat user messages" if not args.no_chat else "prompts as raw text",
+        "prompts formatted as chat user messages"
+        if uses_chat(model, args.chat)
+        else "prompts as raw text",
         f"greedy replies of at most {args.max_new_tokens} tokens",
     ]
     write_grid_page(

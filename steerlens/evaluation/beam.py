@@ -161,7 +161,7 @@ def beam_search(
     steering: SteeringLike | Sequence[SteeringLike] | None = None,
     coldness: float = 1.0,
     unit: str = "nats",
-    chat: bool = False,
+    chat: bool | None = None,
     system: str | None = None,
     batch_size: int = 8,
     bos: bool = False,
@@ -180,7 +180,8 @@ def beam_search(
             (``"generated"`` positions are the continuation's tokens).
         coldness: log-probabilities are those of ``softmax(c * logits)``.
         unit: ``"nats"``, ``"bits"`` or ``"hartleys"`` for the reported log-probabilities.
-        chat: format prompts with the chat template.
+        chat: format prompts with the chat template (default:
+            when the model has one; ``False``: as written).
         system: a system message for ``chat=True``.
         batch_size: prompts per forward pass (each takes ``k`` rows).
         bos: put the model's BOS token in front of each prompt (see

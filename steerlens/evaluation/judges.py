@@ -187,7 +187,8 @@ class ModelJudge:
     Args:
         model: the judging model (it runs unsteered: judge after leaving any ``steer`` block).
         template: the question, containing ``{text}``.
-        chat: format the question with the model's chat template.
+        chat: format the question with the model's chat template (default:
+            when the model has one; ``False``: as written).
         system: a system message for ``chat=True``.
         yes_no: the two answer strings to compare, each one token.
         batch_size: texts per forward pass.
@@ -202,7 +203,7 @@ class ModelJudge:
 
     model: Any
     template: str
-    chat: bool = False
+    chat: bool | None = None
     system: str | None = None
     yes_no: tuple[str, str] | None = None
     batch_size: int = 16
@@ -216,6 +217,7 @@ class ModelJudge:
                 "where the text goes, e.g. 'Is the following text in French?\\n\\n{text}'."
             )
         runtime.check_batch_size(self.batch_size)
+        object.__setattr__(self, "chat", runtime.uses_chat(self.model, self.chat))
         example = self._prompt("x")
         pair, ids = _yes_no_ids(self.model, self.yes_no, example)
         object.__setattr__(self, "yes_no", pair)

@@ -138,7 +138,7 @@ def completion_logprobs(
     steering: SteeringLike | Sequence[SteeringLike] | None = None,
     coldness: float = 1.0,
     unit: str = "nats",
-    chat: bool = False,
+    chat: bool | None = None,
     system: str | None = None,
     batch_size: int = 32,
     bos: bool = False,
@@ -157,7 +157,8 @@ def completion_logprobs(
         coldness: inverse temperature ``c``: log-probs of ``softmax(c * logits)``. 1 gives the
             model's own probabilities (the optimizer's default is the paper's 0.7).
         unit: ``"nats"`` (natural log), ``"bits"`` (log base 2) or ``"hartleys"`` (log base 10).
-        chat: format prompts with the chat template (default: use them as written).
+        chat: format prompts with the chat template (default: when the model has one;
+            ``False``: as written).
         system: a system message for ``chat=True``.
         batch_size: ``prompt + completion`` rows per forward pass.
         bos: put the model's BOS token in front of each prompt (see
@@ -209,7 +210,7 @@ def completion_logprobs(
         unit=unit,
         coldness=coldness,
         steering=described,
-        chat=chat,
+        chat=runtime.uses_chat(model, chat),
         boundary_merged=tuple(
             tuple(rows[i * n_c + j].merged for j in range(n_c)) for i in range(len(prompt_list))
         ),

@@ -233,7 +233,7 @@ def behavior_change_rates(
     negative_prompts: Sequence[str],
     answers: Sequence[str] = ("A", "B"),
     *,
-    chat: bool = False,
+    chat: bool | None = None,
     system: str | None = None,
     batch_size: int = 16,
     progress: bool | None = None,
@@ -250,7 +250,8 @@ def behavior_change_rates(
         positive_prompts: prompts where adding the vector should change the answer.
         negative_prompts: prompts where subtracting it should.
         answers: the answer strings; each must be exactly one token.
-        chat: format prompts with the chat template.
+        chat: format prompts with the chat template (default:
+            when the model has one; ``False``: as written).
         system: a system message for ``chat=True``.
         batch_size: prompts per forward pass.
         progress: a bar over the prompts of each pass when there is more than one batch

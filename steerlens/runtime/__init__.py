@@ -75,6 +75,8 @@ from steerlens.runtime.tokens import (
     decode,
     encode,
     format_prompts,
+    has_chat_template,
+    uses_chat,
 )
 
 __all__ = [
@@ -106,6 +108,7 @@ __all__ = [
     "eos_token_ids",
     "final_norm",
     "format_prompts",
+    "has_chat_template",
     "hf_decoder_layers",
     "hf_model_type",
     "hook_name",
@@ -129,5 +132,6 @@ __all__ = [
     "token_logprobs",
     "tokenizer",
     "unembed_matrix",
+    "uses_chat",
     "vocab_size",
 ]

@@ -63,7 +63,7 @@ def chat_prompt(model: Any, user_message: str, *, system: str | None = None) -> 
     tok = tokenizer(model)
     messages = [] if system is None else [{"role": "system", "content": system}]
     messages.append({"role": "user", "content": user_message})
-    if getattr(tok, "chat_template", None) is None:
+    if not has_chat_template(model):
         raise ModelError(
             "this model's tokenizer has no chat template, so chat=True cannot format prompts; "
             "pass chat=False and give the full prompt text."
@@ -148,24 +148,60 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     return items
 
 
-def format_prompts(
-    model: Any, prompts: Sequence[str], *, chat: bool, system: str | None = None
-) -> list[str]:
-    """The one chat rule, the same in every steerlens function: with ``chat=False`` (every
-    function's default) a prompt is used as written and ``system`` must be ``None``; with
-    ``chat=True`` each prompt is a user message put in the model's chat template, with
-    ``system`` as the system message.
+def has_chat_template(model: Any) -> bool:
+    """Whether the model's tokenizer has a chat template.
 
     Example:
         >>> from steerlens.testing import tiny_model
-        >>> format_prompts(tiny_model(), ["Hi"], chat=True)
-        ['<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n']
+        >>> has_chat_template(tiny_model())
+        True
     """
-    if not chat:
+    return getattr(tokenizer(model), "chat_template", None) is not None
+
+
+def uses_chat(model: Any, chat: bool | None) -> bool:
+    """The chat rule, the same in every steerlens function: ``chat=True`` formats prompts as
+    user messages in the model's chat template, ``chat=False`` uses them as written, and
+    ``chat=None`` (every function's default) formats them when the model has a chat template.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> uses_chat(tiny_model(), None), uses_chat(tiny_model(), False)
+        (True, False)
+    """
+    if chat is None:
+        return has_chat_template(model)
+    if not isinstance(chat, bool):
+        raise InputError(
+            f"chat must be True, False or None (the model's chat template if it has one), "
+            f"got {chat!r:.60} ({type(chat).__name__})."
+        )
+    return chat
+
+
+def format_prompts(
+    model: Any, prompts: Sequence[str], *, chat: bool | None = None, system: str | None = None
+) -> list[str]:
+    """The prompts as the model sees them, by the chat rule (`uses_chat`): user messages in the
+    chat template with ``system`` as the system message, or as written (``system`` must then
+    be ``None``).
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> format_prompts(tiny_model(), ["Hi"])
+        ['<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n']
+        >>> format_prompts(tiny_model(), ["Hi"], chat=False)
+        ['Hi']
+    """
+    if not uses_chat(model, chat):
         if system is not None:
             raise InputError(
-                "system= is only used with chat=True (it becomes the chat's system message); "
-                "pass chat=True or drop system=."
+                "system= is only used with chat formatting (it becomes the chat's system "
+                + (
+                    "message); pass chat=True or drop system=."
+                    if chat is False
+                    else "message), and this model has no chat template; drop system=."
+                )
             )
         return list(prompts)
     if system is not None and not isinstance(system, str):

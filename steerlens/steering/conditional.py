@@ -150,7 +150,8 @@ class Condition:
         pooling: ``"mean"`` (the mean over the prompt's tokens after the first, an attention
             sink on many models) or ``"last"`` (its last token); see `prompt_states`.
         chat: whether the prompts it was fitted on were chat-formatted (the default of
-            `scores` and `evaluate`); generate with the same ``chat``.
+            `scores` and `evaluate`; ``None``: the chat rule, `steerlens.runtime.uses_chat`);
+            generate with the same ``chat``.
         fit: F1, precision and recall on the prompts it was fitted on.
         provenance: how it was made (method, prompt counts, example prompts).
 
@@ -168,7 +169,7 @@ class Condition:
     model_id: str
     center: Float[Tensor, " d_model"] | None = None
     pooling: Pooling = "mean"
-    chat: bool = False
+    chat: bool | None = None
     fit: ConditionReport | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
@@ -221,7 +222,7 @@ class Condition:
         layer: int,
         model_id: str,
         pooling: Pooling = "mean",
-        chat: bool = False,
+        chat: bool | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> Condition:
         """Fit from pooled hidden states: the direction is the difference of the two sets'
@@ -387,7 +388,7 @@ def fit_condition(
     *,
     layer: int,
     pooling: Pooling = "mean",
-    chat: bool = False,
+    chat: bool | None = None,
     bos: bool = False,
     batch_size: int = 16,
 ) -> Condition:
@@ -407,7 +408,8 @@ def fit_condition(
         layer: the layer read; it must be at or below every layer the conditional plan steers.
         pooling: ``"mean"`` over the prompt's tokens after the first, or its ``"last"``
             token (see `prompt_states`).
-        chat: format prompts with the chat template; generate with the same ``chat``.
+        chat: format prompts as user messages in the chat template (default: when the model
+            has one; ``False``: as written); generate with the same ``chat``.
         bos: put the BOS token in front of each prompt (as the generation will).
         batch_size: prompts per forward pass.
 
@@ -425,6 +427,7 @@ def fit_condition(
         name: _check_prompts(items, name)
         for name, items in (("positive", positive), ("negative", negative))
     }
+    chat = runtime.uses_chat(model, chat)  # recorded as used, so scores read prompts the same way
     kw: dict[str, Any] = {"pooling": pooling, "chat": chat, "bos": bos, "batch_size": batch_size}
     states = {name: prompt_states(model, items, layer, **kw) for name, items in sets.items()}
     provenance = {
@@ -472,7 +475,7 @@ def prompt_states(
     layer: int,
     *,
     pooling: Pooling = "mean",
-    chat: bool = False,
+    chat: bool | None = None,
     bos: bool = False,
     batch_size: int = 16,
 ) -> Float[Tensor, "n d_model"]:

@@ -17,6 +17,7 @@ from steerlens.steering.steer import (
     resolve_steering,
     steer,
     steer_rows,
+    warn_unusual_use,
 )
 
 # The keywords that shape a generation, for functions that generate on a caller's behalf.
@@ -39,7 +40,7 @@ def generate(
     steering: SteeringLike | Sequence[SteeringLike] | None = None,
     *,
     max_new_tokens: int = 64,
-    chat: bool = False,
+    chat: bool | None = None,
     system: str | None = None,
     temperature: float = 0.0,
     seed: int | None = None,
@@ -66,6 +67,10 @@ def generate(
         bos: put the model's BOS token in front of each prompt (see
             `steerlens.runtime.encode`; chat-formatted prompts never get a second one).
 
+    Warns:
+        SteeringWarning: a vector applied at a layer it was not made at, or at a strength
+            far beyond the one it was made for (`steerlens.steering.steer.unusual_use`).
+
     Example:
         >>> from steerlens.testing import tiny_model
         >>> out = generate(tiny_model(), ["Hi", "Hello"], max_new_tokens=3)
@@ -74,6 +79,7 @@ def generate(
     """
     items = runtime.check_prompts(prompts)  # max_new_tokens and temperature: decode_tokens
     texts = runtime.format_prompts(model, items, chat=chat, system=system)
+    warn_unusual_use(steering)
     eos = runtime.eos_token_ids(model)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise SpecError(f"seed must be an int or None, got {seed!r}.")
@@ -106,7 +112,7 @@ def generate_each(
     steerings: Sequence[RowSteering],
     *,
     max_new_tokens: int = 64,
-    chat: bool = False,
+    chat: bool | None = None,
     system: str | None = None,
     temperature: float = 0.0,
     seed: int | None = None,
@@ -127,7 +133,8 @@ def generate_each(
         steerings: a list; each entry is a `steerlens.Steering` plan, a ``SteeringVector``,
             a list of these (applied together), or ``None`` (unsteered).
         max_new_tokens: the most tokens to add (stops early at the end-of-turn token).
-        chat: format each prompt as a user message with the model's chat template.
+        chat: format each prompt as a user message with the model's chat template (default:
+            when the model has one; ``False``: as written).
         system: a system message for ``chat=True``.
         temperature: 0 for greedy decoding; otherwise sampling from ``softmax(logits / T)``.
         seed: seed for sampling; row ``(s, p)`` samples as prompt ``p`` does in `generate`.

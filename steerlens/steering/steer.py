@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import LayerError, SpecError, VectorShapeError
+from steerlens.errors import LayerError, SpecError, SteeringWarning, VectorShapeError
 from steerlens.steering.interventions import (
     KINDS,
     Ablate,
@@ -390,6 +391,57 @@ def resolve_steering(
 ) -> list[Applied]:
     """Every checked per-layer intervention of ``steering`` on ``model``, in order."""
     return [a for plan in as_plans(steering) for a in plan.applied(model)]
+
+
+# A vector is made for strength 1 (an optimized vector as trained, a difference of means as
+# measured); this many times that is well past where models stay coherent (SmolLM2 replies
+# loop or break down from about 4x a trained refusal vector).
+FAR_STRENGTH = 10.0
+
+
+def unusual_use(steering: SteeringLike | Sequence[SteeringLike] | None) -> list[str]:
+    """Notes on plans that apply a ``SteeringVector`` at a layer it was not made at, or with
+    ``Add`` or ``Clamp`` at a strength beyond `FAR_STRENGTH` times the one it was made for.
+
+    Example:
+        >>> from steerlens import SteeringVector
+        >>> v = SteeringVector.from_tensor(torch.ones(64), layer=1, model_id="m")
+        >>> unusual_use(Steering(v, layer=0, strength=40))  # doctest: +NORMALIZE_WHITESPACE
+        ['the vector was made at layer 1 and is applied at layer 0, where the residual
+        stream means something else; pass layer=1 (or leave layer= out).', 'strength 40
+        applies the vector at 40x the size it was made for (1 = as made); steered models
+        usually break down well before 10x: try strengths between 0.5 and 4.']
+    """
+    notes = []
+    for plan in as_plans(steering):
+        if not isinstance(plan, Steering) or not isinstance(plan.what, SteeringVector):
+            continue
+        made = plan.what.layers
+        if plan.layer is not None:
+            other = [la for la in _as_list(plan.layer) if la not in made]
+            if other:
+                notes.append(
+                    f"the vector was made at layer {_listed(made)} and is applied at layer "
+                    f"{_listed(other)}, where the residual stream means something else; pass "
+                    f"layer={_listed(made)} (or leave layer= out)."
+                )
+        if plan.kind in (Add, Clamp) and abs(plan.strength) > FAR_STRENGTH:
+            notes.append(
+                f"strength {plan.strength:g} applies the vector at {abs(plan.strength):g}x the "
+                "size it was made for (1 = as made); steered models usually break down well "
+                f"before {FAR_STRENGTH:g}x: try strengths between 0.5 and 4."
+            )
+    return notes
+
+
+def warn_unusual_use(steering: SteeringLike | Sequence[SteeringLike] | None) -> None:
+    """A `SteeringWarning` for each of `unusual_use`'s notes."""
+    for note in unusual_use(steering):
+        warnings.warn(note, SteeringWarning, stacklevel=3)
+
+
+def _listed(layers: Sequence[int]) -> str:
+    return str(layers[0]) if len(layers) == 1 else str(list(layers))
 
 
 def describe_steering(steering: Sequence[Applied]) -> str:

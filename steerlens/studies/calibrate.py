@@ -320,7 +320,7 @@ def calibrate(
     max_kl: float | None = None,
     min_distinct: float | None = None,
     max_new_tokens: int = 32,
-    chat: bool = False,
+    chat: bool | None = None,
     batch_size: int = 16,
     n: int = 3,
     positions: PositionsLike = "all",
@@ -418,7 +418,7 @@ def _layers(vector: Any, layers: int | Sequence[int] | None) -> list[int]:
 
 
 def _norms(
-    model: Any, prompts: Sequence[str], layers: list[int], *, chat: bool, batch_size: int
+    model: Any, prompts: Sequence[str], layers: list[int], *, chat: bool | None, batch_size: int
 ) -> ResidualNorms | None:
     from steerlens.analysis.scale import residual_norms
 

@@ -819,7 +819,7 @@ def _measure(
     judge: Judge,
     *,
     where: str,
-    chat: bool,
+    chat: bool | None,
     n: int,
     batch_size: int,
 ) -> tuple[RateResult, MetricResult | None, MetricResult | None]:
@@ -844,7 +844,7 @@ def layer_strength_grid(
     judge: Judge,
     neutral_prompts: Sequence[str] | None = None,
     max_new_tokens: int = 32,
-    chat: bool = False,
+    chat: bool | None = None,
     batch_size: int = 16,
     n: int = 3,
     positions: PositionsLike = "all",
@@ -872,7 +872,8 @@ def layer_strength_grid(
             `steerlens.evaluation.StringMatchJudge`, `steerlens.evaluation.ModelJudge`).
         neutral_prompts: prompts where the behavior should not change, for the side-effect KL.
         max_new_tokens: the most tokens per reply.
-        chat: format prompts with the model's chat template.
+        chat: format prompts with the model's chat template (default:
+            when the model has one; ``False``: as written).
         batch_size: prompts per forward pass.
         n: the ``n`` of distinct-n.
         positions: where each cell steers (`steerlens.Positions` or its spec), e.g.

@@ -135,7 +135,7 @@ def target_logprobs(
         >>> tuple(res.changes.shape), float(res.changes[0, 0])
         ((2, 1), 0.0)
     """
-    items = check_examples(examples)
+    items = [dp.for_model(model) for dp in check_examples(examples)]
     plans = check_row_steerings(steerings)
     runtime.check_batch_size(batch_size)
     # One row per (steering, example, promote completion); steering -1 is unsteered.
@@ -612,8 +612,8 @@ def generalization_matrix(
     """Apply every vector to every example's prompt (and held-out prompts) and measure the
     target log-prob change, the judged behavior and the side effects.
 
-    Every prompt is used as written (format chat prompts with `steerlens.Datapoint.chat` or
-    `steerlens.runtime.chat_prompt`).
+    Each example's prompt is formatted by its ``chat`` (`steerlens.Datapoint`); held-out
+    prompt strings are used as written (format them with `steerlens.runtime.chat_prompt`).
 
     Args:
         model: a TransformerLens model.
@@ -640,7 +640,8 @@ def generalization_matrix(
         >>> from steerlens import Datapoint, SteeringVector
         >>> from steerlens.testing import tiny_model
         >>> model = tiny_model()
-        >>> examples = [Datapoint("the cat", promote=" sat"), Datapoint("a dog", promote=" ran")]
+        >>> examples = [Datapoint("the cat", promote=" sat", chat=False),
+        ...             Datapoint("a dog", promote=" ran", chat=False)]
         >>> vectors = {
         ...     name: SteeringVector.from_tensor(torch.randn(64), layer=1, model=model)
         ...     for name in ("cat", "dog")
@@ -653,7 +654,7 @@ def generalization_matrix(
         ['cat', 'dog']
     """
     names, plans = _check_vectors(model, vectors, strength)
-    items = check_examples(examples)
+    items = [dp.for_model(model) for dp in check_examples(examples)]
     extra = _held_out(held_out)
     runtime.check_batch_size(batch_size)
     if judge is not None and not callable(judge):
@@ -693,6 +694,7 @@ def generalization_matrix(
             model,
             prompts,
             [*plans, None],
+            chat=False,  # every prompt is as the model sees it by now
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             progress=progress,

@@ -55,7 +55,7 @@ def train_units(
     Example:
         >>> from steerlens.studies.spec import Example, OptimizerSettings, load_study_model
         >>> spec = StudySpec(examples=[Example(prompt="Hi", promote=[" there"])], layers=[1],
-        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2))
+        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2), chat=False)
         >>> [r.steps for r in train_units(load_study_model("tiny"), spec, spec.units())]
         [2]
     """
@@ -107,7 +107,7 @@ def evaluate_units(
     Example:
         >>> from steerlens.studies.spec import Example, OptimizerSettings, load_study_model
         >>> spec = StudySpec(examples=[Example(prompt="Hi", promote=[" there"])], layers=[1],
-        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2))
+        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2), chat=False)
         >>> model = load_study_model("tiny")
         >>> unit = spec.units()[0]
         >>> [result] = train_units(model, spec, [unit])
@@ -119,7 +119,7 @@ def evaluate_units(
 
     ev = spec.evaluation
     examples = [
-        Datapoint(spec.prompt(model, ex.prompt), promote=ex.promote)
+        Datapoint(spec.prompt(model, ex.prompt), promote=ex.promote, chat=False)
         for ex in spec.examples
         if ex.promote
     ]
@@ -183,7 +183,7 @@ def measure_steerability(
     Example:
         >>> from steerlens.studies.spec import Example, OptimizerSettings, load_study_model
         >>> spec = StudySpec(examples=[Example(prompt="Hi", promote=[" there"])], layers=[1],
-        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2))
+        ...                  model="tiny", optimizer=OptimizerSettings(max_steps=2), chat=False)
         >>> model = load_study_model("tiny")
         >>> unit = spec.units()[0]
         >>> [result] = train_units(model, spec, [unit])

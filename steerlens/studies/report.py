@@ -31,6 +31,14 @@ if TYPE_CHECKING:
 REPORT_FILE = "report.html"
 
 
+# How the prompts were formatted, by the spec's chat setting (None: the chat rule).
+_CHAT_NOTE = {
+    True: " (chat prompts)",
+    False: " (prompts as written)",
+    None: " (chat prompts when the model has a chat template)",
+}
+
+
 def _header(page: Page, folder: StudyFolder, table: Any) -> None:
     manifest = folder.manifest
     spec = folder.spec
@@ -48,7 +56,7 @@ def _header(page: Page, folder: StudyFolder, table: Any) -> None:
         + ", ".join(f"<code>{escape(repr(p))}</code>" for p in ev.judge.any_of)
     )
     items = [
-        f"model <code>{escape(spec.model)}</code>{' (chat prompts)' if spec.chat else ''}",
+        f"model <code>{escape(spec.model)}</code>{_CHAT_NOTE[spec.chat]}",
         f"{len(units)} units: {len(spec.examples)} examples x layers {list(spec.layers)} x "
         f"seeds {list(spec.seeds)} x objectives {', '.join(spec.objectives)}",
         f"optimizer: lr {opt.lr:g}, max_steps {opt.max_steps}, norm cap "

@@ -102,15 +102,15 @@ def check_model_name(name: Any) -> str:
 
 
 def _promotion(prompt: str, example: Example) -> Datapoint:
-    return Datapoint(prompt, promote=example.promote)
+    return Datapoint(prompt, promote=example.promote, chat=False)
 
 
 def _suppression(prompt: str, example: Example) -> Datapoint:
-    return Datapoint(prompt, suppress=example.suppress)
+    return Datapoint(prompt, suppress=example.suppress, chat=False)
 
 
 def _mixed(prompt: str, example: Example) -> Datapoint:
-    return Datapoint(prompt, promote=example.promote, suppress=example.suppress)
+    return Datapoint(prompt, promote=example.promote, suppress=example.suppress, chat=False)
 
 
 OBJECTIVES: Mapping[str, tuple[Callable[[str, Example], Datapoint], tuple[str, ...]]] = {
@@ -413,7 +413,8 @@ class StudySpec:
         model: ``"embedded"``, ``"tiny"`` or ``"hub:<name>"`` (see `load_study_model`).
         optimizer: the settings of every unit's optimization.
         evaluation: held-out and neutral prompts, the judge, steerability and the grid.
-        chat: format the prompts as user messages with the model's chat template.
+        chat: format the prompts as user messages with the model's chat template (default:
+            when the model has one; ``False``: as written).
         name: a label for people (it is part of the spec, so changing it changes the hash).
 
     Example:
@@ -432,7 +433,7 @@ class StudySpec:
     model: str = "embedded"
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
-    chat: bool = False
+    chat: bool | None = None
     name: str = "study"
 
     def __post_init__(self) -> None:
@@ -465,8 +466,11 @@ class StudySpec:
                 raise SpecError(
                     f"{attr} must be {kind.__name__}(...), got {getattr(self, attr)!r}."
                 )
-        if not isinstance(self.chat, bool):
-            raise SpecError(f"chat must be true or false, got {self.chat!r}.")
+        if self.chat is not None and not isinstance(self.chat, bool):
+            raise SpecError(
+                f"chat must be true or false (or left out: the chat template when the model "
+                f"has one), got {self.chat!r}."
+            )
         if not isinstance(self.name, str):
             raise SpecError(f"name must be a string, got {self.name!r}.")
         self._check_completions()
@@ -556,18 +560,16 @@ class StudySpec:
         """The datapoints the evaluation phases score: every example with promote completions
         (chat-formatted with ``model`` when ``chat``)."""
         return [
-            Datapoint(self.prompt(model, ex.prompt), promote=ex.promote)
+            Datapoint(self.prompt(model, ex.prompt), promote=ex.promote, chat=False)
             for ex in self.examples
             if ex.promote
         ]
 
     def prompt(self, model: Any, text: str) -> str:
-        """``text`` as the model sees it: chat-formatted when ``chat`` is true."""
-        if not self.chat:
-            return text
+        """``text`` as the model sees it, by the chat rule (`steerlens.runtime.uses_chat`)."""
         from steerlens import runtime
 
-        return runtime.chat_prompt(model, text)
+        return runtime.format_prompts(model, [text], chat=self.chat)[0]
 
     def config(self, unit: Unit) -> OptimizeConfig:
         """The `OptimizeConfig` ``unit`` trains with."""

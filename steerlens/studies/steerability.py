@@ -493,7 +493,7 @@ def steerability(
     for plan in plans:
         plan.applied(model)  # wrong model / layer / size: refused before any work
     values = _check_strengths(strengths)
-    items = check_examples(examples)
+    items = [dp.for_model(model) for dp in check_examples(examples)]
     budget = check_budget(max_kl=max_kl)["max_kl"]
     neutral = None
     if neutral_prompts is not None:
@@ -509,7 +509,7 @@ def steerability(
     if neutral is not None:
         kl = torch.tensor(
             [
-                side_effect_kl(model, neutral, steering, batch_size=batch_size).mean
+                side_effect_kl(model, neutral, steering, chat=False, batch_size=batch_size).mean
                 for steering in steerings
             ],
             dtype=torch.float64,

@@ -44,3 +44,43 @@ def convergence_note(loss_history: ArrayLike, steps: int) -> str | None:
         f" of the run's fall, in the last {window} of {steps} steps); more --max-steps or a "
         "larger --lr may give a better vector."
     )
+
+
+# The norm-cap rule (see `norm_cap_note`): the norm this close to the cap counts as "at" it,
+# and a completion loss above this many nats (probability below about 14%) as "high".
+AT_CAP = 0.99
+HIGH_LOSS_NATS = 2.0
+
+
+def norm_cap_note(loss_history: ArrayLike, steps: int, norm: float, cap: float) -> str | None:
+    """A one-line note when a run plateaued at its norm cap with a high loss, else ``None``.
+
+    The rule: the vector's norm is within 1% of ``cap``, the mean final loss per completion
+    is above 2 nats, and the loss was no longer falling steeply (`convergence_note` has
+    nothing to say), so the cap, not the step budget, is what held the loss up.
+
+    Args:
+        loss_history: ``[evaluations, completions]`` losses in nats (``OptimizeResult``'s).
+        steps: the number of updates made.
+        norm: the vector's norm.
+        cap: the norm cap it was trained under.
+
+    Example:
+        >>> norm_cap_note([[9.0], [6.0], [5.9], [5.9]], 3, norm=40.0, cap=40.0) is not None
+        True
+        >>> norm_cap_note([[9.0], [6.0], [5.9], [5.9]], 3, norm=12.0, cap=40.0) is None
+        True
+    """
+    losses = np.asarray(loss_history, dtype=float)
+    final = losses[-1].reshape(-1)
+    if cap <= 0 or norm < AT_CAP * cap or not np.isfinite(final).all():
+        return None
+    mean = float(final.mean())
+    if mean <= HIGH_LOSS_NATS or convergence_note(loss_history, steps) is not None:
+        return None
+    return (
+        f"note: the vector ended at the norm cap ({cap:g}) with the loss still high ({mean:.3g} "
+        f"nats per completion, probability about {np.exp(-mean):.1%}): the cap is holding it "
+        "back. A larger --norm-cap, another --layer, or a shorter completion may give a better "
+        "vector."
+    )

@@ -7,6 +7,7 @@ merges tokens across the boundary, the completion is tokenised on its own, with 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -38,7 +39,8 @@ class Datapoint:
     """One prompt with completions to promote and/or suppress.
 
     Args:
-        prompt: the full prompt text as the model sees it (use `chat` for a user message).
+        prompt: a user message, or with ``chat=False`` the full prompt text as the model
+            sees it.
         promote: completions to make likely.
         suppress: completions to make unlikely.
         negate: apply ``-v`` on this datapoint (a vector that adds a behavior here and
@@ -46,10 +48,17 @@ class Datapoint:
         positions: where to steer on this datapoint (default: the optimizer's setting).
         promote_targets: per-completion target losses (nats) for the target-loss stop rule.
         suppress_targets: the same for the suppress completions.
+        chat: put ``prompt`` in the model's chat template as a user message when it is
+            tokenised (default: when the model has one; ``False``: as written; see
+            `steerlens.runtime.uses_chat`). ``Datapoint.chat(model, message, system=...)``
+            formats it at once, with a system message.
 
     Example:
-        >>> Datapoint("Q: 2+2?\\nA:", promote=[" 4"]).completions
+        >>> Datapoint("Q: 2+2?\\nA:", promote=[" 4"], chat=False).completions
         [(' 4', 'promote')]
+        >>> from steerlens.testing import tiny_model
+        >>> Datapoint("Hi", promote=[" there"]).for_model(tiny_model()).prompt
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
 
     prompt: str
@@ -59,6 +68,7 @@ class Datapoint:
     positions: PositionsLike = None
     promote_targets: Sequence[float] | None = None
     suppress_targets: Sequence[float] | None = None
+    chat: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -106,13 +116,18 @@ class Datapoint:
                 f"negate must be True or False, got {self.negate!r} ({type(self.negate).__name__})."
             )
         as_positions(self.positions)  # validate early
+        if self.chat is not None and not isinstance(self.chat, bool):
+            raise InputError(
+                f"chat must be True, False or None (the chat template when the model has one), "
+                f"got {self.chat!r:.60} ({type(self.chat).__name__})."
+            )
 
-    @classmethod
-    def chat(
-        cls, model: Any, user_message: str, *, system: str | None = None, **kwargs: Any
-    ) -> Datapoint:
-        """A datapoint whose prompt is ``user_message`` in the model's chat template."""
-        return cls(runtime.chat_prompt(model, user_message, system=system), **kwargs)
+    def for_model(self, model: Any) -> Datapoint:
+        """This datapoint with its prompt as ``model`` sees it (``chat=False``)."""
+        if self.chat is False:
+            return self
+        text = runtime.format_prompts(model, [self.prompt], chat=self.chat)[0]
+        return dataclasses.replace(self, prompt=text, chat=False)
 
     @property
     def completions(self) -> list[tuple[str, str]]:
@@ -125,6 +140,25 @@ class Datapoint:
         return [pt[i] if pt else None for i in range(len(self.promote))] + [
             st[i] if st else None for i in range(len(self.suppress))
         ]
+
+
+def _chat_datapoint(
+    cls: type[Datapoint], model: Any, user_message: str, *, system: str | None = None, **kwargs: Any
+) -> Datapoint:
+    """A datapoint whose prompt is ``user_message`` in the model's chat template, formatted now
+    (``system`` becomes the system message).
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> Datapoint.chat(tiny_model(), "Hi", promote=[" there"]).chat
+        False
+    """
+    return cls(runtime.chat_prompt(model, user_message, system=system), chat=False, **kwargs)
+
+
+# ``Datapoint.chat(model, message)`` builds a formatted datapoint, while ``datapoint.chat`` is
+# the field: a classmethod is a non-data descriptor, so an instance's own value wins.
+Datapoint.chat = classmethod(_chat_datapoint)  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -169,6 +203,7 @@ def tokenize(
                 f"expected steerlens.Datapoint, got {type(dp).__name__} ({dp!r:.60}); build "
                 "one with Datapoint(prompt, promote=[...]) or Datapoint.chat(model, ...)."
             )
+        dp = dp.for_model(model)
         prompt_tokens = runtime.encode(model, dp.prompt)
         if not prompt_tokens:
             raise InputError(f"prompt {dp.prompt!r} tokenises to nothing.")

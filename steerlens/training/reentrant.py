@@ -148,8 +148,8 @@ def reentrant_steering(
 
     Args:
         model: a TransformerLens model.
-        datapoint: the one-shot example; its prompt must be fully formatted (no chat template
-            is applied) and its completions are what stage 1 promotes/suppresses.
+        datapoint: the one-shot example (its prompt formatted by its ``chat``); its
+            completions are what stage 1 promotes/suppresses.
         early_layer: layer of the invasive intervention (``blocks.{l}.hook_resid_pre``).
         late_layer: layer of ``v'``; must be greater than ``early_layer``.
         invasive: ``"vector"``: stage 1 is ``optimize_vector(model, datapoint, early_layer,
@@ -195,6 +195,7 @@ def reentrant_steering(
     early_config = with_overrides(OptimizeConfig() if early_config is None else early_config, {})
     late_config = with_overrides(OptimizeConfig() if late_config is None else late_config, {})
     _check_inputs(model, datapoint, early_layer, late_layer, invasive, n_tokens, late_config)
+    datapoint = datapoint.for_model(model)
 
     # Stage 1: the invasive intervention.
     if invasive == "rank_one":
@@ -233,7 +234,7 @@ def reentrant_steering(
     )
     label = runtime.decode(model, continuation_tokens, skip_special_tokens=False) or "<empty>"
     continuation_datapoint = TokenizedDatapoint(
-        Datapoint(datapoint.prompt, promote=[label]),
+        Datapoint(datapoint.prompt, promote=[label], chat=False),
         prompt_tokens,
         [TokenizedCompletion(label, "promote", list(continuation_tokens), None, False)],
         late_positions,

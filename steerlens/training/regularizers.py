@@ -47,7 +47,8 @@ class SideEffect:
             every token), a slice (``slice(None, -1)``: every position but the last, e.g. on
             the training prompt itself) or indices. The mean is over every scored position of
             every prompt.
-        chat: format each prompt as a user message in the model's chat template.
+        chat: format each prompt as a user message in the model's chat template (default:
+            when the model has one; ``False``: as written).
 
     Each prompt is steered as the vector is while training (the optimizer's ``positions``,
     each scored prefix taken as the prompt) at ``+strength`` (never negated).
@@ -66,7 +67,7 @@ class SideEffect:
     _: KW_ONLY
     weight: float = 1.0
     scored: PositionsLike = "last:1"
-    chat: bool = False
+    chat: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):

@@ -22,7 +22,9 @@ from steerlens.steering.vector import SteeringVector
 
 @pytest.fixture(scope="module")
 def trained(tiny):
-    return optimize_vector(tiny, Datapoint("the cat", promote=[" sat"]), 1, max_steps=2).vector
+    return optimize_vector(
+        tiny, Datapoint("the cat", promote=[" sat"], chat=False), 1, max_steps=2
+    ).vector
 
 
 def test_card_of_an_optimized_vector(tiny, trained):
@@ -75,7 +77,7 @@ def test_cosine_with_a_vector_at_another_layer_is_noted(tiny):
 
 
 def test_layer_effect_from_a_sweep_or_the_provenance(tiny, trained):
-    data = Datapoint("the cat", promote=[" sat"])
+    data = Datapoint("the cat", promote=[" sat"], chat=False)
     sweep = layer_sweep(tiny, data, vector=trained.vector, prompts=["x y"])
     card = vector_card(tiny, trained, sweep=sweep)
     assert sorted(card.layer_effect) == [0, 1] and "logprob_change" in card.layer_effect_label

@@ -67,7 +67,7 @@ NEG = ["the dog sat on the mat", "a dog", "the dog is here", "P dog"]
 def compared(tiny):
     g = torch.Generator().manual_seed(0)
     one_shot = SteeringVector.from_tensor(torch.randn(64, generator=g) * 3, [0, 1], model=tiny)
-    dp = Datapoint("the cat", promote=[" in the"])
+    dp = Datapoint("the cat", promote=[" in the"], chat=False)
     res = compare_with_caa(
         tiny,
         one_shot,
@@ -78,6 +78,7 @@ def compared(tiny):
         max_new_tokens=3,
         effect_norm=2.0,
         batch_size=3,
+        chat=False,
     )
     return one_shot, dp, res
 
@@ -85,9 +86,9 @@ def compared(tiny):
 def test_comparison_numbers_match_direct_computations(tiny, compared):
     one_shot, dp, res = compared
     assert res.layers == [0, 1]
-    caa = diff_of_means(tiny, POS, NEG, [0, 1])
-    acts_pos = collect_activations(tiny, POS, [0, 1], position="mean")
-    acts_neg = collect_activations(tiny, NEG, [0, 1], position="mean")
+    caa = diff_of_means(tiny, POS, NEG, [0, 1], chat=False)
+    acts_pos = collect_activations(tiny, POS, [0, 1], position="mean", chat=False)
+    acts_neg = collect_activations(tiny, NEG, [0, 1], position="mean", chat=False)
     base = evaluate_objective(tiny, dp, 0, None).total
     assert res.unsteered_loss == base
     for i, layer in enumerate(res.layers):
@@ -106,16 +107,16 @@ def test_comparison_numbers_match_direct_computations(tiny, compared):
 def test_held_out_auc_scores_other_prompts_than_the_caa_ones(tiny, compared):
     one_shot, _, _ = compared
     held = (["the cat ran", "my cat"], ["the dog ran", "my dog", "P dog"])
-    res = compare_with_caa(tiny, one_shot, POS, NEG, held_out=held)
-    caa = diff_of_means(tiny, POS, NEG, [0, 1])
-    acts_pos = collect_activations(tiny, held[0], [0, 1], position="mean")
-    acts_neg = collect_activations(tiny, held[1], [0, 1], position="mean")
+    res = compare_with_caa(tiny, one_shot, POS, NEG, held_out=held, chat=False)
+    caa = diff_of_means(tiny, POS, NEG, [0, 1], chat=False)
+    acts_pos = collect_activations(tiny, held[0], [0, 1], position="mean", chat=False)
+    acts_neg = collect_activations(tiny, held[1], [0, 1], position="mean", chat=False)
     for i, layer in enumerate(res.layers):
         v = caa.directions[layer]
         assert res.auc["caa"][i] == pytest.approx(roc_auc(acts_pos[layer] @ v, acts_neg[layer] @ v))
     assert res.auc_on == "held-out" and "held-out" in res.plot().layout.annotations[1].text
     with pytest.raises(SpecError, match="held_out"):
-        compare_with_caa(tiny, one_shot, POS, NEG, held_out=(["a"], []))
+        compare_with_caa(tiny, one_shot, POS, NEG, held_out=(["a"], []), chat=False)
 
 
 def test_generations_side_by_side(compared):
@@ -159,7 +160,7 @@ def test_figures(compared, tmp_path):
 
 def test_without_datapoints_or_generations(tiny):
     v = SteeringVector.from_tensor(torch.ones(64), 1, model=tiny)
-    res = compare_with_caa(tiny, v, POS[:2], NEG[:3])
+    res = compare_with_caa(tiny, v, POS[:2], NEG[:3], chat=False)
     assert res.effect_per_unit_norm == {} and res.unsteered_loss is None
     assert res.generations == {}
     assert len(res.plot().data) == 3
@@ -168,9 +169,9 @@ def test_without_datapoints_or_generations(tiny):
 def test_bad_inputs(tiny):
     v = SteeringVector.from_tensor(torch.ones(64), 1, model=tiny)
     with pytest.raises(SteerlensError, match="negative set is empty"):
-        compare_with_caa(tiny, v, POS, [])
+        compare_with_caa(tiny, v, POS, [], chat=False)
     with pytest.raises(LayerError, match="out of range"):
-        compare_with_caa(tiny, v, POS, NEG, layers=[3])
+        compare_with_caa(tiny, v, POS, NEG, layers=[3], chat=False)
 
 
 # -- the real model ------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def test_verdict_tolerance():
 
 @pytest.fixture(scope="module")
 def dp():
-    return Datapoint("the cat", promote=[" in the"])
+    return Datapoint("the cat", promote=[" in the"], chat=False)
 
 
 def test_mode_connectivity_on_the_model(tiny, dp, tmp_path):
@@ -117,7 +117,10 @@ def test_all_pairs_with_shared_datapoints(tiny, dp):
 
 
 def test_all_pairs_with_per_vector_datapoints(tiny):
-    dps = [Datapoint("a", promote=[" b"]), Datapoint("the", promote=[" cat"])]
+    dps = [
+        Datapoint("a", promote=[" b"], chat=False),
+        Datapoint("the", promote=[" cat"], chat=False),
+    ]
     va = SteeringVector.from_tensor(_pair(seed=1)[0], 1, model_id="steerlens/tiny-llama")
     vb = SteeringVector.from_tensor(_pair(seed=2)[0], 1, model_id="steerlens/tiny-llama")
     res = all_pairs_connectivity(tiny, [[dps[0]], [dps[1]]], [va, vb], n=3)
@@ -151,4 +154,6 @@ def test_all_pairs_refuses_an_unknown_option(tiny):
     assert all(name in params for name in CONNECTIVITY_OPTIONS)
     vs = {"a": torch.ones(64), "b": -torch.ones(64)}
     with pytest.raises(SteerlensError, match=r"unknown keyword\(s\) 'steps'.*\bn\b"):
-        all_pairs_connectivity(tiny, Datapoint("a", promote=[" b"]), vs, layer=1, steps=3)
+        all_pairs_connectivity(
+            tiny, Datapoint("a", promote=[" b"], chat=False), vs, layer=1, steps=3
+        )

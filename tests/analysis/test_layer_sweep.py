@@ -18,8 +18,8 @@ from steerlens.training.objectives import Objective
 @pytest.fixture(scope="module")
 def data():
     return [
-        Datapoint("the cat", promote=[" in the", " a"]),
-        Datapoint("a dog", promote=[" the"], suppress=[" cat"]),
+        Datapoint("the cat", promote=[" in the", " a"], chat=False),
+        Datapoint("a dog", promote=[" the"], suppress=[" cat"], chat=False),
     ]
 
 
@@ -70,14 +70,14 @@ def test_values_match_direct_measurements(tiny, data):
     # Log-probabilities use the model's own probabilities (coldness 1), promoted only.
     lp = evaluate_objective(
         tiny,
-        [Datapoint(d.prompt, promote=d.promote) for d in data],
+        [Datapoint(d.prompt, promote=d.promote, chat=False) for d in data],
         1,
         v,
         objective=Objective(coldness=1.0),
     )
     lp0 = evaluate_objective(
         tiny,
-        [Datapoint(d.prompt, promote=d.promote) for d in data],
+        [Datapoint(d.prompt, promote=d.promote, chat=False) for d in data],
         1,
         None,
         objective=Objective(coldness=1.0),

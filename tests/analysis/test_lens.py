@@ -38,7 +38,7 @@ def normed():
 
 def test_unembed_view_is_the_vector_times_w_u(tiny):
     v = torch.randn(64)
-    lens = logit_lens(tiny, v, k=5)
+    lens = logit_lens(tiny, v, k=5, chat=False)
     expected = v @ tiny.W_U.detach()
     assert lens.views == ("unembed", "final_norm")
     assert torch.allclose(lens.scores[0], expected, atol=1e-5)
@@ -52,7 +52,7 @@ def test_unembed_view_is_the_vector_times_w_u(tiny):
 
 def test_final_norm_view_applies_the_norm_weight(normed):
     v = torch.randn(64)
-    lens = logit_lens(normed, v, k=3)
+    lens = logit_lens(normed, v, k=3, chat=False)
     kind, weight = runtime.final_norm(normed)
     assert kind == "RMS" and lens.norm == "RMS"
     expected = (v * weight.detach()) @ normed.W_U.detach()
@@ -64,25 +64,25 @@ def test_final_norm_view_applies_the_norm_weight(normed):
 def test_a_planted_unembedding_direction_promotes_its_token(tiny):
     w_u = tiny.W_U.detach()
     t = int(w_u.norm(dim=0).argmax())  # w_j . w_t <= |w_j||w_t| <= |w_t|^2
-    lens = logit_lens(tiny, w_u[:, t].clone(), k=1)
+    lens = logit_lens(tiny, w_u[:, t].clone(), k=1, chat=False)
     assert lens.top_ids[0].tolist() == [t]
     assert lens.bottom_ids[0].tolist() != [t]
-    assert logit_lens(tiny, -w_u[:, t].clone(), k=1).bottom_ids[0].tolist() == [t]
+    assert logit_lens(tiny, -w_u[:, t].clone(), k=1, chat=False).bottom_ids[0].tolist() == [t]
 
 
 def test_the_lens_of_a_difference_is_the_difference_of_lenses(normed):
     a = SteeringVector.from_tensor(torch.randn(64), 1, model=normed)
     b = SteeringVector.from_tensor(torch.randn(64), 1, model=normed)
-    diff = logit_lens(normed, a - b, label="a - b")
+    diff = logit_lens(normed, a - b, label="a - b", chat=False)
     assert diff.label == "a - b" and diff.layer == 1
-    la, lb = logit_lens(normed, a), logit_lens(normed, b)
+    la, lb = logit_lens(normed, a, chat=False), logit_lens(normed, b, chat=False)
     assert torch.allclose(diff.scores, la.scores - lb.scores, atol=1e-4)
 
 
 def test_steered_view_matches_a_direct_computation(tiny):
     v = torch.randn(64) * 3
     prompts = ["the cat sat", "a dog"]
-    lens = logit_lens(tiny, v, layer=1, prompts=prompts, k=4)
+    lens = logit_lens(tiny, v, layer=1, prompts=prompts, k=4, chat=False)
     assert lens.views == ("unembed", "final_norm", "steered")
     assert lens.units == ("logit", "logit", "nats")
     changes = []
@@ -100,7 +100,7 @@ def test_steered_view_matches_a_direct_computation(tiny):
 def test_steered_view_at_the_last_position_only(tiny):
     v = torch.randn(64) * 3
     prompts = ["the cat sat on the mat", "a dog"]  # different lengths: padding must not count
-    lens = logit_lens(tiny, v, layer=1, prompts=prompts, position="last", batch_size=2)
+    lens = logit_lens(tiny, v, layer=1, prompts=prompts, position="last", batch_size=2, chat=False)
     changes = []
     for p in prompts:
         tokens = torch.tensor([runtime.encode(tiny, p)])
@@ -110,19 +110,19 @@ def test_steered_view_at_the_last_position_only(tiny):
                 steered = tiny(tokens)[0, -1].log_softmax(-1)
         changes.append(steered - base)
     assert torch.allclose(lens.scores[2], torch.stack(changes).mean(0), atol=1e-4)
-    every = logit_lens(tiny, v, layer=1, prompts=prompts)
+    every = logit_lens(tiny, v, layer=1, prompts=prompts, chat=False)
     assert not torch.allclose(lens.scores[2], every.scores[2])
     with pytest.raises(SpecError, match="position must be"):
-        logit_lens(tiny, v, layer=1, prompts=prompts, position="first")  # type: ignore[arg-type]
+        logit_lens(tiny, v, layer=1, prompts=prompts, position="first", chat=False)  # type: ignore[arg-type]
 
 
 def test_steered_view_at_strength_zero_is_zero(tiny):
-    lens = logit_lens(tiny, torch.randn(64), layer=0, prompts="the cat", strength=0.0)
+    lens = logit_lens(tiny, torch.randn(64), layer=0, prompts="the cat", strength=0.0, chat=False)
     assert torch.count_nonzero(lens.scores[2]) == 0
 
 
 def test_table_figure_and_plain_data(tiny):
-    lens = logit_lens(tiny, torch.randn(64), k=3, label="mine")
+    lens = logit_lens(tiny, torch.randn(64), k=3, label="mine", chat=False)
     rows = lens.to_rows()
     assert len(rows) == 2 * 2 * 3
     assert {r["direction"] for r in rows} == {"promoted", "suppressed"}
@@ -138,38 +138,40 @@ def test_table_figure_and_plain_data(tiny):
 
 
 def test_byte_tokens_show_their_raw_token(tiny):
-    lens = logit_lens(tiny, torch.randn(64), k=50)
+    lens = logit_lens(tiny, torch.randn(64), k=50, chat=False)
     assert all("\ufffd" not in t for row in lens.top_tokens for t in row)
 
 
 def test_a_multi_layer_vector_needs_a_layer(tiny):
     v = SteeringVector({0: torch.randn(64), 1: torch.randn(64)}, model_id=runtime.model_id(tiny))
     with pytest.raises(LayerError, match="pass layer="):
-        logit_lens(tiny, v)
-    assert logit_lens(tiny, v, layer=0).layer == 0
+        logit_lens(tiny, v, chat=False)
+    assert logit_lens(tiny, v, layer=0, chat=False).layer == 0
     assert torch.allclose(
-        logit_lens(tiny, v, layer=0).scores[0], v.directions[0] @ tiny.W_U.detach(), atol=1e-5
+        logit_lens(tiny, v, layer=0, chat=False).scores[0],
+        v.directions[0] @ tiny.W_U.detach(),
+        atol=1e-5,
     )
 
 
 def test_errors(tiny):
     other = SteeringVector.from_tensor(torch.randn(64), 1, model_id="someone/else")
     with pytest.raises(ModelMismatchError, match="someone/else"):
-        logit_lens(tiny, other)
+        logit_lens(tiny, other, chat=False)
     with pytest.raises(LayerError, match="out of range"):
-        logit_lens(tiny, torch.randn(64), layer=5)
+        logit_lens(tiny, torch.randn(64), layer=5, chat=False)
     with pytest.raises(LayerError, match="pass layer="):
-        logit_lens(tiny, torch.randn(64), prompts=["the cat"])
+        logit_lens(tiny, torch.randn(64), prompts=["the cat"], chat=False)
     with pytest.raises(InputError):
-        logit_lens(tiny, torch.randn(64), layer=1, prompts=[""])
+        logit_lens(tiny, torch.randn(64), layer=1, prompts=[""], chat=False)
     with pytest.raises(InputError):
-        logit_lens(tiny, torch.randn(64), layer=1, prompts=[])
+        logit_lens(tiny, torch.randn(64), layer=1, prompts=[], chat=False)
     with pytest.raises(VectorShapeError, match="d_model"):
-        logit_lens(tiny, torch.randn(32))
+        logit_lens(tiny, torch.randn(32), chat=False)
     with pytest.raises(SteerlensError, match="norm 0"):
-        logit_lens(tiny, torch.zeros(64))
+        logit_lens(tiny, torch.zeros(64), chat=False)
     with pytest.raises(SpecError, match="k must be"):
-        logit_lens(tiny, torch.randn(64), k=0)
+        logit_lens(tiny, torch.randn(64), k=0, chat=False)
 
 
 # -- duck-typed models (TL 3 HookedTransformer-like) ---------------------------------------
@@ -202,7 +204,7 @@ def test_layer_norm_centres_the_direction_first():
     w = torch.linspace(0.5, 2.0, 8)
     model = _fake("LN", w=w)
     v = torch.randn(8)
-    lens = logit_lens(model, v, k=2)
+    lens = logit_lens(model, v, k=2, chat=False)
     assert lens.norm == "LN"
     assert torch.allclose(lens.scores[1], ((v - v.mean()) * w) @ model.W_U, atol=1e-5)
 
@@ -212,7 +214,7 @@ def test_offset_rms_weight_and_missing_norm():
     assert torch.allclose(runtime.final_norm(_fake("RMS", w=w, offset=True))[1], 1 + w)
     plain = _fake(None)
     assert runtime.final_norm(plain) == (None, None)
-    assert logit_lens(plain, torch.randn(8), k=2).views == ("unembed",)
+    assert logit_lens(plain, torch.randn(8), k=2, chat=False).views == ("unembed",)
 
 
 def test_unembed_matrix_of_a_plain_linear_and_of_nothing():
@@ -233,14 +235,14 @@ def test_difference_compares_directions_whatever_their_norms(tiny):
     t1, t2 = 3, 11
     a = SteeringVector.from_tensor(common + 2 * w_u[:, t1], 1, model=tiny)
     b = SteeringVector.from_tensor(10 * (common + 2 * w_u[:, t2]), 1, model=tiny)
-    diff = logit_lens_difference(tiny, a, b, labels=("one-shot", "caa"), k=3)
+    diff = logit_lens_difference(tiny, a, b, labels=("one-shot", "caa"), k=3, chat=False)
     assert diff.label == "one-shot - caa" and diff.layer == 1
     unit = a.vector / a.vector.norm() - b.vector / b.vector.norm()
     assert torch.allclose(diff.scores[0], unit @ w_u, atol=1e-5)
     # At unit norm the common part cancels, leaving each planted token on its side.
     assert float(diff.scores[0, t1]) > 0 > float(diff.scores[0, t2])
-    raw = logit_lens_difference(tiny, a, b, normalize=False, k=3)
-    la, lb = logit_lens(tiny, a), logit_lens(tiny, b)
+    raw = logit_lens_difference(tiny, a, b, normalize=False, k=3, chat=False)
+    la, lb = logit_lens(tiny, a, chat=False), logit_lens(tiny, b, chat=False)
     assert torch.allclose(raw.scores, la.scores - lb.scores, atol=1e-3)
 
 
@@ -251,7 +253,7 @@ def test_planted_difference_promotes_and_suppresses_its_tokens(tiny):
     s = others[1]
     common = torch.randn(64)
     a, b = common + 5 * w_u[:, t], common + 5 * w_u[:, s]
-    diff = logit_lens_difference(tiny, a, b, normalize=False, k=1)
+    diff = logit_lens_difference(tiny, a, b, normalize=False, k=1, chat=False)
     assert diff.top_ids[0].tolist() == [t] and diff.bottom_ids[0].tolist() == [s]
     assert diff.promoted("unembed")[0][1] > 0 > diff.suppressed("unembed")[0][1]
 
@@ -260,15 +262,15 @@ def test_difference_at_two_layers_and_its_steered_view(tiny):
     a = SteeringVector.from_tensor(torch.randn(64) * 2, 0, model=tiny)
     b = SteeringVector.from_tensor(torch.randn(64) * 3, 1, model=tiny)
     prompts = ["the cat sat", "a dog"]
-    diff = logit_lens_difference(tiny, a, b, prompts=prompts, k=2, strength=1.5)
-    last = logit_lens_difference(tiny, a, b, prompts=prompts, position="last")
-    la_last = logit_lens(tiny, a, prompts=prompts, position="last")
-    lb_last = logit_lens(tiny, b, prompts=prompts, position="last")
+    diff = logit_lens_difference(tiny, a, b, prompts=prompts, k=2, strength=1.5, chat=False)
+    last = logit_lens_difference(tiny, a, b, prompts=prompts, position="last", chat=False)
+    la_last = logit_lens(tiny, a, prompts=prompts, position="last", chat=False)
+    lb_last = logit_lens(tiny, b, prompts=prompts, position="last", chat=False)
     assert torch.allclose(last.scores[2], la_last.scores[2] - lb_last.scores[2], atol=1e-5)
     assert diff.layer is None and diff.views == ("unembed", "final_norm", "steered")
     assert diff.units[2] == "nats"
-    la = logit_lens(tiny, a, prompts=prompts, strength=1.5)
-    lb = logit_lens(tiny, b, prompts=prompts, strength=1.5)
+    la = logit_lens(tiny, a, prompts=prompts, strength=1.5, chat=False)
+    lb = logit_lens(tiny, b, prompts=prompts, strength=1.5, chat=False)
     assert torch.allclose(diff.scores[2], la.scores[2] - lb.scores[2], atol=1e-5)
     unit = a.vector / a.vector.norm() - b.vector / b.vector.norm()
     assert torch.allclose(diff.scores[0], unit @ tiny.W_U.detach(), atol=1e-5)
@@ -279,20 +281,20 @@ def test_difference_at_two_layers_and_its_steered_view(tiny):
 def test_difference_errors(tiny):
     v = torch.randn(64)
     with pytest.raises(SteerlensError, match="equal at unit norm"):
-        logit_lens_difference(tiny, v, 3 * v)
+        logit_lens_difference(tiny, v, 3 * v, chat=False)
     with pytest.raises(SteerlensError, match="norm 0"):
-        logit_lens_difference(tiny, v, torch.zeros(64))
+        logit_lens_difference(tiny, v, torch.zeros(64), chat=False)
     with pytest.raises(LayerError, match="pass layer="):
-        logit_lens_difference(tiny, v, torch.randn(64), prompts=["the cat"])
+        logit_lens_difference(tiny, v, torch.randn(64), prompts=["the cat"], chat=False)
     with pytest.raises(SpecError, match="pair of names"):
-        logit_lens_difference(tiny, v, -v, labels=("a",))  # type: ignore[arg-type]
+        logit_lens_difference(tiny, v, -v, labels=("a",), chat=False)  # type: ignore[arg-type]
     other = SteeringVector.from_tensor(v, 1, model_id="someone/else")
     with pytest.raises(ModelMismatchError):
-        logit_lens_difference(tiny, v, other)
+        logit_lens_difference(tiny, v, other, chat=False)
 
 
 def test_lens_html_lists_every_view(tiny):
-    lens = logit_lens(tiny, torch.randn(64), k=2, label="<v>")
+    lens = logit_lens(tiny, torch.randn(64), k=2, label="<v>", chat=False)
     page = lens.html()
     assert "&lt;v&gt;" in page and "<script" not in page
     assert page.count("<table") == len(lens.views)

@@ -12,7 +12,7 @@ from steerlens.errors import InputError, SpecError
 
 @pytest.fixture(scope="module")
 def result(tiny):
-    return optimize_vector(tiny, Datapoint("the cat", promote=[" sat"]), 1, max_steps=2)
+    return optimize_vector(tiny, Datapoint("the cat", promote=[" sat"], chat=False), 1, max_steps=2)
 
 
 def test_the_vectors_scale_and_views_are_on_the_page(tiny, result, tmp_path):
@@ -33,7 +33,9 @@ def test_without_scale_or_views_the_page_has_neither(result, tmp_path):
 
 
 def test_scale_of_a_multi_layer_vector_per_measured_layer(tiny, tmp_path):
-    res = optimize_vector(tiny, Datapoint("the cat", promote=[" sat"]), [0, 1], max_steps=1)
+    res = optimize_vector(
+        tiny, Datapoint("the cat", promote=[" sat"], chat=False), [0, 1], max_steps=1
+    )
     norms = residual_norms(tiny, ["the cat sat"], layers=[1])
     text = write_optimization_report(tmp_path / "r.html", res, [], scale=norms).read_text(
         encoding="utf-8"

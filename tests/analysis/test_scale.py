@@ -16,7 +16,7 @@ from steerlens.steering.vector import SteeringVector
 
 def test_matches_a_direct_computation(tiny):
     prompts = ["the cat sat on the mat", "a dog"]
-    norms = residual_norms(tiny, prompts)
+    norms = residual_norms(tiny, prompts, chat=False)
     assert norms.layers == (0, 1) and norms.n_prompts == 2
     names = [runtime.hook_name(la) for la in (0, 1)]
     first, other = {0: [], 1: []}, {0: [], 1: []}
@@ -36,14 +36,14 @@ def test_matches_a_direct_computation(tiny):
 
 def test_padding_is_never_counted(tiny):
     prompts = ["the cat sat on the mat", "a dog", "x y z"]
-    one = residual_norms(tiny, prompts, batch_size=1)
-    many = residual_norms(tiny, prompts, batch_size=3)
+    one = residual_norms(tiny, prompts, batch_size=1, chat=False)
+    many = residual_norms(tiny, prompts, batch_size=3, chat=False)
     assert np.allclose(one.typical, many.typical, rtol=1e-5)
     assert np.allclose(one.first_token, many.first_token, rtol=1e-5)
 
 
 def test_fraction_and_summary(tiny):
-    norms = residual_norms(tiny, ["the cat sat"], layers=[1])
+    norms = residual_norms(tiny, ["the cat sat"], layers=[1], chat=False)
     v = SteeringVector.from_tensor(torch.ones(64), 1, model=tiny)
     expected = 8.0 / norms.at(1)
     assert norms.fraction(v) == pytest.approx(expected)
@@ -54,7 +54,7 @@ def test_fraction_and_summary(tiny):
 
 
 def test_table_figure_and_plain_data(tiny):
-    norms = residual_norms(tiny, ["the cat sat"])
+    norms = residual_norms(tiny, ["the cat sat"], chat=False)
     assert [r["layer"] for r in norms.to_rows()] == [0, 1]
     assert "first token" in repr(norms)
     fig = norms.plot(torch.ones(64), layer=0)
@@ -66,14 +66,14 @@ def test_table_figure_and_plain_data(tiny):
 
 def test_errors(tiny):
     with pytest.raises(InputError):
-        residual_norms(tiny, [])
+        residual_norms(tiny, [], chat=False)
     with pytest.raises(InputError):
-        residual_norms(tiny, ["the cat", ""])
+        residual_norms(tiny, ["the cat", ""], chat=False)
     with pytest.raises(InputError, match="two tokens"):
-        residual_norms(tiny, ["a", "b"])
+        residual_norms(tiny, ["a", "b"], chat=False)
     with pytest.raises(LayerError, match="out of range"):
-        residual_norms(tiny, ["the cat"], layers=[7])
-    norms = residual_norms(tiny, ["the cat"], layers=[0])
+        residual_norms(tiny, ["the cat"], layers=[7], chat=False)
+    norms = residual_norms(tiny, ["the cat"], layers=[0], chat=False)
     with pytest.raises(LayerError, match="measured at layers"):
         norms.at(1)
     with pytest.raises(LayerError, match="pass layer="):
@@ -90,6 +90,7 @@ def test_the_first_token_is_a_huge_norm_sink_on_smollm2(smol):
             "The weather today is mild, with a light breeze.",
             "Please summarise the meeting in a few sentences.",
         ],
+        chat=False,
     )
     ratios = norms.first_token / norms.typical
     # The sink grows over the first blocks and stays many times the typical norm after that.

@@ -33,7 +33,7 @@ def _direct(model, ids, v, layer, strength=1.0):
 
 def test_matches_a_direct_computation(tiny):
     v = torch.randn(64) * 2
-    view = token_view(tiny, v, "the cat sat on", layer=1, strength=1.5)
+    view = token_view(tiny, v, "the cat sat on", layer=1, strength=1.5, chat=False)
     ids = runtime.encode(tiny, "the cat sat on")
     projection, change = _direct(tiny, ids, v, 1, strength=1.5)
     assert view.token_ids == tuple(ids)
@@ -45,22 +45,24 @@ def test_matches_a_direct_computation(tiny):
 
 def test_several_vectors_side_by_side(tiny):
     a = SteeringVector.from_tensor(torch.randn(64), 0, model=tiny)
-    view = token_view(tiny, {"a": a, "minus a": -a, "t": torch.randn(64)}, "the cat", layer=0)
+    view = token_view(
+        tiny, {"a": a, "minus a": -a, "t": torch.randn(64)}, "the cat", layer=0, chat=False
+    )
     assert view.labels == ("a", "minus a", "t") and view.layers == (0, 0, 0)
     assert view.projection.shape == (3, len(view.tokens))
     assert np.allclose(view.projection[0], -view.projection[1], atol=1e-5)
-    listed = token_view(tiny, [a, a], "the cat")
+    listed = token_view(tiny, [a, a], "the cat", chat=False)
     assert listed.labels == ("v0", "v1") and listed.layers == (0, 0)
 
 
 def test_strength_zero_changes_nothing(tiny):
-    view = token_view(tiny, torch.randn(64), "the cat sat", layer=1, strength=0.0)
+    view = token_view(tiny, torch.randn(64), "the cat sat", layer=1, strength=0.0, chat=False)
     assert np.all(view.logprob_change[0, 1:] == 0.0)
 
 
 def test_a_reply_is_teacher_forced_after_the_prompt(tiny):
     v = torch.randn(64)
-    view = token_view(tiny, v, "the cat", reply=" sat down", layer=1)
+    view = token_view(tiny, v, "the cat", reply=" sat down", layer=1, chat=False)
     prompt_ids = runtime.encode(tiny, "the cat")
     assert view.n_prompt == len(prompt_ids)
     assert "".join(view.tokens) == "the cat sat down"
@@ -78,20 +80,22 @@ def test_chat_formatting_shows_the_template_tokens(tiny):
 
 
 def test_html_heatmap(tiny):
-    view = token_view(tiny, {"a": torch.randn(64), "b": torch.randn(64)}, "a <b> & c", layer=1)
+    view = token_view(
+        tiny, {"a": torch.randn(64), "b": torch.randn(64)}, "a <b> & c", layer=1, chat=False
+    )
     page = view.html()
     assert page == view._repr_html_()
     assert page.count("<span title=") == 2 * 2 * len(view.tokens)
     assert "&lt;" in page and "<b>" not in page
     assert "first token" in page  # the log-prob change of the first token has no value
     assert "border-bottom" not in page  # no reply
-    with_reply = token_view(tiny, torch.randn(64), "the", reply=" cat", layer=1)
+    with_reply = token_view(tiny, torch.randn(64), "the", reply=" cat", layer=1, chat=False)
     assert "border-bottom" in with_reply.html(measures=["projection"])
     assert with_reply.html(measures=["projection"]).count("<span title=") == len(with_reply.tokens)
 
 
 def test_figure_and_plain_data(tiny):
-    view = token_view(tiny, {"a": torch.randn(64)}, "the cat", reply=" sat", layer=1)
+    view = token_view(tiny, {"a": torch.randn(64)}, "the cat", reply=" sat", layer=1, chat=False)
     fig = view.plot("logprob_change")
     assert list(fig.data[0].y) == ["a"] and len(fig.data[0].x) == len(view.tokens)
     assert any(s.type == "line" for s in fig.layout.shapes)  # the reply marker
@@ -106,24 +110,24 @@ def test_figure_and_plain_data(tiny):
 def test_errors(tiny):
     v = torch.randn(64)
     with pytest.raises(InputError):
-        token_view(tiny, v, "", layer=1)
+        token_view(tiny, v, "", layer=1, chat=False)
     with pytest.raises(InputError, match="one token"):
-        token_view(tiny, v, "a", layer=1)
+        token_view(tiny, v, "a", layer=1, chat=False)
     with pytest.raises(InputError, match="reply"):
-        token_view(tiny, v, "the cat", reply="", layer=1)
+        token_view(tiny, v, "the cat", reply="", layer=1, chat=False)
     with pytest.raises(LayerError, match="pass layer="):
-        token_view(tiny, v, "the cat")
+        token_view(tiny, v, "the cat", chat=False)
     with pytest.raises(LayerError, match="out of range"):
-        token_view(tiny, v, "the cat", layer=9)
+        token_view(tiny, v, "the cat", layer=9, chat=False)
     other = SteeringVector.from_tensor(v, 1, model_id="someone/else")
     with pytest.raises(ModelMismatchError):
-        token_view(tiny, other, "the cat")
+        token_view(tiny, other, "the cat", chat=False)
     with pytest.raises(SpecError, match="no vectors"):
-        token_view(tiny, {}, "the cat", layer=1)
+        token_view(tiny, {}, "the cat", layer=1, chat=False)
 
 
 def test_a_page_of_its_own(tiny, tmp_path):
-    view = token_view(tiny, {"a": torch.randn(64)}, "the <cat>", reply=" sat", layer=1)
+    view = token_view(tiny, {"a": torch.randn(64)}, "the <cat>", reply=" sat", layer=1, chat=False)
     path = view.save_html(tmp_path / "sub" / "view.html", title="<mine>")
     text = path.read_text(encoding="utf-8")
     assert text.startswith("<!doctype html>") and "&lt;mine&gt;" in text

@@ -48,7 +48,7 @@ def test_full_width_equals_brute_force(tiny, steered):
     """With k = V nothing is pruned after the first token, so n=2 beam search is exact."""
     vocab = tiny.cfg.d_vocab
     steering = {"steering": Steering(torch.randn(64) * 4, layer=LAYER)} if steered else {}
-    res = beam_search(tiny, "the cat", k=vocab, n_tokens=2, **steering)
+    res = beam_search(tiny, "the cat", k=vocab, n_tokens=2, **steering, chat=False)
     pairs, values = top_k(brute_force_two_tokens(tiny, "the cat", **dict(steering)), vocab, vocab)
     assert [h.tokens for h in res] == pairs
     torch.testing.assert_close(
@@ -63,7 +63,7 @@ def test_full_width_equals_brute_force(tiny, steered):
 @pytest.mark.parametrize("prompt", ["the cat", "a"])
 def test_small_width_equals_brute_force(tiny, prompt):
     v = torch.randn(64) * 4
-    res = beam_search(tiny, prompt, k=3, n_tokens=2, steering=Steering(v, layer=LAYER))
+    res = beam_search(tiny, prompt, k=3, n_tokens=2, steering=Steering(v, layer=LAYER), chat=False)
     pairs, values = top_k(
         brute_force_two_tokens(tiny, prompt, steering=Steering(v, layer=LAYER)), 3, 265
     )
@@ -74,7 +74,7 @@ def test_small_width_equals_brute_force(tiny, prompt):
 def test_sharp_model_is_provably_exact_and_equals_brute_force(peaked):
     vocab = peaked.cfg.d_vocab
     for k in (1, 2, 4):
-        res = beam_search(peaked, "the cat", k=k, n_tokens=2)
+        res = beam_search(peaked, "the cat", k=k, n_tokens=2, chat=False)
         pairs, values = top_k(brute_force_two_tokens(peaked, "the cat"), k, vocab)
         assert res.provably_exact
         assert [h.tokens for h in res] == pairs
@@ -83,7 +83,7 @@ def test_sharp_model_is_provably_exact_and_equals_brute_force(peaked):
 
 def test_exactness_flag_is_honest_when_beam_search_misses(tiny):
     """On this near-uniform model, width 5 misses a top-5 pair; the flag must say so."""
-    res = beam_search(tiny, "the cat", k=5, n_tokens=2)
+    res = beam_search(tiny, "the cat", k=5, n_tokens=2, chat=False)
     pairs, values = top_k(brute_force_two_tokens(tiny, "the cat"), 5, tiny.cfg.d_vocab)
     assert [h.tokens for h in res] != pairs  # beam search is a heuristic
     assert not res.provably_exact
@@ -94,7 +94,13 @@ def test_exactness_flag_is_honest_when_beam_search_misses(tiny):
 def test_three_token_scores_are_exact_log_probabilities(tiny):
     v = torch.randn(64) * 3
     res = beam_search(
-        tiny, "the cat", k=4, n_tokens=3, steering=Steering(v, layer=LAYER), coldness=0.7
+        tiny,
+        "the cat",
+        k=4,
+        n_tokens=3,
+        steering=Steering(v, layer=LAYER),
+        coldness=0.7,
+        chat=False,
     )
     ids = runtime.encode(tiny, "the cat")
     for h in res:
@@ -111,9 +117,11 @@ def test_prompt_batch_equals_one_by_one(tiny, plain):
     prompts = ["a", "the longer prompt here", "in"]
     v = torch.randn(64) * 3
     kwargs = {"k": 3, "n_tokens": 3, "steering": Steering(v, layer=0, positions="prompt")}
-    batched = beam_search(tiny, prompts, batch_size=2, **kwargs)
-    single = [beam_search(tiny, p, **kwargs) for p in prompts]
-    generic = beam_search(plain, prompts, **kwargs)  # no KV cache: recomputed every step
+    batched = beam_search(tiny, prompts, batch_size=2, **kwargs, chat=False)
+    single = [beam_search(tiny, p, **kwargs, chat=False) for p in prompts]
+    generic = beam_search(
+        plain, prompts, **kwargs, chat=False
+    )  # no KV cache: recomputed every step
     for b, s, g in zip(batched, single, generic, strict=True):
         assert [h.tokens for h in b] == [h.tokens for h in s] == [h.tokens for h in g]
         assert [h.logprob for h in b] == pytest.approx([h.logprob for h in s], rel=1e-5)
@@ -121,7 +129,7 @@ def test_prompt_batch_equals_one_by_one(tiny, plain):
 
 
 def test_result_is_a_sequence_with_a_table(tiny):
-    res = beam_search(tiny, "the cat", k=2, n_tokens=2, unit="bits")
+    res = beam_search(tiny, "the cat", k=2, n_tokens=2, unit="bits", chat=False)
     assert len(res) == 2 and list(res)[1] is res[1]
     assert "rank" in repr(res) and "log-prob (bits)" in repr(res)
     data = json.loads(json.dumps(res.to_dict()))
@@ -130,8 +138,8 @@ def test_result_is_a_sequence_with_a_table(tiny):
 
 def test_bad_widths(tiny):
     with pytest.raises(SpecError, match=r"beam width k=266 is larger than the vocabulary \(265"):
-        beam_search(tiny, "a", k=266, n_tokens=2)
+        beam_search(tiny, "a", k=266, n_tokens=2, chat=False)
     with pytest.raises(SpecError, match="k must be an int >= 1"):
-        beam_search(tiny, "a", k=0, n_tokens=2)
+        beam_search(tiny, "a", k=0, n_tokens=2, chat=False)
     with pytest.raises(SpecError, match="n_tokens must be an int >= 1"):
-        beam_search(tiny, "a", k=2, n_tokens=0)
+        beam_search(tiny, "a", k=2, n_tokens=0, chat=False)

@@ -24,7 +24,7 @@ from steerlens.evaluation import (
 
 def test_reply_nll_is_the_mean_negative_log_probability_per_token(tiny):
     prompts, replies = ["the cat", "a dog ran"], [" sat on the mat", " far"]
-    res = reply_nll(tiny, prompts, replies)
+    res = reply_nll(tiny, prompts, replies, chat=False)
     for i, (p, r) in enumerate(zip(prompts, replies, strict=True)):
         p_ids = runtime.encode(tiny, p)
         r_ids = runtime.encode(tiny, p + r)[len(p_ids) :]
@@ -37,12 +37,12 @@ def test_reply_nll_is_the_mean_negative_log_probability_per_token(tiny):
 
 
 def test_empty_replies_are_skipped_and_counted(tiny):
-    res = reply_nll(tiny, ["the cat", "a dog"], [" sat", ""])
+    res = reply_nll(tiny, ["the cat", "a dog"], [" sat", ""], chat=False)
     assert len(res.values) == 1 and res.skipped == 1
     with pytest.raises(InputError, match="no item has a value"):
-        reply_nll(tiny, ["the cat"], [""])
+        reply_nll(tiny, ["the cat"], [""], chat=False)
     with pytest.raises(InputError, match="one reply per prompt"):
-        reply_nll(tiny, ["the cat", "a dog"], [" sat"])
+        reply_nll(tiny, ["the cat", "a dog"], [" sat"], chat=False)
 
 
 def test_distinct_n_and_loops_on_planted_repetition(tiny):
@@ -60,10 +60,10 @@ def test_distinct_n_and_loops_on_planted_repetition(tiny):
 
 def test_side_effect_kl_is_zero_for_a_null_vector_and_the_hand_kl_otherwise(tiny):
     prompts = ["the cat", "in the end"]
-    zero = side_effect_kl(tiny, prompts, Steering(torch.zeros(64), layer=1))
+    zero = side_effect_kl(tiny, prompts, Steering(torch.zeros(64), layer=1), chat=False)
     assert zero.values == (0.0, 0.0)
     v = torch.randn(64, generator=torch.Generator().manual_seed(0)) * 3
-    res = side_effect_kl(tiny, prompts, Steering(v, layer=1))
+    res = side_effect_kl(tiny, prompts, Steering(v, layer=1), chat=False)
     for i, p in enumerate(prompts):
         ids = torch.tensor([runtime.encode(tiny, p)])
         with torch.no_grad():
@@ -89,7 +89,12 @@ def test_bootstrap_interval_contains_the_mean_and_is_reproducible():
 def test_coherence_report(tiny):
     v = torch.randn(64, generator=torch.Generator().manual_seed(1)) * 8
     rep = coherence(
-        tiny, ["the cat", "a dog"], Steering(v, layer=1), neutral_prompts=["in"], max_new_tokens=8
+        tiny,
+        ["the cat", "a dog"],
+        Steering(v, layer=1),
+        neutral_prompts=["in"],
+        max_new_tokens=8,
+        chat=False,
     )
     assert len(rep.steered) == len(rep.unsteered) == 2
     assert rep.side_effect is not None and rep.side_effect.mean > 0

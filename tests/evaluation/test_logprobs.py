@@ -44,7 +44,7 @@ def assert_matches_hand(model, res, coldness=1.0, **steering):
 
 
 def test_unsteered_equals_hand_computation(tiny):
-    res = completion_logprobs(tiny, PROMPTS, COMPLETIONS, coldness=0.7)
+    res = completion_logprobs(tiny, PROMPTS, COMPLETIONS, coldness=0.7, chat=False)
     assert res.totals.shape == (2, 3)
     assert res.steering == "unsteered"
     assert_matches_hand(tiny, res, coldness=0.7)
@@ -52,9 +52,11 @@ def test_unsteered_equals_hand_computation(tiny):
 
 def test_steered_equals_hand_computation(tiny):
     v = torch.randn(64) * 4
-    res = completion_logprobs(tiny, PROMPTS, COMPLETIONS, steering=Steering(v, layer=LAYER))
+    res = completion_logprobs(
+        tiny, PROMPTS, COMPLETIONS, steering=Steering(v, layer=LAYER), chat=False
+    )
     assert_matches_hand(tiny, res, steering=v, layer=LAYER)
-    unsteered = completion_logprobs(tiny, PROMPTS, COMPLETIONS)
+    unsteered = completion_logprobs(tiny, PROMPTS, COMPLETIONS, chat=False)
     assert not torch.allclose(res.totals, unsteered.totals)
     assert "Add(strength=1) at layer 1" in res.steering
 
@@ -79,14 +81,15 @@ def test_prompt_positions_steer_the_prompt_only(tiny):
         [prompt, "a much longer prompt here"],
         completion,
         steering=Steering(v, layer=LAYER, positions="prompt"),
+        chat=False,
     )
     assert res.total(0, 0) == pytest.approx(want, rel=1e-5)
 
 
 def test_units_and_means(tiny):
-    nats = completion_logprobs(tiny, PROMPTS, COMPLETIONS)
-    bits = completion_logprobs(tiny, PROMPTS, COMPLETIONS, unit="bits")
-    hartleys = completion_logprobs(tiny, PROMPTS, COMPLETIONS, unit="hartleys")
+    nats = completion_logprobs(tiny, PROMPTS, COMPLETIONS, chat=False)
+    bits = completion_logprobs(tiny, PROMPTS, COMPLETIONS, unit="bits", chat=False)
+    hartleys = completion_logprobs(tiny, PROMPTS, COMPLETIONS, unit="hartleys", chat=False)
     torch.testing.assert_close(bits.totals, nats.totals / math.log(2))
     torch.testing.assert_close(hartleys.totals, nats.totals / math.log(10))
     lengths = torch.tensor([[len(t) for t in row] for row in nats.tokens], dtype=torch.float32)
@@ -96,13 +99,18 @@ def test_units_and_means(tiny):
 def test_batch_size_and_plain_model_do_not_change_results(tiny, plain):
     v = torch.randn(64) * 3
     big = completion_logprobs(
-        tiny, PROMPTS, COMPLETIONS, steering=Steering(v, layer=0, positions="last:2")
+        tiny, PROMPTS, COMPLETIONS, steering=Steering(v, layer=0, positions="last:2"), chat=False
     )
     one = completion_logprobs(
-        tiny, PROMPTS, COMPLETIONS, steering=Steering(v, layer=0, positions="last:2"), batch_size=1
+        tiny,
+        PROMPTS,
+        COMPLETIONS,
+        steering=Steering(v, layer=0, positions="last:2"),
+        batch_size=1,
+        chat=False,
     )
     generic = completion_logprobs(
-        plain, PROMPTS, COMPLETIONS, steering=Steering(v, layer=0, positions="last:2")
+        plain, PROMPTS, COMPLETIONS, steering=Steering(v, layer=0, positions="last:2"), chat=False
     )
     torch.testing.assert_close(one.totals, big.totals, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(generic.totals, big.totals, rtol=1e-5, atol=1e-5)
@@ -110,7 +118,7 @@ def test_batch_size_and_plain_model_do_not_change_results(tiny, plain):
 
 def test_chat_formats_the_prompt(tiny):
     chat = completion_logprobs(tiny, "Hi", "A", chat=True)
-    written = completion_logprobs(tiny, runtime.chat_prompt(tiny, "Hi"), "A")
+    written = completion_logprobs(tiny, runtime.chat_prompt(tiny, "Hi"), "A", chat=False)
     assert chat.total() == pytest.approx(written.total(), rel=1e-6)
     assert chat.prompts == ("Hi",) and chat.chat
 
@@ -118,7 +126,7 @@ def test_chat_formats_the_prompt(tiny):
 def test_boundary_merge_scores_the_completion_alone_and_warns(tiny):
     # " t" + "he" would tokenise jointly as " the"; the completion's own tokens are scored.
     with pytest.warns(UserWarning, match="merges with the end of prompt 0"):
-        res = completion_logprobs(tiny, "the cat t", "he")
+        res = completion_logprobs(tiny, "the cat t", "he", chat=False)
     assert res.boundary_merged == ((True,),)
     assert list(res.tokens[0][0]) == runtime.encode(tiny, "he")
     p_ids = runtime.encode(tiny, "the cat t")
@@ -129,7 +137,7 @@ def test_boundary_merge_scores_the_completion_alone_and_warns(tiny):
 
 
 def test_repr_and_to_dict(tiny):
-    res = completion_logprobs(tiny, PROMPTS, COMPLETIONS, unit="bits")
+    res = completion_logprobs(tiny, PROMPTS, COMPLETIONS, unit="bits", chat=False)
     text = repr(res)
     assert "CompletionLogprobs (bits" in text and "log-prob (bits)" in text
     assert len(text.splitlines()) == 2 + len(PROMPTS) * len(COMPLETIONS)
@@ -140,16 +148,16 @@ def test_repr_and_to_dict(tiny):
 
 def test_bad_input(tiny):
     with pytest.raises(SteerlensError, match="completion list is empty"):
-        completion_logprobs(tiny, "a", [])
+        completion_logprobs(tiny, "a", [], chat=False)
     with pytest.raises(SteerlensError, match="completion 1 is ''"):
-        completion_logprobs(tiny, "a", [" b", ""])
+        completion_logprobs(tiny, "a", [" b", ""], chat=False)
     with pytest.raises(SteerlensError, match="prompt list is empty"):
-        completion_logprobs(tiny, [], " b")
+        completion_logprobs(tiny, [], " b", chat=False)
     with pytest.raises(SpecError, match="unknown loss unit 'decibans'"):
-        completion_logprobs(tiny, "a", " b", unit="decibans")
+        completion_logprobs(tiny, "a", " b", unit="decibans", chat=False)
     with pytest.raises(SpecError, match="coldness must be > 0"):
-        completion_logprobs(tiny, "a", " b", coldness=0.0)
+        completion_logprobs(tiny, "a", " b", coldness=0.0, chat=False)
     with pytest.raises(SpecError, match="batch_size"):
-        completion_logprobs(tiny, "a", " b", batch_size=0)
+        completion_logprobs(tiny, "a", " b", batch_size=0, chat=False)
     with pytest.raises(ContextWindowError, match=r"n_ctx = 256"):
-        completion_logprobs(tiny, "a", " b" * 300)
+        completion_logprobs(tiny, "a", " b" * 300, chat=False)

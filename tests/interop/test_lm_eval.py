@@ -68,7 +68,7 @@ def lm_eval_loglikelihoods(folder, steer_path) -> torch.Tensor:
 
 def steerlens_loglikelihoods(model, steering) -> torch.Tensor:
     totals = [
-        completion_logprobs(model, prompt, completion, steering=steering).totals[0, 0]
+        completion_logprobs(model, prompt, completion, steering=steering, chat=False).totals[0, 0]
         for prompt, completion in REQUESTS
     ]
     return torch.tensor([float(t) for t in totals], dtype=torch.float64)

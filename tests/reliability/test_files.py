@@ -82,7 +82,9 @@ def test_vector_at_several_layers_round_trips(tmp_path):
 
 
 def test_optimized_vector_at_several_layers_round_trips(tmp_path, tiny):
-    res = optimize_vector(tiny, Datapoint("the cat", promote=[" in"]), [0, 1], max_steps=2)
+    res = optimize_vector(
+        tiny, Datapoint("the cat", promote=[" in"], chat=False), [0, 1], max_steps=2
+    )
     path = res.vector.save(tmp_path / "v.safetensors")
     _assert_equal_vectors(SteeringVector.load(path), res.vector)
 
@@ -262,7 +264,7 @@ def test_scaling_by_a_non_number_is_a_type_error():
 
 
 def test_clamp_vector_is_not_exported_as_additive_without_opt_in(tmp_path, deep):
-    dp = Datapoint("the cat", promote=[" in"])
+    dp = Datapoint("the cat", promote=[" in"], chat=False)
     v = optimize_vector(deep, dp, 2, max_steps=2, kind=ClampSteering(strength=2.0)).vector
     assert v.provenance["steering"] == "clamp"
     with pytest.raises(SpecError, match=r"clamp.*only added.*additive_ok=True"):
@@ -285,7 +287,7 @@ def test_ablate_vector_is_not_exported_without_opt_in(tmp_path):
 
 
 def test_affine_vector_is_never_exported(tmp_path, deep):
-    dp = Datapoint("the cat", promote=[" in"])
+    dp = Datapoint("the cat", promote=[" in"], chat=False)
     v = optimize_vector(deep, dp, 2, max_steps=2, kind=AffineSteering(rank=1)).vector
     for ok in (False, True):
         with pytest.raises(SpecError, match="affine"):

@@ -20,7 +20,7 @@ from steerlens.errors import (
 from steerlens.evaluation import completion_logprobs, success_rate
 from steerlens.training.objectives import Objective
 
-DP = Datapoint("the cat sat", promote=[" on the mat"])
+DP = Datapoint("the cat sat", promote=[" on the mat"], chat=False)
 
 
 # -- optimizer settings ------------------------------------------------------------------------
@@ -90,12 +90,12 @@ def test_numpy_and_torch_integers_are_layers(tiny):
 
 def test_datapoint_inputs_get_clear_messages():
     with pytest.raises(InputError, match="prompt must be a str, got int"):
-        Datapoint(123, promote=["x"])  # type: ignore[arg-type]
+        Datapoint(123, promote=["x"], chat=False)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="prompt must be a str, got bytes"):
-        Datapoint(b"the cat", promote=["x"])  # type: ignore[arg-type]
-    assert Datapoint("a", promote=None, suppress=["b"]).promote == ()  # type: ignore[arg-type]
+        Datapoint(b"the cat", promote=["x"], chat=False)  # type: ignore[arg-type]
+    assert Datapoint("a", promote=None, suppress=["b"], chat=False).promote == ()  # type: ignore[arg-type]
     with pytest.raises(InputError, match="promote= must be a completion or a list"):
-        Datapoint("a", promote=5)  # type: ignore[arg-type]
+        Datapoint("a", promote=5, chat=False)  # type: ignore[arg-type]
 
 
 def test_a_dict_of_datapoints_is_refused_with_the_fix(tiny):
@@ -107,7 +107,7 @@ def test_a_dict_of_datapoints_is_refused_with_the_fix(tiny):
 
 def test_a_datapoint_longer_than_the_context_is_refused(tiny):
     n_ctx = tiny.cfg.n_ctx
-    long = Datapoint("a " * (n_ctx + 5), promote=[" b"])
+    long = Datapoint("a " * (n_ctx + 5), promote=[" b"], chat=False)
     with pytest.raises(ContextWindowError, match="context window"):
         optimize_vector(tiny, long, 1, max_steps=1)
     with pytest.raises(ContextWindowError, match="context window"):
@@ -115,7 +115,7 @@ def test_a_datapoint_longer_than_the_context_is_refused(tiny):
 
 
 def test_positions_that_select_no_prompt_token_are_refused(tiny):
-    far = Datapoint("the cat", promote=[" sat"], positions=Positions.at([40]))
+    far = Datapoint("the cat", promote=[" sat"], positions=Positions.at([40]), chat=False)
     with pytest.raises(SpecError, match="select none of the"):
         optimize_vector(tiny, far, 1, max_steps=1)
     plan = Steering(torch.ones(64), layer=1, positions=[40])
@@ -213,6 +213,6 @@ def test_steering_handle_hooks_are_removed_after_an_error(tiny):
     with torch.no_grad():
         base = tiny(tokens)
     with pytest.raises(SpecError), steer(tiny, Steering(torch.ones(64), layer=1, positions=[9])):
-        steerlens.generate(tiny, "the cat", max_new_tokens=2)
+        steerlens.generate(tiny, "the cat", max_new_tokens=2, chat=False)
     with torch.no_grad():
         assert torch.equal(tiny(tokens), base)

@@ -13,7 +13,7 @@ from steerlens.training.kinds import ClampSteering
 from steerlens.training.objectives import Objective
 from steerlens.training.stopping import Plateau, TargetLoss
 
-DP = Datapoint("the cat sat", promote=[" on the mat"])
+DP = Datapoint("the cat sat", promote=[" on the mat"], chat=False)
 
 
 class _CtrlC(Plateau):
@@ -95,8 +95,10 @@ def test_bad_positions_fail_when_the_config_is_built():
 )
 def test_datapoint_flags_and_targets_are_checked(kwargs, match):
     with pytest.raises(InputError, match=match):
-        Datapoint("a", promote=["b"], **kwargs)
-    assert Datapoint("a", promote=["b"], promote_targets=[None]).promote_targets == [None]
+        Datapoint("a", promote=["b"], **kwargs, chat=False)
+    assert Datapoint("a", promote=["b"], promote_targets=[None], chat=False).promote_targets == [
+        None
+    ]
 
 
 def test_length_normalize_must_be_a_bool():

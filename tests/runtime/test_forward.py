@@ -7,6 +7,7 @@ import torch
 
 from steerlens import runtime
 from steerlens.errors import ContextWindowError, ContextWindowWarning, InputError, SpecError
+from steerlens.testing import tiny_model
 
 
 def _plain_logprobs(model, ids, n_prompt):
@@ -85,8 +86,12 @@ def test_kl_divergence_is_zero_for_equal_distributions_and_positive_otherwise():
 
 
 def test_format_prompts_refuses_a_system_message_without_chat(tiny):
-    with pytest.raises(InputError, match="system= is only used with chat=True"):
+    with pytest.raises(InputError, match="system= is only used with chat formatting"):
         runtime.format_prompts(tiny, ["hi"], chat=False, system="be brief")
+    plain = tiny_model()
+    plain.tokenizer.chat_template = None
+    with pytest.raises(InputError, match="this model has no chat template; drop system="):
+        runtime.format_prompts(plain, ["hi"], system="be brief")
 
 
 def test_the_bos_rule(tiny):

@@ -48,11 +48,13 @@ def vector(tiny):
 
 @pytest.fixture(scope="module")
 def cal(tiny, vector) -> Calibration:
-    return calibrate(tiny, vector, PROMPTS, _varied, **BUDGET, **_args())
+    return calibrate(tiny, vector, PROMPTS, _varied, **BUDGET, **_args(), chat=False)
 
 
 def test_it_is_the_grid_and_its_frontier(tiny, vector, cal):
-    grid = layer_strength_grid(tiny, vector, layers=[1], prompts=PROMPTS, judge=_varied, **_args())
+    grid = layer_strength_grid(
+        tiny, vector, layers=[1], prompts=PROMPTS, judge=_varied, **_args(), chat=False
+    )
     for metric in grid.metrics:
         np.testing.assert_array_equal(cal.grid.get(metric), grid.get(metric))
     point = grid.frontier(**BUDGET)
@@ -78,12 +80,12 @@ def test_the_plan_steers_at_the_chosen_point(tiny, vector, cal):
     plan = cal.steering
     assert isinstance(plan, Steering) and plan.what is vector
     assert (plan.layer, plan.strength) == (cal.layer, cal.strength)
-    replies = generate(tiny, PROMPTS, plan, max_new_tokens=5)
+    replies = generate(tiny, PROMPTS, plan, max_new_tokens=5, chat=False)
     assert tuple(replies) == cal.grid.replies_at(cal.layer, cal.strength)
 
 
 def test_the_vector_is_put_in_scale_with_the_residual_stream(tiny, vector, cal):
-    norms = residual_norms(tiny, PROMPTS, layers=[1])
+    norms = residual_norms(tiny, PROMPTS, layers=[1], chat=False)
     assert cal.fraction_of_residual() == pytest.approx(norms.fraction(vector, 1))
     assert cal.fraction_of_residual(strength=-3.0) == pytest.approx(3 * norms.fraction(vector, 1))
     assert "of the typical residual norm at layer 1" in cal.guidance()
@@ -93,7 +95,7 @@ def test_the_vector_is_put_in_scale_with_the_residual_stream(tiny, vector, cal):
 
 
 def test_a_budget_nothing_meets_says_so(tiny, vector):
-    cal = calibrate(tiny, vector, PROMPTS, _varied, max_nll_ratio=0.5, **_args())  # < 1
+    cal = calibrate(tiny, vector, PROMPTS, _varied, max_nll_ratio=0.5, **_args(), chat=False)  # < 1
     assert not cal.found and cal.strength is None
     assert "no cell is within NLL ratio <= 0.5" in repr(cal)
     with pytest.raises(SpecError, match="no strength is within the budget"):
@@ -105,7 +107,15 @@ def test_a_budget_nothing_meets_says_so(tiny, vector):
 def test_layers_are_searched_too(tiny):
     v = torch.randn(64, generator=torch.Generator().manual_seed(5))
     cal = calibrate(
-        tiny, v, PROMPTS, _varied, layers=[0, 1], max_kl=5.0, max_nll_ratio=None, **_args()
+        tiny,
+        v,
+        PROMPTS,
+        _varied,
+        layers=[0, 1],
+        max_kl=5.0,
+        max_nll_ratio=None,
+        **_args(),
+        chat=False,
     )
     assert cal.grid.layers == (0, 1) and cal.layer in (0, 1)
     assert cal.budget == {"max_kl": 5.0}
@@ -135,19 +145,25 @@ def test_plain_data(cal):
 
 def test_errors(tiny, vector):
     with pytest.raises(SpecError, match="layers="):
-        calibrate(tiny, torch.ones(64), PROMPTS, _varied, **_args())
+        calibrate(tiny, torch.ones(64), PROMPTS, _varied, **_args(), chat=False)
     with pytest.raises(SpecError, match="neutral_prompts"):
-        calibrate(tiny, vector, PROMPTS, _varied, max_kl=1.0, **_args(neutral_prompts=None))
+        calibrate(
+            tiny, vector, PROMPTS, _varied, max_kl=1.0, **_args(neutral_prompts=None), chat=False
+        )
 
 
 def test_positions_restrict_every_cell_and_the_plan(tiny, vector):
-    cal = calibrate(tiny, vector, PROMPTS, _varied, positions="opening:2", **_args())
+    cal = calibrate(tiny, vector, PROMPTS, _varied, positions="opening:2", **_args(), chat=False)
     assert cal.grid.positions == Positions.opening(2)
     plan = cal.steering
     assert plan.positions == Positions.opening(2)
     for s in (4.0, 8.0):
         steered = generate(
-            tiny, PROMPTS, Steering(vector, strength=s, positions="opening:2"), max_new_tokens=5
+            tiny,
+            PROMPTS,
+            Steering(vector, strength=s, positions="opening:2"),
+            max_new_tokens=5,
+            chat=False,
         )
         assert tuple(steered) == cal.grid.replies_at(1, s)
     assert cal.grid.frontier().steering.positions == Positions.opening(2)
@@ -162,4 +178,4 @@ def test_a_budget_outside_its_domain_is_refused_before_any_generation(tiny, limi
 
     v = SteeringVector.from_tensor(torch.ones(64), layer=1, model=tiny)
     with pytest.raises(SpecError, match=rf"{limit} must be"):
-        calibrate(tiny, v, ["never run"], StringMatchJudge(["x"]), **{limit: value})
+        calibrate(tiny, v, ["never run"], StringMatchJudge(["x"]), **{limit: value}, chat=False)

@@ -18,9 +18,9 @@ from steerlens.studies.matrix import (
 )
 
 EXAMPLES = [
-    Datapoint("the cat", promote=[" sat", " is"]),
-    Datapoint("a dog in", promote=" the"),
-    Datapoint("Pat", promote=" ran"),
+    Datapoint("the cat", promote=[" sat", " is"], chat=False),
+    Datapoint("a dog in", promote=" the", chat=False),
+    Datapoint("Pat", promote=" ran", chat=False),
 ]
 
 
@@ -39,8 +39,8 @@ def vectors(tiny):
 
 def _reference_change(model, plan, dp):
     """Mean over promote completions of total log-prob, steered minus unsteered, one call each."""
-    steered = completion_logprobs(model, dp.prompt, list(dp.promote), steering=plan)
-    base = completion_logprobs(model, dp.prompt, list(dp.promote))
+    steered = completion_logprobs(model, dp.prompt, list(dp.promote), steering=plan, chat=False)
+    base = completion_logprobs(model, dp.prompt, list(dp.promote), chat=False)
     return float(steered.totals.double().mean() - base.totals.double().mean())
 
 
@@ -122,7 +122,7 @@ def test_judged_replies_held_out_and_side_effects(tiny, vectors):
     def judge(text):
         return len(text) % 2 == 0
 
-    held_out = ["in the", Datapoint("Pat ran", promote=" in")]
+    held_out = ["in the", Datapoint("Pat ran", promote=" in", chat=False)]
     neutral = ["the", "a cat"]
     m = generalization_matrix(
         tiny,
@@ -137,12 +137,14 @@ def test_judged_replies_held_out_and_side_effects(tiny, vectors):
     prompts = [dp.prompt for dp in EXAMPLES] + ["in the", "Pat ran"]
     assert m.prompts == tuple(prompts)
     assert m.kinds == ("example",) * 3 + ("held_out",) * 2
-    assert m.baseline_replies == tuple(steerlens.generate(tiny, prompts, max_new_tokens=4))
+    assert m.baseline_replies == tuple(
+        steerlens.generate(tiny, prompts, max_new_tokens=4, chat=False)
+    )
     for v, vec in enumerate(vectors.values()):
-        replies = steerlens.generate(tiny, prompts, vec, max_new_tokens=4)
+        replies = steerlens.generate(tiny, prompts, vec, max_new_tokens=4, chat=False)
         assert m.replies is not None and m.replies[v] == tuple(replies)
         assert m.judged is not None and m.judged[v].tolist() == [judge(r) for r in replies]
-        kl = side_effect_kl(tiny, neutral, vec).mean
+        kl = side_effect_kl(tiny, neutral, vec, chat=False).mean
         assert m.side_effect_kl is not None
         assert float(m.side_effect_kl[v]) == pytest.approx(kl, abs=1e-5)
     # A held-out string has no target; a held-out datapoint does.
@@ -176,7 +178,7 @@ def test_bad_inputs_are_refused_with_the_fix(tiny, vectors):
     with pytest.raises(InputError, match="examples is empty"):
         generalization_matrix(tiny, vectors, [])
     with pytest.raises(InputError, match="no promote completions"):
-        generalization_matrix(tiny, vectors, [Datapoint("the cat", suppress=" sat")])
+        generalization_matrix(tiny, vectors, [Datapoint("the cat", suppress=" sat", chat=False)])
     with pytest.raises(InputError, match=r"not a steerlens\.Datapoint"):
         generalization_matrix(tiny, vectors, ["the cat"])
     with pytest.raises(SpecError, match="finite"):
@@ -193,8 +195,8 @@ def test_matrix_on_the_embedded_model(smol):
     from steerlens.evaluation import StringMatchJudge
 
     examples = [
-        Datapoint("The capital of France is", promote=" Paris"),
-        Datapoint("My favourite colour is", promote=" blue"),
+        Datapoint("The capital of France is", promote=" Paris", chat=False),
+        Datapoint("My favourite colour is", promote=" blue", chat=False),
     ]
     d = steerlens.runtime.d_model(smol)
     vectors = {
@@ -216,7 +218,7 @@ def test_matrix_on_the_embedded_model(smol):
     assert len(m.rows) == 6
     assert torch.isfinite(m.logprob_change[:, :2]).all()
     assert m.replies is not None and m.replies[0][2] == steerlens.generate(
-        smol, "The weather today is", vectors["Paris"], max_new_tokens=4
+        smol, "The weather today is", vectors["Paris"], max_new_tokens=4, chat=False
     )
 
 

@@ -67,9 +67,9 @@ def test_units_are_the_product_with_deterministic_unique_names():
     assert [u.name for u in tiny.units()][-2:] == ["cats-L0-s0-promotion", "cats-L1-s0-promotion"]
 
 
-def test_objectives_pick_the_completions():
+def test_objectives_pick_the_completions(tiny):
     spec = StudySpec.from_toml(SPECS / "mixed.toml")
-    dps = {u.objective: spec.datapoint(None, u) for u in spec.units()[:3]}
+    dps = {u.objective: spec.datapoint(tiny, u) for u in spec.units()[:3]}
     assert (dps["promotion"].promote, dps["promotion"].suppress) == ((" sat",), ())
     assert (dps["suppression"].promote, dps["suppression"].suppress) == ((), (" ran",))
     assert (dps["mixed"].promote, dps["mixed"].suppress) == ((" sat",), (" ran",))

@@ -12,9 +12,9 @@ from steerlens.evaluation import completion_logprobs
 from steerlens.studies.steerability import SteerabilityResult, steerability
 
 EXAMPLES = [
-    Datapoint("the cat", promote=" sat"),
-    Datapoint("a dog in", promote=[" the", " a"]),
-    Datapoint("Pat", promote=" ran"),
+    Datapoint("the cat", promote=" sat", chat=False),
+    Datapoint("a dog in", promote=[" the", " a"], chat=False),
+    Datapoint("Pat", promote=" ran", chat=False),
 ]
 
 
@@ -24,8 +24,8 @@ def _vector(model):
 
 
 def _reference(model, plan, dp):
-    steered = completion_logprobs(model, dp.prompt, list(dp.promote), steering=plan)
-    base = completion_logprobs(model, dp.prompt, list(dp.promote))
+    steered = completion_logprobs(model, dp.prompt, list(dp.promote), steering=plan, chat=False)
+    base = completion_logprobs(model, dp.prompt, list(dp.promote), chat=False)
     return float(steered.totals.double().mean() - base.totals.double().mean())
 
 
@@ -136,7 +136,7 @@ def test_the_kl_is_measured_on_the_neutral_prompts(tiny):
 
     vector = _vector(tiny)
     res = steerability(tiny, vector, EXAMPLES[:1], strengths=(0, 3), neutral_prompts=["in the"])
-    expected = side_effect_kl(tiny, ["in the"], Steering(vector, strength=3)).mean
+    expected = side_effect_kl(tiny, ["in the"], Steering(vector, strength=3), chat=False).mean
     assert res.kl is not None and float(res.kl[0]) == 0.0
     assert float(res.kl[1]) == pytest.approx(expected, rel=1e-5)
     tight = steerability(tiny, vector, EXAMPLES[:1], strengths=(0, 3), max_kl=0.0)
@@ -171,7 +171,7 @@ def test_bad_strengths_are_refused(tiny, strengths, match):
 
 def test_bad_examples_and_vectors_are_refused(tiny):
     with pytest.raises(InputError, match="no promote completions"):
-        steerability(tiny, _vector(tiny), [Datapoint("the cat", suppress=" sat")])
+        steerability(tiny, _vector(tiny), [Datapoint("the cat", suppress=" sat", chat=False)])
     with pytest.raises(InputError, match="empty"):
         steerability(tiny, _vector(tiny), [])
     with pytest.raises(SpecError, match="None"):

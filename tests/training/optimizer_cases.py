@@ -52,8 +52,8 @@ def datapoints(model):
     """Several datapoints, completions of different lengths (so the hooked engine pads), one
     negated, one in the chat template."""
     return [
-        Datapoint("the cat sat", promote=[" on the mat", " in"], suppress=[" xyz"]),
-        Datapoint("a dog ran far", promote=[" away from home!"], negate=True),
+        Datapoint("the cat sat", promote=[" on the mat", " in"], suppress=[" xyz"], chat=False),
+        Datapoint("a dog ran far", promote=[" away from home!"], negate=True, chat=False),
         Datapoint.chat(model, "Hi", promote=["Hello there"], suppress=["No"]),
     ]
 

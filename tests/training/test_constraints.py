@@ -91,7 +91,7 @@ def test_noise_then_norm_cap(tiny):
 
 def test_output_constraint_lowers_norm_when_loss_allows(tiny):
     # From a vector that hurts the promotion, shrinking it also lowers the loss: feasible.
-    dp = Datapoint(DP_ON[0], promote=DP_ON[1])
+    dp = Datapoint(DP_ON[0], promote=DP_ON[1], chat=False)
     good = optimize_vector(tiny, dp, 1, lr=0.1, max_steps=20).vector.vector
     res = optimize_vector(
         tiny,

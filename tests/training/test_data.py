@@ -13,36 +13,36 @@ from steerlens.training.data import tokenize
 
 
 def test_completions_and_defaults():
-    dp = Datapoint("Q: 2+2?\nA:", promote=[" 4", " four"], suppress=[" 5"])
+    dp = Datapoint("Q: 2+2?\nA:", promote=[" 4", " four"], suppress=[" 5"], chat=False)
     assert dp.completions == [(" 4", "promote"), (" four", "promote"), (" 5", "suppress")]
     assert dp.negate is False and dp.positions is None
     assert dp.targets() == [None, None, None]
 
 
 def test_a_single_string_is_one_completion():
-    dp = Datapoint("p", promote=" yes", suppress=" no")
+    dp = Datapoint("p", promote=" yes", suppress=" no", chat=False)
     assert dp.promote == (" yes",) and dp.suppress == (" no",)
     assert dp.completions == [(" yes", "promote"), (" no", "suppress")]
 
 
 def test_targets_follow_completion_order():
-    dp = Datapoint("p", promote=["a", "b"], suppress=["c"], promote_targets=[1.0, 2.0])
+    dp = Datapoint("p", promote=["a", "b"], suppress=["c"], promote_targets=[1.0, 2.0], chat=False)
     assert dp.targets() == [1.0, 2.0, None]
-    dp = Datapoint("p", promote=["a"], suppress=["c", "d"], suppress_targets=[0.1, 0.2])
+    dp = Datapoint("p", promote=["a"], suppress=["c", "d"], suppress_targets=[0.1, 0.2], chat=False)
     assert dp.targets() == [None, 0.1, 0.2]
 
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n"])
 def test_empty_prompt(prompt):
     with pytest.raises(SteerlensError, match="prompt is empty"):
-        Datapoint(prompt, promote=["x"])
+        Datapoint(prompt, promote=["x"], chat=False)
 
 
 def test_no_completions():
     with pytest.raises(SteerlensError, match="has no promote and no suppress"):
-        Datapoint("a prompt")
+        Datapoint("a prompt", chat=False)
     with pytest.raises(SteerlensError, match="no promote and no suppress"):
-        Datapoint("a prompt", promote=[], suppress=())
+        Datapoint("a prompt", promote=[], suppress=(), chat=False)
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_no_completions():
 )
 def test_empty_completion(kind, kw):
     with pytest.raises(SteerlensError, match=f"a {kind} completion is empty"):
-        Datapoint("a prompt", **kw)
+        Datapoint("a prompt", **kw, chat=False)
 
 
 @pytest.mark.parametrize(
@@ -66,13 +66,13 @@ def test_empty_completion(kind, kw):
 )
 def test_targets_length_mismatch(kw, msg):
     with pytest.raises(SteerlensError, match=msg):
-        Datapoint("a prompt", **kw)
+        Datapoint("a prompt", **kw, chat=False)
 
 
 def test_bad_positions_are_refused_early():
     with pytest.raises(SpecError, match="unknown position spec"):
-        Datapoint("a prompt", promote=["x"], positions="middle")
-    assert Datapoint("p", promote=["x"], positions="last:2").positions == "last:2"
+        Datapoint("a prompt", promote=["x"], positions="middle", chat=False)
+    assert Datapoint("p", promote=["x"], positions="last:2", chat=False).positions == "last:2"
 
 
 def test_chat_formatting(tiny):
@@ -98,7 +98,7 @@ def test_chat_prompt_tokens_keep_special_tokens_and_no_extra_bos(tiny):
 
 
 def test_tokenize_split_is_exact(tiny):
-    dp = Datapoint("the cat sat", promote=[" on the mat", " the"], suppress=[" xyz"])
+    dp = Datapoint("the cat sat", promote=[" on the mat", " the"], suppress=[" xyz"], chat=False)
     (tdp,) = tokenize(tiny, dp)
     assert tdp.prompt_tokens == tl.encode(tiny, dp.prompt)
     assert [c.kind for c in tdp.completions] == ["promote", "promote", "suppress"]
@@ -112,11 +112,13 @@ def test_tokenize_split_is_exact(tiny):
 
 
 def test_tokenize_carries_targets_and_positions(tiny):
-    dp = Datapoint("ab", promote=["c"], suppress=["d"], promote_targets=[0.5], positions="prompt")
+    dp = Datapoint(
+        "ab", promote=["c"], suppress=["d"], promote_targets=[0.5], positions="prompt", chat=False
+    )
     (tdp,) = tokenize(tiny, dp, default_positions="last:1")
     assert [c.target for c in tdp.completions] == [0.5, None]
     assert tdp.positions == Positions.prompt()  # the datapoint's own setting wins
-    (tdp2,) = tokenize(tiny, Datapoint("ab", promote=["c"]), default_positions="last:1")
+    (tdp2,) = tokenize(tiny, Datapoint("ab", promote=["c"], chat=False), default_positions="last:1")
     assert tdp2.positions == Positions.last(1)
 
 
@@ -126,7 +128,7 @@ def test_boundary_merge_warns_and_scores_the_completion_alone(tiny):
     prompt_tokens = tl.encode(tiny, prompt)
     assert joint[: len(prompt_tokens)] != prompt_tokens  # the merge really happens
     with pytest.warns(UserWarning, match="merges with the end of its prompt"):
-        (tdp,) = tokenize(tiny, Datapoint(prompt, promote=[completion]))
+        (tdp,) = tokenize(tiny, Datapoint(prompt, promote=[completion], chat=False))
     (comp,) = tdp.completions
     assert comp.boundary_merged
     assert tdp.prompt_tokens == prompt_tokens
@@ -138,18 +140,20 @@ def test_boundary_merge_warns_and_scores_the_completion_alone(tiny):
 def test_no_warning_without_merge(tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        (tdp,) = tokenize(tiny, Datapoint("at", promote=["he end"]))  # "t"+"he": no merge rule
+        (tdp,) = tokenize(
+            tiny, Datapoint("at", promote=["he end"], chat=False)
+        )  # "t"+"he": no merge rule
     assert not tdp.completions[0].boundary_merged
 
 
 def test_non_string_completion():
     with pytest.raises(SteerlensError, match="completion is empty"):
-        Datapoint("a prompt", promote=[None])  # type: ignore[list-item]
+        Datapoint("a prompt", promote=[None], chat=False)  # type: ignore[list-item]
 
 
 def test_empty_completion_is_refused_by_tokenize_at_the_latest(tiny):
     with pytest.raises(SteerlensError, match=r"completion is empty|tokenises to nothing"):
-        tokenize(tiny, Datapoint("a prompt", promote=["ok", ""]))
+        tokenize(tiny, Datapoint("a prompt", promote=["ok", ""], chat=False))
 
 
 def test_tokenize_errors(tiny, monkeypatch):
@@ -165,6 +169,6 @@ def test_tokenize_errors(tiny, monkeypatch):
     monkeypatch.setattr(tl, "encode", fake)
     monkeypatch.setattr("steerlens.runtime.tokens.encode", fake)
     with pytest.raises(SteerlensError, match="suppress completion 'oops!' tokenises to nothing"):
-        tokenize(tiny, Datapoint("the cat", suppress=["oops!"]))
+        tokenize(tiny, Datapoint("the cat", suppress=["oops!"], chat=False))
     with pytest.raises(SteerlensError, match="tokenises to nothing"):
-        tokenize(tiny, Datapoint("hello!", promote=["x"]))
+        tokenize(tiny, Datapoint("hello!", promote=["x"], chat=False))

@@ -103,7 +103,7 @@ def test_batched_equals_one_by_one(tiny):
     singles = []
     for dp in dps:
         for text, kind in dp.completions:
-            one = Datapoint(dp.prompt, negate=dp.negate, **{kind: [text]})
+            one = Datapoint(dp.prompt, negate=dp.negate, **{kind: [text]}, chat=False)
             (loss,) = evaluate_objective(tiny, one, 1, v).losses.values()
             singles.append(loss)
     bounds = loss_bounds(tiny, dps)

@@ -30,9 +30,9 @@ def model():
 def _jobs(model, fast=True):
     """Jobs that differ in every way a study varies them: example, layer, seed, objective,
     steering kind, constraints, stop rules, step budget."""
-    cat = Datapoint("the cat sat", promote=[" on the mat", " in"], suppress=[" xyz"])
-    dog = Datapoint("a dog ran far", promote=[" away from home!"])
-    neg = Datapoint("the end", promote=[" of it"], negate=True)
+    cat = Datapoint("the cat sat", promote=[" on the mat", " in"], suppress=[" xyz"], chat=False)
+    dog = Datapoint("a dog ran far", promote=[" away from home!"], chat=False)
+    neg = Datapoint("the end", promote=[" of it"], negate=True, chat=False)
     base = OptimizeConfig(lr=0.2, max_steps=6, fast=fast, progress=False)
     return [
         Job(cat, 1, base),
@@ -75,7 +75,7 @@ def test_batched_equals_separate_runs(model, fast):
 
 
 def test_results_keep_job_order_across_layer_groups(model):
-    dp = Datapoint("the cat", promote=[" sat"])
+    dp = Datapoint("the cat", promote=[" sat"], chat=False)
     cfg = OptimizeConfig(lr=0.1, max_steps=1, progress=False)
     results = optimize_many(model, [Job(dp, la, cfg) for la in (2, 0, 1, 0)])
     assert [r.vector.layers for r in results] == [[2], [0], [1], [0]]
@@ -91,7 +91,7 @@ def test_a_finished_vector_leaves_the_batch(model, engine, monkeypatch):
         return real(self, apply)
 
     monkeypatch.setattr(engine, "logits", spy)
-    dp = Datapoint("the cat", promote=[" sat"])
+    dp = Datapoint("the cat", promote=[" sat"], chat=False)
     fast = engine is PackedEngine
     forget_checks(model)  # an earlier test on this model has its verdict kept
     jobs = [Job(dp, 1, OptimizeConfig(max_steps=s, fast=fast, progress=False)) for s in (1, 3, 2)]
@@ -146,8 +146,16 @@ def test_batched_equals_separate_runs_on_the_embedded_model(smol):
 
 def test_every_result_says_how_long_its_job_ran(model):
     jobs = [
-        Job(Datapoint("the cat", promote=[" sat"]), 1, OptimizeConfig(max_steps=2, progress=False)),
-        Job(Datapoint("a dog", promote=[" ran"]), 1, OptimizeConfig(max_steps=4, progress=False)),
+        Job(
+            Datapoint("the cat", promote=[" sat"], chat=False),
+            1,
+            OptimizeConfig(max_steps=2, progress=False),
+        ),
+        Job(
+            Datapoint("a dog", promote=[" ran"], chat=False),
+            1,
+            OptimizeConfig(max_steps=4, progress=False),
+        ),
     ]
     first, second = optimize_many(model, jobs)
     assert 0 < first.wall_time_s <= second.wall_time_s

@@ -67,7 +67,7 @@ def v():
 
 @pytest.mark.parametrize("layer", [0, 1])
 def test_promotion_is_minus_sum_logp(tiny, v, layer):
-    dp = Datapoint(PROMPT, promote=[" on the mat"])
+    dp = Datapoint(PROMPT, promote=[" on the mat"], chat=False)
     prompt, (comp,) = toks(tiny, dp)
     assert len(comp) > 1
     expected = promotion(hand_logprobs(tiny, prompt, comp, vector=v, layer=layer))
@@ -76,7 +76,7 @@ def test_promotion_is_minus_sum_logp(tiny, v, layer):
 
 
 def test_unsteered_is_vector_none(tiny):
-    dp = Datapoint(PROMPT, promote=[" on the mat"])
+    dp = Datapoint(PROMPT, promote=[" on the mat"], chat=False)
     prompt, (comp,) = toks(tiny, dp)
     expected = promotion(hand_logprobs(tiny, prompt, comp))
     (got,) = values(evaluate_objective(tiny, dp, LAYER, None))
@@ -86,7 +86,7 @@ def test_unsteered_is_vector_none(tiny):
 
 
 def test_suppression_one_minus(tiny, v):
-    dp = Datapoint(PROMPT, suppress=[" on the mat"])
+    dp = Datapoint(PROMPT, suppress=[" on the mat"], chat=False)
     prompt, (comp,) = toks(tiny, dp)
     lp = hand_logprobs(tiny, prompt, comp, vector=v, layer=LAYER)
     (got,) = values(evaluate_objective(tiny, dp, LAYER, v))
@@ -95,7 +95,7 @@ def test_suppression_one_minus(tiny, v):
 
 
 def test_suppression_logprob_variant(tiny, v):
-    dp = Datapoint(PROMPT, suppress=[" on the mat"])
+    dp = Datapoint(PROMPT, suppress=[" on the mat"], chat=False)
     prompt, (comp,) = toks(tiny, dp)
     lp = hand_logprobs(tiny, prompt, comp, vector=v, layer=LAYER)
     obj = Objective(suppression="logprob")
@@ -105,7 +105,7 @@ def test_suppression_logprob_variant(tiny, v):
 
 
 def test_mixed_per_completion_values(tiny, v):
-    dp = Datapoint(PROMPT, promote=[" on the mat", " in"], suppress=[" xyz", " the"])
+    dp = Datapoint(PROMPT, promote=[" on the mat", " in"], suppress=[" xyz", " the"], chat=False)
     prompt, comps = toks(tiny, dp)
     kinds = ["promote", "promote", "suppress", "suppress"]
     ev = evaluate_objective(tiny, dp, LAYER, v)
@@ -120,7 +120,7 @@ def test_mixed_per_completion_values(tiny, v):
 
 
 def test_length_normalisation(tiny, v):
-    dp = Datapoint(PROMPT, promote=[" on the mat"], suppress=[" xyz"])
+    dp = Datapoint(PROMPT, promote=[" on the mat"], suppress=[" xyz"], chat=False)
     prompt, comps = toks(tiny, dp)
     lps = [hand_logprobs(tiny, prompt, c, vector=v, layer=LAYER) for c in comps]
     expected = [promotion(lps[0]) / len(comps[0]), suppression(lps[1]) / len(comps[1])]
@@ -133,7 +133,7 @@ def test_length_normalisation(tiny, v):
 
 @pytest.mark.parametrize("coldness", [0.25, 1.0, 3.0])
 def test_coldness(tiny, v, coldness):
-    dp = Datapoint(PROMPT, promote=[" on the mat"], suppress=[" xyz"])
+    dp = Datapoint(PROMPT, promote=[" on the mat"], suppress=[" xyz"], chat=False)
     prompt, comps = toks(tiny, dp)
     lps = [hand_logprobs(tiny, prompt, c, coldness, vector=v, layer=LAYER) for c in comps]
     expected = [promotion(lps[0]), suppression(lps[1])]
@@ -156,8 +156,8 @@ def test_unknown_suppression_variant():
 
 def test_negated_datapoint_uses_minus_v(tiny, v):
     kw = {"promote": [" on the mat"], "suppress": [" xyz"]}
-    neg = Datapoint(PROMPT, negate=True, **kw)
-    pos = Datapoint(PROMPT, **kw)
+    neg = Datapoint(PROMPT, negate=True, **kw, chat=False)
+    pos = Datapoint(PROMPT, **kw, chat=False)
     got = values(evaluate_objective(tiny, neg, LAYER, v))
     assert got == pytest.approx(values(evaluate_objective(tiny, pos, LAYER, -v)), rel=REL)
     assert got != pytest.approx(values(evaluate_objective(tiny, pos, LAYER, v)), rel=1e-3)
@@ -167,8 +167,8 @@ def test_negated_datapoint_uses_minus_v(tiny, v):
 
 
 def test_several_datapoints_some_negated(tiny, v):
-    a = Datapoint(PROMPT, promote=[" on the mat"])
-    b = Datapoint("a dog ran", suppress=[" away"], negate=True)
+    a = Datapoint(PROMPT, promote=[" on the mat"], chat=False)
+    b = Datapoint("a dog ran", suppress=[" away"], negate=True, chat=False)
     got = values(evaluate_objective(tiny, [a, b], LAYER, v))
     pa, (ca,) = toks(tiny, a)
     pb, (cb,) = toks(tiny, b)
@@ -181,7 +181,7 @@ def test_several_datapoints_some_negated(tiny, v):
 
 @pytest.mark.parametrize(("unit", "base"), [("nats", math.e), ("bits", 2.0), ("hartleys", 10.0)])
 def test_units(tiny, v, unit, base):
-    dp = Datapoint(PROMPT, promote=[" on the mat"], suppress=[" xyz"])
+    dp = Datapoint(PROMPT, promote=[" on the mat"], suppress=[" xyz"], chat=False)
     nats = evaluate_objective(tiny, dp, LAYER, v)
     other = evaluate_objective(tiny, dp, LAYER, v, unit=unit)
     assert nats.unit == "nats" and other.unit == unit
@@ -199,7 +199,9 @@ def test_unit_conversion_constants():
 
 def test_unknown_unit_is_refused(tiny, v):
     with pytest.raises(SpecError, match="unknown loss unit 'decibans'"):
-        evaluate_objective(tiny, Datapoint("a", promote=[" b"]), LAYER, v, unit="decibans")
+        evaluate_objective(
+            tiny, Datapoint("a", promote=[" b"], chat=False), LAYER, v, unit="decibans"
+        )
 
 
 # -- log1mexp ---------------------------------------------------------------------------------

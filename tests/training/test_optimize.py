@@ -81,8 +81,10 @@ def test_several_layers_and_affine_results_round_trip(tiny):
 
 
 def test_negated_datapoint_optimizes_minus_v(tiny):
-    base = Datapoint("the cat sat", promote=[" on the mat"], suppress=[" in"])
-    neg = Datapoint(base.prompt, promote=base.promote, suppress=base.suppress, negate=True)
+    base = Datapoint("the cat sat", promote=[" on the mat"], suppress=[" in"], chat=False)
+    neg = Datapoint(
+        base.prompt, promote=base.promote, suppress=base.suppress, negate=True, chat=False
+    )
     res = optimize_vector(tiny, neg, 1, lr=0.1, max_steps=5)
     at_minus = evaluate_objective(tiny, base, 1, -res.vector.vector)
     bounds = loss_bounds(tiny, base)
@@ -125,9 +127,9 @@ def test_starting_norm_and_init(tiny):
 
 def test_no_completions_and_empty_completion(tiny):
     with pytest.raises(SteerlensError, match="no promote and no suppress"):
-        optimize_vector(tiny, Datapoint("the cat"), 1)
+        optimize_vector(tiny, Datapoint("the cat", chat=False), 1)
     with pytest.raises(SteerlensError, match=r"completion is empty|tokenises to nothing"):
-        optimize_vector(tiny, Datapoint("the cat", promote=[""]), 1)
+        optimize_vector(tiny, Datapoint("the cat", promote=[""], chat=False), 1)
     with pytest.raises(SteerlensError, match="no datapoints given"):
         optimize_vector(tiny, [], 1)
 
@@ -140,7 +142,7 @@ def test_completion_that_tokenises_to_nothing(tiny, monkeypatch):
 
     monkeypatch.setattr(tl, "encode", fake)
     monkeypatch.setattr("steerlens.runtime.tokens.encode", fake)
-    dp = Datapoint("the cat", promote=[" sat"], suppress=["~"])
+    dp = Datapoint("the cat", promote=[" sat"], suppress=["~"], chat=False)
     with pytest.raises(SteerlensError, match="suppress completion '~' tokenises to nothing"):
         optimize_vector(tiny, dp, 1)
 
@@ -277,7 +279,7 @@ def test_a_start_vector_whose_norm_overflows_is_refused(tiny):
 
 def test_boundary_merge_warns_and_scores_completion_tokens_alone(tiny):
     prompt, completion = "at t", "he end"  # "Ġt" + "he" -> " the" when tokenised jointly
-    dp = Datapoint(prompt, promote=[completion])
+    dp = Datapoint(prompt, promote=[completion], chat=False)
     with pytest.warns(UserWarning, match="merges with the end of its prompt"):
         (tdp,) = tokenize(tiny, dp)
     assert tdp.completions[0].boundary_merged
@@ -324,7 +326,7 @@ def test_unknown_setting_names_the_valid_ones(tiny):
     with pytest.raises(
         SpecError, match=r"OptimizeConfig got unknown keyword\(s\) 'learning_rate'.*lr"
     ):
-        optimize_vector(tiny, Datapoint("a", promote=[" b"]), 1, learning_rate=0.1)
+        optimize_vector(tiny, Datapoint("a", promote=[" b"], chat=False), 1, learning_rate=0.1)
 
 
 @pytest.mark.parametrize(

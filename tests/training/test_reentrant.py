@@ -11,7 +11,7 @@ from steerlens.training.kinds import ClampSteering
 from steerlens.training.reentrant import RankOneResult, ReentrantResult, reentrant_steering
 
 PROMPT = "the cat"
-DP = Datapoint(PROMPT, promote=[" in the"])
+DP = Datapoint(PROMPT, promote=[" in the"], chat=False)
 EARLY = OptimizeConfig(lr=0.1, max_steps=5)
 LATE = OptimizeConfig(lr=0.1, max_steps=8, constraints=(NormCap(3.0),))
 

@@ -21,7 +21,7 @@ from steerlens.training.regularizers import SideEffect
 from steerlens.training.stopping import Plateau, TargetLoss
 
 NEUTRAL = ["the sun is", "a dog ran far away", "we"]
-DP = Datapoint("the cat sat", promote=[" on the mat"])
+DP = Datapoint("the cat sat", promote=[" on the mat"], chat=False)
 LAYER = 1
 
 
@@ -64,7 +64,7 @@ def _value_at(model, v, term, fast=True):
 @pytest.mark.parametrize("scored", ["last:1", "all", "last:2", slice(None, -1)])
 def test_term_equals_a_direct_computation(model, fast, scored):
     v = torch.randn(64, generator=torch.Generator().manual_seed(1)) * 2
-    term = SideEffect(NEUTRAL, weight=0.7, scored=scored)
+    term = SideEffect(NEUTRAL, weight=0.7, scored=scored, chat=False)
     got = _value_at(model, v, term, fast)
     want = float(_direct(model, v, term).detach())
     assert got > 1e-4
@@ -82,7 +82,7 @@ def test_chat_prompts_are_formatted(model):
 def test_other_steering_positions_score_each_prefix_as_a_prompt(model, positions):
     """With a position rule other than all/prompt, each scored prefix is steered as a prompt."""
     v = torch.randn(64, generator=torch.Generator().manual_seed(4)) * 3
-    term = SideEffect(["a dog ran far away"], scored="last:3")
+    term = SideEffect(["a dog ran far away"], scored="last:3", chat=False)
     res = optimize_vector(
         model, DP, LAYER, init=v, max_steps=0, positions=positions, regularizers=(term,)
     )
@@ -102,12 +102,12 @@ def test_other_steering_positions_score_each_prefix_as_a_prompt(model, positions
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_term_is_zero_at_the_zero_vector(model, fast):
-    term = SideEffect(NEUTRAL, weight=5.0, scored="all")
+    term = SideEffect(NEUTRAL, weight=5.0, scored="all", chat=False)
     assert _value_at(model, torch.zeros(64), term, fast) == 0.0
 
 
 def test_gradient_matches_autograd_through_a_plain_forward(model):
-    term = SideEffect(NEUTRAL, weight=1.3, scored="all")
+    term = SideEffect(NEUTRAL, weight=1.3, scored="all", chat=False)
     v0 = torch.randn(64, generator=torch.Generator().manual_seed(3))
     run = JobRun(model, Job(DP, LAYER, OptimizeConfig(init=v0, regularizers=(term,))), 0)
     group = LayerGroup(model, [run])
@@ -123,15 +123,16 @@ def test_gradient_matches_autograd_through_a_plain_forward(model):
 
 
 def test_a_larger_weight_lowers_the_side_effect(model):
-    dp = Datapoint("the cat sat", promote=[" dog dog dog"])
+    dp = Datapoint("the cat sat", promote=[" dog dog dog"], chat=False)
     base = OptimizeConfig(lr=0.3, max_steps=25, progress=False)
     weights = [0.0, 30.0, 1000.0]
     jobs = [
-        Job(dp, LAYER, replace(base, regularizers=(SideEffect(NEUTRAL, weight=w),)))
+        Job(dp, LAYER, replace(base, regularizers=(SideEffect(NEUTRAL, weight=w, chat=False),)))
         for w in weights
     ]
     kls = [
-        side_effect_kl(model, NEUTRAL, Steering(r.vector)).mean for r in optimize_many(model, jobs)
+        side_effect_kl(model, NEUTRAL, Steering(r.vector), chat=False).mean
+        for r in optimize_many(model, jobs)
     ]
     assert kls[0] > kls[1] > kls[2]
     assert kls[2] < 0.5 * kls[0]
@@ -140,9 +141,9 @@ def test_a_larger_weight_lowers_the_side_effect(model):
 @pytest.mark.parametrize("fast", [True, False])
 def test_batched_equals_separate(model, fast):
     base = OptimizeConfig(lr=0.2, max_steps=5, fast=fast, progress=False)
-    dog = Datapoint("a dog ran", promote=[" away"], suppress=[" home"])
+    dog = Datapoint("a dog ran", promote=[" away"], suppress=[" home"], chat=False)
     jobs = [
-        Job(DP, LAYER, replace(base, regularizers=(SideEffect(NEUTRAL, weight=2.0),))),
+        Job(DP, LAYER, replace(base, regularizers=(SideEffect(NEUTRAL, weight=2.0, chat=False),))),
         Job(dog, LAYER, base),
         Job(
             dog,
@@ -151,10 +152,13 @@ def test_batched_equals_separate(model, fast):
                 base,
                 seed=4,
                 positions="prompt",
-                regularizers=(SideEffect(["hello"], scored="all"), SideEffect(NEUTRAL)),
+                regularizers=(
+                    SideEffect(["hello"], scored="all", chat=False),
+                    SideEffect(NEUTRAL, chat=False),
+                ),
             ),
         ),
-        Job(DP, [0, 2], replace(base, regularizers=(SideEffect(NEUTRAL, weight=0.5),))),
+        Job(DP, [0, 2], replace(base, regularizers=(SideEffect(NEUTRAL, weight=0.5, chat=False),))),
     ]
     batched = optimize_many(model, jobs)
     for i, (job, got) in enumerate(zip(jobs, batched, strict=True)):
@@ -172,7 +176,9 @@ def test_batched_equals_separate(model, fast):
 
 
 def test_target_loss_reads_the_behavior_only_and_plateau_the_total(model):
-    term = SideEffect(NEUTRAL, weight=1e6)  # huge term: the total is far above any target
+    term = SideEffect(
+        NEUTRAL, weight=1e6, chat=False
+    )  # huge term: the total is far above any target
     cfg = OptimizeConfig(lr=0.3, max_steps=5, regularizers=(term,), progress=False)
     start = optimize_vector(model, DP, LAYER, cfg, max_steps=0).loss_history[0]
     assert start[-1] > 1.0
@@ -188,7 +194,7 @@ def test_target_loss_reads_the_behavior_only_and_plateau_the_total(model):
 
 
 def test_output_constrained_phase_keeps_the_term_in_bounds(model):
-    term = SideEffect(NEUTRAL, weight=1.0)
+    term = SideEffect(NEUTRAL, weight=1.0, chat=False)
     cfg = OptimizeConfig(
         lr=0.2,
         max_steps=15,
@@ -206,7 +212,12 @@ def test_output_constrained_phase_keeps_the_term_in_bounds(model):
 
 def test_recorded_in_the_settings(model):
     res = optimize_vector(
-        model, DP, LAYER, max_steps=1, regularizers=SideEffect("hi", weight=3), progress=False
+        model,
+        DP,
+        LAYER,
+        max_steps=1,
+        regularizers=SideEffect("hi", weight=3, chat=False),
+        progress=False,
     )
     (recorded,) = res.vector.provenance["hyperparameters"]["regularizers"]
     assert recorded["type"] == "SideEffect" and recorded["weight"] == 3
@@ -215,17 +226,17 @@ def test_recorded_in_the_settings(model):
 
 def test_errors_name_the_problem():
     with pytest.raises(SpecError, match="weight must be >= 0"):
-        SideEffect(NEUTRAL, weight=-1.0)
+        SideEffect(NEUTRAL, weight=-1.0, chat=False)
     with pytest.raises(SpecError, match="weight must be >= 0"):
-        SideEffect(NEUTRAL, weight=float("nan"))
+        SideEffect(NEUTRAL, weight=float("nan"), chat=False)
     with pytest.raises(InputError, match="non-empty list of prompts"):
-        SideEffect([])
+        SideEffect([], chat=False)
     with pytest.raises(InputError, match="non-empty text"):
-        SideEffect(["ok", "  "])
+        SideEffect(["ok", "  "], chat=False)
     with pytest.raises(SpecError, match="scores no position"):
-        SideEffect(NEUTRAL, scored="generated")
+        SideEffect(NEUTRAL, scored="generated", chat=False)
     with pytest.raises(SpecError, match="unknown position spec"):
-        SideEffect(NEUTRAL, scored="middle")
+        SideEffect(NEUTRAL, scored="middle", chat=False)
     with pytest.raises(SpecError, match="regularizers must be a tuple of SideEffect"):
         OptimizeConfig(regularizers=(NormCap(1.0),))
 
@@ -233,5 +244,9 @@ def test_errors_name_the_problem():
 def test_scored_positions_outside_the_prompt_are_refused(model):
     with pytest.raises(SpecError, match="selects none of the"):
         optimize_vector(
-            model, DP, LAYER, max_steps=0, regularizers=(SideEffect(["we"], scored=[5]),)
+            model,
+            DP,
+            LAYER,
+            max_steps=0,
+            regularizers=(SideEffect(["we"], scored=[5], chat=False),),
         )

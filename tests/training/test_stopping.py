@@ -63,14 +63,14 @@ def test_target_loss_per_completion_unit():
 
 
 def test_target_loss_stops_the_optimization(tiny):
-    dp = Datapoint(DP_ON[0], promote=DP_ON[1])
+    dp = Datapoint(DP_ON[0], promote=DP_ON[1], chat=False)
     start = initial_loss(tiny, dp)
     res = optimize_vector(tiny, dp, 1, lr=0.1, max_steps=100, stop=(TargetLoss(value=start - 1),))
     assert res.stop_reason.startswith("target reached") and "total loss" in res.stop_reason
     assert 0 < res.steps < 100 and len(res.loss_history) == res.steps + 1
     assert res.loss_history[-1].sum() < start - 1 <= res.loss_history[-2].sum()
 
-    dp_t = Datapoint(DP_ON[0], promote=DP_ON[1], promote_targets=[start - 1])
+    dp_t = Datapoint(DP_ON[0], promote=DP_ON[1], promote_targets=[start - 1], chat=False)
     rule = TargetLoss(per_completion=True, patience=2)
     res2 = optimize_vector(tiny, dp_t, 1, lr=0.1, max_steps=100, stop=(rule,))
     assert "every completion" in res2.stop_reason
@@ -79,14 +79,14 @@ def test_target_loss_stops_the_optimization(tiny):
 
 
 def test_plateau_stops_the_optimization(tiny):
-    dp = Datapoint(DP_ON[0], promote=DP_ON[1])
+    dp = Datapoint(DP_ON[0], promote=DP_ON[1], chat=False)
     res = optimize_vector(tiny, dp, 1, lr=1e-9, max_steps=50, stop=(Plateau(patience=3),))
     assert res.stop_reason.startswith("plateau")
     assert res.steps == 3
 
 
 def test_max_steps_otherwise(tiny):
-    dp = Datapoint(DP_ON[0], promote=DP_ON[1])
+    dp = Datapoint(DP_ON[0], promote=DP_ON[1], chat=False)
     stop = (Plateau(eps=1e-12), TargetLoss(value=-1.0))
     res = optimize_vector(tiny, dp, 1, lr=0.1, max_steps=7, stop=stop)
     assert res.stop_reason == "max steps (7)"

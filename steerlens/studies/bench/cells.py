@@ -83,7 +83,7 @@ class Shared:
         """The calibration grid's unit at ``layer``: the mean residual norm on the neutral
         prompts (first tokens left out)."""
         if layer not in self.scales:
-            norms = residual_norms(self.model, self.neutral, layers=[layer])
+            norms = residual_norms(self.model, self.neutral, layers=[layer], chat=False)
             self.scales[layer] = float(norms.other_mean[0])
         return self.scales[layer]
 

@@ -131,6 +131,7 @@ class Setup:
                     promote=[m],
                     suppress=[LETTERS[1 - LETTERS.index(m)]],
                     positions=self.positions,
+                    chat=False,  # formatted by ab_prompt
                 )
             )
         return out
@@ -171,7 +172,7 @@ class Setup:
                     pos.append(prompt + m)
                     neg.append(prompt + LETTERS[1 - LETTERS.index(m)])
             layers = sorted({self.layer, *self.contrast_layers})
-            acts = collect_activations(self.model, pos + neg, layers)
+            acts = collect_activations(self.model, pos + neg, layers, chat=False)
             for layer in layers:
                 a = acts[layer]
                 self.contrasts[(n, layer)] = (a[: len(pos)] - a[len(pos) :]).float()

@@ -49,7 +49,7 @@ class OpenSetup(Setup):
     def datapoints(self, item: OpenItem) -> list[Datapoint]:  # type: ignore[override]
         """The request, chat-formatted, promoting the target reply (steered at every
         position while training, as the demo's refusal vector is)."""
-        return [Datapoint.chat(self.model, item.request, promote=[item.target])]
+        return [Datapoint(item.request, promote=[item.target], chat=True)]
 
     def contrast(self, n: int) -> torch.Tensor:
         """Per training request (up to ``n``), the mean of ``blocks.{layer}.hook_resid_pre``

@@ -44,8 +44,10 @@ def _datapoints(model):
     """Three datapoints in two groups of different packed lengths (so rows are padded), one
     negated, one in the chat template; prompts longer than the sliding window (4)."""
     return [
-        Datapoint("the cat sat on the mat", promote=[" on the mat", " in"], suppress=[" xyz"]),
-        Datapoint("a dog ran far away", promote=[" away from home!"], negate=True),
+        Datapoint(
+            "the cat sat on the mat", promote=[" on the mat", " in"], suppress=[" xyz"], chat=False
+        ),
+        Datapoint("a dog ran far away", promote=[" away from home!"], negate=True, chat=False),
         Datapoint.chat(model, "Hi there", promote=["Hello there"], suppress=["No"]),
     ]
 
@@ -200,7 +202,7 @@ def test_a_family_without_an_adapter_takes_the_hooked_path_with_one_notice(monke
 def test_optimize_on_a_family_without_an_adapter_notes_it_once(monkeypatch):
     monkeypatch.setattr(make_module, "_NOTICED", set())
     model = tiny_family_model("opt")
-    dp = Datapoint("the cat sat", promote=[" on"])
+    dp = Datapoint("the cat sat", promote=[" on"], chat=False)
     with pytest.warns(NoAdapterNotice) as caught:
         first = steerlens.optimize_vector(model, dp, 1, lr=0.1, max_steps=2)
         steerlens.optimize_vector(model, dp, 0, lr=0.1, max_steps=2)

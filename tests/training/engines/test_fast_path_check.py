@@ -142,8 +142,8 @@ def test_results_are_equal_with_and_without_the_kept_verdict():
 
 def test_the_kind_of_layout_names_the_windows_reached_and_shared_rows(runs):
     model = tiny_family_model("mistral")  # a 4-token sliding window
-    short = Datapoint("ab", promote=["c"])  # farthest reach back: 1 position
-    long = Datapoint("the cat sat on", promote=[" the mat"])
+    short = Datapoint("ab", promote=["c"], chat=False)  # farthest reach back: 1 position
+    long = Datapoint("the cat sat on", promote=[" the mat"], chat=False)
     kinds = [
         PackedEngine(model, tokenize(model, data), [1]).layout_kind(0)
         for data in ([short], [long], [short, short])

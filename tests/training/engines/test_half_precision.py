@@ -29,8 +29,10 @@ FAMILIES = ["llama", "gemma2", "gpt2", "qwen3"]
 
 def _datapoints():
     return [
-        Datapoint("the cat sat on the mat", promote=[" on the mat", " in"], suppress=[" xyz"]),
-        Datapoint("a dog ran far away", promote=[" away from home!"], negate=True),
+        Datapoint(
+            "the cat sat on the mat", promote=[" on the mat", " in"], suppress=[" xyz"], chat=False
+        ),
+        Datapoint("a dog ran far away", promote=[" away from home!"], negate=True, chat=False),
     ]
 
 
