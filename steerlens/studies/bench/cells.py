@@ -128,6 +128,24 @@ class Shared:
 
 
 @dataclass
+class Laps:
+    """Seconds per phase, each measured from the end of the one before (printed when
+    ``progress``)."""
+
+    where: str
+    progress: bool | None
+    times: dict[str, float] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.times[phase] = now - self.start
+        self.start = now
+        if self.progress:
+            print(f"bench: {self.where}: {phase} took {self.times[phase]:.1f} s")
+
+
+@dataclass
 class CellRun:
     """One behaviour at one layer: builds, calibrates and scores its vectors."""
 
@@ -156,34 +174,34 @@ class CellRun:
     def scale(self) -> float:
         return self.shared.scale(self.layer)
 
-    def run(self, methods: Sequence[Method]) -> CellResult:
-        """Every phase of this cell, timed."""
-        others = [k for k in self.shared.test_sets if k != self.behaviour.name]
-        times: dict[str, float] = {}
-        start = time.perf_counter()
+    def laps(self) -> Laps:
+        """A stopwatch for this cell's phases."""
+        return Laps(f"{self.behaviour.name} at layer {self.layer}", self.progress)
 
-        def lap(phase: str) -> None:
-            nonlocal start
-            now = time.perf_counter()
-            times[phase] = now - start
-            start = now
-            if self.progress:
-                where = f"{self.behaviour.name} at layer {self.layer}"
-                print(f"bench: {where}: {phase} took {times[phase]:.1f} s")
-
+    def build(self, methods: Sequence[Method], lap: Laps) -> dict[tuple[str, str], SteeringVector]:
+        """Every method's vectors by ``(method, label)``; the one-shot vectors of all methods
+        are trained first, in one batched call."""
         groups = [
             g
             for m in methods
             for g in getattr(m, "training_groups", no_training_groups)(self.setup)
         ]
         if groups:
-            self.setup.one_shot(groups)  # every method's one-shot vectors in one batched call
+            self.setup.one_shot(groups)
             lap("vectors: one-shot training")
         vectors: dict[tuple[str, str], SteeringVector] = {}
         for method in methods:
             for label, vector in method.vectors(self.setup).items():
                 vectors[(method.name, label)] = vector
             lap(f"vectors: {method.name}")
+        return vectors
+
+    def run(self, methods: Sequence[Method]) -> CellResult:
+        """Every phase of this cell, timed."""
+        others = [k for k in self.shared.test_sets if k != self.behaviour.name]
+        lap = self.laps()
+        times = lap.times
+        vectors = self.build(methods, lap)
         multipliers = self.calibrate(vectors)
         lap("calibration")
         curves, base = self.curves(vectors, multipliers)
@@ -361,6 +379,7 @@ class CellRun:
 __all__ = [
     "CALIBRATION_COPIES",
     "CellRun",
+    "Laps",
     "Shared",
     "cosine_table",
     "no_training_groups",

@@ -36,22 +36,27 @@ def slope_figure(result: BenchResult) -> go.Figure:
     return fig
 
 
-def tradeoff_figure(result: BenchResult) -> go.Figure:
-    """Effectiveness against entanglement at the equal-cost multiplier, one point per vector."""
+def _by_method(result: BenchResult, x: str, y: str) -> go.Figure:
+    """One marker trace per method: its rows that have ``x``, at ``(row[x], row[y])``."""
     fig = go.Figure()
     for method in dict.fromkeys(r["method"] for r in result.rows):
-        rows = [r for r in result.rows if r["method"] == method and "entanglement" in r]
-        if not rows:
-            continue
-        fig.add_trace(
-            go.Scatter(
-                x=[r["entanglement"] for r in rows],
-                y=[r["effectiveness"] for r in rows],
-                mode="markers",
-                name=method,
-                text=[f"{r['vector']} | {r['behaviour']} L{r['layer']}" for r in rows],
+        rows = [r for r in result.rows if r["method"] == method and x in r]
+        if rows:
+            fig.add_trace(
+                go.Scatter(
+                    x=[r[x] for r in rows],
+                    y=[r[y] for r in rows],
+                    mode="markers",
+                    name=method,
+                    text=[f"{r['vector']} | {r['behaviour']} L{r['layer']}" for r in rows],
+                )
             )
-        )
+    return fig
+
+
+def tradeoff_figure(result: BenchResult) -> go.Figure:
+    """Effectiveness against entanglement at the equal-cost multiplier, one point per vector."""
+    fig = _by_method(result, "entanglement", "effectiveness")
     fig.update_layout(
         title="Effectiveness vs entanglement at equal cost (p95 KL budget)",
         xaxis_title="entanglement (RMS change of the behaviour rate elsewhere)",
@@ -94,20 +99,7 @@ def examples_figure(result: BenchResult) -> go.Figure:
 def open_figure(result: BenchResult) -> go.Figure:
     """Open-ended behaviours: judged-rate effectiveness against the reply NLL ratio at the
     equal-cost multiplier, one point per vector."""
-    fig = go.Figure()
-    for method in dict.fromkeys(r["method"] for r in result.rows):
-        rows = [r for r in result.rows if r["method"] == method and "nll_ratio" in r]
-        if not rows:
-            continue
-        fig.add_trace(
-            go.Scatter(
-                x=[r["nll_ratio"] for r in rows],
-                y=[r["effectiveness"] for r in rows],
-                mode="markers",
-                name=method,
-                text=[f"{r['vector']} | {r['behaviour']} L{r['layer']}" for r in rows],
-            )
-        )
+    fig = _by_method(result, "nll_ratio", "effectiveness")
     fig.update_layout(
         title="Open-ended behaviours: judged effectiveness vs reply NLL ratio at equal cost",
         xaxis_title="reply NLL ratio (1 = as fluent as the unsteered replies)",

@@ -13,7 +13,6 @@ the behaviour cost (the reply NLL ratio).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from steerlens.steering.generate import generate, generate_each
 from steerlens.steering.positions import Positions, as_positions
 from steerlens.steering.vector import SteeringVector
 from steerlens.studies.bench import metrics
-from steerlens.studies.bench.cells import CellRun, cosine_table, no_training_groups, unit_plans
+from steerlens.studies.bench.cells import CellRun, cosine_table, unit_plans
 from steerlens.studies.bench.methods import Method, OneShotEach, Setup
 from steerlens.studies.bench.results import CellResult
 from steerlens.studies.bench.settings import BEST_OF
@@ -97,31 +96,8 @@ class OpenCellRun(CellRun):
 
     def run(self, methods: Sequence[Method]) -> CellResult:
         """Every phase of this cell, timed."""
-        times: dict[str, float] = {}
-        start = time.perf_counter()
-
-        def lap(phase: str) -> None:
-            nonlocal start
-            now = time.perf_counter()
-            times[phase] = now - start
-            start = now
-            if self.progress:
-                where = f"{self.behaviour.name} at layer {self.layer}"
-                print(f"bench: {where}: {phase} took {times[phase]:.1f} s")
-
-        groups = [
-            g
-            for m in methods
-            for g in getattr(m, "training_groups", no_training_groups)(self.setup)
-        ]
-        if groups:
-            self.setup.one_shot(groups)
-            lap("vectors: one-shot training")
-        vectors: dict[tuple[str, str], SteeringVector] = {}
-        for method in methods:
-            for label, vector in method.vectors(self.setup).items():
-                vectors[(method.name, label)] = vector
-            lap(f"vectors: {method.name}")
+        lap = self.laps()
+        vectors = self.build(methods, lap)
         multipliers = self.calibrate(vectors)
         lap("calibration")
         replies = self.replies(vectors, multipliers)
@@ -164,7 +140,7 @@ class OpenCellRun(CellRun):
             rows=tuple(rows),
             slopes={},
             cosines=cosine_table(vectors, self.layer),
-            times=times,
+            times=lap.times,
             vectors={label: v for (_, label), v in vectors.items()},
         )
 
