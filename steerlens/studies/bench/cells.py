@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -156,9 +156,11 @@ class CellRun:
     settings: BenchSettings
     shared: Shared
     progress: bool | None
+    # What the cell's methods build from (an open-ended cell's differs).
+    setup_type: ClassVar[type[Setup]] = Setup
 
     def __post_init__(self) -> None:
-        self.setup = Setup(
+        self.setup = self.setup_type(
             self.model,
             self.behaviour,
             self.layer,

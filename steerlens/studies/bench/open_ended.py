@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -80,19 +80,7 @@ class OpenCellRun(CellRun):
     """One open-ended behaviour at one layer: builds, calibrates, generates and judges."""
 
     behaviour: OpenEndedBehaviour  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.setup = OpenSetup(
-            self.model,
-            self.behaviour,
-            self.layer,
-            self.positions,
-            self.settings.optimizer,
-            examples=self.settings.examples,
-            seed=self.settings.seed,
-            contrast_layers=self.shared.layers,
-            contrasts=self.shared.contrasts.setdefault(self.behaviour.name, {}),
-        )
+    setup_type: ClassVar[type[Setup]] = OpenSetup
 
     def run(self, methods: Sequence[Method]) -> CellResult:
         """Every phase of this cell, timed."""
