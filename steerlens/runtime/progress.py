@@ -15,7 +15,21 @@ def show_progress(enabled: bool | None) -> bool:
     """``enabled``, or by default: show in a terminal and in a notebook, not in a pipe or log."""
     if enabled is not None:
         return bool(enabled)
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
+    return sys.stderr.isatty() or in_notebook()
+
+
+def in_notebook() -> bool:
+    """Whether this code runs in a Jupyter kernel. A loaded ``ipykernel`` module is not enough:
+    tools that only start kernels (nbclient, in a test run) import it too.
+
+    Example:
+        >>> in_notebook()
+        False
+    """
+    if "IPython" not in sys.modules:
+        return False
+    shell = sys.modules["IPython"].get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config
 
 
 def progress(total: int, desc: str, enabled: bool | None = None) -> Any:
@@ -30,7 +44,7 @@ def progress(total: int, desc: str, enabled: bool | None = None) -> Any:
     show = show_progress(enabled)
     if enabled is None and not show:
         return ProgressLines(total, desc)
-    if show and "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is not None:
+    if show and in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
         from tqdm.notebook import tqdm as bar
     else:
         # Text bars where notebook widgets are missing (tqdm.auto would warn and fall back).

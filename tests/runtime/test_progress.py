@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import types
 
 from steerlens import runtime
 from steerlens.runtime.progress import ProgressLines
@@ -40,3 +41,21 @@ def test_a_short_call_writes_nothing():
     with ProgressLines(2, "score", every_s=60.0, file=out) as lines:
         lines.update(2)
     assert out.getvalue() == ""
+
+
+def test_a_loaded_ipykernel_module_is_not_a_notebook(monkeypatch):
+    # A test run that executes notebooks (nbclient) imports ipykernel without being one; the
+    # default must stay "no bar" there, or every later doctest prints a bar to stdout.
+    import ipykernel  # noqa: F401
+
+    monkeypatch.setattr(progress_mod.sys.stderr, "isatty", lambda: False, raising=False)
+    assert not progress_mod.in_notebook()
+    assert isinstance(runtime.progress(3, "study"), ProgressLines)
+
+
+def test_a_running_kernel_is_a_notebook(monkeypatch):
+    import IPython
+
+    shell = types.SimpleNamespace(config={"IPKernelApp": {}})
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    assert progress_mod.in_notebook()
