@@ -219,6 +219,9 @@ def table() -> str:
         bench = RESULTS / f"bench_{size}.json"
         if bench.exists():
             lines += _bench_rows(size, json.loads(bench.read_text()))
+    open_ended = RESULTS / "bench_open-ended.json"
+    if open_ended.exists():
+        lines += _open_ended_rows(json.loads(open_ended.read_text()))
     return "\n".join(lines)
 
 
@@ -308,6 +311,37 @@ def _bench_rows(size: str, r: dict) -> list[str]:
             f"| {method} | {m['mean_slope']:.3f} | {m['anti_steerable']:.0%} | "
             f"{m['non_monotonic']:.0%} | {m['delta_at_max']:.3f} | {m['effectiveness']:.2f} | "
             f"{m['entanglement']:.3f} |"
+        )
+    return [*lines, ""]
+
+
+def _open_ended_rows(r: dict) -> list[str]:
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in r["phase_s"].items() if v >= 0.5)
+    lines = [
+        f"## Open-ended behaviours: `{r['command']}`",
+        "",
+        f"The embedded model, behaviours {', '.join(r['behaviours'])} (steerlens's own requests, "
+        "judged by rule: a refusal, a reply in French), layer(s) "
+        f"{', '.join(map(str, r['layers']))}, {r['threads']} CPU threads: {r['total_s']:.0f} s "
+        f"in all, model load included. Phases (summed over cells): {phases}."
+        + (f" Note: {r['note']}." if r.get("note") else ""),
+        "",
+        "Each vector is applied at its equal-cost multiplier (calibrated on the KL budget, as "
+        "for the A/B behaviours) to the prompt and the first two reply tokens. The judged rate "
+        "is the share of the test requests whose greedy reply the judge accepts, averaged "
+        "over behaviours, layers and vectors; effectiveness is SteeringSafety's (rate - "
+        "unsteered) / (1 - unsteered); the reply NLL ratio is the unsteered model's NLL of the "
+        "steered replies over that of its own replies (1: as fluent as unsteered).",
+        "",
+        "| method | judged rate | effectiveness | reply NLL ratio | cells |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method, m in r["leaderboard"].items():
+        rates = [row["rate_steered"] for row in r["rows"] if row["method"] == method]
+        rate = sum(rates) / len(rates) if rates else float("nan")
+        lines.append(
+            f"| {method} | {rate:.0%} | {m['effectiveness']:.2f} | {m['nll_ratio']:.2f} | "
+            f"{len(rates)} |"
         )
     return [*lines, ""]
 
