@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.steerlens-installed
 
-.PHONY: demo test test-fast lint typecheck docs format bench clean-venv
+.PHONY: demo test test-fast lint typecheck docs format bench browser-check clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ typecheck: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format steerlens tests benchmarks
 	$(BIN)/ruff check --fix steerlens tests benchmarks
+
+# Every kind of page steerlens writes, opened in headless Chromium (a few minutes); screenshots
+# go to browser-check/. Needs Chromium on the machine (Debian: apt-get install chromium).
+browser-check: $(STAMP)
+	# playwright drives the system Chromium; its own browser download is not used.
+	$(BIN)/python -m pip install --quiet playwright
+	STEERLENS_BROWSER_CHECK=1 $(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/browser
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
