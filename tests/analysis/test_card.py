@@ -48,7 +48,9 @@ def test_card_of_an_optimized_vector(tiny, trained):
 
 
 def test_card_shows_the_user_message_of_a_chat_datapoint_and_the_real_hook(tiny):
-    dp = Datapoint.chat(tiny, "How do I bake a cake?", system="You are terse.", promote=[" no"])
+    dp = Datapoint.from_message(
+        tiny, "How do I bake a cake?", system="You are terse.", promote=[" no"]
+    )
     vector = optimize_vector(tiny, dp, 1, max_steps=1).vector
     card = vector_card(tiny, vector, k=2)
     shown = dict(card.provenance)["datapoints"]
