@@ -66,7 +66,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = steerlens.load_model(device="cpu")
-    dp = Datapoint.chat(model, TRAIN, promote=[REFUSAL])
+    dp = Datapoint.from_message(model, TRAIN, promote=[REFUSAL])
     res = steerlens.optimize_vector(
         model, dp, args.layer, lr=0.1, max_steps=40, constraints=(NormCap(args.norm_cap),)
     )

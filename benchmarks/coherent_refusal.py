@@ -166,7 +166,7 @@ def main() -> None:
     settings = vectors(model, train_reply)
     t_train = time.perf_counter()
     jobs = [
-        Job(Datapoint.chat(model, TRAIN, promote=[TARGETS.get(name, REFUSAL)]), layer, cfg)
+        Job(Datapoint.from_message(model, TRAIN, promote=[TARGETS.get(name, REFUSAL)]), layer, cfg)
         for name, (layer, cfg) in settings.items()
     ]
     results = optimize_many(model, jobs)

@@ -112,7 +112,7 @@ def measure(family: str, steps: int, device: str) -> dict[str, Any]:
     )
     model.requires_grad_(False)
     layer = N_LAYERS // 2
-    dp = steerlens.Datapoint.chat(model, PROMPT, promote=PROMOTE, suppress=SUPPRESS)
+    dp = steerlens.Datapoint.from_message(model, PROMPT, promote=PROMOTE, suppress=SUPPRESS)
     data = tokenize(model, [dp])
     objective = Objective()
     t0 = time.perf_counter()

@@ -62,7 +62,7 @@ def main() -> None:
     cfg = OptimizeConfig(lr=0.1, max_steps=args.steps, constraints=(NormCap(32.0),), progress=False)
     jobs = [
         Job(
-            Datapoint.chat(model, PROMPTS[i % len(PROMPTS)], promote=[TARGET]),
+            Datapoint.from_message(model, PROMPTS[i % len(PROMPTS)], promote=[TARGET]),
             args.layer,
             replace(cfg, seed=i),
         )

@@ -128,7 +128,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = steerlens.load_model(device=args.device)
-    dp = steerlens.Datapoint.chat(model, PROMPT, promote=PROMOTE, suppress=SUPPRESS)
+    dp = steerlens.Datapoint.from_message(model, PROMPT, promote=PROMOTE, suppress=SUPPRESS)
     # Before anything else runs on the model: the first call is the process's first.
     calls = time_calls(model, dp, args.layer, args.call_steps, args.later_calls)
     objective = Objective()

@@ -72,9 +72,9 @@ CASES = cases(
         ("Positions.last(0)", make(Positions.last, 0), None, "0"),
         ("Positions.last(-2)", make(Positions.last, -2), None, "-2"),
         (
-            "Datapoint.chat on a model without a chat template",
+            "Datapoint.from_message on a model without a chat template",
             lambda c: without_chat_template(
-                c, lambda c: Datapoint.chat(c.tiny, "hi", promote=[" x"])
+                c, lambda c: Datapoint.from_message(c.tiny, "hi", promote=[" x"])
             ),
             None,
             "chat template",

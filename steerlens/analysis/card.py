@@ -1,11 +1,13 @@
 """A vector card: one call that summarises a ``SteeringVector`` (where it came from, how big it
 is next to the residual stream, the tokens it promotes, how it lines up with other vectors,
-and its effect per layer when known), shown in notebooks and saved as one HTML page."""
+and its effect per layer when known), shown in notebooks and saved as one HTML page that opens
+with what was run and what it shows, in words."""
 
 from __future__ import annotations
 
 import html as _html
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,10 @@ class VectorCard:
         layer_effect_label: what ``layer_effect`` measures (``""`` when there is none).
         prompts: the prompts the scale was measured on.
         token_views: per-token views shown on the card (`token_view`), in order.
+        what_was_run: in words: the model, layer, hook, norm, what the vector was built from
+            and how the card measures it (strength 1; the scale's prompts).
+        what_it_shows: in words: its size next to the residual stream, the tokens it promotes
+            and suppresses most, and the cosines and layer effect when there are any.
     """
 
     title: str
@@ -66,6 +72,8 @@ class VectorCard:
     layer_effect_label: str = ""
     prompts: tuple[str, ...] = ()
     token_views: tuple[TokenView, ...] = ()
+    what_was_run: str = ""
+    what_it_shows: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready); the lens without its full score table."""
@@ -76,6 +84,9 @@ class VectorCard:
 
     def __repr__(self) -> str:
         lines = [f"VectorCard({self.title!r}, model {self.model_id!r}, layer {self.layer})"]
+        for text in (self.what_was_run, self.what_it_shows):
+            if text:
+                lines.append(_wrap(text))
         lines += [f"  {k}: {v}" for k, v in self.provenance]
         lines.append(f"  scale: {self.scale_summary}")
         promoted = ", ".join(repr(t) for t, _ in self.lens.promoted()[:5])
@@ -98,16 +109,15 @@ class VectorCard:
         """The card as an HTML fragment (inline styles, no scripts)."""
         esc = _html.escape
         prov = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in self.provenance)
-        norms = ", ".join(f"layer {la}: {n:.4g}" for la, n in self.norms.items())
         parts = [
             f'<div class="steerlens-card" style="{_CARD_STYLE}">',
             f'<h2 style="margin:0 0 0.3em 0">{esc(self.title)}</h2>',
-            f'<div style="color:#555">model {esc(self.model_id)} · layer {self.layer} · '
-            f"norm {esc(norms)}</div>",
+            f"<h3>What was run</h3><p>{esc(self.what_was_run)}</p>",
+            f"<h3>What it shows</h3><p>{esc(self.what_it_shows)}</p>",
             "<h3>Provenance</h3>",
             f'<table style="{TABLE_STYLE}">{prov}</table>',
             "<h3>Scale</h3>",
-            f"<p>{esc(self.scale_summary)}; measured on {len(self.prompts)} prompts at "
+            f"<p>{esc(self.scale_summary)}; measured on {_count(len(self.prompts), 'prompt')} at "
             f"{runtime.HOOK_TEMPLATE.format(layer=self.layer)} (typical: median over all but "
             "the first token).</p>",
             "<h3>Logit lens</h3>",
@@ -179,6 +189,13 @@ class VectorCard:
 _CARD_STYLE = "font-family:sans-serif;font-size:14px;line-height:1.4"
 
 
+def _wrap(text: str) -> str:
+    # Whole words only: a model id such as "org/tiny-llama" stays on one line.
+    return textwrap.fill(
+        text, 100, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+    )
+
+
 # -- building -----------------------------------------------------------------------------
 
 
@@ -223,6 +240,118 @@ def _provenance_rows(model: Any, vector: SteeringVector) -> tuple[tuple[str, str
     rows.append(("layers", str(vector.layers)))
     rows.append(("created", f"{vector.created_at} with steerlens {vector.steerlens_version}"))
     return tuple(rows)
+
+
+def _source(model: Any, vector: SteeringVector) -> str:
+    """What ``vector`` was built from, in words, from its provenance."""
+    p = vector.provenance
+    data = p.get("datapoints")
+    if isinstance(data, list) and data and isinstance(data[0], Mapping):
+        first = data[0]
+        prompt = str(first.get("prompt", ""))
+        # The user's message, not the template's system prompt around it.
+        shown = short(runtime.chat_message(model, prompt) or prompt, 80)
+        goals = "; ".join(
+            f"{verb} " + ", ".join(short(str(c), 60) for c in first.get(key, []))
+            for key, verb in (("promote", "promoting"), ("suppress", "suppressing"))
+            if first.get(key)
+        )
+        which = (
+            f"1 datapoint, the prompt {shown}"
+            if len(data) == 1
+            else f"{len(data)} datapoints, the first the prompt {shown}"
+        )
+        return f"trained on {which}" + (f", {goals}" if goals else "")
+    examples = p.get("examples")
+    if isinstance(examples, Mapping) and "n_positive" in p and "n_negative" in p:
+        firsts = []
+        for side in ("positive", "negative"):
+            items = examples.get(side) or ["?"]
+            # A (prompt, completion) pair is shown by its prompt.
+            text = items[0][0] if isinstance(items[0], (list, tuple)) and items[0] else items[0]
+            firsts.append(short(str(text), 60))
+        return (
+            f"built from {p['n_positive']} positive and {p['n_negative']} negative prompts "
+            f"(first: {firsts[0]} vs {firsts[1]})"
+        )
+    if "operation" in p:
+        return f"from other vectors ({p['operation']})"
+    return "with no record of the prompts it was built from"
+
+
+def _what_was_run(
+    model: Any,
+    vector: SteeringVector,
+    layer: int,
+    norms: Mapping[int, float],
+    prompts_note: str,
+    views: Sequence[TokenView],
+) -> str:
+    method = vector.provenance.get("method")
+    made = f"made by {method}" if method else "made by an unrecorded method"
+    others = [la for la in norms if la != layer]
+    also = (
+        " (its other layers: " + ", ".join(f"{la}, norm {norms[la]:.3g}" for la in others) + ")"
+        if others
+        else ""
+    )
+    strengths = sorted({view.strength for view in views} - {1.0})
+    at = (
+        " The per-token views apply it at strength " + ", ".join(f"{s:g}" for s in strengths) + "."
+        if strengths
+        else ""
+    )
+    kind = vector.provenance.get("steering")
+    trained = f" (it was trained for {kind} steering)" if kind not in (None, "add") else ""
+    return (
+        f"Model {vector.model_id}, layer {layer} (hook "
+        f"{vector.hook_template.format(layer=layer)}): a vector {made}, norm "
+        f"{norms[layer]:.3g}{also}, {_source(model, vector)}. The card reads its direction "
+        f"as added once (strength 1: x + v){trained}, with the residual stream's scale "
+        f"measured on {prompts_note}.{at}"
+    )
+
+
+def _what_it_shows(
+    scale: ResidualNorms,
+    layer: int,
+    norm: float,
+    lens: LogitLensResult,
+    cosines: Sequence[tuple[str, float, str]],
+    effect: Mapping[int, float],
+    effect_label: str,
+) -> str:
+    typical = scale.at(layer)
+    size = (
+        f"Its norm is {norm / typical:.2f}x the typical residual norm at layer {layer} "
+        f"({typical:.3g})."
+        if typical > 0
+        else f"The typical residual norm at layer {layer} is 0, so its size cannot be compared."
+    )
+    view = "with the final norm" if lens.main_view == "final_norm" else "directly"
+    up = ", ".join(repr(t) for t, _ in lens.promoted()[:3])
+    down = ", ".join(repr(t) for t, _ in lens.suppressed()[:3])
+    parts = [
+        size,
+        f"Read through the unembedding ({view}), it most promotes {up} and most suppresses {down}.",
+    ]
+    if cosines:
+        parts.append(
+            "Cosine with "
+            + "; with ".join(
+                f"{label}: {'undefined' if math.isnan(c) else format(c, '+.2f')}"
+                for label, c, _ in cosines
+            )
+            + "."
+        )
+    if effect:
+        peak = max(effect, key=lambda la: abs(effect[la]))
+        here = f"; at layer {layer}: {effect[layer]:.3g}" if layer in effect else ""
+        parts.append(
+            f"Layer effect ({effect_label}): largest in size at layer {peak} "
+            f"({effect[peak]:.3g}){here}."
+        )
+    return " ".join(parts)
 
 
 def _clip(text: str, width: int) -> str:
@@ -362,11 +491,18 @@ def vector_card(
                 f"token_views must be TokenView results of token_view, got {type(view).__name__}."
             )
     method = str(vector.provenance.get("method", "steering"))
+    norms = {layer_: float(d.detach().float().norm()) for layer_, d in vector.directions.items()}
+    if prompts is not None:
+        prompts_note = f"the {_count(len(used), 'prompt')} given"
+    elif used == list(DEFAULT_PROMPTS):
+        prompts_note = f"{len(used)} neutral sentences (the vector records no prompts)"
+    else:
+        prompts_note = f"the vector's own {_count(len(used), 'prompt')}"
     return VectorCard(
         title=title or f"{method} vector at layer {la}",
         model_id=vector.model_id,
         layer=la,
-        norms={layer_: float(d.detach().float().norm()) for layer_, d in vector.directions.items()},
+        norms=norms,
         provenance=_provenance_rows(model, vector),
         scale=scale,
         scale_summary=scale.describe(vector, la),
@@ -376,7 +512,13 @@ def vector_card(
         layer_effect_label=effect_label,
         prompts=tuple(used),
         token_views=views,
+        what_was_run=_what_was_run(model, vector, la, norms, prompts_note, views),
+        what_it_shows=_what_it_shows(scale, la, norms[la], lens, cosines, effect, effect_label),
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 __all__ = ["DEFAULT_PROMPTS", "VectorCard", "vector_card"]

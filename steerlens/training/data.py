@@ -19,7 +19,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import InputError, SpecError
+from steerlens.errors import InputError, ModelError, SpecError
 from steerlens.steering.positions import Positions, PositionsLike, as_positions
 
 
@@ -50,8 +50,8 @@ class Datapoint:
         suppress_targets: the same for the suppress completions.
         chat: put ``prompt`` in the model's chat template as a user message when it is
             tokenised (default: when the model has one; ``False``: as written; see
-            `steerlens.runtime.uses_chat`). ``Datapoint.chat(model, message, system=...)``
-            formats it at once, with a system message.
+            `steerlens.runtime.uses_chat`). `Datapoint.from_message` formats it at once,
+            with a system message.
 
     Example:
         >>> Datapoint("Q: 2+2?\\nA:", promote=[" 4"], chat=False).completions
@@ -122,6 +122,34 @@ class Datapoint:
                 f"got {self.chat!r:.60} ({type(self.chat).__name__})."
             )
 
+    @classmethod
+    def from_message(
+        cls, model: Any, message: str, *, system: str | None = None, **kwargs: Any
+    ) -> Datapoint:
+        """A datapoint whose prompt is ``message`` in ``model``'s chat template, formatted now,
+        with ``system`` as the system message (``kwargs``: the other fields, e.g.
+        ``promote=``). Without a system message, ``Datapoint(message, ...)`` is the same.
+
+        Example:
+            >>> from steerlens.testing import tiny_model
+            >>> dp = Datapoint.from_message(tiny_model(), "Hi", system="Be brief.",
+            ...                             promote=[" there"])
+            >>> dp.chat, dp.prompt.startswith("<|im_start|>system\\nBe brief.")
+            (False, True)
+        """
+        if "chat" in kwargs:
+            raise InputError(
+                "Datapoint.from_message formats the prompt in the chat template itself; drop "
+                "chat=, or use Datapoint(prompt, chat=False) for a prompt as written."
+            )
+        if not runtime.has_chat_template(model):
+            raise ModelError(
+                f"{runtime.model_id(model)!r} has no chat template, so Datapoint.from_message "
+                "cannot format a message; use Datapoint(prompt, chat=False) with the full "
+                "prompt text."
+            )
+        return cls(runtime.chat_prompt(model, message, system=system), chat=False, **kwargs)
+
     def for_model(self, model: Any) -> Datapoint:
         """This datapoint with its prompt as ``model`` sees it (``chat=False``)."""
         if self.chat is False:
@@ -140,25 +168,6 @@ class Datapoint:
         return [pt[i] if pt else None for i in range(len(self.promote))] + [
             st[i] if st else None for i in range(len(self.suppress))
         ]
-
-
-def _chat_datapoint(
-    cls: type[Datapoint], model: Any, user_message: str, *, system: str | None = None, **kwargs: Any
-) -> Datapoint:
-    """A datapoint whose prompt is ``user_message`` in the model's chat template, formatted now
-    (``system`` becomes the system message).
-
-    Example:
-        >>> from steerlens.testing import tiny_model
-        >>> Datapoint.chat(tiny_model(), "Hi", promote=[" there"]).chat
-        False
-    """
-    return cls(runtime.chat_prompt(model, user_message, system=system), chat=False, **kwargs)
-
-
-# ``Datapoint.chat(model, message)`` builds a formatted datapoint, while ``datapoint.chat`` is
-# the field: a classmethod is a non-data descriptor, so an instance's own value wins.
-Datapoint.chat = classmethod(_chat_datapoint)  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -201,7 +210,7 @@ def tokenize(
         if not isinstance(dp, Datapoint):
             raise InputError(
                 f"expected steerlens.Datapoint, got {type(dp).__name__} ({dp!r:.60}); build "
-                "one with Datapoint(prompt, promote=[...]) or Datapoint.chat(model, ...)."
+                "one with Datapoint(prompt, promote=[...])."
             )
         dp = dp.for_model(model)
         prompt_tokens = runtime.encode(model, dp.prompt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html as _html
 import json
 import math
 
@@ -48,7 +49,9 @@ def test_card_of_an_optimized_vector(tiny, trained):
 
 
 def test_card_shows_the_user_message_of_a_chat_datapoint_and_the_real_hook(tiny):
-    dp = Datapoint.chat(tiny, "How do I bake a cake?", system="You are terse.", promote=[" no"])
+    dp = Datapoint.from_message(
+        tiny, "How do I bake a cake?", system="You are terse.", promote=[" no"]
+    )
     vector = optimize_vector(tiny, dp, 1, max_steps=1).vector
     card = vector_card(tiny, vector, k=2)
     shown = dict(card.provenance)["datapoints"]
@@ -56,6 +59,51 @@ def test_card_shows_the_user_message_of_a_chat_datapoint_and_the_real_hook(tiny)
     assert "terse" not in shown and "<|im_start|>" not in shown
     page = card.html()
     assert "blocks.1.hook_resid_pre" in page and "{layer}" not in page
+
+
+def test_the_saved_page_says_what_was_run_and_what_it_shows(tiny, tmp_path):
+    dp = Datapoint.from_message(
+        tiny, "How do I bake a cake?", system="You are terse.", promote=[" no"]
+    )
+    vector = optimize_vector(tiny, dp, 1, max_steps=1).vector
+    caa = diff_of_means(tiny, ["the cat", "the dog"], ["a cat", "a dog"], 1)
+    card = vector_card(tiny, vector, caa=caa, k=3)
+    page = card.save_html(tmp_path / "card.html").read_text(encoding="utf-8")
+    # The words come first, above every table and figure.
+    head = page[: page.index("<h3>Provenance</h3>")]
+    run = head[head.index("What was run") : head.index("What it shows")]
+    norm = f"norm {vector.norm():.3g}"
+    for said in (
+        f"Model {card.model_id}",
+        "layer 1",
+        "hook blocks.1.hook_resid_pre",
+        norm,
+        "made by one_shot_optimization",
+        "trained on 1 datapoint, the prompt &#x27;How do I bake a cake?&#x27;",
+        "promoting &#x27; no&#x27;",
+        "strength 1",
+        "the vector&#x27;s own 1 prompt",
+    ):
+        assert said in run, said
+    assert "terse" not in head
+    shows = head[head.index("What it shows") :]
+    ratio = card.scale.fraction(vector, 1)
+    assert f"Its norm is {ratio:.2f}x the typical residual norm at layer 1" in shows
+    top = card.lens.promoted()[0][0]
+    assert f"most promotes {_html.escape(repr(top))}" in shows
+    ((_, cosine, _),) = card.cosines
+    assert f"Cosine with CAA: {cosine:+.2f}" in shows
+    assert card.what_was_run in repr(card).replace("\n  ", " ")
+
+    made = vector_card(tiny, caa)
+    assert "built from 2 positive and 2 negative prompts (first: 'the cat' vs 'a cat')" in (
+        made.what_was_run
+    )
+    bare = vector_card(tiny, SteeringVector.from_tensor(torch.ones(64), 0, model=tiny))
+    assert "no record of the prompts" in bare.what_was_run
+    assert f"{len(DEFAULT_PROMPTS)} neutral sentences" in bare.what_was_run
+    given = vector_card(tiny, vector, prompts=["x y", "z"])
+    assert "measured on the 2 prompts given" in given.what_was_run
 
 
 def test_prompts_come_from_the_vector_or_the_defaults(tiny):

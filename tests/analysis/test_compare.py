@@ -208,7 +208,7 @@ def test_one_shot_and_caa_both_steer_towards_french(smol, tmp_path):
     English answers to the same questions, averaged over the answers' tokens) both lower the
     loss of a French answer and change the generations; compare_with_caa runs end to end."""
     layer = 8
-    dp = Datapoint.chat(
+    dp = Datapoint.from_message(
         smol,
         "What is your favorite food?",
         promote=["Ma nourriture préférée est la pizza. J'adore"],

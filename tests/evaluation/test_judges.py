@@ -155,7 +155,7 @@ HELD_OUT = [
 
 @pytest.mark.slow
 def test_optimized_vector_raises_the_french_rate(smol):
-    dp = steerlens.Datapoint.chat(
+    dp = steerlens.Datapoint.from_message(
         smol,
         "What is your favorite food?",
         promote=["Ma nourriture préférée est la pizza. J'adore"],

@@ -49,7 +49,7 @@ def test_a_formatted_prompt_is_never_templated_twice(tiny):
 def test_datapoint_follows_the_same_rule(tiny, no_template):
     (default,) = tokenize(tiny, Datapoint("How do I bake a cake?", promote=[" a"]))
     (raw,) = tokenize(tiny, Datapoint("How do I bake a cake?", promote=[" a"], chat=False))
-    (made,) = tokenize(tiny, Datapoint.chat(tiny, "How do I bake a cake?", promote=[" a"]))
+    (made,) = tokenize(tiny, Datapoint.from_message(tiny, "How do I bake a cake?", promote=[" a"]))
     templated = runtime.chat_prompt(tiny, "How do I bake a cake?")
     assert default.prompt_tokens == made.prompt_tokens == runtime.encode(tiny, templated)
     assert raw.prompt_tokens == runtime.encode(tiny, "How do I bake a cake?")
@@ -99,3 +99,12 @@ def test_a_vector_used_away_from_where_it_was_made_warns(tiny):
     # As made, at a usual strength, or with a bare tensor: no note (warnings are errors here).
     generate(tiny, "hi", Steering(v, layer=1, strength=4.0), max_new_tokens=1)
     generate(tiny, "hi", Steering(torch.ones(64), layer=0, strength=40.0), max_new_tokens=1)
+
+
+def test_from_message_refuses_what_it_cannot_format(tiny, no_template):
+    with pytest.raises(ModelError, match=r"no chat template.*Datapoint\(prompt, chat=False\)"):
+        Datapoint.from_message(no_template, "Hi", promote=[" a"])
+    with pytest.raises(InputError, match="drop chat="):
+        Datapoint.from_message(tiny, "Hi", promote=[" a"], chat=True)
+    # The field and the constructor no longer share a name: a class-level chat is the default.
+    assert Datapoint.chat is None and Datapoint("Hi", promote=[" a"], chat=True).chat is True

@@ -54,7 +54,7 @@ def datapoints(model):
     return [
         Datapoint("the cat sat", promote=[" on the mat", " in"], suppress=[" xyz"], chat=False),
         Datapoint("a dog ran far", promote=[" away from home!"], negate=True, chat=False),
-        Datapoint.chat(model, "Hi", promote=["Hello there"], suppress=["No"]),
+        Datapoint.from_message(model, "Hi", promote=["Hello there"], suppress=["No"]),
     ]
 
 

@@ -1,4 +1,4 @@
-"""``Datapoint`` validation, ``Datapoint.chat`` and the exact prompt/completion token split."""
+"""``Datapoint`` validation, ``Datapoint.from_message``, and the exact prompt/completion split."""
 
 from __future__ import annotations
 
@@ -76,10 +76,10 @@ def test_bad_positions_are_refused_early():
 
 
 def test_chat_formatting(tiny):
-    dp = Datapoint.chat(tiny, "Hi there", promote=["Hello!"])
+    dp = Datapoint.from_message(tiny, "Hi there", promote=["Hello!"])
     assert dp.prompt == "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
     assert dp.promote == ("Hello!",)
-    sys_dp = Datapoint.chat(tiny, "Hi", system="Be brief.", suppress=["No"], negate=True)
+    sys_dp = Datapoint.from_message(tiny, "Hi", system="Be brief.", suppress=["No"], negate=True)
     assert sys_dp.prompt == (
         "<|im_start|>system\nBe brief.<|im_end|>\n"
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -88,7 +88,7 @@ def test_chat_formatting(tiny):
 
 
 def test_chat_prompt_tokens_keep_special_tokens_and_no_extra_bos(tiny):
-    dp = Datapoint.chat(tiny, "Hi", promote=["Hello"])
+    dp = Datapoint.from_message(tiny, "Hi", promote=["Hello"])
     (tdp,) = tokenize(tiny, dp)
     tok = tiny.tokenizer
     im_start = tok.convert_tokens_to_ids("<|im_start|>")

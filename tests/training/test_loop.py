@@ -117,7 +117,7 @@ def test_batched_equals_separate_runs_on_the_embedded_model(smol):
     prompts = ["Tell me about dogs.", "What is the capital of Japan?", "Give me advice."]
     cfg = OptimizeConfig(lr=0.1, max_steps=3, progress=False, constraints=(NormCap(20.0),))
     jobs = [
-        Job(Datapoint.chat(smol, p, promote=["Bien sûr"]), 6, replace(cfg, seed=i))
+        Job(Datapoint.from_message(smol, p, promote=["Bien sûr"]), 6, replace(cfg, seed=i))
         for i, p in enumerate(prompts)
     ]
     batched = optimize_many(smol, jobs)

@@ -301,7 +301,7 @@ def test_boundary_merge_warns_and_scores_completion_tokens_alone(tiny):
 
 @pytest.mark.slow
 def test_promotion_vector_on_smollm2(smol):
-    dp = Datapoint.chat(
+    dp = Datapoint.from_message(
         smol, "Tell me a fact about the ocean.", promote=["Arr matey! The ocean be deep."]
     )
     res = optimize_vector(smol, dp, 10, lr=0.3, max_steps=10)

@@ -48,7 +48,7 @@ def _datapoints(model):
             "the cat sat on the mat", promote=[" on the mat", " in"], suppress=[" xyz"], chat=False
         ),
         Datapoint("a dog ran far away", promote=[" away from home!"], negate=True, chat=False),
-        Datapoint.chat(model, "Hi there", promote=["Hello there"], suppress=["No"]),
+        Datapoint.from_message(model, "Hi there", promote=["Hello there"], suppress=["No"]),
     ]
 
 
