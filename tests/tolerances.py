@@ -16,19 +16,23 @@ cast); a dot product of n terms is within n u of sum |x_i y_i|. So each logit of
 within (n + 3) u L of the exact one, with n the longest reduction in precision u and L the
 largest |logit|, provided the layers do not amplify a relative error of their residual stream;
 two orders differ by twice that, and a log-softmax at most doubles the largest move of its
-inputs: ``4 (n + 3) u max(L, 1)``. The layers amplify a little (`rounding_gain`: 1.7 for
-`steerlens.testing.tiny_model`, initialiser std 0.02, checked below ``TINY_GAIN`` = 2), but only
-the final log-softmax sums the whole vocabulary; inside the layers the longest reduction is
-d_mlp = 128, and 2 x (128 + 3) < 265 + 3, so the vocabulary's term covers the amplified ones.
-The other families' tiny models (`tiny_family_model`, std 0.2, ten times the usual, so that
-windows and soft-caps bind) amplify up to 16x; their bound is ``FAMILY_GAIN`` = 32 times the
-plain one (`family_bound`; the family tests check each gain is below it). The final RMSNorm with tied embeddings keeps every logit of
+inputs: ``4 (n + 3) u max(L, 1)``. The final RMSNorm with tied embeddings keeps every logit of
 `steerlens.testing.tiny_model` below ``TINY_LOGITS`` = 2 however strongly a row is steered
-(`check_logits` checks the premise); the other families' tiny models reach 7.4, so their bound
-takes L = 8. In a float32 tiny model the longest reduction is the vocabulary (``TINY_VOCAB`` = 265
-> d_mlp <= 256), so ``TINY32`` is about 1.3e-4. In a float64 tiny model only the Bridge's
-attention softmax rounds in float32 (n = the keys of the longest row); every other reduction
-adds below 1e-12. A loss that averages log-probabilities, or is the log of one minus a
+(`check_logits` checks the premise). In a float32 tiny model the longest reduction is the
+vocabulary (``TINY_VOCAB`` = 265 > d_mlp = 128), so ``TINY32`` is about 1.3e-4. In a float64
+tiny model only the Bridge's attention softmax rounds in float32 (n = the keys of the longest
+row); every other reduction adds below 1e-12.
+
+Amplification. The layers amplify a relative error of their input a little (`rounding_gain`:
+1.7 for tiny_model, initialiser std 0.02; `tests/test_tolerances.py` checks it stays below
+``TINY_GAIN`` = 2). Only the final log-softmax sums the whole vocabulary, and it is not
+amplified; inside the layers the longest reduction is d_mlp = 128, and 2 (128 + 3) < 265 + 3, so
+the vocabulary's term covers the amplified ones. The other families' tiny models
+(`tiny_family_model`, std 0.2, ten times the usual, so that windows and soft-caps bind) amplify
+up to 16x and reach logits of 7.4; their bound (`family_bound`) is ``FAMILY_GAIN`` = 32 times the
+plain one at the largest logit seen, and the family tests check each model's gain is below it.
+
+A loss that averages log-probabilities, or is the log of one minus a
 probability below 1/2, inherits the bound; a total of k of them, k times it.
 
 Adam's coordinates have no such bound. Adam divides each coordinate's step by that coordinate's

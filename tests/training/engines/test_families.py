@@ -172,7 +172,7 @@ def test_a_wrong_layer_or_position_exceeds_the_bound(family, case, wrong):
     losses for most families), steering the next layer moves the losses past it."""
     name, model = family
     kind, layers, positions = CASES[case]
-    data, packed, hooked = _engines(model, positions, layers)
+    data, _, hooked = _engines(model, positions, layers)
     _, shifted, _ = _engines(model, wrong[1], wrong[0])
     lh, gh, largest = _losses_and_grads(hooked, data, kind, [0, 1])
     ls, gs, _ = _losses_and_grads(shifted, data, kind, [0, 1])
