@@ -1,6 +1,11 @@
 """completion_logprobs against a hand computation: the model's plain forward pass on
 ``prompt + completion`` (steered with ``steerlens.steer`` or a hook written here) and
-``log_softmax(c * logits)`` in float64."""
+``log_softmax(c * logits)`` in float64.
+
+Tolerance: tests/tolerances.py derives it. The tool batches and pads rows, the hand computation
+runs one row, so float32 sums run in another order: each token's log-probability within
+``TINY32`` (logits below 2, coldness at most 1), a total of k tokens within k times that.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import math
 
 import pytest
 import torch
+from tolerances import TINY32
 
 from steerlens import runtime, steer
 from steerlens.errors import SpecError, SteerlensError
@@ -39,8 +45,8 @@ def assert_matches_hand(model, res, coldness=1.0, **steering):
         for j, c in enumerate(COMPLETIONS):
             want = hand_logprobs(model, p, c, coldness, **dict(steering))
             got = res.token_logprobs[i][j].double()
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-            assert res.total(i, j) == pytest.approx(float(want.sum()), rel=1e-5)
+            torch.testing.assert_close(got, want, rtol=0, atol=TINY32)
+            assert abs(res.total(i, j) - float(want.sum())) <= len(want) * TINY32
 
 
 def test_unsteered_equals_hand_computation(tiny):
@@ -83,7 +89,7 @@ def test_prompt_positions_steer_the_prompt_only(tiny):
         steering=Steering(v, layer=LAYER, positions="prompt"),
         chat=False,
     )
-    assert res.total(0, 0) == pytest.approx(want, rel=1e-5)
+    assert abs(res.total(0, 0) - want) <= len(c_ids) * TINY32
 
 
 def test_units_and_means(tiny):
@@ -112,14 +118,15 @@ def test_batch_size_and_plain_model_do_not_change_results(tiny, plain):
     generic = completion_logprobs(
         plain, PROMPTS, COMPLETIONS, steering=Steering(v, layer=0, positions="last:2"), chat=False
     )
-    torch.testing.assert_close(one.totals, big.totals, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(generic.totals, big.totals, rtol=1e-5, atol=1e-5)
+    bounds = torch.tensor([[len(t) * TINY32 for t in row] for row in big.tokens])
+    assert bool(((one.totals - big.totals).abs() <= bounds).all())
+    assert bool(((generic.totals - big.totals).abs() <= bounds).all())
 
 
 def test_chat_formats_the_prompt(tiny):
     chat = completion_logprobs(tiny, "Hi", "A", chat=True)
     written = completion_logprobs(tiny, runtime.chat_prompt(tiny, "Hi"), "A", chat=False)
-    assert chat.total() == pytest.approx(written.total(), rel=1e-6)
+    assert chat.total() == written.total()  # the same tokens, the same forward pass
     assert chat.prompts == ("Hi",) and chat.chat
 
 
@@ -133,7 +140,7 @@ def test_boundary_merge_scores_the_completion_alone_and_warns(tiny):
     with torch.no_grad():
         logp = tiny(torch.tensor([p_ids + list(res.tokens[0][0])]))[0].double().log_softmax(-1)
     want = sum(float(logp[len(p_ids) - 1 + k, t]) for k, t in enumerate(res.tokens[0][0]))
-    assert res.total() == pytest.approx(want, rel=1e-5)
+    assert abs(res.total() - want) <= len(res.tokens[0][0]) * TINY32
 
 
 def test_repr_and_to_dict(tiny):

@@ -1,7 +1,14 @@
-"""Per-row steering (`steer_rows`) and `generate_each`: each row gets what `steer` gives it."""
+"""Per-row steering (`steer_rows`) and `generate_each`: each row gets what `steer` gives it.
+
+Tolerance: tests/tolerances.py derives it. A row in a batch of eight and the same row alone run
+the same float32 operations, but the kernels may add in another order for another batch size;
+logits of two orders differ by at most ``2 (n + 3) u L``, half of ``TINY32`` (no log-softmax
+doubles it here), with every logit below ``TINY_LOGITS`` (checked).
+"""
 
 import pytest
 import torch
+from tolerances import TINY32, check_logits
 
 import steerlens
 from steerlens import runtime
@@ -12,9 +19,13 @@ from steerlens.steering.steer import Steering, steer, steer_rows
 from steerlens.steering.vector import SteeringVector
 
 
-def _plans(model):
+def _vectors():
     g = torch.Generator().manual_seed(1)
-    v = [torch.randn(64, generator=g) for _ in range(4)]
+    return [torch.randn(64, generator=g) for _ in range(4)]
+
+
+def _plans(model):
+    v = _vectors()
     return [
         Steering(v[0], layer=1, strength=2.0),
         None,
@@ -27,15 +38,41 @@ def _plans(model):
     ]
 
 
+LOGITS = TINY32 / 2  # logits of one row batched or alone (module docstring)
+
+
+def _tokens(n_rows, seed=0):
+    return torch.randint(3, 200, (n_rows, 5), generator=torch.Generator().manual_seed(seed))
+
+
 def test_each_row_gets_what_steer_gives_it(tiny):
     plans = _plans(tiny)
-    tokens = torch.randint(3, 200, (len(plans), 5), generator=torch.Generator().manual_seed(0))
-    with steer_rows(tiny, plans):
+    tokens = _tokens(len(plans))
+    with torch.no_grad(), steer_rows(tiny, plans):
         together = tiny(tokens)
+    check_logits(together)
     for i, plan in enumerate(plans):
-        with steer(tiny, plan):
+        with torch.no_grad(), steer(tiny, plan):
             alone = tiny(tokens[i : i + 1])
-        assert torch.allclose(together[i], alone[0], atol=1e-5), f"row {i}"
+        gap = float((together[i] - alone[0]).abs().max())
+        assert gap <= LOGITS, f"row {i}: {gap:.2g} > {LOGITS:.2g}"
+
+
+@pytest.mark.parametrize("row", [2, 0], ids=["one-position-more", "another-layer"])
+def test_a_row_steered_one_position_off_or_at_another_layer_exceeds_the_bound(tiny, row):
+    """The bound is no blanket: row 2 under ``last:3`` for its ``last:2``, or row 0 at layer 0
+    for its layer 1, moves the row's logits far past it."""
+    v = _vectors()
+    wrong = {
+        2: Steering(v[1], layer=0, strength=-1.5, positions="last:3"),
+        0: Steering(v[0], layer=0, strength=2.0),
+    }[row]
+    tokens = _tokens(len(_plans(tiny)))
+    with torch.no_grad(), steer_rows(tiny, _plans(tiny)):
+        together = tiny(tokens)
+    with torch.no_grad(), steer(tiny, wrong):
+        alone = tiny(tokens[row : row + 1])
+    assert float((together[row] - alone[0]).abs().max()) > 10 * LOGITS
 
 
 def test_unsteered_rows_are_exactly_unchanged(tiny):

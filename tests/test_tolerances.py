@@ -1,0 +1,15 @@
+"""The premises of tests/tolerances.py's bounds, checked on the models they are about."""
+
+from __future__ import annotations
+
+import torch
+from tolerances import TINY_GAIN, rounding_gain
+
+from steerlens import runtime
+from steerlens.testing import tiny_model
+
+
+def test_the_tiny_model_amplifies_rounding_less_than_its_gain():
+    model = tiny_model().to(torch.float64)
+    tokens = torch.tensor([runtime.encode(model, "the cat sat on the mat, a dog ran far away")])
+    assert rounding_gain(model, tokens) < TINY_GAIN
