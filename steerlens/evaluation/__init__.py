@@ -9,8 +9,9 @@
   replies stay fluent and other prompts stay untouched, each with an interval.
 - `mean_surprisal`, `compare_samples`, `compare_contexts`,
   `information_complexity`: base-model surprisal (section 2.2).
-- `next_token_logprobs`, `propensities`, `rollout_kl`: many steerings at once, every
-  ``(steering, prompt)`` pair a row of shared batches.
+- `next_token_logprobs`, `propensities`, `completion_logprobs_many`, `next_token_kl`,
+  `rollout_kl`: many steerings at once, every ``(steering, prompt)`` pair a row of shared
+  batches.
 - `PromptScorer`: fixed prompts under many steerings of one position rule, with what no
   steering changes (frozen prefixes, lower blocks) computed once.
 
@@ -43,7 +44,13 @@ from steerlens.evaluation.judges import (
     success_rate,
 )
 from steerlens.evaluation.logprobs import CompletionLogprobs, completion_logprobs
-from steerlens.evaluation.many import next_token_logprobs, propensities, rollout_kl
+from steerlens.evaluation.many import (
+    completion_logprobs_many,
+    next_token_kl,
+    next_token_logprobs,
+    propensities,
+    rollout_kl,
+)
 from steerlens.evaluation.rates import (
     AnswerChoices,
     BehaviorRates,
@@ -88,11 +95,13 @@ __all__ = [
     "compare_contexts",
     "compare_samples",
     "completion_logprobs",
+    "completion_logprobs_many",
     "distinct_n",
     "information_complexity",
     "loop_rate",
     "mean_surprisal",
     "named_judge",
+    "next_token_kl",
     "next_token_logprobs",
     "propensities",
     "reply_nll",

@@ -56,32 +56,91 @@ def prompt_rows(model: Any, prompts: Prompts, *, bos: bool = False) -> list[list
     return rows
 
 
-def token_row(item: Any, i: int) -> list[int]:
-    """Prompt ``i`` given as tokens, checked: a list of int ids."""
+def token_row(item: Any, i: int, what: str = "prompt") -> list[int]:
+    """``what`` ``i`` given as tokens, checked: a list of int ids."""
     if isinstance(item, Tensor):
         if item.dim() != 1 or item.is_floating_point() or item.is_complex():
             raise InputError(
-                f"prompt {i} is a {item.dim()}-D {item.dtype} tensor; a tokenised prompt is a "
+                f"{what} {i} is a {item.dim()}-D {item.dtype} tensor; a tokenised {what} is a "
                 "1-D integer tensor or a list of ints."
             )
         item = item.tolist()
     if isinstance(item, numbers.Integral):
         raise InputError(
-            "prompts is a list of ints; pass a list of token lists, e.g. [ids] for one "
-            "tokenised prompt."
+            f"{what}s is a list of ints; pass a list of token lists, e.g. [ids] for one "
+            f"tokenised {what}."
         )
     if isinstance(item, (str, bytes)) or not isinstance(item, Sequence):
         raise InputError(
-            f"prompt {i} is a {type(item).__name__}; pass all prompts as text or all as token "
+            f"{what} {i} is a {type(item).__name__}; pass all {what}s as text or all as token "
             "lists (lists of ints)."
         )
     row = list(item)
     if not row:
-        raise InputError(f"prompt {i} has no tokens; a prompt needs at least one.")
+        raise InputError(f"{what} {i} has no tokens; a {what} needs at least one.")
     bad = next((t for t in row if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
     if bad is not None:
-        raise InputError(f"prompt {i} holds {bad!r}, not a token id (an int).")
+        raise InputError(f"{what} {i} holds {bad!r}, not a token id (an int).")
     return [int(t) for t in row]
+
+
+def completion_rows(
+    model: Any, prompts: Prompts, rows: Sequence[Sequence[int]], completions: Prompts
+) -> list[list[int]]:
+    """The tokens of ``completions[i]`` after prompt ``i`` (whose tokens are ``rows[i]``):
+    after text prompts, text completions tokenised as they follow the prompt
+    (`steerlens.runtime.completion_tokens`); after token-list prompts, token lists used as
+    given.
+
+    Example:
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> completion_rows(model, ["a"], prompt_rows(model, ["a"]), [" cat"]) == [
+        ...     runtime.encode(model, " cat")]
+        True
+    """
+    if isinstance(completions, Tensor):
+        raise InputError(
+            "completions is a tensor; pass a list with one completion (text or token list) per "
+            "prompt."
+        )
+    items = [completions] if isinstance(completions, str) else list(completions)
+    if len(items) != len(rows):
+        raise InputError(
+            f"got {len(rows)} prompts and {len(items)} completions; give one completion per "
+            "prompt (repeat a prompt to score several completions after it)."
+        )
+    given: list[Any] = [prompts] if isinstance(prompts, str) else list(prompts)
+    out: list[list[int]] = []
+    if isinstance(given[0], str):
+        for i, (text, row, item) in enumerate(zip(given, rows, items, strict=True)):
+            if not isinstance(item, str) or not item:
+                raise InputError(
+                    f"completion {i} is {item!r:.60}; after text prompts every completion is a "
+                    "non-empty string."
+                )
+            tokens, _ = runtime.completion_tokens(model, list(row), text, item, where=f"prompt {i}")
+            out.append(tokens)
+    else:
+        first = next((i for i, item in enumerate(items) if isinstance(item, str)), None)
+        if first is not None:
+            raise InputError(
+                f"completion {first} is text but the prompts are token lists; give the "
+                "completions as token lists too (or the prompts as text)."
+            )
+        out = [token_row(item, i, "completion") for i, item in enumerate(items)]
+        vocab = runtime.vocab_size(model)
+        if vocab is not None:
+            for i, tokens in enumerate(out):
+                check_in_vocab(tokens, vocab, f"completion {i}", InputError)
+    for i, (row, tokens) in enumerate(zip(rows, out, strict=True)):
+        runtime.check_fits(
+            model,
+            len(row) + len(tokens),
+            f"prompt {i} followed by its completion",
+            "use a shorter prompt or completion",
+        )
+    return out
 
 
 def check_token_ids(
@@ -158,6 +217,7 @@ __all__ = [
     "answer_pairs",
     "check_in_vocab",
     "check_token_ids",
+    "completion_rows",
     "prompt_rows",
     "propensity_of",
     "token_row",

@@ -1,5 +1,5 @@
-"""Many steerings in shared batches: next-token log-probabilities, A/B propensities and the KL
-along unsteered rollouts, for every ``(steering, prompt)`` pair.
+"""Many steerings in shared batches: next-token log-probabilities, A/B propensities,
+completion log-probabilities and KLs, for every ``(steering, prompt)`` pair.
 
 One forward pass per steering leaves most of a batch empty when a steering has a handful of
 prompts. Here the ``steerings x prompts`` pairs are the rows: ``batch_size`` of them per forward
@@ -11,6 +11,9 @@ order.
 
 - `next_token_logprobs`: log-probabilities of chosen tokens right after each prompt.
 - `propensities`: ``log p(matching) - log p(other)`` per pair (e.g. the A/B answer letters).
+- `completion_logprobs_many`: the total log-probability of each prompt's completion.
+- `next_token_kl`: ``KL(unsteered || steered)`` of the next token after each prompt (the
+  side-effect KL on neutral prompts).
 - `rollout_kl`: per-token ``KL(steered || unsteered)`` along the unsteered model's greedy
   rollouts.
 
@@ -37,6 +40,7 @@ from steerlens.evaluation.inputs import (
     answer_pairs,
     check_in_vocab,
     check_token_ids,
+    completion_rows,
     prompt_rows,
     propensity_of,
 )
@@ -235,27 +239,185 @@ def rollout_kl(
     rollouts = _rollouts(model, rows, int(n_tokens), batch_size, progress)
     sizes = [len(r) for r in rollouts]
     starts = [0, *itertools.accumulate(sizes)]
-    active = [s for s in range(len(plans)) if applies[s]]
+    scored = _ScoredRows(model, rows, [r[:-1] for r in rollouts], plans, _compared(applies))
     out: Tensor | None = None
-    reference: dict[int, Tensor] = {}
-    left = dict.fromkeys(range(len(rows)), len(active))
-    scored = _RolloutRows(model, rows, [r[:-1] for r in rollouts], plans, active)
-    store = prefixes if prefixes is not None else runtime.PrefixStore(model, max_bytes=0)
-    for s, p, lp in scored.logprobs(batch_size, store, progress):
+    for s, p, steered, unsteered in _against_unsteered(scored, batch_size, prefixes, progress):
         if out is None:
-            out = torch.zeros(len(plans), sum(sizes), dtype=lp.dtype)
-        if s < 0:
-            reference[p] = lp
-            continue
-        kl = runtime.kl_of_logprobs(lp, reference[p]).clamp_min(0.0)
+            out = torch.zeros(len(plans), sum(sizes), dtype=steered.dtype)
+        kl = runtime.kl_of_logprobs(steered, unsteered).clamp_min(0.0)
         out[s, starts[p] : starts[p] + sizes[p]] = kl.cpu()
-        left[p] -= 1
-        if not left[p]:
-            del reference[p]
     if out is None:  # every steering applies nothing
-        wide = torch.promote_types(runtime.dtype(model), torch.float32)
-        out = torch.zeros(len(plans), sum(sizes), dtype=wide)
+        out = torch.zeros(len(plans), sum(sizes), dtype=_wide(runtime.dtype(model)))
     return out
+
+
+@torch.no_grad()
+def next_token_kl(
+    model: Any,
+    prompts: Prompts,
+    steerings: Sequence[RowSteering],
+    *,
+    batch_size: int = 32,
+    bos: bool = False,
+    progress: bool | None = None,
+    prefixes: runtime.PrefixStore | None = None,
+) -> Float[Tensor, "steerings prompts"]:
+    """``KL(unsteered || steered)`` of the next-token distribution right after each prompt,
+    under each steering (nats; 0 = untouched): `steerlens.evaluation.side_effect_kl` for many
+    steerings at once, e.g. on neutral prompts.
+
+    ``out[s, p]`` is what ``side_effect_kl(model, [prompts[p]], steerings[s], chat=False)``
+    gives (up to float rounding). Each prompt's unsteered row runs once, as one more row of the
+    shared batches. The direction is ``side_effect_kl``'s, the other way round from
+    `rollout_kl`'s. Each row's tokens are its prompt for position rules.
+
+    Args:
+        model: a TransformerLens model.
+        prompts: texts used as written (format chat prompts first, e.g. with
+            `steerlens.runtime.format_prompts`) or token lists used as given.
+        steerings: one entry per steering (a plan, a ``SteeringVector``, a list, or ``None``).
+        batch_size: rows per forward pass.
+        bos: put the model's BOS token in front of each text prompt.
+        progress: a bar over the rows when there is more than one batch.
+        prefixes: a `steerlens.runtime.PrefixStore` shared with other calls on the same
+            prompts (as `next_token_logprobs`).
+
+    Returns:
+        ``[steerings, prompts]`` on the CPU, clamped at 0 against rounding; a steering that
+        applies nothing (``None``) gets exact zeros without a forward pass. Take the mean over
+        prompts for ``side_effect_kl``'s ``.mean``.
+
+    Raises:
+        InputError: no prompts, an empty prompt, or prompt token ids outside the vocabulary.
+        SpecError: no steerings, or a bad ``batch_size``.
+
+    Example:
+        >>> import torch
+        >>> from steerlens import Steering
+        >>> from steerlens.evaluation import side_effect_kl
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> plans = [None, Steering(torch.ones(64), layer=1, strength=4.0)]
+        >>> kl = next_token_kl(model, ["the cat", "a dog"], plans)
+        >>> kl.shape, bool(kl[0].eq(0).all())
+        (torch.Size([2, 2]), True)
+        >>> alone = side_effect_kl(model, ["the cat", "a dog"], plans[1], chat=False)
+        >>> abs(float(kl[1].mean()) - alone.mean) < 1e-6
+        True
+    """
+    rows = prompt_rows(model, prompts, bos=bos)
+    plans, applies = _steerings(model, steerings)
+    runtime.check_batch_size(batch_size)
+    scored = _ScoredRows(model, rows, [[] for _ in rows], plans, _compared(applies))
+    out: Tensor | None = None
+    for s, p, steered, unsteered in _against_unsteered(scored, batch_size, prefixes, progress):
+        if out is None:
+            out = torch.zeros(len(plans), len(rows), dtype=steered.dtype)
+        out[s, p] = runtime.kl_of_logprobs(unsteered, steered).clamp_min(0.0)[0].cpu()
+    if out is None:  # every steering applies nothing
+        out = torch.zeros(len(plans), len(rows), dtype=_wide(runtime.dtype(model)))
+    return out
+
+
+@torch.no_grad()
+def completion_logprobs_many(
+    model: Any,
+    prompts: Prompts,
+    completions: Prompts,
+    steerings: Sequence[RowSteering],
+    *,
+    batch_size: int = 32,
+    bos: bool = False,
+    progress: bool | None = None,
+    prefixes: runtime.PrefixStore | None = None,
+) -> Float[Tensor, "steerings prompts"]:
+    """Total ``log p(completion | prompt)`` of ``completions[p]`` after ``prompts[p]`` under
+    each steering (nats), every ``(steering, prompt)`` pair a row of shared batches:
+    `steerlens.evaluation.completion_logprobs` for many steerings at once.
+
+    ``out[s, p]`` is what ``with steer(model, steerings[s])`` and ``completion_logprobs(model,
+    prompts[p], completions[p], chat=False).totals[0, 0]`` give (equal up to float rounding).
+    Each prompt has one completion: to score several after one prompt, repeat the prompt. The
+    prompt's tokens are "prompt" for position rules, the completion's "generated".
+
+    Args:
+        model: a TransformerLens model.
+        prompts: texts used as written (format chat prompts first, e.g. with
+            `steerlens.runtime.format_prompts`) or token lists used as given.
+        completions: one per prompt: after text prompts, texts, each scored on the tokens that
+            follow its prompt (`steerlens.runtime.completion_tokens`); after token lists,
+            token lists used as given.
+        steerings: one entry per steering (a plan, a ``SteeringVector``, a list, or ``None``).
+        batch_size: ``(steering, prompt)`` rows per forward pass.
+        bos: put the model's BOS token in front of each text prompt.
+        progress: a bar over the rows when there is more than one batch.
+        prefixes: a `steerlens.runtime.PrefixStore` shared with other calls on the same
+            prompts (as `next_token_logprobs`).
+
+    Returns:
+        ``[steerings, prompts]`` total log-probabilities on the CPU (summed in float64).
+
+    Raises:
+        InputError: as `next_token_logprobs` for the prompts; not one completion per prompt, an
+            empty completion, text completions after token-list prompts (or the other way
+            round), completion token ids outside the vocabulary, or a prompt and completion
+            longer than the context window.
+        SpecError: no steerings, or a bad ``batch_size``.
+
+    Example:
+        >>> import torch
+        >>> from steerlens import Steering, steer
+        >>> from steerlens.evaluation import completion_logprobs
+        >>> from steerlens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> plan = Steering(torch.ones(64), layer=1, strength=4.0)
+        >>> lp = completion_logprobs_many(model, ["the cat", "the cat"], [" sat", " ran"],
+        ...                               [None, plan])
+        >>> lp.shape
+        torch.Size([2, 2])
+        >>> with steer(model, plan):
+        ...     alone = completion_logprobs(model, "the cat", [" sat", " ran"], chat=False)
+        >>> torch.allclose(lp[1], alone.totals[0], atol=1e-5)
+        True
+    """
+    rows = prompt_rows(model, prompts, bos=bos)
+    targets = completion_rows(model, prompts, rows, completions)
+    plans, _ = _steerings(model, steerings)
+    runtime.check_batch_size(batch_size)
+    scored = _ScoredRows(model, rows, [t[:-1] for t in targets], plans, list(range(len(plans))))
+    store = prefixes if prefixes is not None else runtime.PrefixStore(model, max_bytes=0)
+    totals = torch.zeros(len(plans), len(rows), dtype=torch.float64)
+    dtype = _wide(runtime.dtype(model))
+    for s, p, lp in scored.logprobs(batch_size, store, progress):
+        ids = torch.tensor(targets[p], device=lp.device)
+        totals[s, p] = lp.gather(-1, ids[:, None]).double().sum().cpu()
+        dtype = lp.dtype
+    return totals.to(dtype)
+
+
+def _compared(applies: Sequence[bool]) -> list[int]:
+    """The rows to score per prompt when steered rows are compared with unsteered ones: the
+    unsteered row (-1) first, then each steering that applies something; none at all when no
+    steering does (their values are exact zeros)."""
+    active = [s for s, a in enumerate(applies) if a]
+    return [-1, *active] if active else []
+
+
+def _against_unsteered(
+    scored: _ScoredRows,
+    batch_size: int,
+    prefixes: runtime.PrefixStore | None,
+    progress: bool | None,
+) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+    """``(steering, prompt, steered, unsteered log-probabilities)`` per steered row of
+    ``scored``, whose rows come each prompt's unsteered one first (`_compared`)."""
+    store = prefixes if prefixes is not None else runtime.PrefixStore(scored.model, max_bytes=0)
+    reference: dict[int, Tensor] = {}
+    for s, p, lp in scored.logprobs(batch_size, store, progress):
+        if s < 0:
+            reference = {p: lp}  # a prompt's rows come together: one reference at a time
+        else:
+            yield s, p, lp, reference[p]
 
 
 def _next_token_logprobs(
@@ -331,28 +493,29 @@ def _next_token_logprobs(
     return out
 
 
-class _RolloutRows:
-    """The ``(steering, prompt)`` rows of `rollout_kl`, teacher-forced on ``prompt + rollout``:
-    each prompt's unsteered row (steering -1) comes before its steered rows."""
+class _ScoredRows:
+    """``(steering, prompt)`` rows teacher-forced on ``prompt + continuation``, for
+    ``steerings`` (indices into ``plans``; -1 is unsteered) in that order per prompt, each
+    scored at the positions from the prompt's last token on (``len(continuation) + 1``: the
+    next token after the prompt, then the one after each continuation token)."""
 
     def __init__(
         self,
         model: Any,
         rows: list[list[int]],
-        rollouts: list[list[int]],
+        continuations: list[list[int]],
         plans: list[RowSteering],
-        active: list[int],
+        steerings: list[int],
     ) -> None:
         self.model, self.rows, self.plans = model, rows, plans
-        self.seqs = [r + g for r, g in zip(rows, rollouts, strict=True)]
-        self.sizes = [len(g) + 1 for g in rollouts]  # positions that predict a rollout token
-        applied = [resolve_steering(model, plans[s]) for s in active]
+        self.seqs = [r + g for r, g in zip(rows, continuations, strict=True)]
+        self.sizes = [len(g) + 1 for g in continuations]
+        applied = [resolve_steering(model, plans[s]) for s in steerings if s >= 0]
         cuts = {p: _unsteered_prefix(applied, len(r)) for p, r in enumerate(rows)}
-        if not runtime.supports_kv_cache(model) or not active:
+        if not runtime.supports_kv_cache(model) or not steerings:
             cuts = dict.fromkeys(cuts, 0)
         self.cuts = cuts
         order = _by_length(self.seqs)
-        steerings = [-1, *active] if active else []  # nothing to compare: no rows at all
         self.shared = [(p, steerings) for p in order if cuts[p] > 0]
         self.cells = [(s, p) for p in order if cuts[p] == 0 for s in steerings]
 
@@ -465,4 +628,10 @@ def _steerings(
     return plans, [bool(resolve_steering(model, plan)) for plan in plans]
 
 
-__all__ = ["next_token_logprobs", "propensities", "rollout_kl"]
+__all__ = [
+    "completion_logprobs_many",
+    "next_token_kl",
+    "next_token_logprobs",
+    "propensities",
+    "rollout_kl",
+]

@@ -5,8 +5,8 @@ greedy steered replies and measures, per cell:
 
 - ``"behavior"``: the fraction of replies a judge accepts (a Wilson interval);
 - ``"kl"``: the side-effect ``KL(unsteered || steered)`` of the next-token distribution after
-  neutral prompts, mean over prompts (`steerlens.evaluation.side_effect_kl`; needs
-  ``neutral_prompts``);
+  neutral prompts, mean over prompts (`steerlens.evaluation.side_effect_kl`'s, every cell's
+  scored in shared batches by `steerlens.evaluation.next_token_kl`; needs ``neutral_prompts``);
 - ``"nll"``: the unsteered model's per-token NLL of the steered replies
   (`steerlens.evaluation.reply_nll`), and ``"nll_ratio"``: that over the unsteered replies' NLL;
 - ``"distinct"``: distinct-n of the replies (`steerlens.evaluation.distinct_n`).
@@ -30,8 +30,9 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import InputError, SpecError, SteerlensError
-from steerlens.evaluation.coherence import MetricResult, distinct_n, reply_nll, side_effect_kl
+from steerlens.evaluation.coherence import MetricResult, distinct_n, reply_nll
 from steerlens.evaluation.judges import Judge, judge_texts
+from steerlens.evaluation.many import next_token_kl
 from steerlens.evaluation.rates import RateResult
 from steerlens.io.plain import to_plain
 from steerlens.steering.generate import generate, generate_each
@@ -858,7 +859,9 @@ def layer_strength_grid(
     the side-effect KL. The unsteered replies and scores are computed once; a strength of 0
     is the unsteered model, so its cells reuse them. Cells are decoded together, about
     ``batch_size`` (cell, prompt) rows per forward pass (`steerlens.steering.generate_each`),
-    with the same replies as one `steerlens.generate` call per cell.
+    with the same replies as one `steerlens.generate` call per cell; so are their side-effect
+    KLs (`steerlens.evaluation.next_token_kl`), with the values of one
+    `steerlens.evaluation.side_effect_kl` call per cell.
 
     Args:
         model: a TransformerLens model.
@@ -932,17 +935,23 @@ def layer_strength_grid(
     per_batch = max(1, batch_size // len(items))
     bar = runtime.progress(len(swept) * len(values), "layer x strength grid", progress)
     bar.update(len(found))
+    # The side-effect KL is `side_effect_kl`'s, on the same formatted neutral prompts, with
+    # each group's plans sharing batches.
+    neutral_texts = None if neutral is None else runtime.format_prompts(model, neutral, chat=chat)
     for start in range(0, len(todo), per_batch):
         group = todo[start : start + per_batch]
         plans = [Steering(vectors[la], layer=la, strength=s, positions=steer_at) for la, s in group]
         replies = generate_each(model, items, plans, batch_size=batch_size, **gen)
-        for (layer, strength), plan, texts in zip(group, plans, replies, strict=True):
+        kls = None
+        if neutral_texts is not None:
+            kls = next_token_kl(model, neutral_texts, plans, batch_size=batch_size).double()
+        for c, ((layer, strength), texts) in enumerate(zip(group, replies, strict=True)):
             bar.set_postfix_str(f"layer {layer}, strength {strength:g}")
             where = f"at layer {layer}, strength {strength:g}"
             measured = _measure(model, items, texts, judge, where=where, **kw)
             kl = None
-            if neutral is not None:
-                kl = side_effect_kl(model, neutral, plan, chat=chat, batch_size=batch_size)
+            if kls is not None:
+                kl = MetricResult.of("side-effect KL", "nats", kls[c].tolist())
             found[layer, strength] = _Cell(tuple(texts), *measured, kl=kl)
             bar.update(1)
     bar.close()

@@ -11,7 +11,8 @@ prompts) and measures, per ``(vector, prompt)`` cell:
   neutral prompts, mean over prompts (with ``neutral_prompts=``).
 
 All ``vectors x prompts`` rows run together, each under its own steering
-(`steerlens.steering.steer.steer_rows`): a few forward passes score the whole matrix.
+(`steerlens.evaluation.completion_logprobs_many`, `steerlens.evaluation.next_token_kl`,
+`steerlens.steering.generate_each`): a few forward passes score the whole matrix.
 `GeneralizationMatrix.ranking` answers "which training example transfers best": the vectors
 ordered by their mean effect on the prompts they were *not* trained on.
 """
@@ -31,6 +32,7 @@ from torch import Tensor
 from steerlens import runtime
 from steerlens.errors import InputError, SpecError
 from steerlens.evaluation.judges import Judge, judge_texts
+from steerlens.evaluation.many import completion_logprobs_many, next_token_kl
 from steerlens.io.plain import prompt_label, short, table, to_plain
 from steerlens.steering.generate import generate_each
 from steerlens.steering.steer import (
@@ -39,7 +41,6 @@ from steerlens.steering.steer import (
     SteeringLike,
     as_plans,
     check_row_steerings,
-    steer_rows,
 )
 from steerlens.steering.vector import SteeringVector
 from steerlens.training.data import Datapoint
@@ -112,7 +113,8 @@ def target_logprobs(
 ) -> TargetLogprobs:
     """The target log-prob of every example under every steering and unsteered (nats,
     float64). All ``steerings x examples x promote completions`` rows run together, each under
-    its own steering (`steerlens.steering.steer.steer_rows`), ``batch_size`` rows per forward pass.
+    its own steering, ``batch_size`` rows per forward pass
+    (`steerlens.evaluation.completion_logprobs_many`).
 
     Args:
         model: a TransformerLens model.
@@ -138,8 +140,10 @@ def target_logprobs(
     items = [dp.for_model(model) for dp in check_examples(examples)]
     plans = check_row_steerings(steerings)
     runtime.check_batch_size(batch_size)
-    # One row per (steering, example, promote completion); steering -1 is unsteered.
-    pieces: list[tuple[list[int], int]] = []
+    # One (prompt, completion) pair per promote completion, tokenised here so that messages
+    # name the example; steering 0 is unsteered.
+    prompts: list[list[int]] = []
+    completions: list[list[int]] = []
     for e, dp in enumerate(items):
         prompt_tokens = runtime.encode(model, dp.prompt)
         if not prompt_tokens:
@@ -159,38 +163,11 @@ def target_logprobs(
                 f"example {e}'s prompt with its promote completion {c}",
                 "use a shorter prompt or completion",
             )
-            pieces.append((prompt_tokens + tokens, len(prompt_tokens)))
-    cells = [(s, k) for s in range(-1, len(plans)) for k in range(len(pieces))]
-    cells.sort(key=lambda sk: len(pieces[sk[1]][0]))  # similar lengths share a batch
-    totals = torch.zeros(len(plans) + 1, len(pieces), dtype=torch.float64)
-    dev = runtime.device(model)
-    several = len(cells) > batch_size
-    bar = runtime.progress(len(cells), "score", progress if several else False)
-    for rows in runtime.chunks(len(cells), batch_size):
-        batch = [cells[r] for r in rows]
-        members = [pieces[k] for _, k in batch]
-        padded, mask = runtime.right_pad(model, [seq for seq, _ in members])
-        row_idx, col_idx, targets = [], [], []
-        for b, (seq, n_prompt) in enumerate(members):
-            row_idx += [b] * (len(seq) - n_prompt)
-            col_idx += list(range(n_prompt - 1, len(seq) - 1))
-            targets += seq[n_prompt:]
-        ends = torch.tensor([n for _, n in members], device=dev)
-        with steer_rows(model, [plans[s] if s >= 0 else None for s, _ in batch]):
-            picked = runtime.logits_at(
-                model,
-                padded,
-                mask,
-                torch.tensor(row_idx, device=dev),
-                torch.tensor(col_idx, device=dev),
-                runtime.TokenContext.prompts(ends),
-            )
-        lp = runtime.token_logprobs(picked, torch.tensor(targets, device=dev)).double().cpu()
-        sizes = [len(seq) - n for seq, n in members]
-        for (s, k), part in zip(batch, lp.split(sizes), strict=True):
-            totals[s + 1, k] = part.sum()
-        bar.update(len(rows))
-    bar.close()
+            prompts.append(prompt_tokens)
+            completions.append(tokens)
+    totals = completion_logprobs_many(
+        model, prompts, completions, [None, *plans], batch_size=batch_size, progress=progress
+    ).double()
     counts = [len(dp.promote) for dp in items]
     per_example = torch.stack([part.mean(dim=1) for part in totals.split(counts, dim=1)], dim=1)
     return TargetLogprobs(steered=per_example[1:], unsteered=per_example[0])
@@ -567,34 +544,6 @@ def _held_out(held_out: Sequence[str | Datapoint] | None) -> list[str | Datapoin
     return items
 
 
-@torch.no_grad()
-def _side_effect_kl(
-    model: Any,
-    plans: Sequence[RowSteering],
-    prompts: Sequence[str],
-    *,
-    batch_size: int,
-) -> Float[Tensor, " vectors"]:
-    """Mean ``KL(unsteered || steered)`` of the next token after ``prompts``, per plan."""
-    rows = [runtime.encode(model, t) for t in prompts]
-    for i, ids in enumerate(rows):
-        if not ids:
-            raise InputError(f"neutral prompt {i} ({prompts[i]!r}) tokenises to nothing.")
-        runtime.check_fits(model, len(ids), f"neutral prompt {i}", "use a shorter prompt")
-    base = runtime.last_logits(model, rows, batch_size=batch_size).log_softmax(-1)
-    cells = [(v, p) for v in range(len(plans)) for p in range(len(rows))]
-    kl = torch.zeros(len(plans), len(rows), dtype=torch.float64)
-    for chunk in runtime.chunks(len(cells), batch_size):
-        batch = [cells[c] for c in chunk]
-        with steer_rows(model, [plans[v] for v, _ in batch]):
-            steered = runtime.last_logits(model, [rows[p] for _, p in batch], batch_size=len(batch))
-        index = torch.tensor([p for _, p in batch])
-        values = runtime.kl_divergence(base[index.to(base.device)], steered).clamp_min(0.0)
-        for (v, p), value in zip(batch, values.double().cpu().tolist(), strict=True):
-            kl[v, p] = value
-    return kl.mean(dim=1)
-
-
 def generalization_matrix(
     model: Any,
     vectors: Mapping[str, SteeringLike | Sequence[SteeringLike]],
@@ -709,9 +658,8 @@ def generalization_matrix(
 
     kl = None
     if neutral_prompts is not None:
-        kl = _side_effect_kl(
-            model, plans, runtime.check_prompts(neutral_prompts), batch_size=batch_size
-        )
+        neutral = runtime.check_prompts(neutral_prompts)
+        kl = next_token_kl(model, neutral, plans, batch_size=batch_size).double().mean(dim=1)
     return GeneralizationMatrix(
         vectors=tuple(names),
         prompts=tuple(prompts),

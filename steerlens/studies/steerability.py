@@ -7,10 +7,11 @@ and measures, per prompt, the target log-prob change
 multiplier is that prompt's steerability; prompts whose slope has the wrong sign (< 0: more
 of the vector makes the promoted completions *less* likely) are anti-steerable. All
 ``multipliers x prompts`` rows run together, each under its own strength
-(`steerlens.steering.steer.steer_rows`).
+(`steerlens.evaluation.completion_logprobs_many`).
 
 A multiplier that breaks the model drags every target log-prob down, which would read as
-"anti-steerable". So each multiplier's side-effect KL on neutral prompts is measured too, and
+"anti-steerable". So each multiplier's side-effect KL on neutral prompts is measured too (all
+multipliers in shared batches, `steerlens.evaluation.next_token_kl`), and
 slopes and verdicts use only the multipliers within the coherence budget (``max_kl``, and
 every multiplier between it and 0 within it as well); the slopes are those of
 `steerlens.studies.bench.metrics`, the benchmark's.
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from steerlens import runtime
 from steerlens.errors import InputError, SpecError, SteerlensError
-from steerlens.evaluation.coherence import side_effect_kl
+from steerlens.evaluation.many import next_token_kl
 from steerlens.io.plain import prompt_label, short, table, to_plain
 from steerlens.steering.steer import SteeringLike, as_plans
 from steerlens.studies.bench import metrics
@@ -507,13 +508,7 @@ def steerability(
     x = torch.tensor(values, dtype=torch.float64)
     kl = None
     if neutral is not None:
-        kl = torch.tensor(
-            [
-                side_effect_kl(model, neutral, steering, chat=False, batch_size=batch_size).mean
-                for steering in steerings
-            ],
-            dtype=torch.float64,
-        )
+        kl = next_token_kl(model, neutral, steerings, batch_size=batch_size).double().mean(dim=1)
     return SteerabilityResult(
         prompts=tuple(dp.prompt for dp in items),
         strengths=x,

@@ -22,9 +22,15 @@ import pytest
 import torch
 from tolerances import REAL, TINY32, TINY_VOCAB, U32, check_logits, logprob_bound
 
-from steerlens import Steering, runtime, steer
-from steerlens.errors import InputError, SpecError
-from steerlens.evaluation import next_token_logprobs, propensities, rollout_kl
+from steerlens import Steering, evaluation, runtime, steer
+from steerlens.errors import ContextWindowError, InputError, SpecError
+from steerlens.evaluation import (
+    completion_logprobs_many,
+    next_token_kl,
+    next_token_logprobs,
+    propensities,
+    rollout_kl,
+)
 from steerlens.runtime import prefixes
 from steerlens.steering.interventions import Ablate, Clamp
 from steerlens.testing import tiny_model
@@ -372,3 +378,191 @@ def test_a_full_prefix_store_drops_the_least_recently_used():
     assert len(store) == 1  # over budget: only the newest stays
     store.cache([7, 8], 1, prompt_end=3)
     assert store.hits == 1
+
+
+# -- completion log-probabilities and the next-token KL ---------------------------------------
+
+PAIRS = [  # (prompt, completion): prompts repeated, lengths mixed, 1 to 8 completion tokens
+    ("the cat", " sat"),
+    ("the cat", " on the mat"),
+    ("a dog ran far away today", "!"),
+    ("in", " the"),
+    ("in", "s"),
+    ("the quick brown fox jumps", " on the mat"),
+]
+
+
+def _completion_bound(delta, n_tokens, total):
+    """How far a total of ``n_tokens`` log-probabilities from shared batches may be from
+    `completion_logprobs`'s: each term moves by ``delta`` (packing), and the reference rounds
+    each term to float32 and sums them in float32, ``U32 |lp_i|`` plus ``(k - 1) U32 sum |lp_i|``
+    (tests/tolerances.py); every log-probability is <= 0, so ``sum |lp_i| = |total|``."""
+    return n_tokens * delta + (n_tokens + 1) * U32 * abs(total)
+
+
+def _one_steering_at_a_time(model, plan):
+    """Per pair, ``completion_logprobs``'s total under ``with steer(model, plan)`` and the
+    completion's token count."""
+    totals, sizes = [], []
+    with steer(model, plan):
+        for prompt, completion in PAIRS:
+            res = evaluation.completion_logprobs(model, prompt, completion, chat=False)
+            totals.append(res.total())
+            sizes.append(len(res.tokens[0][0]))
+    return totals, sizes
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_completion_logprobs_many_equal_one_steering_at_a_time(model64, batch_size):
+    plans = _steerings()
+    prompts, completions = zip(*PAIRS, strict=True)
+    out = completion_logprobs_many(model64, prompts, completions, plans, batch_size=batch_size)
+    assert out.shape == (len(plans), len(PAIRS)) and out.dtype == torch.float64
+    for s, plan in enumerate(plans):
+        expected, sizes = _one_steering_at_a_time(model64, plan)
+        assert max(len(runtime.encode(model64, p + c)) for p, c in PAIRS) <= KEYS
+        for p, (total, k) in enumerate(zip(expected, sizes, strict=True)):
+            bound = _completion_bound(DELTA, k, total)
+            assert abs(float(out[s, p]) - total) <= bound, (s, p, float(out[s, p]), total)
+    unsteered = out[1]
+    for s, plan in enumerate(plans):
+        if plan is not None:
+            assert (out[s] - unsteered).abs().max() > REAL, f"steering {s} changes nothing"
+    # "generated" steers the completion's tokens only: a one-token completion is predicted at
+    # the prompt's last position, untouched; longer ones are not.
+    one_token = [p for p, (_, c) in enumerate(PAIRS) if c in ("!", " the", "s")]
+    assert (out[6, one_token] - unsteered[one_token]).abs().max() <= 2 * DELTA
+    assert (out[6, 1] - unsteered[1]).abs() > REAL
+
+
+def test_completion_token_lists_give_what_texts_give(tiny64):
+    plans = _steerings()[:4]
+    prompts, completions = zip(*PAIRS, strict=True)
+    rows = [runtime.encode(tiny64, p, bos=True) for p in prompts]
+    ids = [
+        runtime.completion_tokens(tiny64, r, p, c)[0] for r, (p, c) in zip(rows, PAIRS, strict=True)
+    ]
+    from_text = completion_logprobs_many(tiny64, prompts, completions, plans, bos=True)
+    from_lists = completion_logprobs_many(tiny64, rows, ids, plans, batch_size=5)
+    as_tensors = [torch.tensor(t) for t in ids]
+    from_tensors = completion_logprobs_many(tiny64, rows, as_tensors, plans, batch_size=7)
+    longest = max(len(t) for t in ids)
+    torch.testing.assert_close(from_lists, from_text, atol=longest * DELTA, rtol=0)
+    torch.testing.assert_close(from_tensors, from_text, atol=longest * DELTA, rtol=0)
+
+
+def test_completion_logprobs_many_default_dtype_is_float32(tiny):
+    plans = [None, Steering(torch.ones(64), layer=1, strength=2.0)]
+    out = completion_logprobs_many(tiny, ["the cat", "in"], [" sat", " the"], plans)
+    assert out.shape == (2, 2) and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert bool((out < 0).all())
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 32])
+def test_completion_logprobs_with_a_shared_prefix_equal_one_steering_at_a_time(
+    tiny64, monkeypatch, batch_size
+):
+    """``last:N`` steerings leave each prompt's first tokens alone: they run once and the
+    steered rows reuse their KV cache (next_token_logprobs's prefix path)."""
+    calls = []
+    real = prefixes.prefix_cache
+    monkeypatch.setattr(prefixes, "prefix_cache", lambda *a, **k: calls.append(a) or real(*a, **k))
+    plans = [_suffix_steerings()[i] for i in (0, 1, 2, 4)]
+    prompts, completions = zip(*PAIRS, strict=True)
+    out = completion_logprobs_many(tiny64, prompts, completions, plans, batch_size=batch_size)
+    assert calls, "the prefix path was not taken"
+    for s, plan in enumerate(plans):
+        expected, sizes = _one_steering_at_a_time(tiny64, plan)
+        for p, (total, k) in enumerate(zip(expected, sizes, strict=True)):
+            assert abs(float(out[s, p]) - total) <= _completion_bound(DELTA, k, total), (s, p)
+        if plan is not None:
+            assert (out[s] - out[0]).abs().max() > REAL, f"steering {s} changes nothing"
+
+
+def test_completion_inputs_are_refused_clearly(tiny):
+    plan = [Steering(torch.ones(64), layer=1)]
+    with pytest.raises(InputError, match="2 prompts and 1 completions; give one completion per"):
+        completion_logprobs_many(tiny, ["a", "b"], [" c"], plan)
+    with pytest.raises(InputError, match="completion 1 is ''"):
+        completion_logprobs_many(tiny, ["a", "b"], [" c", ""], plan)
+    with pytest.raises(InputError, match="completion 0 is 5"):
+        completion_logprobs_many(tiny, ["a"], [5], plan)
+    with pytest.raises(InputError, match="completion 0 is text but the prompts are token lists"):
+        completion_logprobs_many(tiny, [[5, 6]], [" c"], plan)
+    with pytest.raises(InputError, match="completion 1 has no tokens"):
+        completion_logprobs_many(tiny, [[5], [6]], [[7], []], plan)
+    with pytest.raises(InputError, match="completion 0 has token id"):
+        completion_logprobs_many(tiny, [[5]], [[runtime.vocab_size(tiny)]], plan)
+    with pytest.raises(InputError, match="completions is a tensor"):
+        completion_logprobs_many(tiny, [[5]], torch.tensor([[6]]), plan)
+    with pytest.raises(ContextWindowError, match="prompt 0 followed by its completion"):
+        completion_logprobs_many(tiny, ["a"], [" b" * 200], plan)
+    with pytest.raises(InputError, match="empty"):
+        completion_logprobs_many(tiny, [], [], plan)
+    with pytest.raises(SpecError, match="steerings is empty"):
+        completion_logprobs_many(tiny, ["a"], [" b"], [])
+    with pytest.raises(SpecError, match="batch_size"):
+        completion_logprobs_many(tiny, ["a"], [" b"], plan, batch_size=0)
+
+
+@pytest.fixture(params=["bridge", "plain"])
+def model32(request, tiny, plain):
+    return tiny if request.param == "bridge" else plain
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_next_token_kl_equals_side_effect_kl_per_steering(model32, batch_size):
+    """`side_effect_kl` runs in float32 whatever the model, so both run the float32 tiny model:
+    log-probabilities within ``DELTA32``, the KL within ``DELTA32 (2 + max |log p - log q|)``
+    (module docstring)."""
+    plans = _steerings()
+    out = next_token_kl(model32, PROMPTS, plans, batch_size=batch_size)
+    assert out.shape == (len(plans), len(PROMPTS)) and out.dtype == torch.float32
+    rows = [runtime.encode(model32, t) for t in PROMPTS]
+    base = runtime.last_logits(model32, rows).log_softmax(-1)
+    for s, plan in enumerate(plans):
+        expected = evaluation.side_effect_kl(model32, PROMPTS, plan, chat=False)
+        with torch.no_grad(), steer(model32, plan):
+            ratio = float((runtime.last_logits(model32, rows).log_softmax(-1) - base).abs().max())
+        bound = DELTA32 * (2 + ratio)
+        values = torch.tensor(expected.values, dtype=torch.float64)
+        torch.testing.assert_close(out[s].double(), values, atol=bound, rtol=0)
+        if plan is None:
+            assert torch.equal(out[s], torch.zeros(len(PROMPTS)))  # exact, without a forward
+        elif s != 6:  # "generated" steers no prompt token: nothing to see after the prompt
+            assert out[s].max() > 10 * bound, f"steering {s} changes too little to test"
+    assert out[6].max() <= 2 * DELTA32  # the KL bound with |log p - log q| <= 2 delta
+
+
+def test_next_token_kl_equals_rows_alone_in_float64(tiny64):
+    plans = _suffix_steerings() + _steerings()[:3]
+    out = next_token_kl(tiny64, PROMPTS, plans, batch_size=5)
+    assert out.dtype == torch.float64
+    for s, plan in enumerate(plans):
+        for p, text in enumerate(PROMPTS):
+            row = runtime.encode(tiny64, text)
+            last = torch.tensor([len(row) - 1])
+            q = _alone(tiny64, row, plan, last, len(row))[0]
+            base = _alone(tiny64, row, None, last, len(row))[0]
+            expected = (base.exp() * (base - q)).sum().clamp_min(0.0)
+            bound = DELTA * (2 + float((base - q).abs().max()))
+            assert abs(float(out[s, p] - expected)) <= bound, (s, p)
+        if plan is not None:
+            assert out[s].max() > REAL, f"steering {s} changes nothing"
+
+
+def test_next_token_kl_of_nothing_is_exactly_zero(tiny):
+    out = next_token_kl(tiny, PROMPTS, [None, []], batch_size=3)
+    assert torch.equal(out, torch.zeros(2, len(PROMPTS)))
+
+
+def test_next_token_kl_inputs_are_refused_clearly(tiny):
+    plan = [Steering(torch.ones(64), layer=1)]
+    with pytest.raises(InputError, match="empty"):
+        next_token_kl(tiny, [], plan)
+    with pytest.raises(SpecError, match="steerings is empty"):
+        next_token_kl(tiny, ["a"], [])
+    with pytest.raises(SpecError, match="batch_size"):
+        next_token_kl(tiny, ["a"], plan, batch_size=-1)
+    with pytest.raises(SpecError, match="wrap it in a plan"):
+        next_token_kl(tiny, ["a"], [torch.ones(64)])
