@@ -9,7 +9,8 @@ the two engines); both engines are built once
 (set-up not timed). Equal losses are checked before timing.
 
 Run: .venv/bin/python benchmarks/families.py [--steps 10] [--threads 2] [--device cpu]
-Writes benchmarks/results/families_{device}.json.
+[--dtype float32]
+Writes benchmarks/results/families_{device}[_{dtype}].json (`device_options`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+from device_options import AGREEMENT, DTYPES, add_device_options, check_device, results_path, sync
 
 import steerlens
 from steerlens.steering.interventions import Add
@@ -56,7 +57,7 @@ def _step(engine: Any, v: torch.Tensor, objective: Objective) -> list[float]:
     losses = objective.losses(engine.logits(steering_function(Add(v))), engine.layout)
     losses.sum().backward(inputs=[v])
     v.grad = None
-    return losses.detach().cpu().tolist()
+    return losses.detach().cpu().tolist()  # waits for the GPU: each step is timed whole
 
 
 def _seconds_per_step(
@@ -79,14 +80,17 @@ def _head_seconds(engine: PackedEngine, objective: Objective, steps: int) -> flo
     """Median seconds of the part both engines share: final norm, unembedding and loss at the
     scored positions, forward and backward (into the residual stream there)."""
     n = sum(len(s) for s in engine.scored)
-    h = torch.randn(n, D_MODEL, device=engine.h_start.device, requires_grad=True)
+    start = engine.h_start
+    h = torch.randn(n, D_MODEL, device=start.device, dtype=start.dtype, requires_grad=True)
     adapter = engine.adapter
 
     def once() -> float:
+        sync(str(h.device))
         t0 = time.perf_counter()
         logits = adapter.unembed(adapter.final_norm(h))
         objective.losses(logits, engine.layout).sum().backward(inputs=[h])
         h.grad = None
+        sync(str(h.device))
         return time.perf_counter() - t0
 
     once()
@@ -101,11 +105,12 @@ def _work(engine: Any, layer: int) -> int:
     return int(engine.tokens.numel()) * (N_LAYERS + N_LAYERS - layer)
 
 
-def measure(family: str, steps: int, device: str) -> dict[str, Any]:
+def measure(family: str, steps: int, device: str, dtype: str) -> dict[str, Any]:
     model = tiny_family_model(
         family,
         n_layers=N_LAYERS,
         d_model=D_MODEL,
+        dtype=DTYPES[dtype],
         device=None if device == "cpu" else device,
         vocab_size=VOCAB,
         **_shape(family),
@@ -127,7 +132,7 @@ def measure(family: str, steps: int, device: str) -> dict[str, Any]:
     a, b = _step(fast, v, objective), _step(hooked, v, objective)
     # Relative to the loss, or to 1 nat for losses near 0 (a suppressed completion's).
     rel = max(abs(x - y) / max(abs(y), 1.0) for x, y in zip(a, b, strict=True))
-    assert rel < 1e-4, (family, a, b)
+    assert rel < AGREEMENT[dtype], (family, a, b)
     s_fast, s_hooked = _seconds_per_step((fast, hooked), v, objective, steps)
     packed = isinstance(fast, PackedEngine)
     return {
@@ -155,13 +160,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+    add_device_options(ap)
     ap.add_argument("--families", nargs="*", default=list(TINY_FAMILIES))
     args = ap.parse_args()
+    check_device(args.device)
     torch.set_num_threads(args.threads)
     rows = []
     for family in args.families:
-        rows.append(measure(family, args.steps, args.device))
+        rows.append(measure(family, args.steps, args.device, args.dtype))
         r = rows[-1]
         print(
             f"{family:10s} {r['engine']:13s} fast {r['seconds_per_step_fast']:.4f} s  "
@@ -177,13 +183,13 @@ def main() -> None:
         "steps": args.steps,
         "threads": args.threads,
         "device": args.device,
+        "dtype": args.dtype,
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "completions": {"promote": len(PROMOTE), "suppress": len(SUPPRESS)},
         "families": rows,
     }
-    out = Path(__file__).parent / "results" / f"families_{args.device}.json"
-    out.parent.mkdir(exist_ok=True)
+    out = results_path("families", args.device, args.dtype)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
 

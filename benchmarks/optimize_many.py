@@ -7,8 +7,8 @@ in both (a fixed step budget, no early stop), and the two must reach the same lo
 before the timing is written).
 
 Run: .venv/bin/python benchmarks/optimize_many.py [--vectors 16] [--steps 10] [--threads 2]
-     [--device cpu]
-Writes benchmarks/results/optimize_many_<device>.json.
+     [--device cpu] [--dtype float32] [--tag K16]
+Writes benchmarks/results/optimize_many[_<tag>]_<device>[_<dtype>].json (`device_options`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import json
 import platform
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
+from device_options import AGREEMENT, DTYPES, add_device_options, check_device, results_path, sync
 
 import steerlens
 from steerlens import Datapoint, NormCap, OptimizeConfig, optimize_vector
@@ -55,10 +55,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--layer", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tag", default="", help="added to the results file's name (e.g. K64)")
+    add_device_options(ap)
     args = ap.parse_args()
+    check_device(args.device)
     torch.set_num_threads(args.threads)
-    model = steerlens.load_model(device=args.device)
+    model = steerlens.load_model(device=args.device, dtype=DTYPES[args.dtype])
     cfg = OptimizeConfig(lr=0.1, max_steps=args.steps, constraints=(NormCap(32.0),), progress=False)
     jobs = [
         Job(
@@ -69,19 +71,14 @@ def main() -> None:
         for i in range(args.vectors)
     ]
     optimize_many(model, jobs[:2])  # warm-up: first-call allocations, not steady state
-
-    def sync() -> None:
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    sync()
+    sync(args.device)
     t0 = time.perf_counter()
     batched = optimize_many(model, jobs)
-    sync()
+    sync(args.device)
     t_batched = time.perf_counter() - t0
     t0 = time.perf_counter()
     loop = [optimize_vector(model, j.datapoints, j.layer, j.config) for j in jobs]
-    sync()
+    sync(args.device)
     t_loop = time.perf_counter() - t0
     loss_diff = max(
         float(np.max(np.abs(a.loss_history - b.loss_history) / np.abs(b.loss_history)))
@@ -94,6 +91,7 @@ def main() -> None:
     result = {
         "model": steerlens.runtime.model_id(model),
         "device": args.device,
+        "dtype": args.dtype,
         "vectors": args.vectors,
         "steps_per_vector": args.steps,
         "layer": args.layer,
@@ -109,9 +107,10 @@ def main() -> None:
         "max_relative_loss_difference": loss_diff,
         "max_relative_vector_difference": vec_diff,
     }
-    if loss_diff > 1e-4 or vec_diff > 1e-4:
+    if max(loss_diff, vec_diff) > AGREEMENT[args.dtype]:
         raise SystemExit(f"batched and looped runs disagree: {result}")
-    out = Path(__file__).parent / "results" / f"optimize_many_{args.device.split(':')[0]}.json"
+    name = "optimize_many" + (f"_{args.tag}" if args.tag else "")
+    out = results_path(name, args.device, args.dtype)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -13,8 +13,8 @@ verdict kept on the model. Set-up is ``OptimizeResult.setup_time_s`` (everything
 first step); the steady state is the rest of the call per step.
 
 Run: .venv/bin/python benchmarks/optimize_step.py [--steps 10] [--call-steps 20] [--threads 2]
-[--device cpu] [--note "..."]
-Writes benchmarks/results/optimize_step_{device}.json.
+[--device cpu] [--dtype float32] [--note "..."]
+Writes benchmarks/results/optimize_step_{device}[_{dtype}].json (`device_options`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from device_options import DTYPES, add_device_options, check_device, results_path, sync
 
 import steerlens
 from steerlens import runtime
@@ -73,11 +73,13 @@ def ours_losses_and_grad(engine, v, objective):
     return losses.detach().cpu().tolist()
 
 
-def time_steps(fn, steps):
+def time_steps(fn, steps, device):
     fn()  # warm-up
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
+    sync(device)
     return (time.perf_counter() - t0) / steps
 
 
@@ -121,13 +123,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layer", type=int, default=15)
-    ap.add_argument("--device", default="cpu")
+    add_device_options(ap)
     ap.add_argument("--call-steps", type=int, default=20, help="steps of each timed call")
     ap.add_argument("--later-calls", type=int, default=3, help="later calls timed (median)")
     ap.add_argument("--note", default="", help="recorded with the result (e.g. machine load)")
     args = ap.parse_args()
+    check_device(args.device)
     torch.set_num_threads(args.threads)
-    model = steerlens.load_model(device=args.device)
+    model = steerlens.load_model(device=args.device, dtype=DTYPES[args.dtype])
     dp = steerlens.Datapoint.from_message(model, PROMPT, promote=PROMOTE, suppress=SUPPRESS)
     # Before anything else runs on the model: the first call is the process's first.
     calls = time_calls(model, dp, args.layer, args.call_steps, args.later_calls)
@@ -161,15 +164,16 @@ def main() -> None:
         ours_losses_and_grad(engine, v, objective)
         v.grad = None
 
-    s_naive = time_steps(step_naive, args.steps)
-    s_frozen = time_steps(step_frozen, args.steps)
-    s_ours = time_steps(step_ours, args.steps)
+    s_naive = time_steps(step_naive, args.steps, args.device)
+    s_frozen = time_steps(step_frozen, args.steps, args.device)
+    s_ours = time_steps(step_ours, args.steps, args.device)
     result = {
         "benchmark": "optimize_step",
         "model": runtime.model_id(model),
         "layer": args.layer,
         "threads": args.threads,
         "device": args.device,
+        "dtype": args.dtype,
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "completions": {"promote": len(PROMOTE), "suppress": len(SUPPRESS)},
@@ -196,8 +200,7 @@ def main() -> None:
         "command": shlex.join(["python", "benchmarks/optimize_step.py", *sys.argv[1:]]),
         "note": args.note,
     }
-    out = Path(__file__).parent / "results" / f"optimize_step_{args.device}.json"
-    out.parent.mkdir(exist_ok=True)
+    out = results_path("optimize_step", args.device, args.dtype)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

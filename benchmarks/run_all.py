@@ -222,7 +222,64 @@ def table() -> str:
     open_ended = RESULTS / "bench_open-ended.json"
     if open_ended.exists():
         lines += _open_ended_rows(json.loads(open_ended.read_text()))
+    for name in ("cpu", "cuda", "cuda_bf16"):
+        gen = RESULTS / f"generation_{name}.json"
+        if gen.exists():
+            lines += _generation_rows(json.loads(gen.read_text()))
+    lines += GPU_SECTION
     return "\n".join(lines)
+
+
+GPU_SECTION = [
+    "## On a GPU",
+    "",
+    "`benchmarks/gpu.sh` runs `families.py`, `optimize_step.py`, `optimize_many.py` (K = 16 and "
+    "64) and `generation.py` with `--device cuda`, once in float32 and once in bfloat16, each "
+    "writing `benchmarks/results/<benchmark>_cuda[_bf16].json`. Step counts are cut so that the "
+    "whole run fits in about 8 minutes on one H100 (optimize_step: 10 timed steps and 10-step "
+    "calls; optimize_many: 10 steps; families: 5 steps; generation: 8 prompts, 64 new tokens, 3 "
+    "repeats); each benchmark has its own time limit, and one that fails is logged and skipped. "
+    "Where steerlens is installed with its dependencies: `bash benchmarks/gpu.sh run OUT_DIR`. "
+    "On a bare GPU machine with PyTorch and transformers, no package index and a 64 MiB upload "
+    "per call, first run `benchmarks/gpu_pack.sh` where the project's `.venv` is (it packs the "
+    "missing wheels and the embedded model, in two halves, under `.gpu/`), then two calls on "
+    "the same machine, back to back: `bash benchmarks/gpu.sh stage` carrying `.gpu/one`, and "
+    '`bash benchmarks/gpu.sh run "$OUT"` carrying `.gpu/two`. Without CUDA it stops at once '
+    "and says so. `OUT_DIR` receives `results.tar.gz` (the JSON files) and `gpu.log`.",
+    "",
+    "GPU numbers: pending (no GPU run yet); the CPU numbers above stand.",
+    "",
+]
+
+
+def _generation_rows(r: dict) -> list[str]:
+    steps, per_step = r["decoding_steps"], r["seconds_per_step"]
+    return [
+        f"## Steered generation vs Hugging Face `generate`, {r['device']} {r['dtype']} "
+        "(`benchmarks/generation.py`)",
+        "",
+        f"{r['model']}, {r['prompts']} chat prompts left-padded into one batch, greedy, up to "
+        f"{r['max_new_tokens']} new tokens, medians of {r['repeats']} interleaved repeats, "
+        f"{r['threads']} CPU threads, torch {r['torch']}, transformers {r['transformers']}. "
+        "`generate` is `transformers`' own on a plain model with the same weights and the same "
+        f"token batch; steered: a direction of norm {r['steering_norm']} at layer {r['layer']}. "
+        "Each stops when every row has ended its turn, so seconds are compared per decoding "
+        f"step. Unsteered steerlens picks the same tokens as `generate` in "
+        f"{r['unsteered_rows_equal_to_hf']} of {r['prompts']} rows. Command: `{r['command']}`.",
+        "",
+        "| call | decoding steps | seconds | seconds / step | speed vs `generate` |",
+        "| --- | --- | --- | --- | --- |",
+        *(
+            f"| {label} | {steps[k]} | {r['seconds_median'][k]:.2f} | {per_step[k]:.4f} | "
+            f"{per_step['hf'] / per_step[k]:.2f}x |"
+            for k, label in (
+                ("hf", "`transformers` `generate`, unsteered"),
+                ("unsteered", "steerlens `generate`, unsteered"),
+                ("steered", "steerlens `generate`, steered"),
+            )
+        ),
+        "",
+    ]
 
 
 def _call_rows(r: dict) -> list[str]:

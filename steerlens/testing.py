@@ -76,13 +76,17 @@ def tiny_model(
     d_model: int = 64,
     seed: int = 0,
     device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Any:
-    """A randomly initialised Llama-architecture ``TransformerBridge`` (2 layers, d_model 64).
+    """A randomly initialised Llama-architecture ``TransformerBridge`` (2 layers, d_model 64),
+    its parameters in ``dtype`` (the same draw in every dtype).
 
     Example:
         >>> model = tiny_model()
         >>> model.cfg.n_layers, model.cfg.d_model
         (2, 64)
+        >>> next(tiny_model(dtype=torch.float64).parameters()).dtype
+        torch.float64
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -107,8 +111,11 @@ def tiny_model(
         hf_model = LlamaForCausalLM(config)
     finally:
         torch.random.set_rng_state(generator_state)
+    # Converted before wrapping: the Bridge's own ``.to(dtype)`` prints a line.
+    hf_model = torch.nn.Module.to(hf_model, dtype)
     bridge = bridge_from_hf(hf_model, tok, model_id=TINY_MODEL_ID, tokenizer_dir=_tokenizer_dir())
     bridge.cfg.default_prepend_bos = False
+    bridge.cfg.dtype = dtype
     if device is not None:
         bridge = bridge.to(device)
     return bridge
@@ -264,11 +271,12 @@ def tiny_family_model(
     """
     hf_model, tok = tiny_hf_model(family, n_layers=n_layers, d_model=d_model, seed=seed, **config)
     if dtype is not None:
-        hf_model = hf_model.to(dtype)
+        hf_model = torch.nn.Module.to(hf_model, dtype)
     bridge = bridge_from_hf(
         hf_model, tok, model_id=f"steerlens/tiny-{family}", tokenizer_dir=_tokenizer_dir()
     )
     bridge.cfg.default_prepend_bos = False
+    bridge.cfg.dtype = dtype
     if device is not None:
         bridge = bridge.to(device)
     return bridge

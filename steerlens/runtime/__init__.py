@@ -10,6 +10,7 @@
 - `forward`: logits at chosen positions, per-token log-probabilities of
   token rows, next-token logits, one KV-cached decoding step.
 - `prefixes`: KV caches of prompt prefixes, computed once and reused (`PrefixStore`).
+- `masking`: attention scores kept finite for a float64 model's float32 softmax.
 - `decoding`: the decoder (greedy or sampled, KV-cached).
 - `logprobs`: token log-probabilities, KL divergences and loss units.
 - `devices`: `device=` and `dtype=` checked against this machine.
@@ -43,6 +44,7 @@ from steerlens.runtime.logprobs import (
     kl_of_logprobs,
     token_logprobs,
 )
+from steerlens.runtime.masking import finite_scores
 from steerlens.runtime.model import (
     HOOK_TEMPLATE,
     check_layer,
@@ -107,6 +109,7 @@ __all__ = [
     "encode",
     "eos_token_ids",
     "final_norm",
+    "finite_scores",
     "format_prompts",
     "has_chat_template",
     "hf_decoder_layers",

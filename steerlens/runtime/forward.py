@@ -19,6 +19,7 @@ from steerlens.errors import ContextWindowError, InputError
 from steerlens.runtime.batch import chunks, right_pad
 from steerlens.runtime.context import TokenContext, token_context
 from steerlens.runtime.logprobs import token_logprobs
+from steerlens.runtime.masking import finite_scores
 from steerlens.runtime.model import device, n_ctx, supports_kv_cache
 from steerlens.runtime.progress import progress as progress_bar
 
@@ -182,11 +183,12 @@ def next_logits(
 
     Models that take Hugging Face cache objects (``TransformerBridge``) run only the tokens
     past ``n_cached``; others recompute the whole left-padded sequence (``cache`` stays None).
+    A left pad sees no key, so a float64 model runs under `finite_scores`.
     """
     if supports_kv_cache(model):
         logits, cache = continue_from(model, tokens, attention_mask, cache, n_cached, context)
         return logits[:, -1, :], cache
-    with token_context(context):
+    with token_context(context), finite_scores(model):
         logits = model(tokens, attention_mask=attention_mask)
     return logits[:, -1, :], None
 
@@ -201,7 +203,8 @@ def continue_from(
 ) -> tuple[Float[Tensor, "batch new vocab"], Any]:
     """The logits at every position of ``tokens`` past the first ``n_cached``, whose keys and
     values ``cache`` holds (e.g. from `prefix_cache`), and the extended cache. Needs a model
-    that takes Hugging Face caches (`supports_kv_cache`).
+    that takes Hugging Face caches (`supports_kv_cache`). Rows may be left-padded (a float64
+    model runs under `finite_scores`).
 
     Example:
         >>> import torch
@@ -215,7 +218,7 @@ def continue_from(
         >>> torch.allclose(logits[0], model(ids)[0, 2:], atol=1e-5)
         True
     """
-    with token_context(context):
+    with token_context(context), finite_scores(model):
         return model(
             tokens[:, n_cached:],
             attention_mask=attention_mask,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tolerances import TINY32, U32, check_logits
+from tolerances import TINY32, U32, check_logits, logprob_bound
 
 from steerlens import runtime
 from steerlens.errors import ContextWindowError, ContextWindowWarning, InputError, SpecError
@@ -119,3 +119,32 @@ def test_a_prompt_that_is_already_chat_formatted_is_not_templated_again(tiny):
     with pytest.raises(InputError, match=r"already holds the chat template's '<\|im_start\|>'"):
         runtime.format_prompts(tiny, [once], chat=True)
     assert runtime.format_prompts(tiny, [once], chat=False) == [once]
+
+
+def test_float64_left_padded_decoding_equals_each_row_alone():
+    # A float64 model's masked scores are -inf in the Bridge's float32 softmax: a left pad's
+    # query saw no key and went NaN, and the next layer spread it to the row's real tokens.
+    model = tiny_model(dtype=torch.float64)
+    rows = [[5, 6, 7, 8, 9, 10], [7, 3], [11, 12, 13]]
+    tokens, mask, n_pad = runtime.left_pad(model, rows)
+    ctx = runtime.TokenContext(n_pad, torch.full_like(n_pad, tokens.shape[1]), 0)
+    with torch.no_grad():
+        batched, _ = runtime.next_logits(model, tokens, mask, None, 0, ctx)
+        for i, ids in enumerate(rows):
+            alone = model(torch.tensor([ids]))[0, -1]
+            check_logits(alone)
+            # Only the attention softmax rounds in float32, over at most len(ids) keys.
+            bound = logprob_bound(len(rows[0]))
+            torch.testing.assert_close(
+                batched[i].log_softmax(-1), alone.log_softmax(-1), atol=bound, rtol=0
+            )
+
+
+def test_finite_scores_hooks_only_float64_models_and_removes_them():
+    model = tiny_model(dtype=torch.float64)
+    with runtime.finite_scores(model):
+        assert model.blocks[0].attn.hook_attn_scores.fwd_hooks
+    assert not model.blocks[0].attn.hook_attn_scores.fwd_hooks
+    model32 = tiny_model()
+    with runtime.finite_scores(model32):
+        assert not model32.blocks[0].attn.hook_attn_scores.fwd_hooks

@@ -6,6 +6,7 @@ from steerlens import runtime
 from steerlens.errors import SteerlensError
 from steerlens.runtime import TokenContext, left_pad, token_context
 from steerlens.steering.steer import Steering, steer
+from steerlens.testing import tiny_model
 
 
 def _reference_greedy(model, prompt_ids, n_new, **steer_kwargs):
@@ -68,3 +69,14 @@ def test_bad_prompts(tiny):
         steerlens.generate(tiny, ["ok", "  "], chat=True)
     with pytest.raises(SteerlensError, match="max_new_tokens"):
         steerlens.generate(tiny, "ok", max_new_tokens=0, chat=True)
+
+
+def test_float64_steered_batch_equals_one_by_one_with_left_padding():
+    # The float64 Bridge once decoded left-padded rows to NaN logits (argmax 0): its float32
+    # softmax turned a pad's all-masked scores into -inf (steerlens.runtime.masking).
+    model = tiny_model(dtype=torch.float64)
+    prompts = ["a", "the longer prompt here", "in"]
+    plan = Steering(torch.randn(64, dtype=torch.float64) * 4, layer=1)
+    batched = steerlens.generate(model, prompts, plan, max_new_tokens=6, chat=True)
+    single = [steerlens.generate(model, p, plan, max_new_tokens=6, chat=True) for p in prompts]
+    assert batched == single
