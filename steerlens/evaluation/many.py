@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -240,15 +240,12 @@ def rollout_kl(
     sizes = [len(r) for r in rollouts]
     starts = [0, *itertools.accumulate(sizes)]
     scored = _ScoredRows(model, rows, [r[:-1] for r in rollouts], plans, _compared(applies))
-    out: Tensor | None = None
-    for s, p, steered, unsteered in _against_unsteered(scored, batch_size, prefixes, progress):
-        if out is None:
-            out = torch.zeros(len(plans), sum(sizes), dtype=steered.dtype)
-        kl = runtime.kl_of_logprobs(steered, unsteered).clamp_min(0.0)
-        out[s, starts[p] : starts[p] + sizes[p]] = kl.cpu()
-    if out is None:  # every steering applies nothing
-        out = torch.zeros(len(plans), sum(sizes), dtype=_wide(runtime.dtype(model)))
-    return out
+    pairs = _against_unsteered(scored, batch_size, prefixes, progress)
+    kls = (
+        (s, slice(starts[p], starts[p] + sizes[p]), runtime.kl_of_logprobs(steered, unsteered))
+        for s, p, steered, unsteered in pairs
+    )
+    return _table(model, (len(plans), sum(sizes)), kls)
 
 
 @torch.no_grad()
@@ -309,14 +306,11 @@ def next_token_kl(
     plans, applies = _steerings(model, steerings)
     runtime.check_batch_size(batch_size)
     scored = _ScoredRows(model, rows, [[] for _ in rows], plans, _compared(applies))
-    out: Tensor | None = None
-    for s, p, steered, unsteered in _against_unsteered(scored, batch_size, prefixes, progress):
-        if out is None:
-            out = torch.zeros(len(plans), len(rows), dtype=steered.dtype)
-        out[s, p] = runtime.kl_of_logprobs(unsteered, steered).clamp_min(0.0)[0].cpu()
-    if out is None:  # every steering applies nothing
-        out = torch.zeros(len(plans), len(rows), dtype=_wide(runtime.dtype(model)))
-    return out
+    pairs = _against_unsteered(scored, batch_size, prefixes, progress)
+    kls = (
+        (s, p, runtime.kl_of_logprobs(unsteered, steered)[0]) for s, p, steered, unsteered in pairs
+    )
+    return _table(model, (len(plans), len(rows)), kls)
 
 
 @torch.no_grad()
@@ -418,6 +412,20 @@ def _against_unsteered(
             reference = {p: lp}  # a prompt's rows come together: one reference at a time
         else:
             yield s, p, lp, reference[p]
+
+
+def _table(
+    model: Any, shape: tuple[int, int], kls: Iterable[tuple[int, Any, Tensor]]
+) -> Float[Tensor, "steerings columns"]:
+    """A ``shape`` table on the CPU holding each ``(steering, columns, KL)`` of ``kls``,
+    clamped at 0 against rounding, in the KLs' dtype; exact zeros elsewhere (all of it, in
+    the model's dtype widened to float32, when every steering applies nothing)."""
+    out: Tensor | None = None
+    for s, where, kl in kls:
+        if out is None:
+            out = torch.zeros(shape, dtype=kl.dtype)
+        out[s, where] = kl.clamp_min(0.0).cpu()
+    return out if out is not None else torch.zeros(shape, dtype=_wide(runtime.dtype(model)))
 
 
 def _next_token_logprobs(
