@@ -593,24 +593,12 @@ class StudyFolder:
     def record_evaluation(self, unit: Unit, rows: list[dict[str, Any]]) -> None:
         """Save ``unit``'s evaluation rows (dicts with the ``evaluations`` columns but
         ``unit``), replacing any earlier ones, in one transaction."""
-        names = list(_EVALUATION_COLUMNS)
-        values = [[unit.name, *(row.get(k) for k in names[1:])] for row in rows]
-        with self.transaction() as con:
-            con.execute("DELETE FROM evaluations WHERE unit = ?", (unit.name,))
-            con.executemany(
-                f"INSERT INTO evaluations ({', '.join(names)}) "
-                f"VALUES ({', '.join('?' for _ in names)})",
-                values,
-            )
+        self._replace_unit_rows("evaluations", list(_EVALUATION_COLUMNS), unit, rows)
 
     def record_steerability(self, unit: Unit, rows: list[dict[str, Any]]) -> None:
         """Save ``unit``'s steerability rows (dicts with the ``steerability`` columns but
         ``unit``), replacing any earlier ones, in one transaction."""
-        names = list(_STEERABILITY_COLUMNS)
-        values = [[unit.name, *(row.get(k) for k in names[1:])] for row in rows]
-        with self.transaction() as con:
-            con.execute("DELETE FROM steerability WHERE unit = ?", (unit.name,))
-            _insert(con, "steerability", names, values)
+        self._replace_unit_rows("steerability", list(_STEERABILITY_COLUMNS), unit, rows)
 
     def record_grid(self, rows: list[dict[str, Any]]) -> None:
         """Save the grid's cells (dicts with the ``grid`` columns; ``replies`` a list),
@@ -626,6 +614,16 @@ class StudyFolder:
         with self.transaction() as con:
             con.execute("DELETE FROM grid")
             _insert(con, "grid", names, values)
+
+    def _replace_unit_rows(
+        self, table: str, names: list[str], unit: Unit, rows: list[dict[str, Any]]
+    ) -> None:
+        """Save ``unit``'s rows of ``table`` (columns ``names``, ``unit`` first), replacing any
+        earlier ones, in one transaction."""
+        values = [[unit.name, *(row.get(k) for k in names[1:])] for row in rows]
+        with self.transaction() as con:
+            con.execute(f"DELETE FROM {table} WHERE unit = ?", (unit.name,))
+            _insert(con, table, names, values)
 
     @staticmethod
     def _unit_columns(unit: Unit) -> dict[str, Any]:
