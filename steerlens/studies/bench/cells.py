@@ -336,17 +336,24 @@ class CellRun:
                 changes[label][name] = metrics.behaviour_rate(scores[1 + i]) - base
         return changes
 
+    def validation(
+        self, vectors: dict[tuple[str, str], SteeringVector]
+    ) -> tuple[dict[tuple[str, str], SteeringVector], list[Any]]:
+        """What `best_of` chooses among and on: the single-example vectors, and the validation
+        items (training items that are none of the E examples); either may be empty."""
+        singles = {k: v for k, v in vectors.items() if k[0] == OneShotEach().name}
+        start = self.settings.examples
+        order = self.setup.order[start : start + self.settings.validation_items]
+        return singles, [self.behaviour.train[i] for i in order]
+
     def best_of(
         self, vectors: dict[tuple[str, str], SteeringVector], multipliers: dict[str, float | None]
     ) -> str | None:
         """The single-example vector with the highest mean propensity on validation items
         (training items that are none of the E examples) at its equal-cost multiplier."""
-        singles = {k: v for k, v in vectors.items() if k[0] == OneShotEach().name}
-        start = self.settings.examples
-        order = self.setup.order[start : start + self.settings.validation_items]
-        if not singles or not order:
+        singles, items = self.validation(vectors)
+        if not singles or not items:
             return None
-        items = [self.behaviour.train[i] for i in order]
         name = f"{self.behaviour.name} validation"
         self.shared.sets.setdefault(name, ABPrompts.of(self.model, items))
         units = self._units(singles)

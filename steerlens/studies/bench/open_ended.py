@@ -32,7 +32,7 @@ from steerlens.steering.positions import Positions, as_positions
 from steerlens.steering.vector import SteeringVector
 from steerlens.studies.bench import metrics
 from steerlens.studies.bench.cells import CellRun, unit_plans
-from steerlens.studies.bench.methods import Method, OneShotEach, Setup
+from steerlens.studies.bench.methods import Method, Setup
 from steerlens.studies.bench.results import CellResult
 from steerlens.training.data import Datapoint
 
@@ -150,12 +150,9 @@ class OpenCellRun(CellRun):
         """The single-example vector under which the validation requests' target replies
         (training items that are none of the E examples) are most likely per token, at its
         equal-cost multiplier: a choice that needs no generation and no judge."""
-        singles = {k: v for k, v in vectors.items() if k[0] == OneShotEach().name}
-        start = self.settings.examples
-        order = self.setup.order[start : start + self.settings.validation_items]
-        if not singles or not order:
+        singles, items = self.validation(vectors)
+        if not singles or not items:
             return None
-        items = [self.behaviour.train[i] for i in order]
         rows, completions = [], []
         for item in items:
             prompt = runtime.chat_prompt(self.model, item.request)
