@@ -19,7 +19,7 @@ batch however many prompts there are.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -291,27 +291,33 @@ def _example_texts(items: Sequence[PromptItem]) -> list[Any]:
     return [list(i) if isinstance(i, tuple) else i for i in list(items)[:_N_EXAMPLES]]
 
 
-def _provenance(
+def _vector(
+    model: Any,
+    directions: dict[int, Tensor],
     method: str,
     positive: Sequence[PromptItem],
     negative: Sequence[PromptItem],
+    reading: dict[str, Any],
     *,
-    position: str,
-    chat: bool | None,
     paired: bool,
     **extra: Any,
-) -> dict[str, Any]:
-    return {
+) -> SteeringVector:
+    """The baseline's vector, with its provenance: the method, how activations were read
+    (``reading``: `_read_sets`'s), the prompt counts and a few examples (``extra``: the
+    method's own settings)."""
+    provenance = {
         "method": method,
-        "position": position,
+        "position": reading["position"],
         "paired": paired,
-        "chat": chat,
+        "chat": runtime.uses_chat(model, reading["chat"]),
         "n_positive": len(positive),
         "n_negative": len(negative),
         "hook_template": runtime.HOOK_TEMPLATE,
         "examples": {"positive": _example_texts(positive), "negative": _example_texts(negative)},
         **extra,
+        "bos": reading["bos"],
     }
+    return SteeringVector(directions, model_id=runtime.model_id(model), provenance=provenance)
 
 
 def _split_completions(
@@ -351,6 +357,27 @@ def _check_paired(positive: Sequence[Any], negative: Sequence[Any]) -> None:
             f"{len(negative)} negative prompts. Pair each positive with one negative (or pass "
             "paired=False to diff_of_means)."
         )
+
+
+def _read_sets(
+    read: Callable[..., dict[int, Tensor]],
+    model: Any,
+    positive: Sequence[PromptItem],
+    negative: Sequence[PromptItem],
+    layer: int | Sequence[int],
+    completions: tuple[Sequence[str], Sequence[str]] | None,
+    progress: bool | None,
+    reading: dict[str, Any],
+) -> tuple[list[int], dict[int, Tensor], dict[int, Tensor]]:
+    """The layers, and ``read``'s activations of the positive set and of the negative set at
+    them (``reading``: the keywords ``position``, ``batch_size``, ``chat`` and ``bos``); both
+    sets are checked before any forward pass."""
+    pos_c, neg_c = _split_completions(completions)
+    la = sorted(set(runtime.check_layers(model, layer)))
+    _check_sets(model, positive, negative, completions=(pos_c, neg_c), **reading)
+    pos = read(model, positive, la, completions=pos_c, progress=progress, **reading)
+    neg = read(model, negative, la, completions=neg_c, progress=progress, **reading)
+    return la, pos, neg
 
 
 def diff_of_means(
@@ -400,23 +427,12 @@ def diff_of_means(
     """
     if paired:
         _check_paired(positive, negative)
-    pos_c, neg_c = _split_completions(completions)
     kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat, "bos": bos}
-    la = sorted(set(runtime.check_layers(model, layer)))
-    _check_sets(model, positive, negative, completions=(pos_c, neg_c), **kw)
-    mean_pos = mean_activations(model, positive, la, completions=pos_c, progress=progress, **kw)
-    mean_neg = mean_activations(model, negative, la, completions=neg_c, progress=progress, **kw)
-    directions = {layer: mean_pos[layer] - mean_neg[layer] for layer in la}
-    provenance = _provenance(
-        "diff_of_means",
-        positive,
-        negative,
-        position=position,
-        chat=runtime.uses_chat(model, chat),
-        paired=paired,
-        bos=bos,
+    la, mean_pos, mean_neg = _read_sets(
+        mean_activations, model, positive, negative, layer, completions, progress, kw
     )
-    return SteeringVector(directions, model_id=runtime.model_id(model), provenance=provenance)
+    directions = {layer: mean_pos[layer] - mean_neg[layer] for layer in la}
+    return _vector(model, directions, "diff_of_means", positive, negative, kw, paired=paired)
 
 
 def principal_direction(
@@ -486,28 +502,25 @@ def pca_direction(
         ('pca_of_differences', [1])
     """
     _check_paired(positive, negative)
-    pos_c, neg_c = _split_completions(completions)
     kw: dict[str, Any] = {"position": position, "batch_size": batch_size, "chat": chat, "bos": bos}
-    la = sorted(set(runtime.check_layers(model, layer)))
-    _check_sets(model, positive, negative, completions=(pos_c, neg_c), **kw)
-    acts_pos = collect_activations(model, positive, la, completions=pos_c, progress=progress, **kw)
-    acts_neg = collect_activations(model, negative, la, completions=neg_c, progress=progress, **kw)
+    la, acts_pos, acts_neg = _read_sets(
+        collect_activations, model, positive, negative, layer, completions, progress, kw
+    )
     directions = {}
     for layer in la:
         diffs = acts_pos[layer] - acts_neg[layer]
         u = principal_direction(diffs, center=center)
         directions[layer] = u * (diffs @ u).mean()
-    provenance = _provenance(
+    return _vector(
+        model,
+        directions,
         "pca_of_differences",
         positive,
         negative,
-        position=position,
-        chat=runtime.uses_chat(model, chat),
+        kw,
         paired=True,
         centered=center,
-        bos=bos,
     )
-    return SteeringVector(directions, model_id=runtime.model_id(model), provenance=provenance)
 
 
 __all__ = [

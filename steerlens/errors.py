@@ -7,6 +7,7 @@ what failed, shows the value seen, and gives the fix.
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -131,3 +132,17 @@ def describe_error(exc: BaseException) -> str:
         'ValueError: bad value'
     """
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` that points at the first caller outside
+    steerlens, so a warning names the user's line, however deep in steerlens it is raised.
+
+    Example:
+        >>> user_stacklevel() >= 1
+        True
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("steerlens"):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level

@@ -78,9 +78,7 @@ def token_row(item: Any, i: int, what: str = "prompt") -> list[int]:
     row = list(item)
     if not row:
         raise InputError(f"{what} {i} has no tokens; a {what} needs at least one.")
-    bad = next((t for t in row if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
-    if bad is not None:
-        raise InputError(f"{what} {i} holds {bad!r}, not a token id (an int).")
+    _check_ints(row, f"{what} {i}", InputError)
     return [int(t) for t in row]
 
 
@@ -161,13 +159,18 @@ def check_token_ids(
         raise SpecError(
             f"{what} has {len(out)} token ids for {count} prompts; give one per prompt."
         )
-    bad = next((t for t in out if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
-    if bad is not None:
-        raise SpecError(f"{what} holds {bad!r}, not a token id (an int).")
+    _check_ints(out, what, SpecError)
     vocab = runtime.vocab_size(model)
     if vocab is not None:
         check_in_vocab(out, vocab, what, SpecError)
     return [int(t) for t in out]
+
+
+def _check_ints(ids: Sequence[Any], what: str, error: type[Exception]) -> None:
+    """Raise ``error`` naming ``what`` at the first item that is not an int (a bool is not)."""
+    bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+    if bad is not None:
+        raise error(f"{what} holds {bad!r}, not a token id (an int).")
 
 
 def check_in_vocab(ids: Sequence[int], vocab: int, what: str, error: type[Exception]) -> None:

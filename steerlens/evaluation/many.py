@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -240,15 +240,12 @@ def rollout_kl(
     sizes = [len(r) for r in rollouts]
     starts = [0, *itertools.accumulate(sizes)]
     scored = _ScoredRows(model, rows, [r[:-1] for r in rollouts], plans, _compared(applies))
-    out: Tensor | None = None
-    for s, p, steered, unsteered in _against_unsteered(scored, batch_size, prefixes, progress):
-        if out is None:
-            out = torch.zeros(len(plans), sum(sizes), dtype=steered.dtype)
-        kl = runtime.kl_of_logprobs(steered, unsteered).clamp_min(0.0)
-        out[s, starts[p] : starts[p] + sizes[p]] = kl.cpu()
-    if out is None:  # every steering applies nothing
-        out = torch.zeros(len(plans), sum(sizes), dtype=_wide(runtime.dtype(model)))
-    return out
+    pairs = _against_unsteered(scored, batch_size, prefixes, progress)
+    kls = (
+        (s, slice(starts[p], starts[p] + sizes[p]), runtime.kl_of_logprobs(steered, unsteered))
+        for s, p, steered, unsteered in pairs
+    )
+    return _table(model, (len(plans), sum(sizes)), kls)
 
 
 @torch.no_grad()
@@ -309,14 +306,11 @@ def next_token_kl(
     plans, applies = _steerings(model, steerings)
     runtime.check_batch_size(batch_size)
     scored = _ScoredRows(model, rows, [[] for _ in rows], plans, _compared(applies))
-    out: Tensor | None = None
-    for s, p, steered, unsteered in _against_unsteered(scored, batch_size, prefixes, progress):
-        if out is None:
-            out = torch.zeros(len(plans), len(rows), dtype=steered.dtype)
-        out[s, p] = runtime.kl_of_logprobs(unsteered, steered).clamp_min(0.0)[0].cpu()
-    if out is None:  # every steering applies nothing
-        out = torch.zeros(len(plans), len(rows), dtype=_wide(runtime.dtype(model)))
-    return out
+    pairs = _against_unsteered(scored, batch_size, prefixes, progress)
+    kls = (
+        (s, p, runtime.kl_of_logprobs(unsteered, steered)[0]) for s, p, steered, unsteered in pairs
+    )
+    return _table(model, (len(plans), len(rows)), kls)
 
 
 @torch.no_grad()
@@ -420,6 +414,20 @@ def _against_unsteered(
             yield s, p, lp, reference[p]
 
 
+def _table(
+    model: Any, shape: tuple[int, int], kls: Iterable[tuple[int, Any, Tensor]]
+) -> Float[Tensor, "steerings columns"]:
+    """A ``shape`` table on the CPU holding each ``(steering, columns, KL)`` of ``kls``,
+    clamped at 0 against rounding, in the KLs' dtype; exact zeros elsewhere (all of it, in
+    the model's dtype widened to float32, when every steering applies nothing)."""
+    out: Tensor | None = None
+    for s, where, kl in kls:
+        if out is None:
+            out = torch.zeros(shape, dtype=kl.dtype)
+        out[s, where] = kl.clamp_min(0.0).cpu()
+    return out if out is not None else torch.zeros(shape, dtype=_wide(runtime.dtype(model)))
+
+
 def _next_token_logprobs(
     model: Any,
     rows: list[list[int]],
@@ -434,10 +442,7 @@ def _next_token_logprobs(
     store = prefixes if prefixes is not None else runtime.PrefixStore(model, max_bytes=0)
     dev = runtime.device(model)
     index = torch.tensor(ids, device=dev)
-    applied = [resolve_steering(model, plan) for plan in plans]
-    cuts = {p: _unsteered_prefix(applied, len(rows[p])) for p in range(len(rows))}
-    if not runtime.supports_kv_cache(model):
-        cuts = dict.fromkeys(cuts, 0)
+    cuts = _prefix_cuts(model, rows, [resolve_steering(model, plan) for plan in plans])
     # A prompt whose every steering leaves its first tokens alone runs them once, unsteered,
     # and its steered rows reuse their KV cache (CAA-style A/B scoring steers only the last
     # few tokens); other prompts' rows are packed into batches as usual.
@@ -453,11 +458,7 @@ def _next_token_logprobs(
             n = len(chunk)
             cache = store.cache(row[:cut], n, prompt_end=len(row))
             tokens = torch.tensor([row] * n, device=dev)
-            ctx = runtime.TokenContext(
-                torch.zeros(n, dtype=torch.long, device=dev),
-                torch.full((n,), len(row), dtype=torch.long, device=dev),
-                cut,
-            )
+            ctx = _copies_context(n, len(row), cut, dev)
             with steer_rows(model, [plans[s] for s in chunk]):
                 logits, _ = runtime.next_logits(
                     model, tokens, torch.ones_like(tokens), cache, cut, ctx
@@ -511,10 +512,8 @@ class _ScoredRows:
         self.seqs = [r + g for r, g in zip(rows, continuations, strict=True)]
         self.sizes = [len(g) + 1 for g in continuations]
         applied = [resolve_steering(model, plans[s]) for s in steerings if s >= 0]
-        cuts = {p: _unsteered_prefix(applied, len(r)) for p, r in enumerate(rows)}
-        if not runtime.supports_kv_cache(model) or not steerings:
-            cuts = dict.fromkeys(cuts, 0)
-        self.cuts = cuts
+        cuts = _prefix_cuts(model, rows, applied)
+        self.cuts = cuts if steerings else dict.fromkeys(cuts, 0)
         order = _by_length(self.seqs)
         self.shared = [(p, steerings) for p in order if cuts[p] > 0]
         self.cells = [(s, p) for p in order if cuts[p] == 0 for s in steerings]
@@ -533,11 +532,7 @@ class _ScoredRows:
                 n = len(batch)
                 cache = store.cache(self.rows[p][:cut], n, prompt_end=n_prompt)
                 tokens = torch.tensor([self.seqs[p]] * n, device=dev)
-                ctx = runtime.TokenContext(
-                    torch.zeros(n, dtype=torch.long, device=dev),
-                    torch.full((n,), n_prompt, dtype=torch.long, device=dev),
-                    cut,
-                )
+                ctx = _copies_context(n, n_prompt, cut, dev)
                 with steer_rows(self.model, [self._plan(s) for s in batch]):
                     logits, _ = runtime.continue_from(
                         self.model, tokens, torch.ones_like(tokens), cache, cut, ctx
@@ -572,6 +567,26 @@ class _ScoredRows:
 
     def _plan(self, s: int) -> RowSteering:
         return None if s < 0 else self.plans[s]
+
+
+def _prefix_cuts(
+    model: Any, rows: Sequence[Sequence[int]], applied: Sequence[Sequence[Any]]
+) -> dict[int, int]:
+    """Per prompt, how many leading tokens its rows under ``applied`` can share, run once
+    unsteered (`_unsteered_prefix`); none on a model without KV-cache support."""
+    if not runtime.supports_kv_cache(model):
+        return dict.fromkeys(range(len(rows)), 0)
+    return {p: _unsteered_prefix(applied, len(r)) for p, r in enumerate(rows)}
+
+
+def _copies_context(n: int, n_prompt: int, cut: int, dev: torch.device) -> runtime.TokenContext:
+    """The token context of ``n`` copies of one ``n_prompt``-token prompt whose first ``cut``
+    tokens are in the KV cache."""
+    return runtime.TokenContext(
+        torch.zeros(n, dtype=torch.long, device=dev),
+        torch.full((n,), n_prompt, dtype=torch.long, device=dev),
+        cut,
+    )
 
 
 def _unsteered_prefix(applied: Sequence[Sequence[Any]], length: int) -> int:

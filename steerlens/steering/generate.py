@@ -81,10 +81,7 @@ def generate(
     texts = runtime.format_prompts(model, items, chat=chat, system=system)
     warn_unusual_use(steering)
     eos = runtime.eos_token_ids(model)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise SpecError(f"seed must be an int or None, got {seed!r}.")
-    # Without a seed, draw one from the OS: torch.seed() would re-seed the user's global RNG.
-    base = seed if seed is not None else secrets.randbits(63)
+    base = _base_seed(seed)
     dev = runtime.device(model)
     outputs: list[str] = []
     several = len(texts) > runtime.check_batch_size(batch_size)
@@ -160,9 +157,7 @@ def generate_each(
     for plan in plans:  # refuse a bad steering before any decoding
         resolve_steering(model, plan)
     texts = runtime.format_prompts(model, items, chat=chat, system=system)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise SpecError(f"seed must be an int or None, got {seed!r}.")
-    base = seed if seed is not None else secrets.randbits(63)
+    base = _base_seed(seed)
     eos = runtime.eos_token_ids(model)
     dev = runtime.device(model)
     encoded = [runtime.encode(model, t, bos=bos) for t in texts]
@@ -187,6 +182,14 @@ def generate_each(
         bar.update(len(rows))
     bar.close()
     return replies
+
+
+def _base_seed(seed: Any) -> int:
+    """The seed every prompt's generator mixes from (`_prompt_generator`): ``seed`` checked,
+    or, without one, drawn from the OS (torch.seed() would re-seed the user's global RNG)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise SpecError(f"seed must be an int or None, got {seed!r}.")
+    return seed if seed is not None else secrets.randbits(63)
 
 
 def _prompt_generator(seed: int, index: int, device: torch.device) -> torch.Generator:

@@ -28,6 +28,7 @@ from steerlens.studies.grid import (
     GridResult,
     GridSource,
     check_budget,
+    describe_budget,
     layer_strength_grid,
 )
 
@@ -299,12 +300,8 @@ class Calibration:
         }
 
     def __repr__(self) -> str:
-        return f"Calibration({_describe(self.budget)}: {self.point.summary()})\n  {self.guidance()}"
-
-
-def _describe(budget: Mapping[str, float]) -> str:
-    words = {"max_kl": "KL <=", "max_nll_ratio": "NLL ratio <=", "min_distinct": "distinct-n >="}
-    return ", ".join(f"{words[k]} {v:g}" for k, v in budget.items()) or "no budget"
+        head = f"Calibration({describe_budget(self.budget)}: {self.point.summary()})"
+        return f"{head}\n  {self.guidance()}"
 
 
 def calibrate(

@@ -427,57 +427,52 @@ class StudyFolder:
     def table(self) -> Any:
         """The ``units`` table as a pandas ``DataFrame`` (one row per finished or failed unit,
         in the order they finished)."""
-        import pandas as pd
-
-        with self.transaction() as con:
-            return pd.read_sql("SELECT * FROM units ORDER BY rowid", con)
+        return self._frame("SELECT * FROM units ORDER BY rowid")
 
     def finished(self) -> set[str]:
         """The names of the units whose vectors are saved."""
-        with self.transaction() as con:
-            return {r[0] for r in con.execute("SELECT unit FROM units WHERE status = 'done'")}
+        return self._names("SELECT unit FROM units WHERE status = 'done'")
 
     def evaluations(self) -> Any:
         """The ``evaluations`` table as a pandas ``DataFrame``: the generalization matrix's
         rows (`steerlens.studies.matrix.MatrixRow`) of every evaluated unit, one per
         ``(unit, prompt)``."""
-        import pandas as pd
-
-        with self.transaction() as con:
-            return pd.read_sql("SELECT * FROM evaluations ORDER BY rowid", con)
+        return self._frame("SELECT * FROM evaluations ORDER BY rowid")
 
     def evaluated(self) -> set[str]:
         """The names of the units whose evaluation rows are saved."""
-        with self.transaction() as con:
-            return {r[0] for r in con.execute("SELECT DISTINCT unit FROM evaluations")}
+        return self._names("SELECT DISTINCT unit FROM evaluations")
 
     def steerability_table(self) -> Any:
         """The ``steerability`` table as a pandas ``DataFrame``: one row per unit x example
         prompt x multiplier (``effect``, and the prompt's ``slope`` repeated on its rows)."""
-        import pandas as pd
-
-        with self.transaction() as con:
-            return pd.read_sql(
-                "SELECT * FROM steerability ORDER BY unit, prompt_index, strength_index", con
-            )
+        return self._frame("SELECT * FROM steerability ORDER BY unit, prompt_index, strength_index")
 
     def steerability_measured(self) -> set[str]:
         """The names of the units whose steerability rows are saved."""
-        with self.transaction() as con:
-            return {r[0] for r in con.execute("SELECT DISTINCT unit FROM steerability")}
+        return self._names("SELECT DISTINCT unit FROM steerability")
 
     def grid_table(self) -> Any:
         """The ``grid`` table as a pandas ``DataFrame``: one row per (layer, strength) cell,
         with the unit whose vector was applied at that layer (empty: no grid yet)."""
-        import pandas as pd
-
-        with self.transaction() as con:
-            return pd.read_sql("SELECT * FROM grid ORDER BY layer, strength", con)
+        return self._frame("SELECT * FROM grid ORDER BY layer, strength")
 
     def has_grid(self) -> bool:
         """Whether the layer x strength grid is saved."""
         with self.transaction() as con:
             return con.execute("SELECT 1 FROM grid LIMIT 1").fetchone() is not None
+
+    def _frame(self, query: str) -> Any:
+        """``query``'s rows as a pandas ``DataFrame``."""
+        import pandas as pd
+
+        with self.transaction() as con:
+            return pd.read_sql(query, con)
+
+    def _names(self, query: str) -> set[str]:
+        """The first column of ``query``'s rows (unit names), as a set."""
+        with self.transaction() as con:
+            return {r[0] for r in con.execute(query)}
 
     def _rows(self, query: str) -> list[dict[str, Any]]:
         with self.transaction() as con:
@@ -598,24 +593,12 @@ class StudyFolder:
     def record_evaluation(self, unit: Unit, rows: list[dict[str, Any]]) -> None:
         """Save ``unit``'s evaluation rows (dicts with the ``evaluations`` columns but
         ``unit``), replacing any earlier ones, in one transaction."""
-        names = list(_EVALUATION_COLUMNS)
-        values = [[unit.name, *(row.get(k) for k in names[1:])] for row in rows]
-        with self.transaction() as con:
-            con.execute("DELETE FROM evaluations WHERE unit = ?", (unit.name,))
-            con.executemany(
-                f"INSERT INTO evaluations ({', '.join(names)}) "
-                f"VALUES ({', '.join('?' for _ in names)})",
-                values,
-            )
+        self._replace_unit_rows("evaluations", list(_EVALUATION_COLUMNS), unit, rows)
 
     def record_steerability(self, unit: Unit, rows: list[dict[str, Any]]) -> None:
         """Save ``unit``'s steerability rows (dicts with the ``steerability`` columns but
         ``unit``), replacing any earlier ones, in one transaction."""
-        names = list(_STEERABILITY_COLUMNS)
-        values = [[unit.name, *(row.get(k) for k in names[1:])] for row in rows]
-        with self.transaction() as con:
-            con.execute("DELETE FROM steerability WHERE unit = ?", (unit.name,))
-            _insert(con, "steerability", names, values)
+        self._replace_unit_rows("steerability", list(_STEERABILITY_COLUMNS), unit, rows)
 
     def record_grid(self, rows: list[dict[str, Any]]) -> None:
         """Save the grid's cells (dicts with the ``grid`` columns; ``replies`` a list),
@@ -631,6 +614,16 @@ class StudyFolder:
         with self.transaction() as con:
             con.execute("DELETE FROM grid")
             _insert(con, "grid", names, values)
+
+    def _replace_unit_rows(
+        self, table: str, names: list[str], unit: Unit, rows: list[dict[str, Any]]
+    ) -> None:
+        """Save ``unit``'s rows of ``table`` (columns ``names``, ``unit`` first), replacing any
+        earlier ones, in one transaction."""
+        values = [[unit.name, *(row.get(k) for k in names[1:])] for row in rows]
+        with self.transaction() as con:
+            con.execute(f"DELETE FROM {table} WHERE unit = ?", (unit.name,))
+            _insert(con, table, names, values)
 
     @staticmethod
     def _unit_columns(unit: Unit) -> dict[str, Any]:

@@ -127,7 +127,7 @@ class FrontierPoint:
         return out
 
     def __repr__(self) -> str:
-        return f"FrontierPoint({_describe_budget(self.budget)}: {self.summary()})"
+        return f"FrontierPoint({describe_budget(self.budget)}: {self.summary()})"
 
     def summary(self) -> str:
         """One line: the cell, its behavior and its coherence; or, when no cell within the
@@ -143,7 +143,7 @@ class FrontierPoint:
         """
         if self.layer is None or self.strength is None:
             return self.note
-        scope = f"within {_describe_budget(self.budget)}" if self.budget else "in the grid"
+        scope = f"within {describe_budget(self.budget)}" if self.budget else "in the grid"
         cells = f"{self.within_budget} cell{'s' if self.within_budget != 1 else ''} {scope}"
         if self.successes == 0:
             return (
@@ -482,7 +482,7 @@ class GridResult:
                 f"strength {self.strengths[j]:g})"
             )
         return (
-            f"no cell is within {_describe_budget(budget)}: " + "; ".join(parts) + ". Loosen "
+            f"no cell is within {describe_budget(budget)}: " + "; ".join(parts) + ". Loosen "
             "the budget, or add smaller strengths (0 is the unsteered model)."
         )
 
@@ -664,7 +664,13 @@ class GridResult:
         return "\n".join(lines)
 
 
-def _describe_budget(budget: Mapping[str, float]) -> str:
+def describe_budget(budget: Mapping[str, float]) -> str:
+    """A coherence budget (`check_budget`'s limits) in words.
+
+    Example:
+        >>> describe_budget({"max_kl": 0.5, "min_distinct": 0.8})
+        'KL <= 0.5, distinct-n >= 0.8'
+    """
     if not budget:
         return "no budget"
     words = {"max_kl": "KL <=", "max_nll_ratio": "NLL ratio <=", "min_distinct": "distinct-n >="}
@@ -704,6 +710,22 @@ def check_budget(
     """
     given = (("max_kl", max_kl), ("max_nll_ratio", max_nll_ratio), ("min_distinct", min_distinct))
     return {name: _check_limit(name, value) for name, value in given if value is not None}
+
+
+def check_neutral_prompts(neutral_prompts: Sequence[str] | None) -> list[str] | None:
+    """The prompts the side-effect KL is measured on, checked (``None``: no KL), with an error
+    that names ``neutral_prompts``.
+
+    Example:
+        >>> check_neutral_prompts("in the")
+        ['in the']
+    """
+    if neutral_prompts is None:
+        return None
+    try:
+        return runtime.check_prompts(neutral_prompts)
+    except SteerlensError as err:
+        raise InputError(f"neutral_prompts: {err}") from None
 
 
 def _nan_to_none(values: np.ndarray) -> list[list[float | None]]:
@@ -905,12 +927,7 @@ def layer_strength_grid(
     swept = sorted(set(runtime.check_layers(model, layers, what="layers")))
     values = _check_strengths(strengths)
     items = runtime.check_prompts(prompts)
-    neutral = None
-    if neutral_prompts is not None:
-        try:
-            neutral = runtime.check_prompts(neutral_prompts)
-        except SteerlensError as err:
-            raise InputError(f"neutral_prompts: {err}") from None
+    neutral = check_neutral_prompts(neutral_prompts)
     judge = _check_judge(judge)
     n = _check_n(n)
     runtime.check_batch_size(batch_size)
@@ -1011,4 +1028,11 @@ def _value(result: MetricResult | None, attr: str) -> float:
     return math.nan if result is None else float(getattr(result, attr))
 
 
-__all__ = ["FrontierPoint", "GridResult", "check_budget", "layer_strength_grid"]
+__all__ = [
+    "FrontierPoint",
+    "GridResult",
+    "check_budget",
+    "check_neutral_prompts",
+    "describe_budget",
+    "layer_strength_grid",
+]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steerlens.errors import ClusterError, SpecError, SteerlensError, describe_error
+from steerlens.errors import ClusterError, SteerlensError, describe_error
 from steerlens.steering.vector import SteeringVector
 from steerlens.studies.phases import (
     Outcome,
@@ -35,7 +35,7 @@ from steerlens.studies.phases import (
     train_units,
 )
 from steerlens.studies.spec import StudySpec, Unit
-from steerlens.studies.workers import INSTALL, import_ray, worker_model
+from steerlens.studies.workers import INSTALL, check_ray_settings, import_ray, worker_model
 
 
 def train_on_worker(spec: StudySpec, units: Sequence[Unit], device: str | None) -> list[Outcome]:
@@ -163,11 +163,7 @@ class RayBackend:
     task: Callable[[StudySpec, Sequence[Unit], str | None], list[Outcome]] = train_on_worker
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
-            raise SpecError(f"max_retries must be an int >= 0, got {self.max_retries!r}.")
-        if self.max_retries < 0:
-            raise SpecError(f"max_retries must be an int >= 0, got {self.max_retries!r}.")
-        import_ray()  # a missing package is reported before any work
+        check_ray_settings(self.max_retries)
 
     def train(
         self, spec: StudySpec, units: Sequence[Unit], batch_size: int
@@ -179,20 +175,12 @@ class RayBackend:
     def evaluate(
         self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
     ) -> Iterator[tuple[Unit, PhaseOutcome]]:
-        work = []
-        for i in range(0, len(items), batch_size):
-            chunk = list(items[i : i + batch_size])
-            work.append(([u for u, _ in chunk], (spec, chunk, self.device, batch_size)))
-        yield from self._run(evaluate_on_worker, spec, work)
+        yield from self._run(evaluate_on_worker, spec, self._item_work(spec, items, batch_size))
 
     def steerability(
         self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
     ) -> Iterator[tuple[Unit, PhaseOutcome]]:
-        work = []
-        for i in range(0, len(items), batch_size):
-            chunk = list(items[i : i + batch_size])
-            work.append(([u for u, _ in chunk], (spec, chunk, self.device, batch_size)))
-        yield from self._run(steerability_on_worker, spec, work)
+        yield from self._run(steerability_on_worker, spec, self._item_work(spec, items, batch_size))
 
     def grid(
         self, spec: StudySpec, sources: Mapping[int, tuple[Unit, SteeringVector]], batch_size: int
@@ -200,6 +188,13 @@ class RayBackend:
         work = [(["grid"], (spec, dict(sources), self.device, batch_size))]
         [(_, outcome)] = list(self._run(grid_on_worker, spec, work))
         return outcome  # type: ignore[no-any-return]
+
+    def _item_work(
+        self, spec: StudySpec, items: Sequence[tuple[Unit, SteeringVector]], batch_size: int
+    ) -> list[tuple[list[Any], tuple]]:
+        """One task's ``(units, args)`` per ``batch_size`` items, for `_run`."""
+        chunks = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+        return [([u for u, _ in c], (spec, c, self.device, batch_size)) for c in chunks]
 
     def _run(
         self, fn: Callable[..., list[Any]], spec: StudySpec, work: list[tuple[list[Any], tuple]]

@@ -29,14 +29,13 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from steerlens import runtime
-from steerlens.errors import InputError, SpecError, SteerlensError
+from steerlens.errors import InputError, SpecError
 from steerlens.evaluation.many import next_token_kl
 from steerlens.io.plain import prompt_label, short, table, to_plain
 from steerlens.steering.steer import SteeringLike, as_plans
 from steerlens.studies.bench import metrics
 from steerlens.studies.bench.settings import NEUTRAL_PROMPTS
-from steerlens.studies.grid import check_budget
+from steerlens.studies.grid import check_budget, check_neutral_prompts
 from steerlens.studies.matrix import check_examples, target_logprobs
 from steerlens.training.data import Datapoint
 
@@ -496,12 +495,7 @@ def steerability(
     values = _check_strengths(strengths)
     items = [dp.for_model(model) for dp in check_examples(examples)]
     budget = check_budget(max_kl=max_kl)["max_kl"]
-    neutral = None
-    if neutral_prompts is not None:
-        try:
-            neutral = runtime.check_prompts(neutral_prompts)
-        except SteerlensError as err:
-            raise InputError(f"neutral_prompts: {err}") from None
+    neutral = check_neutral_prompts(neutral_prompts)
     steerings = [[plan.scaled(m) for plan in plans] for m in values]
     scores = target_logprobs(model, steerings, items, batch_size=batch_size, progress=progress)
     effects = scores.changes.T.contiguous()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from steerlens.errors import MissingPackageError
+from steerlens.errors import MissingPackageError, SpecError
 from steerlens.studies.spec import load_study_model
 
 INSTALL = "pip install steerlens[ray]"
@@ -24,6 +24,21 @@ def import_ray() -> Any:
     return ray
 
 
+def check_ray_settings(max_retries: Any) -> None:
+    """Refuse a ``max_retries`` that is not an int >= 0, and a missing ``ray`` package, before
+    any work (what a Ray backend checks when it is made).
+
+    Example:
+        >>> check_ray_settings(-1)
+        Traceback (most recent call last):
+        ...
+        steerlens.errors.SpecError: max_retries must be an int >= 0, got -1.
+    """
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise SpecError(f"max_retries must be an int >= 0, got {max_retries!r}.")
+    import_ray()
+
+
 @functools.lru_cache(maxsize=2)
 def worker_model(name: str, device: str | None) -> Any:
     """The model ``name`` on ``device``, built once per process (each Ray worker keeps its own).
@@ -33,4 +48,4 @@ def worker_model(name: str, device: str | None) -> Any:
     return load_study_model(name, device=device)
 
 
-__all__ = ["INSTALL", "import_ray", "worker_model"]
+__all__ = ["INSTALL", "check_ray_settings", "import_ray", "worker_model"]

@@ -18,7 +18,6 @@ phase keeps every column, the terms included, at or below its first-phase value.
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ import torch
 from torch import Tensor
 
 from steerlens import runtime
-from steerlens.errors import NonFiniteError, SpecError
+from steerlens.errors import NonFiniteError, SpecError, user_stacklevel
 from steerlens.steering.vector import SteeringVector
 from steerlens.training.config import OptimizeConfig, OptimizeResult
 from steerlens.training.constraints import NormCap, apply_constraints, minimize_norm
@@ -62,14 +61,6 @@ class Job:
     datapoints: DatapointsLike
     layer: int | Sequence[int]
     config: OptimizeConfig = field(default_factory=OptimizeConfig)
-
-
-def _user_stacklevel() -> int:
-    """The stack level of the first caller outside steerlens (for warnings.warn)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("steerlens"):
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return level
 
 
 def _finite_params(params: Params) -> bool:
@@ -172,7 +163,7 @@ class JobRun:
                 f"non-finite loss at step {step}; returned the last finite vector (step "
                 f"{step - 1}). Lower the learning rate or add a NormCap."
             )
-            warnings.warn(f"steerlens: {self.stop_reason}", stacklevel=_user_stacklevel())
+            warnings.warn(f"steerlens: {self.stop_reason}", stacklevel=user_stacklevel())
             self.done = True
             return False
         self.history.append(losses.detach().float().cpu())

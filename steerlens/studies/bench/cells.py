@@ -210,26 +210,49 @@ class CellRun:
         lap("steerability")
         changes = self.entanglement(vectors, multipliers, others)
         lap("entanglement")
-        best = None
-        if any(isinstance(m, OneShotEach) for m in methods):
-            best = self.best_of(vectors, multipliers)
-            lap("best of E")
-        rows = []
-        for (name, label), vector in vectors.items():
-            row = self.row(
-                name, label, vector, multipliers[label], curves[label], base, changes[label]
-            )
-            rows.append(row)
-            if label == best:
-                rows.append({**row, "method": BEST_OF, "vector": f"{BEST_OF} ({label})"})
+        best = self.pick_best(methods, vectors, multipliers, lap)
+        rows = [
+            self.row(name, label, vector, multipliers[label], curves[label], base, changes[label])
+            for (name, label), vector in vectors.items()
+        ]
         grid = np.asarray(self.settings.grid)
+        slopes = {label: metrics.item_slopes(grid, curves[label]).tolist() for _, label in vectors}
+        return self.result(vectors, rows, best, slopes, times)
+
+    def pick_best(
+        self,
+        methods: Sequence[Method],
+        vectors: dict[tuple[str, str], SteeringVector],
+        multipliers: dict[str, float | None],
+        lap: Laps,
+    ) -> str | None:
+        """`best_of`'s pick, timed, when a method trains on each example alone (else None)."""
+        if not any(isinstance(m, OneShotEach) for m in methods):
+            return None
+        best = self.best_of(vectors, multipliers)
+        lap("best of E")
+        return best
+
+    def result(
+        self,
+        vectors: dict[tuple[str, str], SteeringVector],
+        rows: list[dict[str, Any]],
+        best: str | None,
+        slopes: dict[str, list[float]],
+        times: dict[str, float],
+    ) -> CellResult:
+        """The cell's result from one row per vector; the row of ``best`` (`pick_best`) is
+        repeated, right after it, as the best-of-E method's."""
+        out = []
+        for row in rows:
+            out.append(row)
+            if row["vector"] == best:
+                out.append({**row, "method": BEST_OF, "vector": f"{BEST_OF} ({best})"})
         return CellResult(
             behaviour=self.behaviour.name,
             layer=self.layer,
-            rows=tuple(rows),
-            slopes={
-                label: metrics.item_slopes(grid, curves[label]).tolist() for _, label in vectors
-            },
+            rows=tuple(out),
+            slopes=slopes,
             cosines=cosine_table(vectors, self.layer),
             times=times,
             vectors={label: v for (_, label), v in vectors.items()},
@@ -313,17 +336,24 @@ class CellRun:
                 changes[label][name] = metrics.behaviour_rate(scores[1 + i]) - base
         return changes
 
+    def validation(
+        self, vectors: dict[tuple[str, str], SteeringVector]
+    ) -> tuple[dict[tuple[str, str], SteeringVector], list[Any]]:
+        """What `best_of` chooses among and on: the single-example vectors, and the validation
+        items (training items that are none of the E examples); either may be empty."""
+        singles = {k: v for k, v in vectors.items() if k[0] == OneShotEach().name}
+        start = self.settings.examples
+        order = self.setup.order[start : start + self.settings.validation_items]
+        return singles, [self.behaviour.train[i] for i in order]
+
     def best_of(
         self, vectors: dict[tuple[str, str], SteeringVector], multipliers: dict[str, float | None]
     ) -> str | None:
         """The single-example vector with the highest mean propensity on validation items
         (training items that are none of the E examples) at its equal-cost multiplier."""
-        singles = {k: v for k, v in vectors.items() if k[0] == OneShotEach().name}
-        start = self.settings.examples
-        order = self.setup.order[start : start + self.settings.validation_items]
-        if not singles or not order:
+        singles, items = self.validation(vectors)
+        if not singles or not items:
             return None
-        items = [self.behaviour.train[i] for i in order]
         name = f"{self.behaviour.name} validation"
         self.shared.sets.setdefault(name, ABPrompts.of(self.model, items))
         units = self._units(singles)

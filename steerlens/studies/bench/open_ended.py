@@ -31,10 +31,9 @@ from steerlens.steering.generate import generate, generate_each
 from steerlens.steering.positions import Positions, as_positions
 from steerlens.steering.vector import SteeringVector
 from steerlens.studies.bench import metrics
-from steerlens.studies.bench.cells import CellRun, cosine_table, unit_plans
-from steerlens.studies.bench.methods import Method, OneShotEach, Setup
+from steerlens.studies.bench.cells import CellRun, unit_plans
+from steerlens.studies.bench.methods import Method, Setup
 from steerlens.studies.bench.results import CellResult
-from steerlens.studies.bench.settings import BEST_OF
 from steerlens.training.data import Datapoint
 
 
@@ -96,13 +95,9 @@ class OpenCellRun(CellRun):
         rates = [RateResult.from_outcomes(judge_texts(judge, r, where=where)) for r in replies]
         nll = [self._nll(requests, r) for r in replies]
         lap("judging")
-        best = None
-        if any(isinstance(m, OneShotEach) for m in methods):
-            best = self.best_open(vectors, multipliers)
-            lap("best of E")
-        rows = []
-        for i, ((name, label), vector) in enumerate(vectors.items()):
-            row = {
+        best = self.pick_best(methods, vectors, multipliers, lap)
+        rows = [
+            {
                 "behaviour": self.behaviour.name,
                 "layer": self.layer,
                 "method": name,
@@ -119,18 +114,9 @@ class OpenCellRun(CellRun):
                 "nll_ratio": nll[1 + i] / nll[0],
                 "sample_reply": replies[1 + i][0],
             }
-            rows.append(row)
-            if label == best:
-                rows.append({**row, "method": BEST_OF, "vector": f"{BEST_OF} ({label})"})
-        return CellResult(
-            behaviour=self.behaviour.name,
-            layer=self.layer,
-            rows=tuple(rows),
-            slopes={},
-            cosines=cosine_table(vectors, self.layer),
-            times=lap.times,
-            vectors={label: v for (_, label), v in vectors.items()},
-        )
+            for i, ((name, label), vector) in enumerate(vectors.items())
+        ]
+        return self.result(vectors, rows, best, {}, lap.times)
 
     def _requests(self) -> list[str]:
         return list(self.behaviour.test[: self.settings.test_items])
@@ -158,18 +144,15 @@ class OpenCellRun(CellRun):
             batch_size=self.settings.batch_size,
         )
 
-    def best_open(
+    def best_of(
         self, vectors: dict[tuple[str, str], SteeringVector], multipliers: dict[str, float | None]
     ) -> str | None:
         """The single-example vector under which the validation requests' target replies
         (training items that are none of the E examples) are most likely per token, at its
         equal-cost multiplier: a choice that needs no generation and no judge."""
-        singles = {k: v for k, v in vectors.items() if k[0] == OneShotEach().name}
-        start = self.settings.examples
-        order = self.setup.order[start : start + self.settings.validation_items]
-        if not singles or not order:
+        singles, items = self.validation(vectors)
+        if not singles or not items:
             return None
-        items = [self.behaviour.train[i] for i in order]
         rows, completions = [], []
         for item in items:
             prompt = runtime.chat_prompt(self.model, item.request)

@@ -23,7 +23,7 @@ from steerlens.studies.bench.results import CellResult
 from steerlens.studies.bench.settings import BenchSettings
 from steerlens.studies.bench.steps import Data, behaviour_cells, shared_for
 from steerlens.studies.spec import check_model_name
-from steerlens.studies.workers import import_ray, worker_model
+from steerlens.studies.workers import check_ray_settings, import_ray, worker_model
 
 
 def behaviour_on_worker(
@@ -78,11 +78,7 @@ class RayCells:
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
-            raise SpecError(f"max_retries must be an int >= 0, got {self.max_retries!r}.")
-        if self.max_retries < 0:
-            raise SpecError(f"max_retries must be an int >= 0, got {self.max_retries!r}.")
-        import_ray()  # a missing package is reported before any work
+        check_ray_settings(self.max_retries)
 
     def run(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 
 from steerlens import runtime
+from steerlens.errors import user_stacklevel
 from steerlens.training.data import TokenizedDatapoint
 from steerlens.training.engines.checks import checked
 from steerlens.training.engines.families import adapter_for, architecture
@@ -26,14 +26,6 @@ class NoAdapterNotice(UserWarning):
     """A bridged Hugging Face family has no packed-engine adapter; the hooked path is used."""
 
 
-def _user_stacklevel() -> int:
-    """The stack level of the first caller outside steerlens (for warnings.warn)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("steerlens"):
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return level
-
-
 def _notice_no_adapter(model: Any) -> None:
     name = architecture(model)
     if name in _NOTICED:
@@ -44,7 +36,7 @@ def _notice_no_adapter(model: Any) -> None:
         "configuration of it); optimizing with the slower hooked engine (same results). "
         "Families with an adapter: steerlens.training.engines.families.registered().",
         NoAdapterNotice,
-        stacklevel=_user_stacklevel(),
+        stacklevel=user_stacklevel(),
     )
 
 

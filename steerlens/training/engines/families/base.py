@@ -187,10 +187,6 @@ class PrefixedKeys:
         return torch.cat([fk, k], dim=-2), torch.cat([fv, v], dim=-2)
 
 
-def _first(out: Any) -> Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
-
 class FamilyAdapter:
     """How the packed engine runs one family's decoder, piece by piece.
 
@@ -263,7 +259,24 @@ class FamilyAdapter:
         ``[batch, kv_heads, n, dim]`` each), attention reads those before the block's own, and
         ``mask``'s key axis covers both; with ``record``, the block's keys and values are kept
         there (`attention_kwargs`)."""
+        out = self.decoder_layer(layer)(
+            h,
+            attention_mask=mask,
+            **self.position_kwargs(layer, position_ids, positions),
+            **self.attention_kwargs(frozen, record),
+        )
+        return out[0] if isinstance(out, tuple) else out
+
+    def decoder_layer(self, layer: int) -> torch.nn.Module:
+        """Block ``layer``'s module."""
         raise NotImplementedError
+
+    def position_kwargs(
+        self, layer: int, position_ids: Tensor, positions: PositionEmbeddings
+    ) -> dict[str, Any]:
+        """The keyword arguments that give block ``layer`` its positions (none by default:
+        positions entered at the embedding)."""
+        return {}
 
     def final_norm(self, h: Tensor) -> Tensor:
         raise NotImplementedError
@@ -310,24 +323,13 @@ class RotaryDecoder(FamilyAdapter):
         """The ``(cos, sin)`` block ``layer`` takes."""
         return positions["rope"]
 
-    def block(
-        self,
-        layer: int,
-        h: Tensor,
-        mask: Tensor,
-        position_ids: Tensor,
-        positions: PositionEmbeddings,
-        frozen: tuple[Tensor, Tensor] | None = None,
-        record: KeyRecorder | None = None,
-    ) -> Tensor:
-        out = self.layers[layer](
-            h,
-            attention_mask=mask,
-            position_ids=position_ids,
-            position_embeddings=self.rotary(positions, layer),
-            **self.attention_kwargs(frozen, record),
-        )
-        return _first(out)
+    def decoder_layer(self, layer: int) -> torch.nn.Module:
+        return self.layers[layer]
+
+    def position_kwargs(
+        self, layer: int, position_ids: Tensor, positions: PositionEmbeddings
+    ) -> dict[str, Any]:
+        return {"position_ids": position_ids, "position_embeddings": self.rotary(positions, layer)}
 
     def final_norm(self, h: Tensor) -> Tensor:
         return self.norm(h)

@@ -2,14 +2,10 @@
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from steerlens.training.engines.families.base import (
-    FamilyAdapter,
-    KeyRecorder,
-    PositionEmbeddings,
-    register,
-)
+from steerlens.training.engines.families.base import FamilyAdapter, register
 
 
 @register
@@ -31,18 +27,8 @@ class GPT2Adapter(FamilyAdapter):
     def embed(self, ids: Tensor, position_ids: Tensor) -> Tensor:
         return self.base.drop(self.base.wte(ids) + self.base.wpe(position_ids))
 
-    def block(
-        self,
-        layer: int,
-        h: Tensor,
-        mask: Tensor,
-        position_ids: Tensor,
-        positions: PositionEmbeddings,
-        frozen: tuple[Tensor, Tensor] | None = None,
-        record: KeyRecorder | None = None,
-    ) -> Tensor:
-        out = self.base.h[layer](h, attention_mask=mask, **self.attention_kwargs(frozen, record))
-        return out[0] if isinstance(out, tuple) else out
+    def decoder_layer(self, layer: int) -> torch.nn.Module:
+        return self.base.h[layer]
 
     def final_norm(self, h: Tensor) -> Tensor:
         return self.base.ln_f(h)

@@ -2,11 +2,11 @@
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from steerlens.training.engines.families.base import (
     FamilyAdapter,
-    KeyRecorder,
     PositionEmbeddings,
     register,
 )
@@ -32,24 +32,13 @@ class GPTNeoXAdapter(FamilyAdapter):
     def positions(self, h: Tensor, position_ids: Tensor) -> PositionEmbeddings:
         return {"rope": self.base.rotary_emb(h, position_ids=position_ids)}
 
-    def block(
-        self,
-        layer: int,
-        h: Tensor,
-        mask: Tensor,
-        position_ids: Tensor,
-        positions: PositionEmbeddings,
-        frozen: tuple[Tensor, Tensor] | None = None,
-        record: KeyRecorder | None = None,
-    ) -> Tensor:
-        out = self.base.layers[layer](
-            h,
-            attention_mask=mask,
-            position_ids=position_ids,
-            position_embeddings=positions["rope"],
-            **self.attention_kwargs(frozen, record),
-        )
-        return out[0] if isinstance(out, tuple) else out
+    def decoder_layer(self, layer: int) -> torch.nn.Module:
+        return self.base.layers[layer]
+
+    def position_kwargs(
+        self, layer: int, position_ids: Tensor, positions: PositionEmbeddings
+    ) -> dict[str, Any]:
+        return {"position_ids": position_ids, "position_embeddings": positions["rope"]}
 
     def final_norm(self, h: Tensor) -> Tensor:
         return self.base.final_layer_norm(h)
