@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from steerlens.testing import tiny_model
+
+# The browser check runs only when asked (``make browser-check``): it needs Chromium.
+if not os.environ.get("STEERLENS_BROWSER_CHECK"):
+    collect_ignore_glob = ["browser/*"]
 
 
 @pytest.fixture(scope="session")
