@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from tolerances import REAL, TINY32, TINY_VOCAB, U32
+from tolerances import REAL, TINY32, U32, kl_bound
 
 import steerlens
 from steerlens import Datapoint, Steering, SteeringVector
@@ -51,23 +51,6 @@ def _reference_change(model, plan, dp):
     bound = sum(k * (TINY32 + U32 * r.totals[0].double().abs()) for r in (steered, base))
     change = float(steered.totals.double().mean() - base.totals.double().mean())
     return change, float(bound.mean())
-
-
-def _kl_bound(model, prompts, plan):
-    """How far two float32 computations of the mean ``KL(unsteered || steered)`` after
-    ``prompts`` may be, rows packed differently. With a = log p, b = log q each within
-    d = TINY32 (tests/tolerances.py) and M = max |a - b|: sum p (a - b) moves by at most
-    2 d e^d through a and b (the weights p sum to 1, and move by e^d at most), by
-    (e^d - 1) M through the weights, and by 2 (V + 2) u M through the float32 sum over the
-    vocabulary in two orders, with each term's own rounding."""
-    rows = [steerlens.runtime.encode(model, t) for t in prompts]
-    with torch.no_grad():
-        a = steerlens.runtime.last_logits(model, rows).log_softmax(-1)
-        with steerlens.steer(model, plan):
-            b = steerlens.runtime.last_logits(model, rows).log_softmax(-1)
-    m = float((a - b).abs().max())
-    d = TINY32
-    return 2 * d * math.exp(d) + math.expm1(d) * m + 2 * (TINY_VOCAB + 2) * U32 * m
 
 
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated", "last:1"])
@@ -181,7 +164,7 @@ def test_judged_replies_held_out_and_side_effects(tiny, vectors):
         assert m.judged is not None and m.judged[v].tolist() == [judge(r) for r in replies]
         kl = side_effect_kl(tiny, neutral, vec, chat=False).mean
         assert m.side_effect_kl is not None
-        bound = _kl_bound(tiny, neutral, vec)  # the matrix packs the rows otherwise
+        bound = kl_bound(tiny, neutral, vec)  # the matrix packs the rows otherwise
         assert abs(float(m.side_effect_kl[v]) - kl) <= bound, v
         # Another vector's KL is outside the bound: a mix-up fails.
         assert (m.side_effect_kl - kl).abs().sort().values[1] > bound
