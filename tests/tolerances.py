@@ -52,6 +52,9 @@ Example:
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 U32 = 2.0**-24  # float32 unit roundoff
@@ -76,6 +79,45 @@ def family_bound(largest_logit: float) -> float:
     """Log-probabilities of a float32 `tiny_family_model` computed in two orders, logits below
     ``largest_logit``: the plain bound times the families' amplification ``FAMILY_GAIN``."""
     return FAMILY_GAIN * logprob_bound(TINY_VOCAB, largest_logit)
+
+
+def loss_bounds(model, dps, positions=None):
+    """How far two engines' losses of ``dps`` may be apart, one per completion: a loss sums its
+    tokens' log-probabilities (or their log(1 - p)), each within ``TINY32`` whatever order the
+    engines add in (tests/tolerances.py), so a completion of k tokens gets ``k * TINY32``."""
+    from steerlens.training.data import tokenize
+
+    return np.array(
+        [len(c.tokens) * TINY32 for t in tokenize(model, dps, positions) for c in t.completions]
+    )
+
+
+def assert_losses_close(got, want, bounds):
+    """Every loss within its bound (`loss_bounds`)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    gap = np.abs(got - want)
+    assert np.all(gap <= bounds), (gap.max(), (gap / bounds).max())
+
+
+def kl_bound(model, prompts, steering) -> float:
+    """How far two float32 computations of the mean ``KL(unsteered || steered)`` of the next
+    token after ``prompts`` (a float32 tiny model) may be, rows packed differently. With
+    a = log p and b = log q each within d = TINY32 and M = max |a - b| (measured here):
+    ``sum p (a - b)`` moves by at most 2 d e^d through a and b (the weights sum to 1 and grow
+    by e^d at most), by (e^d - 1) M through the weights p = exp(a), and by 2 (V + 2) u M
+    through the float32 sum over the vocabulary in two orders with each term's own rounding.
+    A mean over prompts keeps the bound."""
+    from steerlens import runtime, steer
+
+    rows = [runtime.encode(model, t) for t in prompts]
+    with torch.no_grad():
+        a = runtime.last_logits(model, rows).log_softmax(-1)
+        with steer(model, steering):
+            b = runtime.last_logits(model, rows).log_softmax(-1)
+    m = float((a - b).abs().max())
+    d = TINY32
+    return 2 * d * math.exp(d) + math.expm1(d) * m + 2 * (TINY_VOCAB + 2) * U32 * m
 
 
 def rounding_gain(model: torch.nn.Module, tokens: torch.Tensor, eps: float = 1e-7) -> float:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from study_cases import assert_same_training
+from tolerances import TINY32, loss_bounds
 
 from steerlens.errors import MissingPackageError, StudyError
 from steerlens.studies.folder import StudyFolder
@@ -34,29 +36,44 @@ def spec() -> StudySpec:
     return StudySpec.from_toml(SPECS / "tiny.toml")
 
 
-def _vectors(folder: StudyFolder) -> dict[str, torch.Tensor]:
-    return {name: folder.vector(name).vector for name in folder.finished()}
+def test_ray_results_equal_the_serial_run(local_ray, spec, tmp_path, tiny):
+    from steerlens.studies.steerability import steerability
 
-
-def test_ray_results_equal_the_serial_run(local_ray, spec, tmp_path):
     serial = run_study(spec, tmp_path / "serial", batch_size=2, progress=False)
     parallel = run_study(spec, tmp_path / "ray", backend="ray", batch_size=2, progress=False)
-    a, b = _vectors(serial), _vectors(parallel)
-    assert sorted(a) == sorted(b) == sorted(u.name for u in spec.units())
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    # Ray workers are other processes (other threads, on a cluster other devices): the same
+    # training, its float32 sums in another order (losses within the derived bound, vectors
+    # by direction).
+    assert_same_training(tiny, spec, parallel, serial)
     ta, tb = serial.table(), parallel.table()
     assert tb.unit.is_unique and (tb.status == "done").all()
     ta, tb = ta.set_index("unit").sort_index(), tb.set_index("unit").sort_index()
     assert (ta.steps == tb.steps).all()
-    assert torch.allclose(torch.tensor(ta.final_loss.values), torch.tensor(tb.final_loss.values))
     ea = serial.evaluations().sort_values(["unit", "prompt_index"]).reset_index(drop=True)
     eb = parallel.evaluations().sort_values(["unit", "prompt_index"]).reset_index(drop=True)
     assert ea[["unit", "prompt", "own", "judged"]].equals(eb[["unit", "prompt", "own", "judged"]])
-    # The steerability phase ran as Ray tasks too, with the same results.
+    # The steerability phase ran as Ray tasks too. Its effects belong to the Ray run's own
+    # vectors (Adam's coordinates differ from the serial run's), so they are checked against
+    # steerability on those vectors here: the same rows summed in another process, each
+    # effect (steered minus unsteered, a mean over promote completions) within twice the
+    # mean of its completions' k TINY32 (tests/tolerances.py).
     sa, sb = serial.steerability_table(), parallel.steerability_table()
     assert len(sa) == len(sb) == 4 * 2 * 4 and sa.unit.tolist() == sb.unit.tolist()
-    assert torch.allclose(torch.tensor(sa.effect.values), torch.tensor(sb.effect.values), atol=1e-5)
+    examples = spec.steerability_examples(tiny)
+    bounds = torch.tensor([2 * loss_bounds(tiny, [dp]).mean() for dp in examples])
+    for name in parallel.finished():
+        direct = steerability(
+            tiny,
+            parallel.vector(name),
+            examples,
+            strengths=spec.evaluation.steerability_strengths,
+            neutral_prompts=[spec.prompt(tiny, p) for p in spec.evaluation.neutral_prompts],
+            batch_size=2,
+            progress=False,
+        )
+        mine = sb[sb.unit == name].sort_values(["prompt_index", "strength_index"])
+        stored = torch.tensor(mine.effect.values).reshape(direct.effects.shape)
+        assert ((stored - direct.effects).abs() <= bounds[:, None]).all(), name
 
 
 def test_the_grid_as_a_ray_task_equals_the_serial_grid(local_ray, tmp_path):
@@ -75,10 +92,13 @@ def test_the_grid_as_a_ray_task_equals_the_serial_grid(local_ray, tmp_path):
         zip(stored.layer, stored.strength, stored.source_unit, strict=True)
     )
     assert [r["behavior"] for r in rows] == stored.behavior.tolist()
+    # The same replies scored in another process: a mean of per-token log-probabilities,
+    # each within TINY32 whatever the order of the float32 sums (tests/tolerances.py).
     assert torch.allclose(
         torch.tensor([r["nll"] for r in rows], dtype=torch.float64),
         torch.tensor(stored.nll.values),
-        atol=1e-5,
+        atol=TINY32,
+        rtol=0,
     )
 
 

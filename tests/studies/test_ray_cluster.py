@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from study_cases import assert_same_training
 
 from steerlens.cli import main
 from steerlens.errors import ClusterError
@@ -94,7 +94,7 @@ def ray_head():
 
 
 @pytest.mark.slow
-def test_a_study_on_a_separately_started_cluster_equals_the_serial_run(ray_head, tmp_path):
+def test_a_study_on_a_separately_started_cluster_equals_the_serial_run(ray_head, tmp_path, tiny):
     spec = StudySpec.from_toml(SPECS / "tiny.toml")
     serial = run_study(spec, tmp_path / "serial", batch_size=2, progress=False, evaluate=False)
     backend = RayBackend(address=ray_head)
@@ -104,10 +104,10 @@ def test_a_study_on_a_separately_started_cluster_equals_the_serial_run(ray_head,
     assert not ray.is_initialized()  # the backend connected, ran, and disconnected
     names = sorted(u.name for u in spec.units())
     assert sorted(serial.finished()) == sorted(remote.finished()) == names
-    for name in names:
-        torch.testing.assert_close(
-            remote.vector(name).vector, serial.vector(name).vector, atol=1e-5, rtol=0
-        )
+    # The cluster's workers are other processes (on a real cluster, other devices): the same
+    # training, its float32 sums in another order (losses within the derived bound, vectors
+    # by direction).
+    assert_same_training(tiny, spec, remote, serial)
     ta = serial.table().set_index("unit").sort_index()
     tb = remote.table().set_index("unit").sort_index()
     assert (tb.status == "done").all() and (ta.steps == tb.steps).all()

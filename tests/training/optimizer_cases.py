@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tolerances import TINY32
 
 from steerlens import (
     Datapoint,
@@ -21,23 +20,6 @@ from steerlens.training.data import tokenize
 from steerlens.training.engines import HookedEngine, PackedEngine, make_engine, steering_function
 from steerlens.training.kinds import AddSteering
 from steerlens.training.objectives import Objective
-
-
-def loss_bounds(model, dps, positions=None):
-    """How far two engines' losses of ``dps`` may be apart, one per completion: a loss sums its
-    tokens' log-probabilities (or their log(1 - p)), each within ``TINY32`` whatever order the
-    engines add in (tests/tolerances.py), so a completion of k tokens gets ``k * TINY32``."""
-    return np.array(
-        [len(c.tokens) * TINY32 for t in tokenize(model, dps, positions) for c in t.completions]
-    )
-
-
-def assert_losses_close(got, want, bounds):
-    """Every loss within its bound (`loss_bounds`)."""
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    gap = np.abs(got - want)
-    assert np.all(gap <= bounds), (gap.max(), (gap / bounds).max())
 
 
 def gen(seed):

@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import torch
 from optimizer_cases import (
-    assert_losses_close,
     datapoints,
     engine_losses,
     hand_losses,
-    loss_bounds,
     rand,
 )
-from tolerances import assert_same_direction
+from tolerances import assert_losses_close, assert_same_direction, loss_bounds
 
 from steerlens import (
     Add,

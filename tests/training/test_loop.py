@@ -8,8 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from optimizer_cases import assert_losses_close, loss_bounds
-from tolerances import assert_same_direction
+from tolerances import assert_losses_close, assert_same_direction, loss_bounds
 
 from steerlens import Datapoint, NormCap, OptimizeConfig, optimize_vector
 from steerlens.errors import SpecError

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 from optimizer_cases import (
-    assert_losses_close,
     datapoints,
     hand_losses,
-    loss_bounds,
     rand,
 )
+from tolerances import assert_losses_close, loss_bounds
 
 from steerlens import (
     Add,
