@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 from study_cases import assert_same_training
+from tolerances import kl_bound
 
-from steerlens import cli
+from steerlens import Steering, cli
 from steerlens.errors import LayerError, StudyError, StudyFolderError
 from steerlens.evaluation.judges import StringMatchJudge
 from steerlens.studies import phases as phases_mod
@@ -225,14 +226,20 @@ def test_the_steerability_phase_equals_a_direct_call(reference, spec, tiny):
         )
         # Exact: the phase makes this very call (run_study's batch_size 16) on the saved
         # vector (float32 safetensors round-trip exactly), in this process, and the folder
-        # stores float64 (sqlite REAL): the same operations give the same floats.
+        # stores float64 (sqlite REAL): the same operations give the same floats. The KL is
+        # the exception: next_token_kl shares a prompt's prefix between calls, so its rows may
+        # be packed otherwise (bound derived in kl_bound).
         assert stored.prompts == direct.prompts
         assert torch.equal(stored.strengths, direct.strengths)
         assert torch.equal(stored.effects, direct.effects)
         assert torch.equal(stored.slopes, direct.slopes)
         assert torch.equal(stored.unsteered_logprob, direct.unsteered_logprob)
         assert stored.kl is not None and direct.kl is not None
-        assert torch.equal(stored.kl, direct.kl)
+        neutral = [spec.prompt(tiny, p) for p in spec.evaluation.neutral_prompts]
+        rows = zip(direct.strengths.tolist(), stored.kl.tolist(), direct.kl.tolist(), strict=True)
+        for m, a, b in rows:
+            plan = Steering(reference.vector(name), strength=m)
+            assert abs(a - b) <= kl_bound(tiny, neutral, plan), (name, m)
         mine = table[table.unit == name]
         assert mine.slope.tolist() == direct.slopes.repeat_interleave(4).tolist()
 

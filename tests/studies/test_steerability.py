@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tolerances import REAL, TINY32, U32
+from tolerances import REAL, TINY32, U32, kl_bound
 
 from steerlens import Datapoint, Steering, SteeringVector
 from steerlens.errors import InputError, ModelMismatchError, SpecError
@@ -159,9 +159,11 @@ def test_the_kl_is_measured_on_the_neutral_prompts(tiny):
     res = steerability(tiny, vector, EXAMPLES[:1], strengths=(0, 3), neutral_prompts=["in the"])
     expected = side_effect_kl(tiny, ["in the"], Steering(vector, strength=3), chat=False).mean
     assert res.kl is not None and float(res.kl[0]) == 0.0
-    # Exact: steerability calls side_effect_kl on the same single prompt with the same plan
-    # (strength 1 scaled by 3), the same float operations in the same order.
-    assert float(res.kl[1]) == expected
+    # steerability scores every multiplier's KL in shared batches (evaluation.next_token_kl),
+    # so its rows are packed otherwise than side_effect_kl's: within kl_bound, and not zero.
+    plan = Steering(vector, strength=3)
+    assert abs(float(res.kl[1]) - expected) <= kl_bound(tiny, ["in the"], plan)
+    assert expected > 10 * kl_bound(tiny, ["in the"], plan)
     tight = steerability(tiny, vector, EXAMPLES[:1], strengths=(0, 3), max_kl=0.0)
     assert tight.coherent.tolist() == [True, False]
     with pytest.raises(SpecError, match="max_kl"):
