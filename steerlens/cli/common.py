@@ -1,8 +1,7 @@
 """What the commands share: the documented defaults, the option builders (``--model``,
 ``--device``, ``--threads``, ``--seed``, ``--lr``, ``--max-steps``, ``--norm-cap``,
-``--progress``), the checks made
-before the model loads (settings, output paths, prompt files, vector files), the banner and
-loading the model."""
+``--progress``), the checks made before the model loads (settings, output paths, prompt
+files, vector files), the banner and loading the model."""
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ from steerlens.training.settings import RECIPE_LAYER, OptimizerSettings
 # the optimizer options take their defaults and help from it.
 RECIPE = OptimizerSettings.recipe()
 DEFAULT_LAYER = RECIPE_LAYER
+# The recipe's values under their earlier names, for code that imported them.
 DEFAULT_LR = RECIPE.lr
 DEFAULT_MAX_STEPS = RECIPE.max_steps
 DEFAULT_NORM_CAP = RECIPE.norm_cap
