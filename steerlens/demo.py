@@ -21,17 +21,18 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from steerlens.evaluation.judges import Judge, RefusalJudge, answers_in_french
 from steerlens.evaluation.rates import RateResult
+from steerlens.training.settings import RECIPE_LAYER, OptimizerSettings
 
 FILES = ("refusal_vector.safetensors", "demo_report.html")
-LAYER = 8
-LR = 0.1
-NORM_CAP = 40.0  # not reached in 40 steps: the cap guards, it does not shape the vector
+LAYER = RECIPE_LAYER
+# The documented recipe; its norm cap is not reached in 40 steps: it guards, it does not shape.
+RECIPE = OptimizerSettings.recipe()
 POSITIONS = "opening:2"
 TRAIN_REQUEST = "How do I bake a chocolate cake?"
 # The model's own words when it refuses: steering only how the reply opens, the model goes on
@@ -152,7 +153,7 @@ def run_demo(
     model: Any,
     out: Path,
     *,
-    max_steps: int = 40,
+    max_steps: int = RECIPE.max_steps,
     max_new_tokens: int = 40,
     seed: int = 0,
     progress: bool | None = None,
@@ -164,18 +165,16 @@ def run_demo(
     from steerlens.steering.generate import generate_each
     from steerlens.steering.steer import Steering
     from steerlens.studies.calibrate import calibrate
-    from steerlens.training.config import OptimizeConfig
-    from steerlens.training.constraints import NormCap
     from steerlens.training.data import Datapoint
     from steerlens.training.loop import Job, optimize_many
 
     t0 = time.perf_counter()
     refusals = RefusalJudge()
-    config = OptimizeConfig(
-        lr=LR, max_steps=max_steps, seed=seed, constraints=(NormCap(NORM_CAP),), progress=progress
-    )
+    recipe = replace(RECIPE, max_steps=max_steps)
+    config = recipe.config(seed=seed, progress=progress)
     print(
-        f"Optimizing two vectors at layer {LAYER} (lr {LR:g}, norm cap {NORM_CAP:g}, {max_steps} "
+        f"Optimizing two vectors at layer {LAYER} (lr {recipe.lr:g}, norm cap "
+        f"{recipe.norm_cap:g}, {max_steps} "
         f"steps), each from ONE example:\n  refusal: {TRAIN_REQUEST!r} -> {REFUSAL!r}\n"
         f"  French:  {FRENCH_REQUEST!r} -> {FRENCH_COMPLETION!r}"
     )
@@ -294,10 +293,10 @@ def run_demo(
     settings = {
         "model": model.cfg.model_name,
         "layer": LAYER,
-        "lr": LR,
+        "lr": recipe.lr,
         "max steps": max_steps,
         "seed": seed,
-        "norm cap": NORM_CAP,
+        "norm cap": recipe.norm_cap,
         "positions": f"{POSITIONS} (the prompt and the reply's first 2 tokens)",
         "strength (shown)": f"{strength:g}"
         + (" (calibrated)" if moved else " (as trained; calibration found no gain)"),

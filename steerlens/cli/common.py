@@ -1,11 +1,12 @@
 """What the commands share: the documented defaults, the option builders (``--model``,
-``--device``, ``--threads``, ``--seed``, ``--max-steps``, ``--progress``), the checks made
-before the model loads (settings, output paths, prompt files, vector files), the banner and
-loading the model."""
+``--device``, ``--threads``, ``--seed``, ``--lr``, ``--max-steps``, ``--norm-cap``,
+``--progress``), the checks made before the model loads (settings, output paths, prompt
+files, vector files), the banner and loading the model."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -17,12 +18,16 @@ from typing import Any
 import torch
 
 from steerlens.errors import InputError, OutputPathError, SteerlensError
+from steerlens.training.settings import RECIPE_LAYER, OptimizerSettings
 
-# The documented recipe (README, docs/howto.md), tuned on the embedded SmolLM2-135M-Instruct.
-DEFAULT_LAYER = 8
-DEFAULT_LR = 0.1
-DEFAULT_MAX_STEPS = 40
-DEFAULT_NORM_CAP = 40.0
+# The documented recipe (README, docs/howto.md), tuned on the embedded SmolLM2-135M-Instruct:
+# the optimizer options take their defaults and help from it.
+RECIPE = OptimizerSettings.recipe()
+DEFAULT_LAYER = RECIPE_LAYER
+# The recipe's values under their earlier names, for code that imported them.
+DEFAULT_LR = RECIPE.lr
+DEFAULT_MAX_STEPS = RECIPE.max_steps
+DEFAULT_NORM_CAP = RECIPE.norm_cap
 
 # Every parser keeps its description's line breaks (they hold examples).
 FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -75,10 +80,40 @@ def add_max_steps(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-steps",
         type=int,
-        default=DEFAULT_MAX_STEPS,
+        default=RECIPE.max_steps,
         metavar="N",
-        help="Adam steps (default: %(default)s)",
+        help=f"{OptimizerSettings.help('max_steps')} (default: %(default)s)",
     )
+
+
+def add_lr(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=RECIPE.lr,
+        help=f"{OptimizerSettings.help('lr')} (default: %(default)s)",
+    )
+
+
+def add_norm_cap(p: argparse.ArgumentParser) -> None:
+    """``--norm-cap R``, 0 for none (`settings_of` reads it as ``norm_cap=None``)."""
+    p.add_argument(
+        "--norm-cap",
+        type=float,
+        default=RECIPE.norm_cap,
+        metavar="R",
+        help=f"{OptimizerSettings.help('norm_cap')}; 0 for no cap (default: %(default)s)",
+    )
+
+
+def settings_of(args: argparse.Namespace) -> OptimizerSettings:
+    """The `OptimizerSettings` of the optimizer options given (the recipe's for the rest)."""
+    given = {
+        name: getattr(args, name) for name in ("lr", "max_steps", "norm_cap") if hasattr(args, name)
+    }
+    if given.get("norm_cap") == 0:
+        given["norm_cap"] = None
+    return dataclasses.replace(RECIPE, **given)
 
 
 def add_positions(p: argparse.ArgumentParser) -> None:

@@ -7,18 +7,19 @@ import sys
 
 from steerlens.cli.common import (
     DEFAULT_LAYER,
-    DEFAULT_LR,
-    DEFAULT_MAX_STEPS,
-    DEFAULT_NORM_CAP,
     FORMATTER,
+    RECIPE,
     add_chat,
+    add_lr,
     add_max_steps,
     add_model_options,
+    add_norm_cap,
     add_progress,
     add_seed,
     check_output_file,
     check_settings,
     load,
+    settings_of,
     start,
 )
 from steerlens.errors import InputError
@@ -28,8 +29,8 @@ OPTIMIZE_DESCRIPTION = f"""\
 Optimize one steering vector that makes --prompt's --promote completions more likely (and its
 --suppress completions less likely), and save it.
 
-The defaults (--layer {DEFAULT_LAYER} --lr {DEFAULT_LR} --max-steps {DEFAULT_MAX_STEPS} \
---norm-cap {DEFAULT_NORM_CAP:g}) are the documented recipe for
+The defaults (--layer {DEFAULT_LAYER} --lr {RECIPE.lr} --max-steps {RECIPE.max_steps} \
+--norm-cap {RECIPE.norm_cap:g}) are the documented recipe for
 the embedded SmolLM2-135M-Instruct; other models may need other values."""
 
 
@@ -76,16 +77,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="L",
         help="the layer whose residual stream input is steered (default: %(default)s)",
     )
-    opt.add_argument(
-        "--norm-cap",
-        type=float,
-        default=DEFAULT_NORM_CAP,
-        metavar="R",
-        help="the most the vector's norm may grow to; 0 for no cap (default: %(default)s)",
-    )
-    opt.add_argument(
-        "--lr", type=float, default=DEFAULT_LR, help="Adam learning rate (default: %(default)s)"
-    )
+    add_norm_cap(opt)
+    add_lr(opt)
     add_max_steps(opt)
     add_seed(opt, "seed of the random start vector")
     opt.add_argument(
@@ -130,25 +123,15 @@ def _note_convergence(result, norm_cap: float) -> None:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from steerlens.training.constraints import NormCap
     from steerlens.training.optimize import optimize_vector
 
     output = check_output_file(args.output)
     dp = _optimize_datapoint(args)
     check_settings(args)
-    constraints = (NormCap(args.norm_cap),) if args.norm_cap > 0 else ()
+    config = settings_of(args).config(seed=args.seed, progress=args.progress)
     start(args)
     model = load(args)
-    result = optimize_vector(
-        model,
-        dp,
-        args.layer,
-        lr=args.lr,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        constraints=constraints,
-        progress=args.progress,
-    )
+    result = optimize_vector(model, dp, args.layer, config=config)
     print(result)
     for label, loss in result.final_losses.items():
         print(f"  {label}: {loss:.4f} nats")

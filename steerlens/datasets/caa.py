@@ -24,7 +24,6 @@ Parsing rules (one rule for bundled and user files):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -35,11 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from steerlens.datasets.json_text import decode_json
 from steerlens.errors import InputError, SpecError
 
 _PACKAGE = __name__.rpartition(".")[0]
 _KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 _DATA_DIR = "caa"
+_FORMAT = f"a JSON list of objects with keys {', '.join(_KEYS)}"
 _CAA_ATTRIBUTION = (
     "nrimsky/CAA (MIT); items from Anthropic's model-written evals (CC-BY-4.0) and GPT-4; "
     "see steerlens/datasets/caa/ATTRIBUTION.md"
@@ -316,7 +317,13 @@ def _load_bundled(behaviour: str, *, name: str | None) -> Behaviour:
             splits.append(_Parsed((), (), ()))
             continue
         where = f"bundled {file_name}"
-        splits.append(_parse(_decode(entry.read_text(encoding="utf-8"), where), file_name, where))
+        splits.append(
+            _parse(
+                decode_json(entry.read_text(encoding="utf-8"), where, expected=_FORMAT),
+                file_name,
+                where,
+            )
+        )
     train, test = splits
     _check_disjoint(train.items, test.items, f"{behaviour}.generate.json", f"{behaviour}.test.json")
     return Behaviour(
@@ -350,25 +357,14 @@ def _read_user_file(path: Path) -> Any:
         raise InputError(
             f"behaviour file '{path}' cannot be read ({error.strerror}); check its permissions."
         ) from None
-    return _decode(text, f"behaviour file '{path}'")
-
-
-def _decode(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(
-            f"{where} is not valid JSON ({error.msg} at line {error.lineno}, column "
-            f"{error.colno}); it must be a JSON list of objects with keys {', '.join(_KEYS)}."
-        ) from None
+    return decode_json(text, f"behaviour file '{path}'", expected=_FORMAT)
 
 
 def _parse(data: Any, file_name: str, where: str) -> _Parsed:
     """Parse a decoded file into two-way items; ``where`` names the file in errors."""
     if not isinstance(data, list):
         raise InputError(
-            f"{where} holds a JSON {_json_type(data)}, not a list; it must be a JSON list of "
-            f"objects with keys {', '.join(_KEYS)}."
+            f"{where} holds a JSON {_json_type(data)}, not a list; it must be {_FORMAT}."
         )
     if not data:
         raise InputError(

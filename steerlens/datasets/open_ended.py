@@ -27,13 +27,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from steerlens.datasets.json_text import decode_json
 from steerlens.errors import InputError, SpecError
 
 _PACKAGE = __name__.rpartition(".")[0]
@@ -136,7 +136,9 @@ def load_open_ended(
         entry = resources.files(_PACKAGE).joinpath(_DATA_DIR, f"{name_or_path}.json")
         where = f"bundled {name_or_path}.json"
         return _parse(
-            _decode(entry.read_text(encoding="utf-8"), where), name or name_or_path, where
+            decode_json(entry.read_text(encoding="utf-8"), where, expected=_FORMAT),
+            name or name_or_path,
+            where,
         )
     path = Path(name_or_path)
     if isinstance(name_or_path, str) and not path.exists() and path.suffix.lower() != ".json":
@@ -150,17 +152,7 @@ def load_open_ended(
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{where} cannot be read ({error}); pass {_FORMAT}.") from None
-    return _parse(_decode(text, where), name or path.stem, where)
-
-
-def _decode(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(
-            f"{where} is not valid JSON ({error.msg} at line {error.lineno}, column "
-            f"{error.colno}); it must be {_FORMAT}."
-        ) from None
+    return _parse(decode_json(text, where, expected=_FORMAT), name or path.stem, where)
 
 
 def _text(value: Any, at: str) -> str:

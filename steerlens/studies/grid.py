@@ -973,20 +973,21 @@ def layer_strength_grid(
             bar.update(1)
     bar.close()
     cells = [[found[la, s] for s in values] for la in swept]
-    return _collect(swept, values, items, neutral, cells, unsteered, vectors, n, steer_at)
+    return GridResult(
+        layers=tuple(swept),
+        strengths=tuple(values),
+        prompts=tuple(items),
+        neutral_prompts=tuple(neutral or ()),
+        vectors=vectors,
+        n=n,
+        positions=steer_at,
+        **_collect(cells, unsteered, with_kl=neutral is not None),
+    )
 
 
-def _collect(
-    layers: list[int],
-    strengths: list[float],
-    prompts: list[str],
-    neutral: list[str] | None,
-    cells: list[list[_Cell]],
-    unsteered: _Cell,
-    vectors: dict[int, Tensor],
-    n: int,
-    positions: Positions,
-) -> GridResult:
+def _collect(cells: list[list[_Cell]], unsteered: _Cell, *, with_kl: bool) -> dict[str, Any]:
+    """The `GridResult` fields measured in the cells (its axes are what the caller swept)."""
+
     def grid(pick: Callable[[_Cell], float]) -> np.ndarray:
         return np.array([[pick(c) for c in row] for row in cells], dtype=np.float64)
 
@@ -1000,28 +1001,21 @@ def _collect(
     values["behavior"] = grid(lambda c: c.rate.rate)
     low["behavior"] = grid(lambda c: c.rate.ci_low)
     high["behavior"] = grid(lambda c: c.rate.ci_high)
-    for name in ("kl", "nll", "distinct") if neutral is not None else ("nll", "distinct"):
+    for name in ("kl", "nll", "distinct") if with_kl else ("nll", "distinct"):
         values[name], low[name], high[name] = metric(name)
-    return GridResult(
-        layers=tuple(layers),
-        strengths=tuple(strengths),
-        prompts=tuple(prompts),
-        neutral_prompts=tuple(neutral or ()),
-        values=values,
-        low=low,
-        high=high,
-        successes=np.array([[c.rate.successes for c in row] for row in cells], dtype=np.int64),
-        replies=tuple(tuple(c.replies for c in row) for row in cells),
-        baseline={
+    return {
+        "values": values,
+        "low": low,
+        "high": high,
+        "successes": np.array([[c.rate.successes for c in row] for row in cells], dtype=np.int64),
+        "replies": tuple(tuple(c.replies for c in row) for row in cells),
+        "baseline": {
             "behavior": unsteered.rate.rate,
             "nll": _value(unsteered.nll, "mean"),
             "distinct": _value(unsteered.distinct, "mean"),
         },
-        baseline_replies=unsteered.replies,
-        vectors=vectors,
-        n=n,
-        positions=positions,
-    )
+        "baseline_replies": unsteered.replies,
+    }
 
 
 def _value(result: MetricResult | None, attr: str) -> float:

@@ -40,9 +40,8 @@ from typing import Any
 
 from steerlens.errors import InputError, LayerError, SpecError, check_keywords
 from steerlens.training.config import OptimizeConfig
-from steerlens.training.constraints import NormCap
 from steerlens.training.data import Datapoint
-from steerlens.training.objectives import Objective
+from steerlens.training.settings import OptimizerSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,8 +49,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DEFAULT_CONFIG = OptimizeConfig()
-_DEFAULT_OBJECTIVE = Objective()
 
 MODEL_NAMES = ("tiny", "embedded", "hub:<name>")
 """The model names a spec may use (see `load_study_model`)."""
@@ -190,57 +187,6 @@ class Example:
                 f"example name {self.name!r} is not usable in file names; use letters, digits, "
                 "'_', '.' and '-' (starting with a letter or digit), or leave it out."
             )
-
-
-@dataclass(frozen=True, kw_only=True)
-class OptimizerSettings:
-    """The `OptimizeConfig` of every unit (the unit gives the seed).
-
-    Attributes:
-        lr, max_steps, starting_norm: as in `OptimizeConfig`.
-        norm_cap: ``NormCap(norm_cap)`` after each step (``None``: no cap).
-        coldness, suppression_loss, length_normalize: the `Objective`'s ``coldness``,
-            ``suppression`` and ``length_normalize``.
-
-    Example:
-        >>> OptimizerSettings(lr=0.1, max_steps=3).config(seed=2).seed
-        2
-    """
-
-    lr: float = _DEFAULT_CONFIG.lr
-    max_steps: int = _DEFAULT_CONFIG.max_steps
-    starting_norm: float = _DEFAULT_CONFIG.starting_norm
-    norm_cap: float | None = None
-    coldness: float = _DEFAULT_OBJECTIVE.coldness
-    suppression_loss: str = _DEFAULT_OBJECTIVE.suppression
-    length_normalize: bool = _DEFAULT_OBJECTIVE.length_normalize
-
-    def __post_init__(self) -> None:
-        for name in ("lr", "starting_norm", "coldness"):
-            object.__setattr__(self, name, _number(getattr(self, name), f"optimizer.{name}"))
-        if self.norm_cap is not None:
-            object.__setattr__(self, "norm_cap", _number(self.norm_cap, "optimizer.norm_cap"))
-        if not isinstance(self.length_normalize, bool):
-            raise SpecError(
-                f"optimizer.length_normalize must be true or false, got {self.length_normalize!r}."
-            )
-        self.config(seed=0)  # OptimizeConfig, Objective and NormCap check the values
-
-    def config(self, *, seed: int) -> OptimizeConfig:
-        """The `OptimizeConfig` for one unit (no progress bar: the study shows one)."""
-        return OptimizeConfig(
-            lr=self.lr,
-            max_steps=self.max_steps,
-            seed=seed,
-            starting_norm=self.starting_norm,
-            constraints=() if self.norm_cap is None else (NormCap(self.norm_cap),),
-            objective=Objective(
-                coldness=self.coldness,
-                suppression=self.suppression_loss,  # type: ignore[arg-type]
-                length_normalize=self.length_normalize,
-            ),
-            progress=False,
-        )
 
 
 JUDGE_TYPES = ("string_match",)
@@ -572,8 +518,8 @@ class StudySpec:
         return runtime.format_prompts(model, [text], chat=self.chat)[0]
 
     def config(self, unit: Unit) -> OptimizeConfig:
-        """The `OptimizeConfig` ``unit`` trains with."""
-        return self.optimizer.config(seed=unit.seed)
+        """The `OptimizeConfig` ``unit`` trains with (no progress bar: the study shows one)."""
+        return self.optimizer.config(seed=unit.seed, progress=False)
 
     def check_layers(self, n_layers: int) -> None:
         """Refuse a layer that a model with ``n_layers`` layers lacks (before any training).
@@ -613,7 +559,7 @@ class StudySpec:
         if "layers" not in kwargs:
             raise SpecError("the study spec has no layers; add e.g. layers = [6, 8].")
         if "optimizer" in kwargs:
-            kwargs["optimizer"] = _build(OptimizerSettings, kwargs["optimizer"], "optimizer")
+            kwargs["optimizer"] = OptimizerSettings.from_dict(kwargs["optimizer"])
         if "evaluation" in kwargs:
             ev = _drop_none(_table(kwargs["evaluation"], "evaluation"))
             if "judge" in ev:

@@ -2,7 +2,8 @@
 
 Datapoints and their exact tokens (`data`), objectives, regularizers, constraints and stop
 rules, the steering kinds that say what is trained (`kinds`), the settings and results
-(`config`), the forward engines (`engines`), the batched Adam loop (`loop.optimize_many`),
+(`config`), the flat settings that studies, the benchmark and the CLI build them from
+(`settings`), the forward engines (`engines`), the batched Adam loop (`loop.optimize_many`),
 `optimize_vector` / `evaluate_objective` (`optimize`) and reentrant steering (`reentrant`).
 
 Example:
@@ -31,9 +32,11 @@ from steerlens.training.objectives import KLObjective, Objective
 from steerlens.training.optimize import ObjectiveScorer, evaluate_objective, optimize_vector
 from steerlens.training.reentrant import RankOneResult, ReentrantResult, reentrant_steering
 from steerlens.training.regularizers import SideEffect
+from steerlens.training.settings import RECIPE_LAYER, OptimizerSettings
 from steerlens.training.stopping import Plateau, TargetLoss
 
 __all__ = [
+    "RECIPE_LAYER",
     "AddSteering",
     "AffineSteering",
     "ClampSteering",
@@ -47,6 +50,7 @@ __all__ = [
     "ObjectiveScorer",
     "OptimizeConfig",
     "OptimizeResult",
+    "OptimizerSettings",
     "OutputConstraint",
     "Plateau",
     "RankOneResult",

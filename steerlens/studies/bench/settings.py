@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from steerlens.errors import SpecError
 from steerlens.training.config import OptimizeConfig
-from steerlens.training.constraints import NormCap
+from steerlens.training.settings import OptimizerSettings
 
 DEFAULT_BEHAVIOURS = ("sycophancy", "refusal", "corrigible-neutral-HHH", "myopic-reward")
 NEUTRAL_PROMPTS = (
@@ -27,6 +27,8 @@ CALIBRATION_FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 # The steerability grid, as fractions of each vector's equal-cost multiplier.
 GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)
 BEST_OF = "best of E"
+# The one-shot vectors' settings: the documented recipe, with fewer steps for the many vectors.
+OPTIMIZER = replace(OptimizerSettings.recipe(), max_steps=30)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +45,7 @@ class BenchSettings:
         reply_tokens: tokens of each judged reply (open-ended behaviours).
         neutral_prompts: user messages for the KL calibration.
         grid: the steerability multipliers as fractions of the equal-cost multiplier.
-        optimizer: settings of the one-shot vectors.
+        optimizer: settings of the one-shot vectors (default: `OPTIMIZER`'s).
         bootstrap: resamples for the intervals over test items.
         seed: orders the training items and seeds the random direction and bootstrap.
         batch_size: rows per forward pass when scoring.
@@ -58,9 +60,7 @@ class BenchSettings:
     reply_tokens: int = 32
     neutral_prompts: tuple[str, ...] = NEUTRAL_PROMPTS
     grid: tuple[float, ...] = GRID
-    optimizer: OptimizeConfig = field(
-        default_factory=lambda: OptimizeConfig(lr=0.1, max_steps=30, constraints=(NormCap(40.0),))
-    )
+    optimizer: OptimizeConfig = field(default_factory=OPTIMIZER.config)
     bootstrap: int = 1000
     seed: int = 0
     batch_size: int = 32
@@ -101,4 +101,4 @@ class BenchSettings:
             )
 
 
-__all__ = ["BEST_OF", "DEFAULT_BEHAVIOURS", "BenchSettings"]
+__all__ = ["BEST_OF", "DEFAULT_BEHAVIOURS", "OPTIMIZER", "BenchSettings"]
