@@ -181,7 +181,8 @@ class ResidualNorms:
             )
         fig = style_figure(
             fig,
-            f"Residual-stream norm at blocks.{{layer}}.hook_resid_pre ({self.n_prompts} prompts)",
+            f"Residual-stream norm at {_where(self.layers)} "
+            f"({self.n_prompts} prompt{'' if self.n_prompts == 1 else 's'})",
             "layer",
             "L2 norm (residual-stream units, log scale)",
         )
@@ -260,6 +261,15 @@ def residual_norms(
         n_prompts=len(rows),
         n_other_tokens=int(others[0].size),
     )
+
+
+def _where(layers: tuple[int, ...]) -> str:
+    """The hook points measured, named as TransformerLens names them."""
+    if len(layers) == 1:
+        return f"blocks.{layers[0]}.hook_resid_pre"
+    if list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"blocks.L.hook_resid_pre, L = {layers[0]}..{layers[-1]}"
+    return f"blocks.L.hook_resid_pre, L in {list(layers)}"
 
 
 __all__ = ["ResidualNorms", "residual_norms"]

@@ -60,6 +60,11 @@ def test_table_figure_and_plain_data(tiny):
     fig = norms.plot(torch.ones(64), layer=0)
     assert [t.name for t in fig.data] == ["first token", "other tokens (median)", "vector"]
     assert fig.layout.yaxis.type == "log"
+    # The hook points by name, not a template left unfilled; one prompt is not "1 prompts".
+    title = fig.layout.title.text
+    assert "blocks.L.hook_resid_pre, L = 0..1 (1 prompt)" in title and "{" not in title
+    one = residual_norms(tiny, ["the cat sat", "a dog"], layers=[1], chat=False).plot()
+    assert "blocks.1.hook_resid_pre (2 prompts)" in one.layout.title.text
     json.dumps(norms.to_dict())
     assert isinstance(norms, ResidualNorms)
 
