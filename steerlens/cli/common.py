@@ -76,34 +76,30 @@ def add_seed(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--seed", type=int, default=0, help=f"{what} (default: %(default)s)")
 
 
-def add_max_steps(p: argparse.ArgumentParser) -> None:
+def _setting_option(
+    p: argparse.ArgumentParser, name: str, kind: type, *, metavar: str | None, note: str = ""
+) -> None:
+    """``--name`` for one `OptimizerSettings` field: its recipe default and its help line."""
     p.add_argument(
-        "--max-steps",
-        type=int,
-        default=RECIPE.max_steps,
-        metavar="N",
-        help=f"{OptimizerSettings.help('max_steps')} (default: %(default)s)",
+        "--" + name.replace("_", "-"),
+        type=kind,
+        default=getattr(RECIPE, name),
+        metavar=metavar,
+        help=f"{OptimizerSettings.help(name)}{note} (default: %(default)s)",
     )
+
+
+def add_max_steps(p: argparse.ArgumentParser) -> None:
+    _setting_option(p, "max_steps", int, metavar="N")
 
 
 def add_lr(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=RECIPE.lr,
-        help=f"{OptimizerSettings.help('lr')} (default: %(default)s)",
-    )
+    _setting_option(p, "lr", float, metavar=None)
 
 
 def add_norm_cap(p: argparse.ArgumentParser) -> None:
     """``--norm-cap R``, 0 for none (`settings_of` reads it as ``norm_cap=None``)."""
-    p.add_argument(
-        "--norm-cap",
-        type=float,
-        default=RECIPE.norm_cap,
-        metavar="R",
-        help=f"{OptimizerSettings.help('norm_cap')}; 0 for no cap (default: %(default)s)",
-    )
+    _setting_option(p, "norm_cap", float, metavar="R", note="; 0 for no cap")
 
 
 def settings_of(args: argparse.Namespace) -> OptimizerSettings:
