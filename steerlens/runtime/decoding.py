@@ -13,9 +13,10 @@ from torch import Tensor
 
 from steerlens.errors import ContextWindowError, ContextWindowWarning, SpecError
 from steerlens.runtime.batch import left_pad
-from steerlens.runtime.context import TokenContext
+from steerlens.runtime.context import TokenContext, token_context
 from steerlens.runtime.forward import next_logits
 from steerlens.runtime.model import eos_token_ids, n_ctx, pad_token_id
+from steerlens.runtime.plain import plain_decoder
 
 
 def decode_tokens(
@@ -33,7 +34,9 @@ def decode_tokens(
     ``temperature`` 0 is greedy; otherwise row ``i``'s tokens are sampled from
     ``softmax(logits / temperature)`` with ``generators[i]`` (one per row, so a row's sample
     does not depend on its batch). Steering hooks installed around the call see the prompt as
-    "prompt" and each new token as "generated".
+    "prompt" and each new token as "generated". When every hook installed is on the residual
+    stream between blocks, a Bridge's steps run its Hugging Face model's own modules
+    (`steerlens.runtime.plain.PlainDecoder`), calling those hooks where the Bridge does.
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -74,6 +77,7 @@ def decode_tokens(
     done = torch.zeros(len(token_lists), dtype=torch.bool, device=tokens.device)
     new_tokens: list[Tensor] = []
     cache, n_cached = None, 0
+    plain = plain_decoder(model)
     for step in range(max_new_tokens):
         if window is not None and tokens.shape[1] >= window:
             warnings.warn(
@@ -86,7 +90,11 @@ def decode_tokens(
             )
             break
         ctx = TokenContext(n_pad, prompt_end, offset=n_cached)
-        logits, cache = next_logits(model, tokens, mask, cache, n_cached, ctx)
+        if plain is not None:
+            with token_context(ctx):
+                logits, cache = plain.step(tokens, mask, cache, n_cached)
+        else:
+            logits, cache = next_logits(model, tokens, mask, cache, n_cached, ctx)
         n_cached = tokens.shape[1] if cache is not None else 0
         if temperature > 0 and generators is not None:
             probs = torch.softmax(logits.float() / temperature, dim=-1)

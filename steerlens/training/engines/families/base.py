@@ -9,14 +9,14 @@ module, called as the family's own forward calls it, so it needs no adapter code
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
-from transformer_lens.hook_points import HookPoint
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from steerlens.runtime.plain import hf_model, unwrapped
 
 # Per-layer-type position embeddings (e.g. rotary ``(cos, sin)``), batch first.
 PositionEmbeddings = dict[str, Any]
@@ -36,12 +36,6 @@ def register(cls: A) -> A:
 def registered() -> dict[str, type[FamilyAdapter]]:
     """Architecture name -> adapter class, for every family with a packed-engine adapter."""
     return dict(_REGISTRY)
-
-
-def hf_model(model: Any) -> Any | None:
-    """The Hugging Face model under a ``TransformerBridge`` (``None`` for other models)."""
-    hf = getattr(model, "original_model", None)
-    return hf if isinstance(hf, torch.nn.Module) and hasattr(hf, "config") else None
 
 
 def architecture(model: Any) -> str:
@@ -65,48 +59,6 @@ def adapter_for(model: Any) -> FamilyAdapter | None:
         return cls(hf)
     except NotImplementedError:
         return None
-
-
-def unwrapped(module: torch.nn.Module, attention: str | None = None) -> torch.nn.Module:
-    """A shallow copy of a Hugging Face ``module`` with every TransformerLens bridge wrapper
-    under it replaced by the module it wraps, and hook points dropped; parameters and buffers
-    are shared, not copied. With ``attention`` (e.g. ``"sdpa"``), its modules read a copy of
-    their config that names that attention implementation; the model itself is unchanged.
-
-    The Bridge re-implements attention step by step so its hooks fire; the packed engine needs
-    no hooks, so it runs the family's own modules with a fused attention kernel.
-
-    Example:
-        >>> from steerlens.testing import tiny_model
-        >>> hf = tiny_model().original_model
-        >>> type(unwrapped(hf).model.layers[0].self_attn).__name__
-        'LlamaAttention'
-    """
-    configs: dict[int, Any] = {}
-
-    def config_for(config: Any) -> Any:
-        if attention is None or not hasattr(config, "_attn_implementation"):
-            return config
-        if id(config) not in configs:
-            configs[id(config)] = copy.copy(config)
-            configs[id(config)]._attn_implementation = attention
-        return configs[id(config)]
-
-    def visit(mod: torch.nn.Module) -> torch.nn.Module:
-        # A bridge component keeps the module it wraps as `original_component`.
-        while isinstance(inner := getattr(mod, "original_component", None), torch.nn.Module):
-            mod = inner
-        shadow = copy.copy(mod)
-        shadow._modules = {
-            name: visit(child)
-            for name, child in mod._modules.items()
-            if child is not None and not isinstance(child, HookPoint)
-        }
-        if "config" in vars(mod):
-            shadow.config = config_for(mod.config)
-        return shadow
-
-    return visit(module)
 
 
 # The attention implementation the packed engine's modules run: PyTorch's fused
