@@ -132,8 +132,15 @@ def _rotary(d_model: int, n_layers: int) -> dict[str, Any]:
     }
 
 
-def _alternate(n_layers: int) -> list[str]:
-    return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+def _gemma_sliding(d_model: int, n_layers: int) -> dict[str, Any]:
+    """Gemma 2 and 3: sliding-window and full attention layers in turn, logits soft-capped."""
+    layer_types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    return _rotary(d_model, n_layers) | {
+        "head_dim": d_model // 4,
+        "sliding_window": 4,
+        "layer_types": layer_types,
+        "final_logit_softcapping": 3.0,
+    }
 
 
 # family -> (config class, model class, config fields for (d_model, n_layers)). Sliding-window
@@ -161,30 +168,9 @@ TINY_FAMILIES: dict[str, tuple[str, str, Any]] = {
     "gemma2": (
         "Gemma2Config",
         "Gemma2ForCausalLM",
-        lambda d, n: (
-            _rotary(d, n)
-            | {
-                "head_dim": d // 4,
-                "sliding_window": 4,
-                "layer_types": _alternate(n),
-                "attn_logit_softcapping": 2.0,
-                "final_logit_softcapping": 3.0,
-            }
-        ),
+        lambda d, n: _gemma_sliding(d, n) | {"attn_logit_softcapping": 2.0},
     ),
-    "gemma3": (
-        "Gemma3TextConfig",
-        "Gemma3ForCausalLM",
-        lambda d, n: (
-            _rotary(d, n)
-            | {
-                "head_dim": d // 4,
-                "sliding_window": 4,
-                "layer_types": _alternate(n),
-                "final_logit_softcapping": 3.0,
-            }
-        ),
-    ),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", _gemma_sliding),
     "gpt2": (
         "GPT2Config",
         "GPT2LMHeadModel",

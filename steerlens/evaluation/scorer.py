@@ -161,16 +161,18 @@ class PromptScorer:
                     out[c][bucket[g]] = next(pieces)
         return out
 
-    def _batches(
-        self, plans: Sequence[RowSteering], which: Sequence[int]
-    ) -> Iterator[tuple[list[int], list[SteerFn], int]]:
-        """The steerings ``which`` in batches of ``copies``: their indices, engine functions
-        and the layer the batch's forward starts at."""
+    def _steered(
+        self, plans: Sequence[RowSteering], which: Sequence[int], chosen: Sequence[int]
+    ) -> Iterator[tuple[int, dict[int, Tensor]]]:
+        """``(steering, prompt -> log-probabilities)`` for each of the steerings ``which``
+        (`_logprobs`), ``copies`` per forward, each forward starting at the lowest layer its
+        steerings steer."""
         for chunk in runtime.chunks(len(which), self.copies):
             batch = [which[i] for i in chunk]
             applied = [resolve_steering(self.model, plans[s]) for s in batch]
             fns = [self._function(a, s) for a, s in zip(applied, batch, strict=True)]
-            yield batch, fns, min(self._start(a) for a in applied)
+            start = min(self._start(a) for a in applied)
+            yield from zip(batch, self._logprobs(fns, chosen, start), strict=True)
 
     @torch.no_grad()
     def next_token_logprobs(
@@ -192,9 +194,8 @@ class PromptScorer:
         chosen = self._chosen(prompts)
         index = torch.tensor(ids, device=runtime.device(self.model))
         rows: list[Tensor] = [torch.zeros(0)] * len(plans)
-        for batch, fns, start in self._batches(plans, range(len(plans))):
-            for s, logp in zip(batch, self._logprobs(fns, chosen, start), strict=True):
-                rows[s] = torch.stack([logp[p][0, index] for p in chosen]).cpu()
+        for s, logp in self._steered(plans, range(len(plans)), chosen):
+            rows[s] = torch.stack([logp[p][0, index] for p in chosen]).cpu()
         return torch.stack(rows)
 
     @torch.no_grad()
@@ -226,10 +227,9 @@ class PromptScorer:
         # A steering that applies nothing gets exact zeros, without a forward pass.
         rows = [torch.zeros(size, dtype=dtype) for _ in plans]
         active = [s for s, plan in enumerate(plans) if resolve_steering(self.model, plan)]
-        for batch, fns, start in self._batches(plans, active):
-            for s, logp in zip(batch, self._logprobs(fns, chosen, start), strict=True):
-                per = [runtime.kl_of_logprobs(logp[p], reference[p]) for p in chosen]
-                rows[s] = torch.cat(per).clamp_min(0.0).cpu()
+        for s, logp in self._steered(plans, active, chosen):
+            per = [runtime.kl_of_logprobs(logp[p], reference[p]) for p in chosen]
+            rows[s] = torch.cat(per).clamp_min(0.0).cpu()
         return torch.stack(rows)
 
     @torch.no_grad()
@@ -254,13 +254,12 @@ class PromptScorer:
         plans = check_row_steerings(steerings)
         chosen = self._chosen(prompts)
         rows: list[Tensor] = [torch.zeros(0)] * len(plans)
-        for batch, fns, start in self._batches(plans, range(len(plans))):
-            for s, logp in zip(batch, self._logprobs(fns, chosen, start), strict=True):
-                totals = []
-                for p in chosen:
-                    ids = torch.tensor(self.completions[p], device=logp[p].device)
-                    totals.append(logp[p].gather(-1, ids[:, None]).sum())
-                rows[s] = torch.stack(totals).cpu()
+        for s, logp in self._steered(plans, range(len(plans)), chosen):
+            totals = []
+            for p in chosen:
+                ids = torch.tensor(self.completions[p], device=logp[p].device)
+                totals.append(logp[p].gather(-1, ids[:, None]).sum())
+            rows[s] = torch.stack(totals).cpu()
         return torch.stack(rows)
 
     def propensities(

@@ -95,8 +95,7 @@ def generate(
                 temperature=temperature,
                 generators=[_prompt_generator(base, i, dev) for i in rows],
             )
-            # The reply ends before its end-of-turn token.
-            outputs.extend(runtime.decode(model, [t for t in ids if t not in eos]) for ids in new)
+            outputs.extend(_reply(model, ids, eos) for ids in new)
             bar.update(len(rows))
         bar.close()
     return outputs[0] if isinstance(prompts, str) else outputs
@@ -178,10 +177,16 @@ def generate_each(
                 generators=[_prompt_generator(base, p, dev) for _, p in batch],
             )
         for (s, p), ids in zip(batch, new, strict=True):
-            replies[s][p] = runtime.decode(model, [t for t in ids if t not in eos])
+            replies[s][p] = _reply(model, ids, eos)
         bar.update(len(rows))
     bar.close()
     return replies
+
+
+def _reply(model: Any, ids: Sequence[int], eos: set[int]) -> str:
+    """A row's new tokens as text: the reply ends before its end-of-turn token (decoding stops
+    at one and keeps it)."""
+    return runtime.decode(model, [t for t in ids if t not in eos])
 
 
 def _base_seed(seed: Any) -> int:
