@@ -12,6 +12,8 @@
 - `prefixes`: KV caches of prompt prefixes, computed once and reused (`PrefixStore`).
 - `masking`: attention scores kept finite for a float64 model's float32 softmax.
 - `decoding`: the decoder (greedy or sampled, KV-cached).
+- `plain`: the Hugging Face model under a Bridge without its wrappers; decoding steps on it
+  when only residual-stream hooks are installed (`PlainDecoder`).
 - `logprobs`: token log-probabilities, KL divergences and loss units.
 - `devices`: `device=` and `dtype=` checked against this machine.
 
