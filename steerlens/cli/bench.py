@@ -9,6 +9,7 @@ from typing import Any
 
 from steerlens.cli.common import (
     FORMATTER,
+    add_command_group,
     add_model_options,
     check_writable_folder,
     load,
@@ -30,14 +31,13 @@ the same arguments resumes. examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    bench = subparsers.add_parser(
+    bench_sub = add_command_group(
+        subparsers,
         "bench",
         help="one-shot vs contrastive vectors at equal cost on A/B behaviour data",
         description="The benchmark (docs/benchmark.md): one-shot vectors from single examples "
         "vs CAA, PCA, ensembles and a random direction, at equal cost (p95 KL budget).",
-        formatter_class=FORMATTER,
     )
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="COMMAND")
     brun = bench_sub.add_parser(
         "run",
         help="run the benchmark into a folder (resumes in it)",

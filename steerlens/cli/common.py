@@ -1,4 +1,5 @@
-"""What the commands share: the documented defaults, the option builders (``--model``,
+"""What the commands share: the documented defaults, the builder of commands made of
+sub-commands (``study``, ``bench``, ``export``), the option builders (``--model``,
 ``--device``, ``--threads``, ``--seed``, ``--lr``, ``--max-steps``, ``--norm-cap``,
 ``--progress``), the checks made before the model loads (settings, output paths, prompt
 files, vector files), the banner and loading the model."""
@@ -31,6 +32,22 @@ DEFAULT_NORM_CAP = RECIPE.norm_cap
 
 # Every parser keeps its description's line breaks (they hold examples).
 FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def add_command_group(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    metavar: str = "COMMAND",
+) -> argparse._SubParsersAction:
+    """``steerlens NAME``, a command made of sub-commands (``study run``, ``study report``),
+    one of which must be given; returns what its sub-commands are added to."""
+    command = subparsers.add_parser(
+        name, help=help, description=description, formatter_class=FORMATTER
+    )
+    return command.add_subparsers(dest=f"{name}_command", required=True, metavar=metavar)
 
 
 # -- options shared by several commands -------------------------------------------------------

@@ -7,6 +7,7 @@ import math
 
 from steerlens.cli.common import (
     FORMATTER,
+    add_command_group,
     add_device_options,
     add_positions,
     check_output_file,
@@ -28,13 +29,13 @@ example:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    export = subparsers.add_parser(
+    export_sub = add_command_group(
+        subparsers,
         "export",
         help="write a vector for another tool (lm-eval)",
         description="Write a steerlens vector file in another tool's format.",
-        formatter_class=FORMATTER,
+        metavar="FORMAT",
     )
-    export_sub = export.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
     lm_eval = export_sub.add_parser(
         "lm-eval",
         help="lm-evaluation-harness's steered-model file (.pt)",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from steerlens.cli.common import (
     FORMATTER,
+    add_command_group,
     add_device_options,
     add_progress,
     check_writable_folder,
@@ -35,14 +36,13 @@ example:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    study = subparsers.add_parser(
+    study_sub = add_command_group(
+        subparsers,
         "study",
         help="run a study: many vectors from a spec file, resumable",
         description="Studies: many vectors (examples x layers x seeds x objectives) trained "
         "from a spec file into a study folder that keeps every finished unit.",
-        formatter_class=FORMATTER,
     )
-    study_sub = study.add_subparsers(dest="study_command", required=True, metavar="COMMAND")
     run = study_sub.add_parser(
         "run",
         help="train and evaluate every unit of a spec that its folder lacks",

@@ -5,8 +5,8 @@ plain rows (or a one-line error) for the runner to write; none touches the study
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from steerlens.errors import SpecError, StudyError, describe_error
 from steerlens.steering.vector import SteeringVector
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 Outcome = OptimizeResult | str
 """What training one unit gave: its result, or the one-line error it failed with."""
+
+_Item = TypeVar("_Item")
+_Out = TypeVar("_Out")
 
 
 class Backend(Protocol):
@@ -66,22 +69,38 @@ def train_units(
             for u in batch
         ]
 
-    try:
-        results: list[Outcome] = list(optimize_many(model, jobs(units), progress=progress))
-    except Exception as exc:
-        if len(units) == 1:
-            return [describe_error(exc)]
-        results = []
-        for unit in units:
-            try:
-                results += optimize_many(model, jobs([unit]), progress=False)
-            except Exception as unit_exc:
-                results.append(describe_error(unit_exc))
+    results: list[Outcome] = _together_else_alone(
+        units,
+        lambda: optimize_many(model, jobs(units), progress=progress),
+        lambda unit: optimize_many(model, jobs([unit]), progress=False),
+    )
     if len(results) != len(units):
         raise StudyError(  # pragma: no cover - a broken optimize_many
             f"optimize_many returned {len(results)} results for {len(units)} jobs."
         )
     return results
+
+
+def _together_else_alone(
+    items: Sequence[_Item],
+    together: Callable[[], Iterable[_Out]],
+    alone: Callable[[_Item], Iterable[_Out]],
+) -> list[_Out | str]:
+    """``together()``'s outcomes, one per item; when it raises, each item's ``alone(item)``
+    instead, an item whose call raises getting its one-line error, so that one item's error is
+    reported against that item only (a ``KeyboardInterrupt`` is not caught)."""
+    try:
+        return list(together())
+    except Exception as exc:
+        if len(items) == 1:
+            return [describe_error(exc)]
+    outcomes: list[_Out | str] = []
+    for item in items:
+        try:
+            outcomes += alone(item)
+        except Exception as exc:
+            outcomes.append(describe_error(exc))
+    return outcomes
 
 
 PhaseOutcome = list[dict[str, Any]] | str
@@ -150,18 +169,7 @@ def evaluate_units(
             for v in range(len(batch))
         ]
 
-    try:
-        return rows(items)
-    except Exception as exc:
-        if len(items) == 1:
-            return [describe_error(exc)]
-    outcomes: list[PhaseOutcome] = []
-    for item in items:
-        try:
-            outcomes += rows([item])
-        except Exception as exc:
-            outcomes.append(describe_error(exc))
-    return outcomes
+    return _together_else_alone(items, lambda: rows(items), lambda item: rows([item]))
 
 
 def measure_steerability(

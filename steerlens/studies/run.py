@@ -166,35 +166,53 @@ def _run(
                 bar.update(1)
     failures = study.failures()
     if failures:
-        first, error = next(iter(failures.items()))
-        raise StudyError(
-            f"{len(failures)} of {len(units)} units failed (first: unit {first!r}: {error}); "
-            f"the {len(units) - len(failures)} finished units are saved in {str(study.path)!r}. "
-            "Fix the cause and run the study again: it retries only the failed units."
+        raise _rerun_error(
+            f"{len(failures)} of {len(units)} units failed ({_first(failures)})",
+            f"the {len(units) - len(failures)} finished units are",
+            study.path,
+            "retries only the failed units",
         )
     if eval_failures:
-        first, error = next(iter(eval_failures.items()))
-        raise StudyError(
-            f"evaluating {len(eval_failures)} unit(s) failed (first: unit {first!r}: {error}); "
-            f"every trained vector and the other evaluations are saved in {str(study.path)!r}. "
-            "Fix the cause (the judge, the evaluation prompts) and run the study again: it "
-            "redoes only the missing evaluations."
+        raise _rerun_error(
+            f"evaluating {len(eval_failures)} unit(s) failed ({_first(eval_failures)})",
+            "every trained vector and the other evaluations are",
+            study.path,
+            "redoes only the missing evaluations",
+            fix=" (the judge, the evaluation prompts)",
         )
     if steer_failures:
-        first, error = next(iter(steer_failures.items()))
-        raise StudyError(
-            f"measuring the steerability of {len(steer_failures)} unit(s) failed (first: unit "
-            f"{first!r}: {error}); every trained vector and the other results are saved in "
-            f"{str(study.path)!r}. Fix the cause (evaluation.steerability_strengths, the "
-            "examples) and run the study again: it redoes only the missing steerability."
+        raise _rerun_error(
+            f"measuring the steerability of {len(steer_failures)} unit(s) failed "
+            f"({_first(steer_failures)})",
+            "every trained vector and the other results are",
+            study.path,
+            "redoes only the missing steerability",
+            fix=" (evaluation.steerability_strengths, the examples)",
         )
     if grid_failure is not None:
-        raise StudyError(
-            f"the layer x strength grid failed ({grid_failure}); every other result is saved "
-            f"in {str(study.path)!r}. Fix the cause ([evaluation.grid], the judge, the "
-            "evaluation prompts) and run the study again: it redoes only the grid."
+        raise _rerun_error(
+            f"the layer x strength grid failed ({grid_failure})",
+            "every other result is",
+            study.path,
+            "redoes only the grid",
+            fix=" ([evaluation.grid], the judge, the evaluation prompts)",
         )
     return study
+
+
+def _first(failures: dict[str, str]) -> str:
+    """The first failed unit and its error, as the run's error names it."""
+    name, error = next(iter(failures.items()))
+    return f"first: unit {name!r}: {error}"
+
+
+def _rerun_error(failed: str, kept: str, path: Path, redo: str, *, fix: str = "") -> StudyError:
+    """The error that ends a run part of whose work failed: what failed, that ``kept`` is
+    saved in the folder, where to look for the cause, and what running the study again does."""
+    return StudyError(
+        f"{failed}; {kept} saved in {str(path)!r}. Fix the cause{fix} and run the study "
+        f"again: it {redo}."
+    )
 
 
 def _per_vector_phase(

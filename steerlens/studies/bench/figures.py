@@ -10,6 +10,9 @@ import plotly.graph_objects as go
 if TYPE_CHECKING:
     from steerlens.studies.bench.results import BenchResult
 
+# Every figure of the benchmark's report is this tall (px).
+_HEIGHT = 420
+
 
 def slope_figure(result: BenchResult) -> go.Figure:
     """Per-item steerability slopes of every vector, one box per method and behaviour."""
@@ -30,13 +33,15 @@ def slope_figure(result: BenchResult) -> go.Figure:
         boxmode="group",
         title="Per-item steerability slopes (propensity per unit of equal-cost multiplier)",
         yaxis_title="slope (nats)",
-        height=420,
+        height=_HEIGHT,
     )
     fig.add_hline(y=0.0, line_dash="dot", line_color="grey")
     return fig
 
 
-def _by_method(result: BenchResult, x: str, y: str) -> go.Figure:
+def _by_method(
+    result: BenchResult, x: str, y: str, *, title: str, x_title: str, y_title: str
+) -> go.Figure:
     """One marker trace per method: its rows that have ``x``, at ``(row[x], row[y])``."""
     fig = go.Figure()
     for method in dict.fromkeys(r["method"] for r in result.rows):
@@ -51,19 +56,20 @@ def _by_method(result: BenchResult, x: str, y: str) -> go.Figure:
                     text=[f"{r['vector']} | {r['behaviour']} L{r['layer']}" for r in rows],
                 )
             )
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=_HEIGHT)
     return fig
 
 
 def tradeoff_figure(result: BenchResult) -> go.Figure:
     """Effectiveness against entanglement at the equal-cost multiplier, one point per vector."""
-    fig = _by_method(result, "entanglement", "effectiveness")
-    fig.update_layout(
+    return _by_method(
+        result,
+        "entanglement",
+        "effectiveness",
         title="Effectiveness vs entanglement at equal cost (p95 KL budget)",
-        xaxis_title="entanglement (RMS change of the behaviour rate elsewhere)",
-        yaxis_title="effectiveness (y_steered - y_base) / (1 - y_base)",
-        height=420,
+        x_title="entanglement (RMS change of the behaviour rate elsewhere)",
+        y_title="effectiveness (y_steered - y_base) / (1 - y_base)",
     )
-    return fig
 
 
 def examples_figure(result: BenchResult) -> go.Figure:
@@ -91,7 +97,7 @@ def examples_figure(result: BenchResult) -> go.Figure:
         barmode="group",
         title="One-shot vectors: mean slope by training example",
         yaxis_title="mean slope (nats)",
-        height=420,
+        height=_HEIGHT,
     )
     return fig
 
@@ -99,14 +105,14 @@ def examples_figure(result: BenchResult) -> go.Figure:
 def open_figure(result: BenchResult) -> go.Figure:
     """Open-ended behaviours: judged-rate effectiveness against the reply NLL ratio at the
     equal-cost multiplier, one point per vector."""
-    fig = _by_method(result, "nll_ratio", "effectiveness")
-    fig.update_layout(
+    return _by_method(
+        result,
+        "nll_ratio",
+        "effectiveness",
         title="Open-ended behaviours: judged effectiveness vs reply NLL ratio at equal cost",
-        xaxis_title="reply NLL ratio (1 = as fluent as the unsteered replies)",
-        yaxis_title="effectiveness of the judged rate",
-        height=420,
+        x_title="reply NLL ratio (1 = as fluent as the unsteered replies)",
+        y_title="effectiveness of the judged rate",
     )
-    return fig
 
 
 def bench_figures(result: BenchResult) -> dict[str, Any]:
