@@ -838,23 +838,36 @@ def _direction(model: Any, value: Any, layer: int) -> Tensor:
 def _measure(
     model: Any,
     prompts: list[str],
-    replies: list[str],
+    cells: Sequence[Sequence[str]],
     judge: Judge,
     *,
-    where: str,
+    where: Sequence[str],
     chat: bool | None,
     n: int,
     batch_size: int,
-) -> tuple[RateResult, MetricResult | None, MetricResult | None]:
-    rate = RateResult.from_outcomes(
-        judge_texts(judge, replies, where=where), prompts=prompts, texts=replies
-    )
-    nll = None
-    if any(replies):
-        nll = reply_nll(model, prompts, replies, chat=chat, batch_size=batch_size)
-    long_enough = any(len(runtime.encode(model, r)) >= n for r in replies)
-    distinct = distinct_n(model, replies, n) if long_enough else None
-    return rate, nll, distinct
+) -> list[tuple[RateResult, MetricResult | None, MetricResult | None]]:
+    """Each cell's judged rate, reply NLL and distinct-n, for the replies ``cells[c]`` to
+    ``prompts``; the NLLs of every cell's replies share batches (one `reply_nll` call, whose
+    rows are unsteered, so a cell's values are what a call of its own gives)."""
+    nonempty = [[r for r in replies if r] for replies in cells]
+    flat = [r for replies in nonempty for r in replies]
+    values: Sequence[float] = ()
+    if flat:
+        asked = [p for replies in cells for p, r in zip(prompts, replies, strict=True) if r]
+        values = reply_nll(model, asked, flat, chat=chat, batch_size=batch_size).values
+    out, start = [], 0
+    for replies, kept, at in zip(cells, nonempty, where, strict=True):
+        rate = RateResult.from_outcomes(
+            judge_texts(judge, replies, where=at), prompts=prompts, texts=replies
+        )
+        nll = None
+        if kept:
+            mine = values[start : start + len(kept)]
+            nll = MetricResult.of("reply NLL", "nats/token", mine, len(replies) - len(kept))
+            start += len(kept)
+        long_enough = any(len(runtime.encode(model, r)) >= n for r in replies)
+        out.append((rate, nll, distinct_n(model, replies, n) if long_enough else None))
+    return out
 
 
 def layer_strength_grid(
@@ -883,7 +896,8 @@ def layer_strength_grid(
     ``batch_size`` (cell, prompt) rows per forward pass (`steerlens.steering.generate_each`),
     with the same replies as one `steerlens.generate` call per cell; so are their side-effect
     KLs (`steerlens.evaluation.next_token_kl`), with the values of one
-    `steerlens.evaluation.side_effect_kl` call per cell.
+    `steerlens.evaluation.side_effect_kl` call per cell, and their reply NLLs (one
+    `steerlens.evaluation.reply_nll` call per group of cells).
 
     Args:
         model: a TransformerLens model.
@@ -937,7 +951,7 @@ def layer_strength_grid(
     gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "chat": chat, "progress": False}
     kw: dict[str, Any] = {"chat": chat, "n": n, "batch_size": batch_size}
     base_replies = list(generate(model, items, None, batch_size=batch_size, **gen))
-    base = _measure(model, items, base_replies, judge, where="of the unsteered model", **kw)
+    (base,) = _measure(model, items, [base_replies], judge, where=["of the unsteered model"], **kw)
     zero_kl = None
     if neutral is not None:
         zero_kl = MetricResult.of("side-effect KL", "nats", [0.0] * len(neutral))
@@ -962,10 +976,12 @@ def layer_strength_grid(
         kls = None
         if neutral_texts is not None:
             kls = next_token_kl(model, neutral_texts, plans, batch_size=batch_size).double()
-        for c, ((layer, strength), texts) in enumerate(zip(group, replies, strict=True)):
+        where = [f"at layer {layer}, strength {strength:g}" for layer, strength in group]
+        measures = _measure(model, items, replies, judge, where=where, **kw)
+        for c, ((layer, strength), texts, measured) in enumerate(
+            zip(group, replies, measures, strict=True)
+        ):
             bar.set_postfix_str(f"layer {layer}, strength {strength:g}")
-            where = f"at layer {layer}, strength {strength:g}"
-            measured = _measure(model, items, texts, judge, where=where, **kw)
             kl = None
             if kls is not None:
                 kl = MetricResult.of("side-effect KL", "nats", kls[c].tolist())

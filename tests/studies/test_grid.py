@@ -412,3 +412,29 @@ def test_a_budget_that_only_matches_the_unsteered_rate_says_so():
         "no setting within NLL ratio <= 1.5 shows the behavior more often than the unsteered "
         "model; the best of the 2 cells within NLL ratio <= 1.5: layer 0, strength 0"
     )
+
+
+def test_cells_scored_together_keep_their_own_values_and_empty_replies(tiny, monkeypatch):
+    from steerlens.studies import grid
+
+    base = [" sat on", " ran far", " in"]
+    cells = [[" sat on", "", " ran far"], ["", "", " in"], ["", "", ""]]
+    monkeypatch.setattr(grid, "generate", lambda *a, **k: base)
+    monkeypatch.setattr(grid, "generate_each", lambda model, items, plans, **k: cells[: len(plans)])
+    res = layer_strength_grid(
+        tiny,
+        torch.ones(64),
+        layers=[1],
+        strengths=[1.0, 2.0, 3.0],
+        prompts=PROMPTS,
+        judge=StringMatchJudge(["sat"]),
+        chat=False,
+        batch_size=9,  # all three cells in one group, scored together
+    )
+    for j, replies in enumerate(cells):
+        assert res.successes[0, j] == sum("sat" in r for r in replies)
+        if not any(replies):
+            assert math.isnan(res.nll[0, j])
+            continue
+        # Other batches, other padding: a per-token mean within TINY32 (tests/tolerances.py).
+        assert abs(res.nll[0, j] - reply_nll(tiny, PROMPTS, replies, chat=False).mean) <= TINY32
