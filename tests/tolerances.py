@@ -120,6 +120,41 @@ def kl_bound(model, prompts, steering) -> float:
     return 2 * d * math.exp(d) + math.expm1(d) * m + 2 * (TINY_VOCAB + 2) * U32 * m
 
 
+def kl_total_bound(target_logprobs: torch.Tensor, logq: torch.Tensor) -> float:
+    """How far two float32 computations of ``sum_k KL(p_k || q_k)`` may be, with the same
+    targets ``a = target_logprobs`` (``p = exp(a)``) and ``b = logq`` (a float32 tiny model's,
+    in any order) computed in two orders, each within ``d = TINY32`` of ``b`` and of each other.
+    Moving b by d moves ``sum p (a - b)`` by at most ``d sum p``; each order's own float32
+    rounding of the m V terms (an exponential, a difference, a product) and of their sum, in
+    whatever grouping (per token, then over tokens), is within ``(m V + 3) u sum p |a - b'|``
+    with ``|a - b'| <= |a - b| + d``: ``d sum p + 2 (m V + 3) u sum p (|a - b| + d)``."""
+    a, b = target_logprobs.double(), logq.double()
+    p = a.exp()
+    d = TINY32
+    return float(d * p.sum() + 2 * (p.numel() + 3) * U32 * (p * ((a - b).abs() + d)).sum())
+
+
+def kl_floor(target_logprobs: torch.Tensor, logq: torch.Tensor, d: float = TINY32) -> torch.Tensor:
+    """Per row, the least value a float32 ``KL(p || q') = sum p (a - b')`` can take, with
+    ``a = target_logprobs``, ``p = exp(a)`` and ``b'`` within ``d`` of ``b = logq`` (another
+    order's; ``d = 0`` for the same). Exactly, ``p log(p / q') >= p - q'`` term by term (Gibbs),
+    so the sum is at least ``sum p - sum q' >= sum p - e^d sum q`` (not 0: a rounded
+    log-softmax sums to one only up to its rounding); the float32 rounding of the V terms and
+    their sum moves it by at most ``(V + 3) u sum p (|a - b| + d)``."""
+    a, b = target_logprobs.double(), logq.double()
+    p = a.exp()
+    rounding = (a.shape[-1] + 3) * U32 * (p * ((a - b).abs() + d)).sum(-1)
+    return p.sum(-1) - math.exp(d) * b.exp().sum(-1) - rounding
+
+
+def rescale_bound(d_model: int, u: float = U32) -> float:
+    """Relative error of the norm of a vector rescaled to norm c in precision ``u``
+    (``v * (c / |v|)``, ``v / |v|``, ``v / |v| * c``) and measured again: each norm (d squares,
+    their sum, a square root) within ``(d / 2 + 1) u``, and one rounding each for the quotient,
+    the products and c itself: ``(d + 5) u``."""
+    return (d_model + 5) * u
+
+
 def rounding_gain(model: torch.nn.Module, tokens: torch.Tensor, eps: float = 1e-7) -> float:
     """How much ``model`` amplifies a relative error of its residual stream: the largest move of
     its logits, over ``eps`` times the largest logit, when every layer's input is scaled by
