@@ -100,14 +100,31 @@ def assert_losses_close(got, want, bounds):
     assert np.all(gap <= bounds), (gap.max(), (gap / bounds).max())
 
 
+def kl_mean_bound(logp: torch.Tensor, logq: torch.Tensor) -> float:
+    """How far two float32 computations of a mean of ``KL(p || q)`` over the rows of ``logp``
+    and ``logq`` (``[rows, vocab]``, of a float32 tiny model, one computation's) may be, both
+    computed in another order. With a = log p and b = log q each within d = TINY32 and
+    M = max |a - b| (measured here): ``sum p (a - b)`` moves by at most 2 d e^d through a and b
+    (the weights sum to 1 and grow by e^d at most), by (e^d - 1) M through the weights
+    p = exp(a), and by 2 (V + 2) u M through the float32 sum over the vocabulary in two orders
+    with each term's own rounding. A mean over rows keeps the bound."""
+    return kl_gap(float((logp.double() - logq.double()).abs().max()), logp.shape[-1])
+
+
+def kl_gap(m: float, vocab: int = TINY_VOCAB) -> float:
+    """`kl_mean_bound` for log-probabilities at most ``m`` apart over ``vocab`` tokens."""
+    d = TINY32
+    return 2 * d * math.exp(d) + math.expm1(d) * m + 2 * (vocab + 2) * U32 * m
+
+
+# Any mean KL between two float32 tiny-model distributions: logits below TINY_LOGITS, so
+# log-probabilities are at most 2 L (the logits) + 2 L (their log-sum-exps) = 4 L apart.
+KL_TINY32 = kl_gap(4 * TINY_LOGITS)
+
+
 def kl_bound(model, prompts, steering) -> float:
-    """How far two float32 computations of the mean ``KL(unsteered || steered)`` of the next
-    token after ``prompts`` (a float32 tiny model) may be, rows packed differently. With
-    a = log p and b = log q each within d = TINY32 and M = max |a - b| (measured here):
-    ``sum p (a - b)`` moves by at most 2 d e^d through a and b (the weights sum to 1 and grow
-    by e^d at most), by (e^d - 1) M through the weights p = exp(a), and by 2 (V + 2) u M
-    through the float32 sum over the vocabulary in two orders with each term's own rounding.
-    A mean over prompts keeps the bound."""
+    """`kl_mean_bound` of the mean ``KL(unsteered || steered)`` of the next token after
+    ``prompts`` (a float32 tiny model), rows packed differently."""
     from steerlens import runtime, steer
 
     rows = [runtime.encode(model, t) for t in prompts]
@@ -115,9 +132,7 @@ def kl_bound(model, prompts, steering) -> float:
         a = runtime.last_logits(model, rows).log_softmax(-1)
         with steer(model, steering):
             b = runtime.last_logits(model, rows).log_softmax(-1)
-    m = float((a - b).abs().max())
-    d = TINY32
-    return 2 * d * math.exp(d) + math.expm1(d) * m + 2 * (TINY_VOCAB + 2) * U32 * m
+    return kl_mean_bound(a, b)
 
 
 def kl_total_bound(target_logprobs: torch.Tensor, logq: torch.Tensor) -> float:
