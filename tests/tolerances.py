@@ -61,6 +61,7 @@ U32 = 2.0**-24  # float32 unit roundoff
 U64 = 2.0**-53  # float64 unit roundoff
 TINY_VOCAB = 265  # the tiny tokenizer's vocabulary: the tiny models' longest reduction
 TINY_LOGITS = 2.0  # every logit of tiny_model is below this (module docstring)
+TINY_D_MLP = 128  # tiny_model's longest reduction inside its layers
 REAL = 1e-3  # the least move of a log-probability that a real error makes in these tests
 TINY_GAIN = 2.0  # tiny_model amplifies a relative error of its residual by less (module docstring)
 FAMILY_GAIN = 32.0  # the same for every tiny_family_model (measured up to 16)
@@ -79,6 +80,15 @@ def family_bound(largest_logit: float) -> float:
     """Log-probabilities of a float32 `tiny_family_model` computed in two orders, logits below
     ``largest_logit``: the plain bound times the families' amplification ``FAMILY_GAIN``."""
     return FAMILY_GAIN * logprob_bound(TINY_VOCAB, largest_logit)
+
+
+def activation_bound(largest: float, n_terms: int = TINY_D_MLP, u: float = U32) -> float:
+    """How far one residual-stream component of a float32 tiny model may be, computed in two
+    orders (batched or alone, padded or not): as for the logits (module docstring), each order
+    is within ``(n + 3) u`` of the largest magnitude ``largest`` it produces, with n the longest
+    reduction inside the layers (d_mlp = 128), amplified by the layers by less than
+    ``TINY_GAIN``; two orders differ by twice that: ``2 (n + 3) u TINY_GAIN largest``."""
+    return 2 * (n_terms + 3) * u * TINY_GAIN * largest
 
 
 def loss_bounds(model, dps, positions=None):
