@@ -185,7 +185,7 @@ def _batches(
         kwargs["stop_at_layer"] = stop
     for begin in range(0, len(rows), batch_size):
         tokens, attention, span = _right_pad(model, rows[begin : begin + batch_size])
-        with torch.no_grad():
+        with torch.no_grad(), runtime.finite_scores(model):  # float64: pads stay finite
             _, cache = model.run_with_cache(
                 tokens, attention_mask=attention, names_filter=names, **kwargs
             )

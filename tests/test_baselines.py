@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tolerances import U32, activation_bound, rescale_bound
 
 from steerlens import runtime
 from steerlens.baselines import (
@@ -36,6 +37,14 @@ def _manual(model, texts, layer, span):
     return torch.stack(out)
 
 
+def _means_bound(acts, n):
+    """How far a float32 mean of ``n`` activations, computed in two orders, may be: each
+    activation within `activation_bound` of its largest magnitude, and the mean's own float32
+    sum of n terms and division within (n + 1) u of that magnitude (tests/tolerances.py)."""
+    largest = float(acts.abs().max())
+    return activation_bound(largest) + 2 * (n + 1) * U32 * largest
+
+
 SPANS = {
     "last": lambda p, t: (p - 1, p),
     "mean": lambda p, t: (0, p),
@@ -47,10 +56,12 @@ SPANS = {
 def test_caa_equals_a_manual_mean_difference(tiny, position):
     v = diff_of_means(tiny, POS, NEG, [0, 1], position=position, batch_size=3, chat=False)
     for layer in (0, 1):
-        expected = _manual(tiny, POS, layer, SPANS[position]).mean(0) - _manual(
-            tiny, NEG, layer, SPANS[position]
-        ).mean(0)
-        torch.testing.assert_close(v.directions[layer].double(), expected, rtol=0, atol=1e-5)
+        pos = _manual(tiny, POS, layer, SPANS[position])
+        neg = _manual(tiny, NEG, layer, SPANS[position])
+        expected = pos.mean(0) - neg.mean(0)
+        # Padded batches against one prompt at a time: each mean within _means_bound.
+        atol = 2 * _means_bound(torch.cat([pos, neg]), len(POS))
+        torch.testing.assert_close(v.directions[layer].double(), expected, rtol=0, atol=atol)
 
 
 def test_caa_over_completions_equals_a_manual_mean_difference(tiny):
@@ -58,8 +69,10 @@ def test_caa_over_completions_equals_a_manual_mean_difference(tiny):
     neg = [("Q: colour?\nA:", " no"), ("Q: cat?\nA:", " the end of it")]
     v = diff_of_means(tiny, pos, neg, 1, position="completion", batch_size=2, chat=False)
     span = SPANS["completion"]
-    expected = _manual(tiny, pos, 1, span).mean(0) - _manual(tiny, neg, 1, span).mean(0)
-    torch.testing.assert_close(v.directions[1].double(), expected, rtol=0, atol=1e-5)
+    acts_pos, acts_neg = _manual(tiny, pos, 1, span), _manual(tiny, neg, 1, span)
+    expected = acts_pos.mean(0) - acts_neg.mean(0)
+    atol = 2 * _means_bound(torch.cat([acts_pos, acts_neg]), len(pos))
+    torch.testing.assert_close(v.directions[1].double(), expected, rtol=0, atol=atol)
     same = diff_of_means(
         tiny,
         [p for p, _ in pos],
@@ -69,7 +82,8 @@ def test_caa_over_completions_equals_a_manual_mean_difference(tiny):
         completions=([c for _, c in pos], [c for _, c in neg]),
         chat=False,
     )
-    torch.testing.assert_close(same.directions[1], v.directions[1], rtol=0, atol=1e-6)
+    # Another batch size (16, not 2): the same sums in another order.
+    torch.testing.assert_close(same.directions[1], v.directions[1], rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("position", ["last", "mean", "completion"])
@@ -86,9 +100,12 @@ def test_padding_never_enters_the_means(tiny, position):
     )
     for layer in (0, 1):
         assert batched[layer].shape == (8, 64)
-        torch.testing.assert_close(batched[layer], single[layer], rtol=0, atol=1e-5)
+        # Padded or alone: the same sums in another order (activation_bound), while a pad
+        # read into a mean moves it by about the activations' own size.
+        atol = activation_bound(float(single[layer].abs().max()))
+        torch.testing.assert_close(batched[layer], single[layer], rtol=0, atol=atol)
     means = mean_activations(tiny, texts, [0, 1], position=position, batch_size=3, **kw, chat=False)
-    torch.testing.assert_close(means[1], single[1].mean(0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(means[1], single[1].mean(0), rtol=0, atol=_means_bound(single[1], 8))
 
 
 def test_reduction_reads_only_the_span():
@@ -108,7 +125,7 @@ def test_chat_formats_prompts_with_the_template(tiny):
     b = diff_of_means(
         tiny, [runtime.chat_prompt(tiny, "hi")], [runtime.chat_prompt(tiny, "yo")], 1, chat=False
     )
-    torch.testing.assert_close(a.directions[1], b.directions[1], rtol=0, atol=1e-6)
+    assert torch.equal(a.directions[1], b.directions[1])  # the same texts, batches and order
 
 
 def test_provenance(tiny):
@@ -137,7 +154,7 @@ def _planted(n=60, d=64, seed=0, flip=False):
 def test_pca_recovers_a_planted_direction():
     direction, diffs = _planted()
     u = principal_direction(diffs)
-    assert float(u.norm()) == pytest.approx(1.0, abs=1e-6)
+    assert float(u.norm()) == pytest.approx(1.0, rel=0, abs=rescale_bound(64))
     assert float(u @ direction) > 0.99
     assert float(principal_direction(-diffs) @ direction) < -0.99
 
@@ -204,7 +221,8 @@ def test_mean_activations_takes_the_reading_keywords_and_refuses_others(tiny):
     prompts = ["the cat", "a dog", "in"]
     means = mean_activations(tiny, prompts, 1, position="mean", batch_size=2, chat=False)
     acts = collect_activations(tiny, prompts, 1, position="mean", chat=False)
-    torch.testing.assert_close(means[1], acts[1].mean(0), atol=1e-5, rtol=0)
+    # Batches of 2 against one of 3: another order (_means_bound).
+    torch.testing.assert_close(means[1], acts[1].mean(0), atol=_means_bound(acts[1], 3), rtol=0)
     with pytest.raises(SpecError, match=r"unknown keyword\(s\) 'pos'.*position"):
         mean_activations(tiny, prompts, 1, pos="mean", chat=False)
 
@@ -220,10 +238,11 @@ def test_bos_switch_matches_the_tokenizers_default_ids(tiny):
         return cache[f"blocks.{layer}.hook_resid_pre"][0, -1]
 
     v = diff_of_means(tiny, pos, neg, 1, bos=True, chat=False)
-    expected = torch.stack([last_act(t, 1) for t in pos]).mean(0) - torch.stack(
-        [last_act(t, 1) for t in neg]
-    ).mean(0)
-    torch.testing.assert_close(v.directions[1], expected, atol=1e-5, rtol=1e-5)
+    acts_pos = torch.stack([last_act(t, 1) for t in pos])
+    acts_neg = torch.stack([last_act(t, 1) for t in neg])
+    expected = acts_pos.mean(0) - acts_neg.mean(0)
+    atol = 2 * _means_bound(torch.cat([acts_pos, acts_neg]), len(pos))
+    torch.testing.assert_close(v.directions[1], expected, atol=atol, rtol=0)
     assert v.provenance["bos"] is True
     plain = diff_of_means(tiny, pos, neg, 1, chat=False)
     assert plain.provenance["bos"] is False
@@ -244,11 +263,13 @@ def test_peer_layer_convention_decoder_output_k_is_our_layer_k_plus_1(tiny):
             out = hf(ids, output_hidden_states=True)
         return out.hidden_states[k + 1][0, -1]
 
-    expected = torch.stack([block_output(t) for t in pos]).mean(0) - torch.stack(
-        [block_output(t) for t in neg]
-    ).mean(0)
+    acts_pos = torch.stack([block_output(t) for t in pos])
+    acts_neg = torch.stack([block_output(t) for t in neg])
+    expected = acts_pos.mean(0) - acts_neg.mean(0)
     ours = diff_of_means(tiny, pos, neg, k + 1, bos=True, chat=False)
-    torch.testing.assert_close(ours.directions[k + 1], expected, atol=1e-5, rtol=1e-5)
+    # Hugging Face's forward and the Bridge's hooks: the same sums in other orders.
+    atol = 2 * _means_bound(torch.cat([acts_pos, acts_neg]), len(pos))
+    torch.testing.assert_close(ours.directions[k + 1], expected, atol=atol, rtol=0)
 
 
 def test_long_readings_show_progress_and_short_ones_do_not(tiny, capsys):

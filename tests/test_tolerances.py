@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tolerances import TINY_GAIN, rounding_gain
 
@@ -9,7 +10,8 @@ from steerlens import runtime
 from steerlens.testing import tiny_model
 
 
-def test_the_tiny_model_amplifies_rounding_less_than_its_gain():
-    model = tiny_model().to(torch.float64)
+@pytest.mark.parametrize("n_layers", [2, 3, 4, 8])  # the depths the suite's tests use
+def test_the_tiny_model_amplifies_rounding_less_than_its_gain(n_layers):
+    model = tiny_model(n_layers=n_layers).to(torch.float64)
     tokens = torch.tensor([runtime.encode(model, "the cat sat on the mat, a dog ran far away")])
     assert rounding_gain(model, tokens) < TINY_GAIN

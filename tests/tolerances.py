@@ -61,6 +61,7 @@ U32 = 2.0**-24  # float32 unit roundoff
 U64 = 2.0**-53  # float64 unit roundoff
 TINY_VOCAB = 265  # the tiny tokenizer's vocabulary: the tiny models' longest reduction
 TINY_LOGITS = 2.0  # every logit of tiny_model is below this (module docstring)
+TINY_D_MLP = 128  # tiny_model's longest reduction inside its layers
 REAL = 1e-3  # the least move of a log-probability that a real error makes in these tests
 TINY_GAIN = 2.0  # tiny_model amplifies a relative error of its residual by less (module docstring)
 FAMILY_GAIN = 32.0  # the same for every tiny_family_model (measured up to 16)
@@ -79,6 +80,15 @@ def family_bound(largest_logit: float) -> float:
     """Log-probabilities of a float32 `tiny_family_model` computed in two orders, logits below
     ``largest_logit``: the plain bound times the families' amplification ``FAMILY_GAIN``."""
     return FAMILY_GAIN * logprob_bound(TINY_VOCAB, largest_logit)
+
+
+def activation_bound(largest: float, n_terms: int = TINY_D_MLP, u: float = U32) -> float:
+    """How far one residual-stream component of a float32 tiny model may be, computed in two
+    orders (batched or alone, padded or not): as for the logits (module docstring), each order
+    is within ``(n + 3) u`` of the largest magnitude ``largest`` it produces, with n the longest
+    reduction inside the layers (d_mlp = 128), amplified by the layers by less than
+    ``TINY_GAIN``; two orders differ by twice that: ``2 (n + 3) u TINY_GAIN largest``."""
+    return 2 * (n_terms + 3) * u * TINY_GAIN * largest
 
 
 def loss_bounds(model, dps, positions=None):
@@ -100,14 +110,31 @@ def assert_losses_close(got, want, bounds):
     assert np.all(gap <= bounds), (gap.max(), (gap / bounds).max())
 
 
+def kl_mean_bound(logp: torch.Tensor, logq: torch.Tensor) -> float:
+    """How far two float32 computations of a mean of ``KL(p || q)`` over the rows of ``logp``
+    and ``logq`` (``[rows, vocab]``, of a float32 tiny model, one computation's) may be, both
+    computed in another order. With a = log p and b = log q each within d = TINY32 and
+    M = max |a - b| (measured here): ``sum p (a - b)`` moves by at most 2 d e^d through a and b
+    (the weights sum to 1 and grow by e^d at most), by (e^d - 1) M through the weights
+    p = exp(a), and by 2 (V + 2) u M through the float32 sum over the vocabulary in two orders
+    with each term's own rounding. A mean over rows keeps the bound."""
+    return kl_gap(float((logp.double() - logq.double()).abs().max()), logp.shape[-1])
+
+
+def kl_gap(m: float, vocab: int = TINY_VOCAB) -> float:
+    """`kl_mean_bound` for log-probabilities at most ``m`` apart over ``vocab`` tokens."""
+    d = TINY32
+    return 2 * d * math.exp(d) + math.expm1(d) * m + 2 * (vocab + 2) * U32 * m
+
+
+# Any mean KL between two float32 tiny-model distributions: logits below TINY_LOGITS, so
+# log-probabilities are at most 2 L (the logits) + 2 L (their log-sum-exps) = 4 L apart.
+KL_TINY32 = kl_gap(4 * TINY_LOGITS)
+
+
 def kl_bound(model, prompts, steering) -> float:
-    """How far two float32 computations of the mean ``KL(unsteered || steered)`` of the next
-    token after ``prompts`` (a float32 tiny model) may be, rows packed differently. With
-    a = log p and b = log q each within d = TINY32 and M = max |a - b| (measured here):
-    ``sum p (a - b)`` moves by at most 2 d e^d through a and b (the weights sum to 1 and grow
-    by e^d at most), by (e^d - 1) M through the weights p = exp(a), and by 2 (V + 2) u M
-    through the float32 sum over the vocabulary in two orders with each term's own rounding.
-    A mean over prompts keeps the bound."""
+    """`kl_mean_bound` of the mean ``KL(unsteered || steered)`` of the next token after
+    ``prompts`` (a float32 tiny model), rows packed differently."""
     from steerlens import runtime, steer
 
     rows = [runtime.encode(model, t) for t in prompts]
@@ -115,9 +142,42 @@ def kl_bound(model, prompts, steering) -> float:
         a = runtime.last_logits(model, rows).log_softmax(-1)
         with steer(model, steering):
             b = runtime.last_logits(model, rows).log_softmax(-1)
-    m = float((a - b).abs().max())
+    return kl_mean_bound(a, b)
+
+
+def kl_total_bound(target_logprobs: torch.Tensor, logq: torch.Tensor) -> float:
+    """How far two float32 computations of ``sum_k KL(p_k || q_k)`` may be, with the same
+    targets ``a = target_logprobs`` (``p = exp(a)``) and ``b = logq`` (a float32 tiny model's,
+    in any order) computed in two orders, each within ``d = TINY32`` of ``b`` and of each other.
+    Moving b by d moves ``sum p (a - b)`` by at most ``d sum p``; each order's own float32
+    rounding of the m V terms (an exponential, a difference, a product) and of their sum, in
+    whatever grouping (per token, then over tokens), is within ``(m V + 3) u sum p |a - b'|``
+    with ``|a - b'| <= |a - b| + d``: ``d sum p + 2 (m V + 3) u sum p (|a - b| + d)``."""
+    a, b = target_logprobs.double(), logq.double()
+    p = a.exp()
     d = TINY32
-    return 2 * d * math.exp(d) + math.expm1(d) * m + 2 * (TINY_VOCAB + 2) * U32 * m
+    return float(d * p.sum() + 2 * (p.numel() + 3) * U32 * (p * ((a - b).abs() + d)).sum())
+
+
+def kl_floor(target_logprobs: torch.Tensor, logq: torch.Tensor, d: float = TINY32) -> torch.Tensor:
+    """Per row, the least value a float32 ``KL(p || q') = sum p (a - b')`` can take, with
+    ``a = target_logprobs``, ``p = exp(a)`` and ``b'`` within ``d`` of ``b = logq`` (another
+    order's; ``d = 0`` for the same). Exactly, ``p log(p / q') >= p - q'`` term by term (Gibbs),
+    so the sum is at least ``sum p - sum q' >= sum p - e^d sum q`` (not 0: a rounded
+    log-softmax sums to one only up to its rounding); the float32 rounding of the V terms and
+    their sum moves it by at most ``(V + 3) u sum p (|a - b| + d)``."""
+    a, b = target_logprobs.double(), logq.double()
+    p = a.exp()
+    rounding = (a.shape[-1] + 3) * U32 * (p * ((a - b).abs() + d)).sum(-1)
+    return p.sum(-1) - math.exp(d) * b.exp().sum(-1) - rounding
+
+
+def rescale_bound(d_model: int, u: float = U32) -> float:
+    """Relative error of the norm of a vector rescaled to norm c in precision ``u``
+    (``v * (c / |v|)``, ``v / |v|``, ``v / |v| * c``) and measured again: each norm (d squares,
+    their sum, a square root) within ``(d / 2 + 1) u``, and one rounding each for the quotient,
+    the products and c itself: ``(d + 5) u``."""
+    return (d_model + 5) * u
 
 
 def rounding_gain(model: torch.nn.Module, tokens: torch.Tensor, eps: float = 1e-7) -> float:

@@ -238,7 +238,8 @@ def residual_norms(
     other: dict[int, list[Tensor]] = {layer: [] for layer in la}
     for batch in runtime.chunks(len(rows), batch_size):
         tokens, mask = runtime.right_pad(model, [rows[b] for b in batch])
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names)
+        with runtime.finite_scores(model):  # float64: pads stay finite under a sliding window
+            _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names)
         real = mask.bool()
         for layer, name in zip(la, names, strict=True):
             norms = cache[name].float().norm(dim=-1)  # [b, pos]

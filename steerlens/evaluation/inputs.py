@@ -167,10 +167,14 @@ def check_token_ids(
 
 
 def _check_ints(ids: Sequence[Any], what: str, error: type[Exception]) -> None:
-    """Raise ``error`` naming ``what`` at the first item that is not an int (a bool is not)."""
-    bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
-    if bad is not None:
-        raise error(f"{what} holds {bad!r}, not a token id (an int).")
+    """Raise ``error`` naming ``what`` at the first item that is not an int (a bool is not;
+    nor is ``None``, which is reported like any other value)."""
+    for at, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            raise error(
+                f"{what} holds {t!r} at index {at}, not a token id (an int); give every token "
+                "as an int id (steerlens.runtime.encode gives them for a text)."
+            )
 
 
 def check_in_vocab(ids: Sequence[int], vocab: int, what: str, error: type[Exception]) -> None:

@@ -264,7 +264,8 @@ def _cached_logprobs(
             full_mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, len(prefix)), mask], 1)
             batch_cache = copy.deepcopy(cache)  # the forward pass extends the cache it is given
             batch_cache.batch_repeat_interleave(len(rows))
-            sample_logits = model(tokens, attention_mask=full_mask, past_key_values=batch_cache)
+            with runtime.finite_scores(model):  # float64: pads stay finite under a window
+                sample_logits = model(tokens, attention_mask=full_mask, past_key_values=batch_cache)
             rest = _gather(sample_logits, rows, 0)
         out += [torch.cat([first[r[:1]], lp]) for r, lp in zip(rows, rest, strict=True)]
     return out

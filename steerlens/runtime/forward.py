@@ -46,7 +46,8 @@ def logits_at(
 
     A ``TransformerBridge`` over a Hugging Face model unembeds only the columns between the
     first and last asked for (``logits_to_keep``); other models unembed every position.
-    Gradients flow when grad mode is on.
+    Gradients flow when grad mode is on. A pad of a right-padded row can see no key under a
+    sliding window, so a float64 model runs under `finite_scores`.
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -58,7 +59,7 @@ def logits_at(
         True
     """
     lo, hi, width = int(cols.min()), int(cols.max()) + 1, tokens.shape[1]
-    with token_context(context):
+    with token_context(context), finite_scores(model):
         logits, offset = None, 0
         if supports_kv_cache(model) and (lo > 0 or hi < width):
             try:

@@ -24,11 +24,12 @@ def finite_scores(model: Any) -> Iterator[None]:
 
     TransformerLens 4.3's bridge attention takes its softmax in float32 whatever the model's
     dtype. A float64 model masks with float64's most negative number, which is ``-inf`` in
-    float32, so a query that sees no key (a pad of a left-padded row) softmaxes to NaN, and the
-    next layer carries that NaN into the row's real tokens (a zero weight times a NaN value is
-    NaN). Clamped, that query's pattern is uniform and finite, and a masked key still gets a
-    weight of exactly 0 (the float32 exponential underflows), so nothing else changes. Other
-    dtypes need nothing and get no hooks.
+    float32, so a query that sees no key (a pad of a left-padded row, or under a sliding window
+    a pad more than a window past a right-padded row's end) softmaxes to NaN, and the next layer
+    carries that NaN into the row's real tokens (a zero weight times a NaN value is NaN).
+    Clamped, that query's pattern is uniform and finite, and a masked key still gets a weight of
+    exactly 0 (the float32 exponential underflows), so nothing else changes. Other dtypes need
+    nothing and get no hooks.
 
     Example:
         >>> import torch

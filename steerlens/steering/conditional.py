@@ -501,7 +501,8 @@ def prompt_states(
     for batch in runtime.chunks(len(rows), runtime.check_batch_size(batch_size)):
         tokens, mask = runtime.right_pad(model, [rows[i] for i in batch])
         ctx = TokenContext.prompts(mask.sum(dim=1).to(tokens.device))
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=[name])
+        with runtime.finite_scores(model):  # float64: pads stay finite under a sliding window
+            _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=[name])
         parts.append(_pool(cache[name], ctx, pooling))
         del cache
     states = torch.cat(parts)

@@ -31,6 +31,7 @@ from steerlens.evaluation import (
     propensities,
     rollout_kl,
 )
+from steerlens.evaluation.inputs import prompt_rows
 from steerlens.runtime import prefixes
 from steerlens.steering.interventions import Ablate, Clamp
 from steerlens.testing import tiny_model
@@ -303,6 +304,13 @@ def test_answers_and_prompts_are_checked(tiny):
         next_token_logprobs(tiny, [5, 6, 7], plan, [5])
     with pytest.raises(InputError, match="no tokens"):
         next_token_logprobs(tiny, [[5], []], plan, [5])
+    # None inside a token list is named like any other non-int (it was a bare TypeError).
+    with pytest.raises(InputError, match="prompt 0 holds None at index 1, not a token id"):
+        prompt_rows(tiny, [[5, None]])
+    with pytest.raises(InputError, match="prompt 1 holds None at index 0, not a token id"):
+        next_token_logprobs(tiny, [[5], [None]], plan, [5])
+    with pytest.raises(SpecError, match="token_ids holds None at index 1, not a token id"):
+        next_token_logprobs(tiny, ["a", "b"], plan, [5, None])
     with pytest.raises(InputError, match="outside the model's vocabulary"):
         next_token_logprobs(tiny, [[5, runtime.vocab_size(tiny)]], plan, [5])
     with pytest.raises(InputError, match="all prompts as text or all as token"):

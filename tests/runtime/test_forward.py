@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from tolerances import TINY32, U32, check_logits, logprob_bound
+from tolerances import FAMILY_GAIN, TINY32, U32, check_logits, logprob_bound
 
 from steerlens import runtime
+from steerlens.analysis.scale import residual_norms
 from steerlens.errors import ContextWindowError, ContextWindowWarning, InputError, SpecError
-from steerlens.testing import tiny_model
+from steerlens.testing import tiny_family_model, tiny_model
 
 
 def _plain_logprobs(model, ids, n_prompt):
@@ -138,6 +140,36 @@ def test_float64_left_padded_decoding_equals_each_row_alone():
             torch.testing.assert_close(
                 batched[i].log_softmax(-1), alone.log_softmax(-1), atol=bound, rtol=0
             )
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2"])
+def test_float64_sliding_window_right_padded_rows_equal_each_row_alone(family):
+    # Under a sliding window a pad more than a window past a right-padded row's end sees no
+    # key: its float32 softmax went NaN and the next layer spread it to the real tokens (the
+    # hooked engine's forward, and activations read past layer 1).
+    model = tiny_family_model(family, dtype=torch.float64)
+    rows = [list(range(5, 17)), [5, 6]]
+    tokens, mask = runtime.right_pad(model, rows)
+    at = [(i, p) for i, ids in enumerate(rows) for p in range(len(ids))]
+    ctx = runtime.TokenContext.prompts(torch.tensor([len(r) for r in rows]))
+    with torch.no_grad():
+        batched = runtime.logits_at(
+            model,
+            tokens,
+            mask,
+            torch.tensor([i for i, _ in at]),
+            torch.tensor([p for _, p in at]),
+            ctx,
+        )
+        alone = torch.cat([model(torch.tensor([ids]))[0] for ids in rows])
+    largest = float(alone.abs().max())
+    # Only the attention softmax rounds in float32, over at most 12 keys; the family's layers
+    # amplify that by less than FAMILY_GAIN (tests/tolerances.py).
+    bound = FAMILY_GAIN * logprob_bound(len(rows[0]), largest)
+    torch.testing.assert_close(batched.log_softmax(-1), alone.log_softmax(-1), atol=bound, rtol=0)
+    deep = tiny_family_model(family, n_layers=3, dtype=torch.float64)
+    norms = residual_norms(deep, ["the cat sat on the mat and then the dog ran far", "a"])
+    assert np.isfinite(norms.typical).all()
 
 
 def test_finite_scores_hooks_only_float64_models_and_removes_them():

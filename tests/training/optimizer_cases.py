@@ -6,8 +6,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytest
 import torch
+from tolerances import loss_bounds
 
 from steerlens import (
     Datapoint,
@@ -96,10 +96,16 @@ def initial_loss(model, dp):
     return float(optimize_vector(model, dp, 1, max_steps=0).loss_history[0].sum())
 
 
-def check_phase(res):
+def check_phase(res, model, dps):
+    """The output-constrained phase's result: its norm is the vector's, and no loss of ``dps``
+    rose above its bound (the first phase's last losses)."""
     assert res.norm_phase is not None
     before, after = res.norm_phase
-    assert after == pytest.approx(res.vector.norm(), rel=1e-6)
+    assert after == res.vector.norm()  # the same tensor's norm, the same operation
     bounds, final = res.loss_history[-2], res.loss_history[-1]
-    assert np.all(final <= bounds + 1e-4), (final, bounds)
+    # The phase keeps the point whose losses met the bounds in its own forward; the bounds come
+    # from the training loop's forward (with autograd, all jobs' rows), which may add the same
+    # float32 terms in another order: each loss within loss_bounds (tests/tolerances.py).
+    slack = loss_bounds(model, dps)
+    assert np.all(final <= bounds + slack), (final, bounds, slack)
     return before, after

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -30,25 +31,45 @@ def _random_propensity(items: int = 7, seed: int = 3) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(items, MULTIPLIERS.size))
 
 
+def _exact_slopes(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's least-squares slope in exact rational arithmetic (of the float inputs), and
+    how far a float64 ``sum c (y - mean y) / sum c^2`` (c = x - mean x) may be from it: the
+    means, the m differences, the m products and their sum, the m squares and their sum, the
+    quotient each round, within ``2 (m + 4) u sum |c| |y - mean y| / sum c^2``."""
+    xs = [Fraction(v) for v in np.asarray(x, dtype=float)]
+    m = len(xs)
+    c = [v - sum(xs) / m for v in xs]
+    var = sum(v * v for v in c)
+    slopes, bounds = [], []
+    for row in np.asarray(y, dtype=float):
+        ys = [Fraction(v) for v in row]
+        dev = [v - sum(ys) / m for v in ys]
+        slopes.append(float(sum(a * b for a, b in zip(c, dev, strict=True)) / var))
+        scale = sum(abs(a) * abs(b) for a, b in zip(c, dev, strict=True)) / var
+        bounds.append(2 * (m + 4) * 2.0**-53 * float(scale))
+    return np.array(slopes), np.array(bounds)
+
+
 # ---------------------------------------------------------------- item_slopes
 
 
-def test_slopes_match_polyfit():
+def test_slopes_match_the_exact_least_squares_slope():
     y = _random_propensity()
-    expected = [np.polyfit(MULTIPLIERS, row, 1)[0] for row in y]
-    np.testing.assert_allclose(item_slopes(MULTIPLIERS, y), expected, rtol=1e-12)
+    expected, bounds = _exact_slopes(MULTIPLIERS, y)
+    assert np.all(np.abs(item_slopes(MULTIPLIERS, y) - expected) <= bounds)
 
 
-def test_slopes_with_unsorted_and_repeated_multipliers_match_polyfit():
+def test_slopes_with_unsorted_and_repeated_multipliers_match_the_exact_slope():
     x = np.array([1.0, 0.0, 1.0, 3.0])
     y = np.array([[2.0, 0.5, 2.2, 5.0], [0.0, 1.0, -0.5, -3.0]])
-    expected = [np.polyfit(x, row, 1)[0] for row in y]
-    np.testing.assert_allclose(item_slopes(x, y), expected, rtol=1e-12)
+    expected, bounds = _exact_slopes(x, y)
+    assert np.all(np.abs(item_slopes(x, y) - expected) <= bounds)
 
 
 def test_slope_of_an_exact_line_is_its_gradient():
     y = np.array([3.0 * MULTIPLIERS + 1.0, -0.5 * MULTIPLIERS])
-    np.testing.assert_allclose(item_slopes(MULTIPLIERS.tolist(), y.tolist()), [3.0, -0.5])
+    # Small integers and halves: every step of the formula is exact in float64.
+    assert item_slopes(MULTIPLIERS.tolist(), y.tolist()).tolist() == [3.0, -0.5]
 
 
 @pytest.mark.parametrize(
@@ -108,20 +129,23 @@ def test_monotonic_refuses_repeats_and_bad_tolerance():
 def test_summary_against_direct_computation():
     y = _random_propensity(items=9, seed=5)
     s = steerability_summary(MULTIPLIERS, y)
-    slopes = np.array([np.polyfit(MULTIPLIERS, row, 1)[0] for row in y])
-    mono = np.array([np.all(np.diff(row) >= -1e-6) or np.all(np.diff(row) <= 1e-6) for row in y])
+    exact, bounds = _exact_slopes(MULTIPLIERS, y)
+    assert np.all(np.abs(np.array(s.slopes) - exact) <= bounds)
+    # The summary of those slopes: the same float64 operations on the same floats, exactly.
+    slopes = np.array(s.slopes)
+    tol = 1e-6  # monotonic's default step tolerance (a setting, not a rounding bound)
+    mono = np.array([np.all(np.diff(row) >= -tol) or np.all(np.diff(row) <= tol) for row in y])
     assert isinstance(s, Steerability)
     assert s.n_items == 9
-    assert s.mean_slope == pytest.approx(slopes.mean())
-    assert s.sd_slope == pytest.approx(np.std(slopes, ddof=1))
-    assert s.anti_steerable_fraction == pytest.approx((slopes < 0).mean())
-    assert s.delta_at_max == pytest.approx((y[:, 4] - y[:, 2]).mean())
+    assert s.mean_slope == slopes.mean()
+    assert s.sd_slope == np.std(slopes, ddof=1)
+    assert s.anti_steerable_fraction == (slopes < 0).mean()
+    assert s.delta_at_max == (y[:, 4] - y[:, 2]).mean()
     assert s.monotonic == tuple(mono.tolist())
     assert s.n_non_monotonic == int((~mono).sum())
-    assert s.non_monotonic_fraction == pytest.approx((~mono).mean())
-    np.testing.assert_allclose(s.slopes, slopes, rtol=1e-12)
+    assert s.non_monotonic_fraction == (~mono).mean()
     if mono.any():
-        assert s.mean_slope_monotonic == pytest.approx(slopes[mono].mean())
+        assert s.mean_slope_monotonic == slopes[mono].mean()
 
 
 def test_summary_known_anti_steerable_fraction_and_monotonic_slopes():
@@ -133,13 +157,18 @@ def test_summary_known_anti_steerable_fraction_and_monotonic_slopes():
         [0.0, 3.0, 1.0],  # slope 0.5, not monotonic
     ]
     s = steerability_summary(x, y)
-    assert s.slopes == pytest.approx((1.0, 2.0, -1.0, 0.5))
+    exact, bounds = _exact_slopes(x, y)
+    assert exact.tolist() == [1.0, 2.0, -1.0, 0.5]
+    assert np.all(np.abs(np.array(s.slopes) - exact) <= bounds)
     assert s.anti_steerable_fraction == 0.25
-    assert s.delta_at_max == pytest.approx((2 + 4 - 2 + 1) / 4)
+    assert s.delta_at_max == (2 + 4 - 2 + 1) / 4  # small integers over 4: exact in float64
     assert s.n_non_monotonic == 1
     assert s.non_monotonic_fraction == 0.25
-    assert s.mean_slope_monotonic == pytest.approx((1 + 2 - 1) / 3)
-    assert s.mean_slope == pytest.approx((1 + 2 - 1 + 0.5) / 4)
+    # Slopes 1, 2 and -1 are exact (integer rows, centred multipliers -1, 0, 1), so their mean
+    # is the one rounding of 2 / 3; the mean of four adds each slope's bound and 4 roundings.
+    assert s.mean_slope_monotonic == (1 + 2 - 1) / 3
+    bound = bounds.mean() + 4 * 2.0**-53 * np.abs(exact).mean()
+    assert abs(s.mean_slope - (1 + 2 - 1 + 0.5) / 4) <= bound
 
 
 def test_summary_of_one_item_and_of_no_monotonic_item():
@@ -293,7 +322,7 @@ def test_bootstrap_interval_matches_a_direct_percentile_bootstrap():
     replicates = np.median(values[index], axis=1)
     expected = np.quantile(replicates, [0.05, 0.95])
     got = bootstrap_interval(values, np.median, n_boot=500, seed=11, level=0.9)
-    np.testing.assert_allclose(got, expected)
+    assert got == tuple(expected)  # the same draws and the same float64 operations
 
 
 def test_bootstrap_interval_of_constant_values_and_one_item():
@@ -302,11 +331,12 @@ def test_bootstrap_interval_of_constant_values_and_one_item():
 
 
 def test_bootstrap_rows_keeps_columns_paired():
-    # column 1 is column 0 plus 1 on every item: the paired difference never varies.
-    base = np.random.default_rng(2).normal(size=30)
+    # column 1 is column 0 plus 1 on every item: the paired difference never varies (multiples
+    # of 1/64 below 8 in magnitude: adding and subtracting 1 is exact, so it is exactly 1).
+    base = np.round(np.random.default_rng(2).normal(size=30) * 64) / 64
     rows = np.stack([base, base + 1.0], axis=1)
     low, high = bootstrap_rows(rows, lambda b: float(np.mean(b[:, 1] - b[:, 0])), n_boot=200)
-    assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
+    assert low == 1.0 and high == 1.0
 
 
 def test_bootstrap_rows_agrees_with_bootstrap_interval_on_one_column():
@@ -361,8 +391,8 @@ def test_spread_against_numpy():
     s = spread(values)
     assert isinstance(s, Spread)
     assert s.n == 4
-    assert s.mean == pytest.approx(np.mean(values))
-    assert s.sd == pytest.approx(np.std(values, ddof=1))
+    assert s.mean == np.mean(values)  # the same float64 operations: exactly
+    assert s.sd == np.std(values, ddof=1)
     assert (s.min, s.max) == (0.1, 0.7)
 
 
