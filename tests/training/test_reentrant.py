@@ -12,7 +12,6 @@ from steerlens.training.kinds import ClampSteering
 from steerlens.training.reentrant import (
     RankOneResult,
     ReentrantResult,
-    _next_token_logprobs,
     reentrant_steering,
 )
 
@@ -36,9 +35,11 @@ def test_second_stage_lowers_the_kl(tiny, result):
     # The late vector's distributions, computed as reentrant_steering does; the module's
     # fixture ran before the one-thread fixture, so its float32 sums may be in another order.
     prompt_ids, cont = runtime.encode(tiny, PROMPT), result.continuation_tokens
+    p, m = len(prompt_ids), len(cont)
     with torch.no_grad(), steer(tiny, result.late_vector):
-        final = _next_token_logprobs(tiny, prompt_ids, cont)
-        check_logits(tiny(torch.tensor([prompt_ids + cont])))
+        logits = tiny(torch.tensor([prompt_ids + cont]))
+    check_logits(logits)
+    final = torch.log_softmax(logits[0, p - 1 : p - 1 + m].float(), dim=-1)
     target = result.target_logprobs
     mine = runtime.kl_divergence(target, final).numpy()
     for k in range(len(cont)):  # each token's KL within kl_total_bound (tests/tolerances.py)
