@@ -95,6 +95,19 @@ def _hooked_points(model: Any) -> set[HookPoint]:
     }
 
 
+def _other_hooks(model: Any, hf: torch.nn.Module) -> bool:
+    """Whether a module other than a hook point carries a PyTorch hook that is not one of the
+    Bridge's own capture hooks: e.g. a library's steering hook on a decoder layer, which a
+    copy without the Bridge's wrappers would silently leave out."""
+    own = {h.id for b in model.blocks for h in getattr(b, "_capture_hook_handles", ())}
+    modules = {id(m): m for tree in (model, hf) for m in tree.modules()}
+    return any(
+        not isinstance(m, HookPoint) and any(key not in own for key in getattr(m, table))
+        for m in modules.values()
+        for table in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
+    )
+
+
 def _through(point: HookPoint, x: Any) -> Any:
     """``x`` (a tensor, or a tuple whose first item is the residual) after ``point``'s hooks."""
     if isinstance(x, tuple):
@@ -171,9 +184,10 @@ class PlainDecoder:
 
 def plain_decoder(model: Any) -> PlainDecoder | None:
     """A `PlainDecoder` for ``model`` as its hooks stand now, or ``None`` when decoding must
-    run through the model itself: not a Bridge over a Hugging Face decoder-only model, or a
+    run through the model itself: not a Bridge over a Hugging Face decoder-only model, a
     hook installed anywhere but on the residual stream between blocks (a hook on attention
-    patterns, an MLP output, a backward hook...).
+    patterns, an MLP output, a backward hook...), or a PyTorch hook of anyone's on one of the
+    model's modules (e.g. another library's steering hook on a decoder layer).
 
     Example:
         >>> from steerlens.testing import tiny_model
@@ -187,6 +201,8 @@ def plain_decoder(model: Any) -> PlainDecoder | None:
     hf = hf_model(model)
     blocks = getattr(model, "blocks", None)
     if hf is None or blocks is None or getattr(hf.config, "is_encoder_decoder", False):
+        return None
+    if _other_hooks(model, hf):
         return None
     residual = {p for b in blocks for p in (b.hook_in, b.hook_out)}
     hooked = _hooked_points(model)

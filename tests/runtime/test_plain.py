@@ -131,6 +131,28 @@ def test_a_bridge_with_hooks_of_its_own_inside_the_blocks_keeps_them():
     assert plain_decoder(model) is None
 
 
+@pytest.mark.parametrize("where", ["model.layers.1", "model.layers.1.mlp", ""])
+def test_a_pytorch_hook_on_a_module_keeps_the_bridge_and_takes_effect(where):
+    """Another library's hook (steering-vectors, repeng) on the Hugging Face modules is never
+    left out: decoding stays on the Bridge, which runs it."""
+    model = tiny_model()
+    prompts = ["the cat sat", "hi"]
+    plain = steerlens.generate(model, prompts, max_new_tokens=4, chat=False)
+    v = _vector(model)
+    module = model.original_model.get_submodule(where)
+    handle = module.register_forward_hook(
+        lambda mod, args, out: out + v if isinstance(out, torch.Tensor) else out
+    )
+    try:
+        assert plain_decoder(model) is None
+        if where == "model.layers.1":
+            steered = steerlens.generate(model, prompts, max_new_tokens=4, chat=False)
+            assert steered != plain
+    finally:
+        handle.remove()
+    assert plain_decoder(model) is not None
+
+
 def test_a_backward_hook_keeps_the_bridge():
     model = tiny_model()
     with model.hooks(bwd_hooks=[("blocks.0.hook_resid_pre", lambda g, hook: None)]):
