@@ -217,3 +217,39 @@ def assert_same_direction(a, b, other, *, cosine: float = 0.999) -> None:
     cos = torch.nn.functional.cosine_similarity
     assert float(cos(a, b, dim=0)) > cosine, float(cos(a, b, dim=0))
     assert float(cos(other, b, dim=0)) < cosine, "another job's vector passes: the check is void"
+
+
+def product_bound(a: torch.Tensor, b: torch.Tensor, u: float = U32) -> torch.Tensor:
+    """Per entry, how far a float ``a @ b`` (inner dimension n, inputs already in precision
+    ``u``) may be from the exact product: each entry is a dot product of n terms, within
+    ``n u sum_k |a_ik b_kj|`` in any order (module docstring); two orders, twice that."""
+    n = a.shape[-1]
+    return n * u * (a.double().abs() @ b.double().abs())
+
+
+def cosine_bound(d_model: int, u: float = U64) -> float:
+    """How far a float cosine of two ``d_model``-vectors may be from the exact one, whichever way
+    it is grouped (the dot product over the product of the norms, or unit vectors first): the
+    dot product within ``d u sum |a_i b_i| <= d u |a| |b|`` (Cauchy-Schwarz), each norm within
+    ``(d / 2 + 1) u``, and a rounding each for up to three products and quotients:
+    ``(2 d + 5) u``; two computations, twice that."""
+    return (2 * d_model + 5) * u
+
+
+def change_bound(n_positions: int = 1) -> float:
+    """How far two orders' mean over ``n_positions`` of a float32 tiny model's steered minus
+    unsteered log-probability may be: each log-probability within ``TINY32`` of the other
+    order's, so each change within ``2 TINY32``; a change is at most ``4 L`` (``KL_TINY32``'s
+    premise), so its subtraction rounds by ``4 L u``, and a float32 mean of m of them by
+    ``(m + 1) 4 L u`` (its sum and its division), in each order:
+    ``2 TINY32 + 2 (m + 2) 4 L u``."""
+    return 2 * TINY32 + 2 * (n_positions + 2) * 4 * TINY_LOGITS * U32
+
+
+def means_bound(acts: torch.Tensor, n: int) -> float:
+    """How far a float32 mean of ``n`` activations of a tiny model (``acts``: the activations,
+    for their largest magnitude) may be when it is computed in two orders (padded batches of
+    another size): each activation within `activation_bound`, and the mean's own sum of n terms
+    and division within ``(n + 1) u`` of the largest magnitude, in each order."""
+    largest = float(acts.abs().max())
+    return activation_bound(largest) + 2 * (n + 1) * U32 * largest

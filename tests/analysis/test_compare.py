@@ -1,4 +1,10 @@
-"""ROC-AUC, and the comparison of a one-shot vector with CAA."""
+"""ROC-AUC, and the comparison of a one-shot vector with CAA.
+
+Tolerances (tests/tolerances.py): ROC-AUCs are exact fractions; the comparison's CAA vector is
+built in batches of another size than the direct one's (`means_bound`), and everything computed
+from it is compared with the same computation on it, so equal exactly, but for the float64
+cosine (`cosine_bound`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
+from tolerances import U64, cosine_bound, means_bound
 
 from steerlens import Datapoint, NormCap, SteeringVector, evaluate_objective, optimize_vector
 from steerlens.analysis.compare import compare_with_caa, roc_auc
@@ -34,8 +41,9 @@ def _brute_auc(pos, neg):
     ],
 )
 def test_roc_auc_known_values(pos, neg, expected):
-    assert roc_auc(pos, neg) == pytest.approx(expected, abs=1e-15)
-    assert roc_auc(pos, neg) == pytest.approx(_brute_auc(pos, neg), abs=1e-15)
+    # Both are an exact count of half-wins over the number of pairs, divided once: equal.
+    assert roc_auc(pos, neg) == expected
+    assert roc_auc(pos, neg) == _brute_auc(pos, neg)
 
 
 def test_roc_auc_matches_brute_force_with_many_ties():
@@ -43,8 +51,9 @@ def test_roc_auc_matches_brute_force_with_many_ties():
     for _ in range(20):
         pos = rng.integers(0, 5, size=rng.integers(1, 12)).astype(float)
         neg = rng.integers(0, 5, size=rng.integers(1, 12)).astype(float)
-        assert roc_auc(pos, neg) == pytest.approx(_brute_auc(pos, neg), abs=1e-15)
-        assert roc_auc(pos, neg) + roc_auc(neg, pos) == pytest.approx(1.0)
+        assert roc_auc(pos, neg) == _brute_auc(pos, neg)
+        # k / N + (N - k) / N: each quotient within u of its value, their sum one more u.
+        assert roc_auc(pos, neg) + roc_auc(neg, pos) == pytest.approx(1.0, rel=0, abs=3 * U64)
     assert roc_auc(torch.tensor([2.0, 3.0]), torch.tensor([1.0])) == 1.0
 
 
@@ -87,20 +96,28 @@ def test_comparison_numbers_match_direct_computations(tiny, compared):
     one_shot, dp, res = compared
     assert res.layers == [0, 1]
     caa = diff_of_means(tiny, POS, NEG, [0, 1], chat=False)
-    acts_pos = collect_activations(tiny, POS, [0, 1], position="mean", chat=False)
-    acts_neg = collect_activations(tiny, NEG, [0, 1], position="mean", chat=False)
+    last = collect_activations(tiny, POS + NEG, [0, 1], chat=False)  # what CAA averages
+    # The comparison's own batches (batch_size=3), so its scores are the same numbers.
+    kw = {"position": "mean", "batch_size": 3, "chat": False}
+    acts_pos = collect_activations(tiny, POS, [0, 1], **kw)
+    acts_neg = collect_activations(tiny, NEG, [0, 1], **kw)
     base = evaluate_objective(tiny, dp, 0, None).total
     assert res.unsteered_loss == base
     for i, layer in enumerate(res.layers):
-        a, c = one_shot.directions[layer].double(), caa.directions[layer].double()
-        torch.testing.assert_close(res.caa.directions[layer], caa.directions[layer])
-        assert res.cosine[i] == pytest.approx(float(a @ c / (a.norm() * c.norm())), abs=1e-6)
+        # Batches of 3 against 16: each mean within means_bound of the other order's.
+        atol = 2 * means_bound(last[layer], len(POS))
+        torch.testing.assert_close(
+            res.caa.directions[layer], caa.directions[layer], rtol=0, atol=atol
+        )
+        a, c = one_shot.directions[layer].double(), res.caa.directions[layer].double()
+        cos = float(a @ c / (a.norm() * c.norm()))
+        assert res.cosine[i] == pytest.approx(cos, rel=0, abs=2 * cosine_bound(64, U64))
         for name, v in (("one_shot", a.float()), ("caa", c.float())):
-            expected = roc_auc(acts_pos[layer] @ v, acts_neg[layer] @ v)
-            assert res.auc[name][i] == pytest.approx(expected, abs=1e-12)
+            # The same activations times the same vector, the same objective calls: exact.
+            assert res.auc[name][i] == roc_auc(acts_pos[layer] @ v, acts_neg[layer] @ v)
             loss = evaluate_objective(tiny, dp, layer, v / v.norm() * 2.0).total
-            assert res.effect_per_unit_norm[name][i] == pytest.approx((loss - base) / 2.0)
-            assert res.norms[name][i] == pytest.approx(float(v.norm()), rel=1e-6)
+            assert res.effect_per_unit_norm[name][i] == (loss - base) / 2.0
+            assert res.norms[name][i] == float(v.norm())
     assert res.score_position == "mean" and res.auc_on == "in-sample"
 
 
@@ -113,7 +130,8 @@ def test_held_out_auc_scores_other_prompts_than_the_caa_ones(tiny, compared):
     acts_neg = collect_activations(tiny, held[1], [0, 1], position="mean", chat=False)
     for i, layer in enumerate(res.layers):
         v = caa.directions[layer]
-        assert res.auc["caa"][i] == pytest.approx(roc_auc(acts_pos[layer] @ v, acts_neg[layer] @ v))
+        # The same batches and vector as the comparison's own: exact.
+        assert res.auc["caa"][i] == roc_auc(acts_pos[layer] @ v, acts_neg[layer] @ v)
     assert res.auc_on == "held-out" and "held-out" in res.plot().layout.annotations[1].text
     with pytest.raises(SpecError, match="held_out"):
         compare_with_caa(tiny, one_shot, POS, NEG, held_out=(["a"], []), chat=False)

@@ -1,5 +1,11 @@
 """The logit lens of a vector: exact against the unembedding, linear in the vector, the final
-norm applied as documented, the steered view against a direct computation, and clear errors."""
+norm applied as documented, the steered view against a direct computation, and clear errors.
+
+Tolerances (tests/tolerances.py): a logit view is a float32 ``v @ W_U``, compared with the exact
+product of the same float32 inputs within `product_bound`; the steered view batches prompts that
+the direct computation runs one at a time, so each mean change is within `change_bound`, and a
+vector at the wrong layer moves it by more (`test_a_wrong_layer_exceeds_the_steered_bound`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tolerances import U32, change_bound, check_logits, product_bound, rescale_bound
 from torch import nn
 
 from steerlens import runtime
@@ -36,12 +43,50 @@ def normed():
     return model
 
 
+def _assert_product(got, a, b):
+    """``got`` is ``a @ b`` (float32 inputs) up to the product's own rounding."""
+    gap = (got.double() - a.double() @ b.double()).abs()
+    assert bool((gap <= product_bound(a, b)).all()), float(gap.max())
+
+
+def _difference_bound(model, a, b):
+    """Per view, how far the lens of ``a - b`` may be from ``lens(a) - lens(b)``: ``a - b``
+    rounded once, times the view's weight, then a dot product of n terms, against two such
+    products and a subtraction; each within ``(n + 2) u`` of its exact terms, and
+    ``|a - b| <= |a| + |b|``: ``2 (n + 3) u (|a w| + |b w|) @ |W_U|``."""
+    w_u = runtime.unembed_matrix(model).detach().double().abs()
+    _, weight = runtime.final_norm(model)
+    rows = []
+    for w in (torch.ones_like(a), torch.ones_like(a) if weight is None else weight.detach()):
+        terms = (a * w).double().abs() + (b * w).double().abs()
+        rows.append(2 * (a.shape[-1] + 3) * U32 * (terms @ w_u))
+    return torch.stack(rows)
+
+
+def _direct_changes(model, v, layer, prompts, last=False, strength=1.0):
+    """Each prompt alone, unpadded: steered minus unsteered next-token log-probs at every
+    position (or the last), float32 logits below `TINY_LOGITS` (`change_bound`'s premise)."""
+    changes = []
+    for p in prompts:
+        tokens = torch.tensor([runtime.encode(model, p)])
+        with torch.no_grad():
+            base = model(tokens)[0]
+            with steer(model, Steering(v, layer=layer, strength=strength)):
+                steered = model(tokens)[0]
+        check_logits(base)
+        check_logits(steered)
+        if last:
+            base, steered = base[-1:], steered[-1:]
+        changes.append(steered.log_softmax(-1) - base.log_softmax(-1))
+    return torch.cat(changes)
+
+
 def test_unembed_view_is_the_vector_times_w_u(tiny):
     v = torch.randn(64)
     lens = logit_lens(tiny, v, k=5, chat=False)
     expected = v @ tiny.W_U.detach()
     assert lens.views == ("unembed", "final_norm")
-    assert torch.allclose(lens.scores[0], expected, atol=1e-5)
+    _assert_product(lens.scores[0], v, tiny.W_U.detach())
     assert lens.top_ids[0].tolist() == expected.topk(5).indices.tolist()
     assert lens.bottom_ids[0].tolist() == (-expected).topk(5).indices.tolist()
     scores = [s for _, s in lens.promoted("unembed")]
@@ -55,8 +100,7 @@ def test_final_norm_view_applies_the_norm_weight(normed):
     lens = logit_lens(normed, v, k=3, chat=False)
     kind, weight = runtime.final_norm(normed)
     assert kind == "RMS" and lens.norm == "RMS"
-    expected = (v * weight.detach()) @ normed.W_U.detach()
-    assert torch.allclose(lens.scores[1], expected, atol=1e-5)
+    _assert_product(lens.scores[1], v * weight.detach(), normed.W_U.detach())
     assert not torch.allclose(lens.scores[0], lens.scores[1])
     assert lens.main_view == "final_norm"
 
@@ -76,7 +120,8 @@ def test_the_lens_of_a_difference_is_the_difference_of_lenses(normed):
     diff = logit_lens(normed, a - b, label="a - b", chat=False)
     assert diff.label == "a - b" and diff.layer == 1
     la, lb = logit_lens(normed, a, chat=False), logit_lens(normed, b, chat=False)
-    assert torch.allclose(diff.scores, la.scores - lb.scores, atol=1e-4)
+    gap = (diff.scores - (la.scores - lb.scores)).abs()
+    assert bool((gap <= _difference_bound(normed, a.vector, b.vector)).all()), float(gap.max())
 
 
 def test_steered_view_matches_a_direct_computation(tiny):
@@ -85,31 +130,30 @@ def test_steered_view_matches_a_direct_computation(tiny):
     lens = logit_lens(tiny, v, layer=1, prompts=prompts, k=4, chat=False)
     assert lens.views == ("unembed", "final_norm", "steered")
     assert lens.units == ("logit", "logit", "nats")
-    changes = []
-    for p in prompts:
-        tokens = torch.tensor([runtime.encode(tiny, p)])
-        with torch.no_grad():
-            base = tiny(tokens)[0].log_softmax(-1)
-            with steer(tiny, Steering(v, layer=1)):
-                steered = tiny(tokens)[0].log_softmax(-1)
-        changes.append(steered - base)
-    expected = torch.cat(changes).mean(0)
-    assert torch.allclose(lens.scores[2], expected, atol=1e-4)
+    changes = _direct_changes(tiny, v, 1, prompts)
+    # Padded batches against one prompt at a time: another order (change_bound).
+    gap = float((lens.scores[2] - changes.mean(0)).abs().max())
+    assert gap <= change_bound(changes.shape[0]), gap
+
+
+def test_a_wrong_layer_exceeds_the_steered_bound(tiny):
+    """The steered view's bound is no blanket: the vector at layer 0 instead of 1 moves the
+    mean change far past it."""
+    v = torch.randn(64) * 3
+    prompts = ["the cat sat", "a dog"]
+    lens = logit_lens(tiny, v, layer=1, prompts=prompts, chat=False)
+    wrong = _direct_changes(tiny, v, 0, prompts)
+    gap = float((lens.scores[2] - wrong.mean(0)).abs().max())
+    assert gap > 10 * change_bound(wrong.shape[0]), gap
 
 
 def test_steered_view_at_the_last_position_only(tiny):
     v = torch.randn(64) * 3
     prompts = ["the cat sat on the mat", "a dog"]  # different lengths: padding must not count
     lens = logit_lens(tiny, v, layer=1, prompts=prompts, position="last", batch_size=2, chat=False)
-    changes = []
-    for p in prompts:
-        tokens = torch.tensor([runtime.encode(tiny, p)])
-        with torch.no_grad():
-            base = tiny(tokens)[0, -1].log_softmax(-1)
-            with steer(tiny, Steering(v, layer=1)):
-                steered = tiny(tokens)[0, -1].log_softmax(-1)
-        changes.append(steered - base)
-    assert torch.allclose(lens.scores[2], torch.stack(changes).mean(0), atol=1e-4)
+    changes = _direct_changes(tiny, v, 1, prompts, last=True)
+    gap = float((lens.scores[2] - changes.mean(0)).abs().max())
+    assert gap <= change_bound(len(prompts)), gap
     every = logit_lens(tiny, v, layer=1, prompts=prompts, chat=False)
     assert not torch.allclose(lens.scores[2], every.scores[2])
     with pytest.raises(SpecError, match="position must be"):
@@ -147,10 +191,8 @@ def test_a_multi_layer_vector_needs_a_layer(tiny):
     with pytest.raises(LayerError, match="pass layer="):
         logit_lens(tiny, v, chat=False)
     assert logit_lens(tiny, v, layer=0, chat=False).layer == 0
-    assert torch.allclose(
-        logit_lens(tiny, v, layer=0, chat=False).scores[0],
-        v.directions[0] @ tiny.W_U.detach(),
-        atol=1e-5,
+    _assert_product(
+        logit_lens(tiny, v, layer=0, chat=False).scores[0], v.directions[0], tiny.W_U.detach()
     )
 
 
@@ -206,12 +248,19 @@ def test_layer_norm_centres_the_direction_first():
     v = torch.randn(8)
     lens = logit_lens(model, v, k=2, chat=False)
     assert lens.norm == "LN"
-    assert torch.allclose(lens.scores[1], ((v - v.mean()) * w) @ model.W_U, atol=1e-5)
+    v64, w64 = v.double(), w.double()
+    centred = v64 - v64.mean()
+    exact = (centred * w64) @ model.W_U.double()
+    # The float32 centring and weighting: the mean of 8 within 9 u max |v|, the difference and
+    # the product a rounding each; then the product with W_U.
+    terms = (9 * v64.abs().max() + 3 * centred.abs()) * U32 * w64.abs()
+    bound = terms @ model.W_U.double().abs() + product_bound((v - v.mean()) * w, model.W_U)
+    assert bool(((lens.scores[1].double() - exact).abs() <= bound).all())
 
 
 def test_offset_rms_weight_and_missing_norm():
     w = torch.linspace(-0.5, 0.5, 8)
-    assert torch.allclose(runtime.final_norm(_fake("RMS", w=w, offset=True))[1], 1 + w)
+    assert torch.equal(runtime.final_norm(_fake("RMS", w=w, offset=True))[1], 1 + w)
     plain = _fake(None)
     assert runtime.final_norm(plain) == (None, None)
     assert logit_lens(plain, torch.randn(8), k=2, chat=False).views == ("unembed",)
@@ -229,6 +278,18 @@ def test_unembed_matrix_of_a_plain_linear_and_of_nothing():
 # -- the difference of two vectors ---------------------------------------------------------
 
 
+def _assert_unit_difference(got, a, b, w_u):
+    """``got`` is ``(a / |a| - b / |b|) @ w_u``: against the exact value of the float32 inputs,
+    each unit vector's coordinates within `rescale_bound` of theirs, the difference one rounding,
+    and the product with ``w_u`` within `product_bound`."""
+    ua, ub = a.double() / a.double().norm(), b.double() / b.double().norm()
+    exact = (ua - ub) @ w_u.double()
+    unit = a / a.norm() - b / b.norm()
+    slack = (rescale_bound(a.shape[-1]) + U32) * ((ua.abs() + ub.abs()) @ w_u.double().abs())
+    gap = (got.double() - exact).abs()
+    assert bool((gap <= slack + product_bound(unit, w_u)).all()), float(gap.max())
+
+
 def test_difference_compares_directions_whatever_their_norms(tiny):
     w_u = tiny.W_U.detach()
     common = torch.randn(64) * 4
@@ -237,13 +298,13 @@ def test_difference_compares_directions_whatever_their_norms(tiny):
     b = SteeringVector.from_tensor(10 * (common + 2 * w_u[:, t2]), 1, model=tiny)
     diff = logit_lens_difference(tiny, a, b, labels=("one-shot", "caa"), k=3, chat=False)
     assert diff.label == "one-shot - caa" and diff.layer == 1
-    unit = a.vector / a.vector.norm() - b.vector / b.vector.norm()
-    assert torch.allclose(diff.scores[0], unit @ w_u, atol=1e-5)
+    _assert_unit_difference(diff.scores[0], a.vector, b.vector, w_u)
     # At unit norm the common part cancels, leaving each planted token on its side.
     assert float(diff.scores[0, t1]) > 0 > float(diff.scores[0, t2])
     raw = logit_lens_difference(tiny, a, b, normalize=False, k=3, chat=False)
     la, lb = logit_lens(tiny, a, chat=False), logit_lens(tiny, b, chat=False)
-    assert torch.allclose(raw.scores, la.scores - lb.scores, atol=1e-3)
+    gap = (raw.scores - (la.scores - lb.scores)).abs()
+    assert bool((gap <= _difference_bound(tiny, a.vector, b.vector)).all()), float(gap.max())
 
 
 def test_planted_difference_promotes_and_suppresses_its_tokens(tiny):
@@ -266,14 +327,14 @@ def test_difference_at_two_layers_and_its_steered_view(tiny):
     last = logit_lens_difference(tiny, a, b, prompts=prompts, position="last", chat=False)
     la_last = logit_lens(tiny, a, prompts=prompts, position="last", chat=False)
     lb_last = logit_lens(tiny, b, prompts=prompts, position="last", chat=False)
-    assert torch.allclose(last.scores[2], la_last.scores[2] - lb_last.scores[2], atol=1e-5)
+    # The same two measurements, subtracted the same way: exactly equal.
+    assert torch.equal(last.scores[2], la_last.scores[2] - lb_last.scores[2])
     assert diff.layer is None and diff.views == ("unembed", "final_norm", "steered")
     assert diff.units[2] == "nats"
     la = logit_lens(tiny, a, prompts=prompts, strength=1.5, chat=False)
     lb = logit_lens(tiny, b, prompts=prompts, strength=1.5, chat=False)
-    assert torch.allclose(diff.scores[2], la.scores[2] - lb.scores[2], atol=1e-5)
-    unit = a.vector / a.vector.norm() - b.vector / b.vector.norm()
-    assert torch.allclose(diff.scores[0], unit @ tiny.W_U.detach(), atol=1e-5)
+    assert torch.equal(diff.scores[2], la.scores[2] - lb.scores[2])
+    _assert_unit_difference(diff.scores[0], a.vector, b.vector, tiny.W_U.detach())
     diff.plot()
     json.dumps(diff.to_dict())
 

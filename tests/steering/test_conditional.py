@@ -103,7 +103,7 @@ def test_the_threshold_maximises_f1_on_the_fitting_scores():
         ConditionReport.of(cond.fit.positive_scores, cond.fit.negative_scores, t).f1
         for t in [scores[0] - 1] + [(a + b) / 2 for a, b in itertools.pairwise(scores)]
     )
-    assert cond.fit.f1 == pytest.approx(best)
+    assert cond.fit.f1 == best  # the same counts through the same formula: exact
     assert 0.5 < cond.fit.f1 < 1.0
 
 
@@ -172,7 +172,8 @@ def test_evaluation_functions_take_a_conditional_plan(tiny, condition, plan):
     base = completion_logprobs(tiny, [FIRE[0], QUIET[0]], " the")
     steered = completion_logprobs(tiny, [FIRE[0], QUIET[0]], " the", steering=plan)
     assert torch.equal(gated.totals[1], base.totals[1])
-    assert torch.allclose(gated.totals[0], steered.totals[0], atol=1e-5)
+    # A fired row runs the plain plan's operations on the same batch: exact.
+    assert torch.equal(gated.totals[0], steered.totals[0])
     assert not torch.allclose(gated.totals[0], base.totals[0])
     beams = beam_search(tiny, [QUIET[0], FIRE[0]], k=3, n_tokens=3, steering=conditional)
     plain = beam_search(tiny, [QUIET[0], FIRE[0]], k=3, n_tokens=3)
