@@ -189,7 +189,8 @@ def test_the_file_is_what_lm_eval_reads(tiny, tmp_path):
     assert raw["layers.2"]["bias"] is None and raw["layers.2"]["head_index"] is None
     assert torch.equal(raw["layers.2"]["steering_vector"], vector.directions[3])
     clamp = read_steer_file(vector.to_lm_eval(tmp_path / "c.pt", strength=2.0, kind=Clamp))
-    assert clamp["layers.0"].coefficient == pytest.approx(2.0 * float(vector.directions[1].norm()))
+    # the strength times the float64 norm, as written
+    assert clamp["layers.0"].coefficient == 2.0 * float(vector.directions[1].double().norm())
 
 
 def test_what_lm_eval_cannot_express_is_refused(tiny, tmp_path):
