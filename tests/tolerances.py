@@ -121,10 +121,10 @@ def kl_mean_bound(logp: torch.Tensor, logq: torch.Tensor) -> float:
     return kl_gap(float((logp.double() - logq.double()).abs().max()), logp.shape[-1])
 
 
-def kl_gap(m: float, vocab: int = TINY_VOCAB) -> float:
-    """`kl_mean_bound` for log-probabilities at most ``m`` apart over ``vocab`` tokens."""
-    d = TINY32
-    return 2 * d * math.exp(d) + math.expm1(d) * m + 2 * (vocab + 2) * U32 * m
+def kl_gap(m: float, vocab: int = TINY_VOCAB, d: float = TINY32, u: float = U32) -> float:
+    """`kl_mean_bound` for log-probabilities at most ``m`` apart over ``vocab`` tokens, each
+    within ``d`` of the other computation's, the KL's sum in precision ``u``."""
+    return 2 * d * math.exp(d) + math.expm1(d) * m + 2 * (vocab + 2) * u * m
 
 
 # Any mean KL between two float32 tiny-model distributions: logits below TINY_LOGITS, so

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tolerances import FAMILY_GAIN, logprob_bound, rounding_gain
 
 import steerlens
 from steerlens import Steering, SteeringVector
@@ -28,7 +29,7 @@ REQUESTS = [
     ("In the beginning there was", " light, and then tea."),
     ("Please answer yes or no:", " yes"),
 ]
-TOLERANCE = 2e-4  # nats, summed over a completion's tokens in float32
+TOLERANCE = 2e-4  # nats: the embedded model's measured float32 gap (slow test below)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,30 @@ def tiny_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_folder):
-    return steerlens.load_model(tiny_folder, device="cpu")
+    # float64 on both sides, so that only the attention softmax rounds in float32 (`bounds`)
+    model = steerlens.load_model(tiny_folder, device="cpu", dtype=torch.float64)
+    tokens = torch.tensor([steerlens.runtime.encode(model, "".join(REQUESTS[0]))])
+    assert rounding_gain(model, tokens) < FAMILY_GAIN  # the premise of `bounds`
+    return model
+
+
+def bounds(model, steering) -> torch.Tensor:
+    """Per request, how far lm-eval's total may be from steerlens's: k tokens, each
+    log-probability within `logprob_bound` of the float32 attention softmax over at most n
+    keys (n the row's tokens), at the largest logit L seen, grown by the layers by less than
+    FAMILY_GAIN (tests/tolerances.py)."""
+    out = []
+    for prompt, completion in REQUESTS:
+        ids = steerlens.runtime.encode(model, prompt + completion)
+        with torch.no_grad(), steerlens.steer(model, steering):
+            largest = float(model(torch.tensor([ids])).abs().max())
+        out.append(len(ids) * FAMILY_GAIN * logprob_bound(len(ids), largest))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def assert_within(theirs, ours, bound):
+    gap = (theirs - ours).abs()
+    assert bool((gap <= bound).all()), (gap, bound)
 
 
 def _vector(model, layers, seed=3, scale=1.0):
@@ -54,10 +78,10 @@ def _vector(model, layers, seed=3, scale=1.0):
     )
 
 
-def lm_eval_loglikelihoods(folder, steer_path) -> torch.Tensor:
+def lm_eval_loglikelihoods(folder, steer_path, dtype="float64") -> torch.Tensor:
     """What lm-eval's ``steered`` model, loaded from the folder and file, says."""
     lm = hf_steered.SteeredModel(
-        pretrained=str(folder), steer_path=str(steer_path), device="cpu", dtype="float32"
+        pretrained=str(folder), steer_path=str(steer_path), device="cpu", dtype=dtype
     )
     requests = [
         Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i)
@@ -95,8 +119,9 @@ def test_lm_eval_steers_like_steerlens(tiny, tiny_folder, tmp_path, layers, kind
     theirs = lm_eval_loglikelihoods(tiny_folder, path)
     ours = steerlens_loglikelihoods(tiny, plan)
     unsteered = steerlens_loglikelihoods(tiny, None)
-    assert (ours - unsteered).abs().max() > 100 * TOLERANCE  # the steering does something
-    torch.testing.assert_close(theirs, ours, atol=TOLERANCE, rtol=0)
+    bound = bounds(tiny, plan)
+    assert (ours - unsteered).abs().max() > 10 * bound.max()  # the steering does something
+    assert_within(theirs, ours, bound)
 
     # The same check on a file one layer off fails: it would catch an off-by-one mapping.
     # (Layer 4 does not exist on this 4-layer model, so shift down where the top is used.)
@@ -104,7 +129,7 @@ def test_lm_eval_steers_like_steerlens(tiny, tiny_folder, tmp_path, layers, kind
     if min(layers) + by >= 1:
         off = Steering(_shifted(vector, by), strength=strength, kind=kind)
         wrong = lm_eval_loglikelihoods(tiny_folder, off.to_lm_eval(tmp_path / "off.pt"))
-        assert (wrong - ours).abs().max() > 100 * TOLERANCE
+        assert (wrong - ours).abs().max() > 10 * bound.max()
 
 
 def test_multi_layer_files_apply_each_layer_its_own_vector(tiny, tiny_folder, tmp_path):
@@ -117,8 +142,9 @@ def test_multi_layer_files_apply_each_layer_its_own_vector(tiny, tiny_folder, tm
     )
     late_bound = steerlens_loglikelihoods(tiny, Steering(last_everywhere, strength=2.0))
     ours = steerlens_loglikelihoods(tiny, Steering(vector, strength=2.0))
-    torch.testing.assert_close(theirs, ours, atol=TOLERANCE, rtol=0)
-    assert (late_bound - ours).abs().max() > 100 * TOLERANCE
+    bound = bounds(tiny, Steering(vector, strength=2.0))
+    assert_within(theirs, ours, bound)
+    assert (late_bound - ours).abs().max() > 10 * bound.max()
 
 
 def test_ablation_is_a_clamp_to_zero(tiny, tiny_folder, tmp_path):
@@ -127,7 +153,7 @@ def test_ablation_is_a_clamp_to_zero(tiny, tiny_folder, tmp_path):
     entries = read_steer_file(plan.to_lm_eval(tmp_path / "steer.pt"))
     assert [(h, e.action, e.coefficient) for h, e in entries.items()] == [("layers.1", "clamp", 0)]
     theirs = lm_eval_loglikelihoods(tiny_folder, tmp_path / "steer.pt")
-    torch.testing.assert_close(theirs, steerlens_loglikelihoods(tiny, plan), atol=TOLERANCE, rtol=0)
+    assert_within(theirs, steerlens_loglikelihoods(tiny, plan), bounds(tiny, plan))
 
 
 @pytest.mark.slow
@@ -141,10 +167,11 @@ def test_lm_eval_steers_the_embedded_model_like_steerlens(tmp_path):
     plan = Steering(vector, strength=4.0)
     ours = steerlens_loglikelihoods(model, plan)
     assert (ours - steerlens_loglikelihoods(model, None)).abs().max() > 0.1
-    theirs = lm_eval_loglikelihoods(folder, plan.to_lm_eval(tmp_path / "steer.pt", model=model))
+    steer_file = plan.to_lm_eval(tmp_path / "steer.pt", model=model)
+    theirs = lm_eval_loglikelihoods(folder, steer_file, dtype="float32")
     torch.testing.assert_close(theirs, ours, atol=TOLERANCE, rtol=0)
     off = lm_eval_loglikelihoods(
-        folder, _shifted(vector, 1).to_lm_eval(tmp_path / "off.pt", strength=4.0)
+        folder, _shifted(vector, 1).to_lm_eval(tmp_path / "off.pt", strength=4.0), "float32"
     )
     assert (off - ours).abs().max() > 0.1
 
@@ -162,7 +189,8 @@ def test_the_file_is_what_lm_eval_reads(tiny, tmp_path):
     assert raw["layers.2"]["bias"] is None and raw["layers.2"]["head_index"] is None
     assert torch.equal(raw["layers.2"]["steering_vector"], vector.directions[3])
     clamp = read_steer_file(vector.to_lm_eval(tmp_path / "c.pt", strength=2.0, kind=Clamp))
-    assert clamp["layers.0"].coefficient == pytest.approx(2.0 * float(vector.directions[1].norm()))
+    # the strength times the float64 norm, as written
+    assert clamp["layers.0"].coefficient == 2.0 * float(vector.directions[1].double().norm())
 
 
 def test_what_lm_eval_cannot_express_is_refused(tiny, tmp_path):

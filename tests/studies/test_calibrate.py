@@ -49,15 +49,9 @@ def vector(tiny):
 
 @pytest.fixture(scope="module")
 def cal(tiny, vector) -> Calibration:
-    # One thread, as the tests themselves run (conftest.py; a module's fixture is set up before
-    # that fixture applies): the tests repeat calibrate's forwards, the same float32 sums in the
-    # same order, and compare exactly.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return calibrate(tiny, vector, PROMPTS, _varied, **BUDGET, **_args(), chat=False)
-    finally:
-        torch.set_num_threads(previous)
+    # The tests repeat calibrate's forwards, the same float32 sums in the same order (the
+    # run's one thread count, conftest.py), and compare exactly.
+    return calibrate(tiny, vector, PROMPTS, _varied, **BUDGET, **_args(), chat=False)
 
 
 def test_it_is_the_grid_and_its_frontier(tiny, vector, cal):

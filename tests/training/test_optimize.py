@@ -15,7 +15,7 @@ from optimizer_cases import (
     hand_losses,
     rand,
 )
-from tolerances import assert_losses_close, loss_bounds
+from tolerances import assert_losses_close, loss_bounds, rescale_bound
 
 from steerlens import (
     Add,
@@ -51,7 +51,8 @@ def test_the_optimizer_loss_is_evaluate_objective(tiny):
     assert list(ev.losses) == res.labels
     assert_losses_close(list(ev.losses.values()), res.loss_history[-1], loss_bounds(tiny, dps))
     assert res.final_losses == dict(zip(res.labels, res.loss_history[-1].tolist(), strict=True))
-    assert np.allclose(res.losses("hartleys"), res.loss_history / math.log(10), rtol=1e-6)
+    # the same division of the same float32 history
+    assert np.array_equal(res.losses("hartleys"), res.loss_history / math.log(10))
     prov = res.vector.provenance
     assert prov["loss_unit"] == "nats" and prov["steps"] == 4
     assert prov["datapoints"][1]["negate"] is True
@@ -93,8 +94,10 @@ def test_negated_datapoint_optimizes_minus_v(tiny):
     u = rand(64, seed=8)
     a = optimize_vector(tiny, neg, 1, lr=0.1, max_steps=5, init=u)
     b = optimize_vector(tiny, base, 1, lr=0.1, max_steps=5, init=-u)
-    assert torch.allclose(a.vector.vector, -b.vector.vector, atol=1e-5)
-    assert_losses_close(a.loss_history, b.loss_history, bounds)
+    # Exactly: the steering applied is the same, and negating the gradient and Adam's moments
+    # rounds symmetrically.
+    assert torch.equal(a.vector.vector, -b.vector.vector)
+    assert np.array_equal(a.loss_history, b.loss_history)
 
 
 def test_same_seed_same_vector_bitwise(tiny):
@@ -115,7 +118,7 @@ def test_same_seed_same_vector_bitwise(tiny):
 def test_starting_norm_and_init(tiny):
     dp = datapoints(tiny)[0]
     res = optimize_vector(tiny, dp, 1, max_steps=0, starting_norm=3.0)
-    assert res.vector.norm() == pytest.approx(3.0, rel=1e-6)
+    assert res.vector.norm() == pytest.approx(3.0, rel=rescale_bound(64), abs=0)
     u = rand(64, seed=21)
     res = optimize_vector(tiny, dp, 1, max_steps=0, init=u)
     assert torch.equal(res.vector.vector, u)
