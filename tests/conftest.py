@@ -14,7 +14,6 @@ if not os.environ.get("STEERLENS_BROWSER_CHECK"):
     collect_ignore_glob = ["browser/*"]
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's choice, read before anything changes it
-RUN_THREADS = pytest.StashKey[int]()
 
 
 @pytest.fixture(scope="session")
@@ -35,33 +34,34 @@ def _seed():
     torch.manual_seed(0)
 
 
-# Every computation of a run, module- and session-scoped fixtures included, runs at one thread
-# count: a value a fixture computes and a test recomputes must add its float sums in the same
-# order, and the intra-op split (so the order) follows the thread count. That count is one
-# thread: at d_model 64, thread start-up costs more than it saves (two threads on two busy cores
-# wait on each other), and a Ray worker (one CPU, one thread) then sums as this process does. A
-# run of real-model (slow) tests only keeps torch's default, so that those are not slowed down;
-# a mixed run uses one thread throughout.
+# A test's computations, the module- and session-scoped fixtures it sets up first included, run
+# at one thread count: a value a fixture computes and a test recomputes must add its float sums
+# in the same order, and the intra-op split (so the order) follows the thread count. Tiny-model
+# tests (and doctests) take one thread: at d_model 64, thread start-up costs more than it saves
+# (two threads on two busy cores wait on each other), and a Ray worker (one CPU, one thread)
+# then sums as this process does. Real-model (slow) tests keep torch's default, so that they
+# are not slowed down; their comparisons are bounded for a trained model's rounding anyway.
 TINY_THREADS = 1
 
 
+def threads_for(item: pytest.Item) -> int:
+    return DEFAULT_THREADS if item.get_closest_marker("slow") else TINY_THREADS
+
+
 def pytest_configure(config):
-    # Before collection: what a test module computes on import runs at the run's count too.
+    # Before collection: what a module computes on import, and every doctest, runs at one thread.
     torch.set_num_threads(TINY_THREADS)
 
 
-@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
-def pytest_collection_modifyitems(session, config, items):
-    only_slow = bool(items) and all(item.get_closest_marker("slow") for item in items)
-    config.stash[RUN_THREADS] = DEFAULT_THREADS if only_slow else TINY_THREADS
-    torch.set_num_threads(config.stash[RUN_THREADS])
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # Before pytest sets up the item's fixtures, so those it creates run at the item's count.
+    torch.set_num_threads(threads_for(item))
 
 
 @pytest.fixture(autouse=True)
 def _threads(request):
-    """Each test starts at the run's thread count and leaves it so for the next one's
-    fixtures (a test of the CLI's --threads changes it)."""
-    threads = request.config.stash[RUN_THREADS]
-    torch.set_num_threads(threads)
+    """Each test leaves the thread count as it found it (a test of the CLI's --threads
+    changes it)."""
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads_for(request.node))
