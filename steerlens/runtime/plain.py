@@ -79,33 +79,31 @@ def unwrapped(module: torch.nn.Module, attention: str | None = None) -> torch.nn
     return visit(module)
 
 
-def _hooked_points(model: Any) -> set[HookPoint]:
-    """The model's hook points that have any hook now."""
-    return {
-        m
-        for m in model.modules()
-        if isinstance(m, HookPoint)
-        and (
-            m._forward_hooks
-            or m._forward_pre_hooks
-            or m._backward_hooks
-            or m._backward_pre_hooks
-            or m.bwd_hooks
-        )
-    }
-
-
-def _other_hooks(model: Any, hf: torch.nn.Module) -> bool:
-    """Whether a module other than a hook point carries a PyTorch hook that is not one of the
-    Bridge's own capture hooks: e.g. a library's steering hook on a decoder layer, which a
-    copy without the Bridge's wrappers would silently leave out."""
+def _only_residual_hooks(model: Any, hf: torch.nn.Module) -> bool:
+    """Whether every hook installed now is a forward hook on a block's residual hook point,
+    apart from the Bridge's own capture hooks. A PyTorch hook elsewhere (e.g. a library's
+    steering hook on a decoder layer) would be left out by a copy without the Bridge's
+    wrappers, so it counts against, as does any backward hook."""
+    residual = {id(p) for b in model.blocks for p in (b.hook_in, b.hook_out)}
     own = {h.id for b in model.blocks for h in getattr(b, "_capture_hook_handles", ())}
-    modules = {id(m): m for tree in (model, hf) for m in tree.modules()}
-    return any(
-        not isinstance(m, HookPoint) and any(key not in own for key in getattr(m, table))
-        for m in modules.values()
-        for table in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
-    )
+    for m in {id(m): m for tree in (model, hf) for m in tree.modules()}.values():
+        if isinstance(m, HookPoint):
+            if m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks or m.bwd_hooks:
+                return False
+            if m._forward_hooks and id(m) not in residual:
+                return False
+        elif any(
+            key not in own
+            for table in (
+                "_forward_hooks",
+                "_forward_pre_hooks",
+                "_backward_hooks",
+                "_backward_pre_hooks",
+            )
+            for key in getattr(m, table)
+        ):
+            return False
+    return True
 
 
 def _through(point: HookPoint, x: Any) -> Any:
@@ -202,14 +200,7 @@ def plain_decoder(model: Any) -> PlainDecoder | None:
     blocks = getattr(model, "blocks", None)
     if hf is None or blocks is None or getattr(hf.config, "is_encoder_decoder", False):
         return None
-    if _other_hooks(model, hf):
-        return None
-    residual = {p for b in blocks for p in (b.hook_in, b.hook_out)}
-    hooked = _hooked_points(model)
-    if not hooked <= residual or any(
-        p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks or p.bwd_hooks
-        for p in hooked
-    ):
+    if not _only_residual_hooks(model, hf):
         return None
     names = {id(m): name for name, m in hf.named_modules()}
     paths = [names.get(id(b)) for b in blocks]
